@@ -1,0 +1,29 @@
+//! Command-line definitions (clap derive) and dispatch.
+
+mod tile;
+
+use clap::{Parser, Subcommand};
+
+/// Simulate analog in-memory-computing hardware for large language models.
+#[derive(Debug, Parser)]
+#[command(name = "afm", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The pipeline stages.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inspect tile presets and run analog MVMs on one layer.
+    #[command(subcommand)]
+    Tile(tile::TileCommand),
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Tile(c) => tile::run(c),
+    }
+}

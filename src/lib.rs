@@ -1,0 +1,13 @@
+//! `afm`: analog foundation models on simulated analog in-memory-computing hardware.
+//!
+//! The crate follows the hardware pipeline: [`device`] models turn target weights into programmed
+//! conductances, [`tile`] maps weights onto crossbars and runs the noisy, quantized MVM, and the
+//! later stages (chip, executor, training, evaluation, sweeps) build on these. All randomness
+//! comes from the named, seeded streams of [`rng`].
+
+pub mod device;
+pub mod error;
+pub mod rng;
+pub mod tile;
+
+pub use error::{Error, Result};

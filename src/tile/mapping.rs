@@ -1,0 +1,100 @@
+//! Mapping an out x in weight matrix onto a grid of tiles.
+//!
+//! The input dimension is split into near-equal row blocks of at most `rows` (as
+//! aihwkit-lightning's `max_input_size` split: n = ceil(in / rows) blocks, the first `in % n`
+//! one longer), the output dimension likewise into column blocks of at most `cols`. Near-equal
+//! blocks keep every block's DAC range and ADC bound statistically alike.
+
+use serde::Serialize;
+
+/// Splits `size` into ceil(size / max) near-equal parts: (start, len) pairs.
+pub fn split_sizes(size: usize, max: usize) -> Vec<(usize, usize)> {
+    if size == 0 || max == 0 {
+        return Vec::new();
+    }
+    let n = size.div_ceil(max);
+    let (base, extra) = (size / n, size % n);
+    let mut start = 0;
+    (0..n)
+        .map(|i| {
+            let len = base + usize::from(i < extra);
+            let part = (start, len);
+            start += len;
+            part
+        })
+        .collect()
+}
+
+/// How one layer sits on tiles.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TileMap {
+    /// Input features (rows used).
+    pub in_features: usize,
+    /// Output features (columns used).
+    pub out_features: usize,
+    /// Row blocks: (first input, length).
+    pub row_blocks: Vec<(usize, usize)>,
+    /// Column blocks: (first output, length).
+    pub col_blocks: Vec<(usize, usize)>,
+    /// Tile rows of the preset.
+    pub tile_rows: usize,
+    /// Tile columns of the preset.
+    pub tile_cols: usize,
+}
+
+impl TileMap {
+    /// Maps an `out_features` x `in_features` weight onto `tile_rows` x `tile_cols` tiles.
+    pub fn new(in_features: usize, out_features: usize, tile_rows: usize, tile_cols: usize) -> Self {
+        TileMap {
+            in_features,
+            out_features,
+            row_blocks: split_sizes(in_features, tile_rows),
+            col_blocks: split_sizes(out_features, tile_cols),
+            tile_rows,
+            tile_cols,
+        }
+    }
+
+    /// Number of tiles used.
+    pub fn tiles(&self) -> usize {
+        self.row_blocks.len() * self.col_blocks.len()
+    }
+
+    /// Fraction of the used tiles' devices that hold a weight.
+    pub fn utilization(&self) -> f64 {
+        let cells = (self.tiles() * self.tile_rows * self.tile_cols) as f64;
+        if cells == 0.0 {
+            0.0
+        } else {
+            (self.in_features * self.out_features) as f64 / cells
+        }
+    }
+
+    /// Index of the tile holding row block `s`, column block `b`.
+    pub fn tile_index(&self, s: usize, b: usize) -> usize {
+        s * self.col_blocks.len() + b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn near_equal_like_lightning() {
+        assert_eq!(split_sizes(1100, 512), vec![(0, 367), (367, 367), (734, 366)]);
+        assert_eq!(split_sizes(1024, 512), vec![(0, 512), (512, 512)]);
+        assert_eq!(split_sizes(300, 512), vec![(0, 300)]);
+        assert!(split_sizes(0, 512).is_empty());
+    }
+
+    #[test]
+    fn counts_tiles() {
+        let m = TileMap::new(2048, 2048, 512, 512);
+        assert_eq!(m.tiles(), 16);
+        assert!((m.utilization() - 1.0).abs() < 1e-12);
+        let m = TileMap::new(576, 1536, 256, 256);
+        assert_eq!(m.tiles(), 3 * 6);
+        assert!((m.utilization() - 576.0 * 1536.0 / (18.0 * 65536.0)).abs() < 1e-12);
+    }
+}

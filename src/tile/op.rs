@@ -1,0 +1,67 @@
+//! The analog MVM as a candle custom op, so it composes with tensors of any leading shape.
+//!
+//! The CPU path is the fused [`analog_mvm`]; a CUDA path comes with the `cuda` feature's kernels.
+//! The device is chosen at run time from where the input tensor lives.
+
+use super::mvm::analog_mvm;
+use super::program::AnalogLayer;
+use crate::error::Result;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+
+/// One analog MVM of a programmed layer with static input ranges; `call` numbers the MVM.
+pub struct AnalogMvm<'a> {
+    /// The programmed layer.
+    pub layer: &'a AnalogLayer,
+    /// Input range per row block.
+    pub ranges: &'a [f32],
+    /// Index of this MVM in the layer's sequence (names its noise streams).
+    pub call: u64,
+}
+
+impl CustomOp1 for AnalogMvm<'_> {
+    fn name(&self) -> &'static str {
+        "analog-mvm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("analog-mvm: input must be f32, got {:?}", storage.dtype())
+        };
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("analog-mvm: input must be contiguous")
+        };
+        let dims = layout.dims();
+        let Some((&n_in, lead)) = dims.split_last() else {
+            candle_core::bail!("analog-mvm: input must have at least one dimension")
+        };
+        if n_in != self.layer.in_features() {
+            candle_core::bail!(
+                "analog-mvm: input has {n_in} features, the layer expects {}",
+                self.layer.in_features()
+            )
+        }
+        let tokens: usize = lead.iter().product();
+        let y = analog_mvm(self.layer, &data[a..b], tokens, self.ranges, self.call)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let mut out = lead.to_vec();
+        out.push(self.layer.out_features());
+        Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+}
+
+impl AnalogLayer {
+    /// Runs the analog MVM on `x` (..., in) and returns (..., out), without bias.
+    pub fn forward(&self, x: &Tensor, ranges: &[f32], call: u64) -> Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        Ok(x.apply_op1_no_bwd(&AnalogMvm {
+            layer: self,
+            ranges,
+            call,
+        })?)
+    }
+}

@@ -1,0 +1,34 @@
+//! Shared test helpers: the one tolerance helper, random data from named streams, paths.
+
+use afm::rng::{Effect, StreamKey};
+use std::path::PathBuf;
+
+/// Asserts |a - b| <= abs + rel * |b| element-wise, naming the first offending index.
+pub fn assert_close(what: &str, a: &[f32], b: &[f32], abs: f32, rel: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let tol = abs + rel * y.abs();
+        assert!(
+            (x - y).abs() <= tol && x.is_finite() == y.is_finite(),
+            "{what}: element {i}: {x} vs {y} (tolerance {tol})"
+        );
+    }
+}
+
+/// Relative difference |a - b| / |b| of two scalars, for statistics.
+pub fn rel_diff(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs()
+}
+
+/// `n` standard normals from a named test stream, times `scale`.
+pub fn normals(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    let mut v = vec![0f32; n];
+    StreamKey::new(seed, 0, 0, Effect::Data).rng(0).fill_normal(&mut v);
+    v.iter_mut().for_each(|x| *x *= scale);
+    v
+}
+
+/// A path in the repository.
+pub fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}

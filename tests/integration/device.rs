@@ -1,0 +1,86 @@
+//! Device models: hand-checkable properties (the published statistics are in `golden`).
+
+use afm::device::{afm_sigma, ColumnStreams, DeviceConfig};
+use afm::rng::{Effect, StreamKey};
+
+fn streams(seed: u64) -> ColumnStreams {
+    let k = |e| StreamKey::new(seed, 1, 2, e).rng(0);
+    ColumnStreams {
+        program: k(Effect::Program),
+        drift: k(Effect::DriftNu),
+        read: k(Effect::ReadAtTime),
+    }
+}
+
+fn realize(cfg: &DeviceConfig, target: &[f32], t_s: f64, seed: u64) -> Vec<f32> {
+    let mut out = vec![0f32; target.len()];
+    let mut sq = vec![0f32; target.len()];
+    cfg.build()
+        .realize_column(target, t_s, &mut streams(seed), &mut out, &mut sq);
+    out
+}
+
+#[test]
+fn afm_polynomial_values() {
+    // The two cubic branches meet (nearly) continuously at 52.5 and give ~2.58 at 0.
+    assert!((afm_sigma(0.0) - 2.5797410660159494).abs() < 1e-12);
+    assert!((afm_sigma(52.5) - afm_sigma(52.5 + 1e-9)).abs() < 0.05);
+    assert!(afm_sigma(180.0) > afm_sigma(100.0));
+}
+
+#[test]
+fn afm_zero_band_and_noise_level() {
+    let cfg = DeviceConfig::PcmAfm {
+        gmax: 180.0,
+        zero_band: 0.6,
+        noise_scale: 1.0,
+    };
+    // |u| * 180 < 0.6 is programmed to exactly zero.
+    let small = vec![0.5 / 180.0; 1000];
+    assert!(realize(&cfg, &small, 0.0, 1).iter().all(|&v| v == 0.0));
+    let n = 200_000;
+    let w = 100.0 / 180.0;
+    let out = realize(&cfg, &vec![w as f32; n], 0.0, 2);
+    let d: Vec<f64> = out.iter().map(|v| (f64::from(*v) - w) * 180.0).collect();
+    let mean = d.iter().sum::<f64>() / n as f64;
+    let std = (d.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n as f64).sqrt();
+    assert!(mean.abs() < 0.05, "mean {mean}");
+    assert!((std / afm_sigma(100.0) - 1.0).abs() < 0.01, "std {std}");
+}
+
+#[test]
+fn gaussian_is_relative_to_column_max() {
+    let cfg = DeviceConfig::Gaussian {
+        sigma_rel: 0.02,
+        noise_scale: 2.0,
+    };
+    let n = 100_000;
+    let out = realize(&cfg, &vec![0.3; n], 0.0, 3);
+    let var = out.iter().map(|v| (v - 0.3) * (v - 0.3)).sum::<f32>() / n as f32;
+    assert!((var.sqrt() / 0.04 - 1.0).abs() < 0.02, "std {}", var.sqrt());
+}
+
+#[test]
+fn hermes_defaults_follow_device_count() {
+    let one: DeviceConfig = toml::from_str("model = \"hermes\"\nnum_devices = 1").unwrap();
+    let DeviceConfig::Hermes { g_max_us, t0_s, .. } = one.resolved() else {
+        panic!("not hermes")
+    };
+    assert_eq!((g_max_us, t0_s), (Some(10.35), Some(200.0)));
+    let two: DeviceConfig = toml::from_str("model = \"hermes\"").unwrap();
+    let DeviceConfig::Hermes { g_max_us, t0_s, .. } = two.resolved() else {
+        panic!("not hermes")
+    };
+    assert_eq!((g_max_us, t0_s), (Some(20.7), Some(300.0)));
+}
+
+#[test]
+fn pcm_drifts_down_with_time() {
+    let cfg: DeviceConfig = toml::from_str("model = \"pcm-aihwkit\"").unwrap();
+    let target = vec![0.6f32; 20_000];
+    let mean = |t| realize(&cfg, &target, t, 4).iter().sum::<f32>() / target.len() as f32;
+    let (m0, m1, m2) = (mean(0.0), mean(3600.0), mean(3.15e7));
+    assert!(m0 > m1 && m1 > m2, "{m0} {m1} {m2}");
+    // Same chip (streams) at every t: programming and nu are shared, only time differs.
+    assert_eq!(realize(&cfg, &target, 60.0, 9), realize(&cfg, &target, 60.0, 9));
+}

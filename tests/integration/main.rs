@@ -1,0 +1,7 @@
+//! The one integration-test binary: one module per pipeline stage.
+
+mod common;
+mod device;
+mod golden;
+mod presets;
+mod tile;
