@@ -116,8 +116,8 @@ impl TilePreset {
             }
         }
         for (field, v) in [("dac.bits", self.dac.bits), ("adc.bits", self.adc.bits)] {
-            if !(v == 0 || (2..=24).contains(&v)) {
-                return Err(bad(field, format!("must be 0 (off) or in 2..=24, got {v}")));
+            if !(v == 0 || (2..=16).contains(&v)) {
+                return Err(bad(field, format!("must be 0 (off) or in 2..=16, got {v}")));
             }
         }
         let finite_nonneg = |field: &str, v: f64| {

@@ -21,7 +21,7 @@ fn noise(layer: &AnalogLayer, s: usize, effect: Effect, call: u64, tokens: usize
     let n = layer.out_features();
     let mut v = vec![0f32; tokens * n];
     for (t, row) in v.chunks_mut(n.max(1)).enumerate() {
-        key.rng(t as u64).fill_normal(row);
+        key.fill_normal_at(t as u64, 0, row);
     }
     Ok(Tensor::from_vec(v, (tokens, n), &Device::Cpu)?)
 }

@@ -275,6 +275,10 @@ def make_case_data(n_in, n_out, tokens, has_bias, ranges, sizes, seed):
 
 
 DYADIC_TIE_CHANNEL = -1  # last output channel carries planted ADC ties in slice 0
+DYADIC_DAC_TIE_CHANNEL = -2  # second to last: shows token 1's DAC tie at the output
+# (k0, k1) for tokens 2..5: slice-0 ADC input / step of the tie channel = (k0 + k1/2) / 14
+# = 0.5, 1.5, 2.5, -2.5 -> levels 0, 2, 2, -2 (half to even; half away: 1, 2, 3, -3)
+DYADIC_ADC_TIES = [(6, 2), (20, 2), (34, 2), (-34, -2)]
 
 
 def make_dyadic_data(n_in, n_out, tokens, sizes, seed):
@@ -302,10 +306,20 @@ def make_dyadic_data(n_in, n_out, tokens, sizes, seed):
     w[c, : sizes[0]] = 0.0
     w[c, 0] = 0.25
     w[c, 1] = 0.125
-    ties = [(6, 2), (20, 2), (34, 2), (-20, -2)]  # -> 0.5, 1.5, 2.5, -1.5 -> 0, 2, 2, -2
-    for t, (k0, k1) in zip(range(2, 2 + len(ties)), ties):
+    for t, (k0, k1) in zip(range(2, 2 + len(DYADIC_ADC_TIES)), DYADIC_ADC_TIES):
         x[t, 0] = k0 * s0
         x[t, 1] = k1 * s0
+    # a DAC tie made visible at the output: channel c2 has W[c2,10] = 0.25, W[c2,11] = 0.125,
+    # W[c2,5] = 0.1875, zeros elsewhere in slice 0; token 1 has levels k10 = 6, k11 = 1 and
+    # x5/step = 0.5, so the ADC input / step = (6 + 0.5 + 0.75 k5) / 14 = 0.464 (k5 = 0,
+    # half to even) -> ADC level 0, or 0.518 (k5 = 1, half away) -> 1; neither is an ADC tie
+    c2 = DYADIC_DAC_TIE_CHANNEL
+    w[c2, : sizes[0]] = 0.0
+    w[c2, 10] = 0.25
+    w[c2, 11] = 0.125
+    w[c2, 5] = 0.1875
+    x[1, 10] = 6 * s0
+    x[1, 11] = 1 * s0
     # exactness: every product x_q * w is a multiple of step_in * 2^-10 and every partial
     # sum stays below 2^24 such units
     lo = 0
@@ -436,6 +450,17 @@ def lightning_forward(out_dir):
         print(f"  min DAC tie margin = {dac_margin:.3e} steps, min ADC tie margin = "
               f"{adc_margin:.3e} steps, saturated (token,chan,slice) = {n_sat}")
         print(f"  distinct values per column: min {min(distinct)} max {max(distinct)}")
+        if name == "dyadic":
+            xq, _ = dac_quant_f64(x[:, : sizes[0]].numpy().astype(np.float64), ranges[0])
+            ws = w[:, : sizes[0]].numpy().astype(np.float64)
+            q = (xq @ ws.T) / (OUT_BOUND * ranges[0] * np.abs(ws).max(axis=1) * 2 / OUT_RES)
+            lv_tie = [float(v) for v in q[2:6, DYADIC_TIE_CHANNEL]]
+            lv_dac = float(q[1, DYADIC_DAC_TIE_CHANNEL])
+            print(f"  planted ADC ties (input/step): {lv_tie} -> {np.round(lv_tie).tolist()}")
+            print(f"  planted DAC tie channel, token 1 (input/step): {lv_dac:.4f}")
+            assert lv_tie == [0.5, 1.5, 2.5, -2.5], lv_tie
+            assert abs(lv_dac - 6.5 / 14) < 1e-12, lv_dac
+            assert n_half_away >= 4, n_half_away
         if len(sizes) == 1 and b is None:
             wmax = w.abs().amax(dim=1)
             step = (ranges_t[0] * OUT_BOUND) * wmax * 2 / OUT_RES
@@ -471,9 +496,14 @@ def lightning_forward(out_dir):
         if name == "dyadic":
             meta_cases[name]["planted_ties"] = (
                 "token 1, inputs 5..9 (slice 0, DAC step 2^-6): x/step = 0.5, 1.5, 2.5, -0.5, "
-                "-2.5 -> levels 0, 2, 2, -0, -2; last output channel: W[c,0]=0.25, "
-                "W[c,1]=0.125, W[c,2..350]=0, so for tokens 2..5 its slice-0 ADC input / step "
-                "= 0.5, 1.5, 2.5, -1.5 -> 0, 2, 2, -2 (round half to even)"
+                "-2.5 -> levels 0, 2, 2, -0, -2. Last output channel c: W[c,0]=0.25, "
+                "W[c,1]=0.125, other slice-0 weights 0, so for tokens 2..5 its slice-0 ADC "
+                "input / step = 0.5, 1.5, 2.5, -2.5 -> levels 0, 2, 2, -2 (half to even; "
+                "half away would give 1, 2, 3, -3). Second to last channel c2: W[c2,10]=0.25, "
+                "W[c2,11]=0.125, W[c2,5]=0.1875, other slice-0 weights 0; token 1 has levels "
+                "k10=6, k11=1 and the DAC tie x5/step=0.5, so its slice-0 ADC input / step = "
+                "(6.5 + 0.75*k5)/14: half to even k5=0 -> 0.464 -> level 0 (half away: k5=1 "
+                "-> 0.518 -> 1)"
             )
 
     save_file(tensors, os.path.join(out_dir, "lightning_forward.safetensors"))

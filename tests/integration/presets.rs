@@ -43,7 +43,7 @@ fn bad_values_name_file_field_and_range() {
     assert!(TilePreset::parse(GOOD, Path::new("good.toml")).is_ok());
     let cases = [
         ("rows = 64", "rows = 0", "field `tile.rows`: must be in 1..=1048576, got 0"),
-        ("[dac]\nbits = 8", "[dac]\nbits = -3", "field `dac.bits`: must be 0 (off) or in 2..=24, got -3"),
+        ("[dac]\nbits = 8", "[dac]\nbits = -3", "field `dac.bits`: must be 0 (off) or in 2..=16, got -3"),
         ("lambda = 14.0", "lambda = nan", "field `adc.lambda`: must be a finite number > 0, got NaN"),
         ("model = \"pcm-afm\"", "model = \"pcm-afm\"\nnoise_scale = -1.0", "field `device.noise_scale`"),
         ("model = \"pcm-afm\"", "model = \"hermes\"\nnum_devices = 3", "field `device.num_devices`: must be 1 or 2"),

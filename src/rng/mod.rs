@@ -6,6 +6,8 @@
 //! so the numbers a piece of work sees depend only on its name, never on which thread ran it or in
 //! which order: the same seed gives bit-identical results with 1 or N threads.
 
+mod fast;
+
 use rand::{Rng as _, SeedableRng};
 use rand_distr::StandardNormal;
 use rand_xoshiro::Xoshiro256PlusPlus;
