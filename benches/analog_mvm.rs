@@ -30,10 +30,15 @@ fn bench(c: &mut Criterion) {
     for tokens in [128usize, 1024] {
         let x = normals(2, tokens * n, 1.0);
         let xt = Tensor::from_slice(&x, (tokens, n), &Device::Cpu).unwrap();
-        group.bench_with_input(BenchmarkId::new("plain_f32_matmul", tokens), &tokens, |b, _| {
-            b.iter(|| xt.matmul(&wt.t().unwrap()).unwrap())
-        });
-        for (name, rel, abs) in [("analog_read_abs", 0.0, 0.02), ("analog_read_rel", 0.02, 0.0)] {
+        group.bench_with_input(
+            BenchmarkId::new("plain_f32_matmul", tokens),
+            &tokens,
+            |b, _| b.iter(|| xt.matmul(&wt.t().unwrap()).unwrap()),
+        );
+        for (name, rel, abs) in [
+            ("analog_read_abs", 0.0, 0.02),
+            ("analog_read_rel", 0.02, 0.0),
+        ] {
             let mut p = base.clone();
             p.noise.read_rel = rel;
             p.noise.read_abs = abs;

@@ -89,7 +89,10 @@ fn mvm(
     seed: u64,
     kappa: Option<f32>,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(rows > 0 && cols > 0 && tokens > 0, "--rows, --cols and --tokens must be > 0");
+    anyhow::ensure!(
+        rows > 0 && cols > 0 && tokens > 0,
+        "--rows, --cols and --tokens must be > 0"
+    );
     let p = load(preset)?;
     let data = StreamKey::new(seed, 0, 0, Effect::Data);
     let std_w = 1.0 / (rows as f32).sqrt();
@@ -118,7 +121,9 @@ fn mvm(
                     let var = vals().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
                     (k * var.sqrt()).max(f32::MIN_POSITIVE)
                 }
-                None => vals().fold(0f32, |a, v| a.max(v.abs())).max(f32::MIN_POSITIVE),
+                None => vals()
+                    .fold(0f32, |a, v| a.max(v.abs()))
+                    .max(f32::MIN_POSITIVE),
             }
         })
         .collect();
@@ -143,7 +148,11 @@ fn mvm(
     let y_conv = analog_mvm(&conv_only, &x, tokens, &ranges, 0)?;
     let full = compare(&y, &exact);
     let conv = compare(&y_conv, &exact);
-    println!("preset            {} ({})", p.name, resolve_preset_path(preset).display());
+    println!(
+        "preset            {} ({})",
+        p.name,
+        resolve_preset_path(preset).display()
+    );
     println!("weight            {cols} x {rows} (out x in), N(0, 1/{rows}); inputs N(0, 1)");
     println!(
         "tiles             {} ({} row blocks x {} column blocks of {} x {}), utilization {:.1}%",
@@ -156,7 +165,11 @@ fn mvm(
     );
     println!(
         "input ranges      {}",
-        ranges.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(" ")
+        ranges
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     println!("tokens            {tokens}, seed {seed}");
     println!(

@@ -226,21 +226,19 @@ impl DeviceConfig {
                 noise_scale,
                 drift_scale,
                 read_noise_scale,
-            } => {
-                Device::Pcm(PcmModel {
-                    family: if num_devices == 2 {
-                        PcmFamily::Hermes2
-                    } else {
-                        PcmFamily::Hermes1
-                    },
-                    g_max_us: g_max_us.unwrap_or(20.7),
-                    t0_s: t0_s.unwrap_or(300.0),
-                    t_read_s,
-                    noise_scale,
-                    drift_scale,
-                    read_noise_scale,
-                })
-            }
+            } => Device::Pcm(PcmModel {
+                family: if num_devices == 2 {
+                    PcmFamily::Hermes2
+                } else {
+                    PcmFamily::Hermes1
+                },
+                g_max_us: g_max_us.unwrap_or(20.7),
+                t0_s: t0_s.unwrap_or(300.0),
+                t_read_s,
+                noise_scale,
+                drift_scale,
+                read_noise_scale,
+            }),
         }
     }
 

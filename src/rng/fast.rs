@@ -50,7 +50,11 @@ fn ln(x: f32) -> f32 {
 fn sincos_turns(turns: f32) -> (f32, f32) {
     // Fold to [-1/4, 1/4] turn: sin(pi - x) = sin x, cos(pi - x) = -cos x.
     let far = turns.abs() > 0.25;
-    let folded = if turns >= 0.0 { 0.5 - turns } else { -0.5 - turns };
+    let folded = if turns >= 0.0 {
+        0.5 - turns
+    } else {
+        -0.5 - turns
+    };
     let z = if far { folded } else { turns } * std::f32::consts::TAU;
     let z2 = z * z;
     let s = z
@@ -103,7 +107,10 @@ impl StreamKey {
     /// Fills `out` with the standard normals of sub-stream `index` starting at element `start`
     /// (which must be even): element j of the sub-stream is the same whichever slice asks for it.
     pub fn fill_normal_at(self, index: u64, start: usize, out: &mut [f32]) {
-        debug_assert!(start % 2 == 0, "counter-based normals start at an even element");
+        debug_assert!(
+            start % 2 == 0,
+            "counter-based normals start at an even element"
+        );
         let k = self.child(index).0;
         let (k0, k1) = (k as u32, (k >> 32) as u32);
         let first = (start / 2) as u32;
@@ -126,11 +133,17 @@ mod tests {
     fn math_matches_std() {
         for i in 1..=10_000u32 {
             let x = i as f32 / 10_000.0;
-            assert!((ln(x) - x.ln()).abs() <= 2e-7 * x.ln().abs().max(1.0), "ln {x}");
+            assert!(
+                (ln(x) - x.ln()).abs() <= 2e-7 * x.ln().abs().max(1.0),
+                "ln {x}"
+            );
             let t = x - 0.5;
             let (s, c) = sincos_turns(t);
             let a = t * std::f32::consts::TAU;
-            assert!((s - a.sin()).abs() < 1e-6 && (c - a.cos()).abs() < 1e-6, "sincos {t}");
+            assert!(
+                (s - a.sin()).abs() < 1e-6 && (c - a.cos()).abs() < 1e-6,
+                "sincos {t}"
+            );
         }
     }
 
@@ -156,7 +169,8 @@ mod tests {
         k.fill_normal_at(0, 0, &mut v);
         let m = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n as f64;
         let var = v.iter().map(|&x| (f64::from(x) - m).powi(2)).sum::<f64>() / n as f64;
-        let kurt = v.iter().map(|&x| (f64::from(x) - m).powi(4)).sum::<f64>() / n as f64 / (var * var);
+        let kurt =
+            v.iter().map(|&x| (f64::from(x) - m).powi(4)).sum::<f64>() / n as f64 / (var * var);
         let beyond3 = v.iter().filter(|x| x.abs() > 3.0).count() as f64 / n as f64;
         assert!(m.abs() < 3e-3, "mean {m}");
         assert!((var - 1.0).abs() < 3e-3, "var {var}");

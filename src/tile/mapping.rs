@@ -44,7 +44,12 @@ pub struct TileMap {
 
 impl TileMap {
     /// Maps an `out_features` x `in_features` weight onto `tile_rows` x `tile_cols` tiles.
-    pub fn new(in_features: usize, out_features: usize, tile_rows: usize, tile_cols: usize) -> Self {
+    pub fn new(
+        in_features: usize,
+        out_features: usize,
+        tile_rows: usize,
+        tile_cols: usize,
+    ) -> Self {
         TileMap {
             in_features,
             out_features,
@@ -82,7 +87,10 @@ mod tests {
 
     #[test]
     fn near_equal_like_lightning() {
-        assert_eq!(split_sizes(1100, 512), vec![(0, 367), (367, 367), (734, 366)]);
+        assert_eq!(
+            split_sizes(1100, 512),
+            vec![(0, 367), (367, 367), (734, 366)]
+        );
         assert_eq!(split_sizes(1024, 512), vec![(0, 512), (512, 512)]);
         assert_eq!(split_sizes(300, 512), vec![(0, 300)]);
         assert!(split_sizes(0, 512).is_empty());

@@ -67,8 +67,14 @@ fn adc(v: f32, bound: f32, step: f32, half: f32) -> f32 {
 /// C (m x n, row-major) = A (m x k, row stride `lda`) * B^T where B is n x k row-major.
 /// Single-threaded: parallelism lives one level up, over token and column chunks.
 fn gemm_abt(m: usize, n: usize, k: usize, a: &[f32], lda: usize, b: &[f32], c: &mut [f32]) {
-    assert!(m == 0 || a.len() >= (m - 1) * lda + k, "gemm: lhs too short");
-    assert!(b.len() >= n * k && c.len() >= m * n, "gemm: rhs or dst too short");
+    assert!(
+        m == 0 || a.len() >= (m - 1) * lda + k,
+        "gemm: lhs too short"
+    );
+    assert!(
+        b.len() >= n * k && c.len() >= m * n,
+        "gemm: rhs or dst too short"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -174,7 +180,10 @@ pub fn analog_mvm(
         .map(|(b, &beta)| {
             let bound: Vec<f32> = b.w_max.iter().map(|m| cfg.lambda * m * beta).collect();
             let step = if cfg.adc_bits > 0 {
-                bound.iter().map(|v| (2.0 * v) / steps(cfg.adc_bits)).collect()
+                bound
+                    .iter()
+                    .map(|v| (2.0 * v) / steps(cfg.adc_bits))
+                    .collect()
             } else {
                 Vec::new()
             };
@@ -190,11 +199,20 @@ pub fn analog_mvm(
             }
         })
         .collect();
-    let col_chunk = if tokens >= TOKEN_CHUNK { n_out } else { COL_CHUNK };
+    let col_chunk = if tokens >= TOKEN_CHUNK {
+        n_out
+    } else {
+        COL_CHUNK
+    };
     let mut items = Vec::new();
     for t0 in (0..tokens).step_by(TOKEN_CHUNK) {
         for c0 in (0..n_out).step_by(col_chunk.max(1)) {
-            items.push((t0, TOKEN_CHUNK.min(tokens - t0), c0, col_chunk.min(n_out - c0)));
+            items.push((
+                t0,
+                TOKEN_CHUNK.min(tokens - t0),
+                c0,
+                col_chunk.min(n_out - c0),
+            ));
         }
     }
     let parts: Vec<Vec<f32>> = items
@@ -250,7 +268,15 @@ fn run_item(
     let half = steps(cfg.adc_bits.max(1)) / 2.0;
     for (s, (b, k)) in layer.blocks.iter().zip(consts).enumerate() {
         let cols = c0 * b.len..(c0 + nc) * b.len;
-        gemm_abt(mt, nc, b.len, &xq[b.start..], n_in, &b.w[cols.clone()], &mut buf);
+        gemm_abt(
+            mt,
+            nc,
+            b.len,
+            &xq[b.start..],
+            n_in,
+            &b.w[cols.clone()],
+            &mut buf,
+        );
         if let Some(sig2) = &b.sigma2 {
             gemm_abt(mt, nc, b.len, &xq2[b.start..], n_in, &sig2[cols], &mut var);
         }
@@ -266,7 +292,11 @@ fn run_item(
                     .iter()
                     .map(|v| v * v)
                     .sum();
-                let vr = if var.is_empty() { &[][..] } else { &var[r * nc..(r + 1) * nc] };
+                let vr = if var.is_empty() {
+                    &[][..]
+                } else {
+                    &var[r * nc..(r + 1) * nc]
+                };
                 for (c, v) in row.iter_mut().enumerate() {
                     let mut s2 = if vr.is_empty() { 0.0 } else { vr[c] };
                     if let Some(av) = &b.abs_var {

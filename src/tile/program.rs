@@ -109,7 +109,18 @@ impl AnalogLayer {
             .iter()
             .enumerate()
             .map(|(s, &(start, len))| {
-                program_block(weight, in_features, &map, s, start, len, &device, preset, seed, layer)
+                program_block(
+                    weight,
+                    in_features,
+                    &map,
+                    s,
+                    start,
+                    len,
+                    &device,
+                    preset,
+                    seed,
+                    layer,
+                )
             })
             .collect();
         Ok(AnalogLayer {

@@ -16,7 +16,13 @@ fn levels(bits: u32) -> f64 {
 }
 
 /// Noise tensor (tokens x out) of one per-MVM effect on row block `s`.
-fn noise(layer: &AnalogLayer, s: usize, effect: Effect, call: u64, tokens: usize) -> Result<Tensor> {
+fn noise(
+    layer: &AnalogLayer,
+    s: usize,
+    effect: Effect,
+    call: u64,
+    tokens: usize,
+) -> Result<Tensor> {
     let key = mvm_stream(layer, s, effect, call);
     let n = layer.out_features();
     let mut v = vec![0f32; tokens * n];
@@ -72,7 +78,9 @@ pub fn analog_mvm_reference(
             let bound = row(&bound)?;
             let step = (&bound * (2.0 / levels(cfg.adc_bits)))?;
             ys = ys.broadcast_div(&step)?.round()?.broadcast_mul(&step)?;
-            ys = ys.broadcast_minimum(&bound)?.broadcast_maximum(&bound.neg()?)?;
+            ys = ys
+                .broadcast_minimum(&bound)?
+                .broadcast_maximum(&bound.neg()?)?;
         }
         y = (y + ys.broadcast_mul(&row(&b.alpha)?)?)?;
     }

@@ -23,7 +23,9 @@ pub fn rel_diff(a: f64, b: f64) -> f64 {
 /// `n` standard normals from a named test stream, times `scale`.
 pub fn normals(seed: u64, n: usize, scale: f32) -> Vec<f32> {
     let mut v = vec![0f32; n];
-    StreamKey::new(seed, 0, 0, Effect::Data).rng(0).fill_normal(&mut v);
+    StreamKey::new(seed, 0, 0, Effect::Data)
+        .rng(0)
+        .fill_normal(&mut v);
     v.iter_mut().for_each(|x| *x *= scale);
     v
 }

@@ -82,5 +82,8 @@ fn pcm_drifts_down_with_time() {
     let (m0, m1, m2) = (mean(0.0), mean(3600.0), mean(3.15e7));
     assert!(m0 > m1 && m1 > m2, "{m0} {m1} {m2}");
     // Same chip (streams) at every t: programming and nu are shared, only time differs.
-    assert_eq!(realize(&cfg, &target, 60.0, 9), realize(&cfg, &target, 60.0, 9));
+    assert_eq!(
+        realize(&cfg, &target, 60.0, 9),
+        realize(&cfg, &target, 60.0, 9)
+    );
 }

@@ -33,7 +33,10 @@ fn shipped_presets_load() {
         assert_eq!(again.tile, p.tile);
     }
     let p = TilePreset::load(&repo("tiles/afm-paper.toml")).unwrap();
-    assert_eq!((p.rows(), p.dac.bits, p.adc.bits, p.adc.lambda), (512, 8, 8, 14.0));
+    assert_eq!(
+        (p.rows(), p.dac.bits, p.adc.bits, p.adc.lambda),
+        (512, 8, 8, 14.0)
+    );
     let h = TilePreset::load(&repo("tiles/hermes.toml")).unwrap();
     assert_eq!((h.rows(), h.cols()), (256, 256));
 }
@@ -42,12 +45,36 @@ fn shipped_presets_load() {
 fn bad_values_name_file_field_and_range() {
     assert!(TilePreset::parse(GOOD, Path::new("good.toml")).is_ok());
     let cases = [
-        ("rows = 64", "rows = 0", "field `tile.rows`: must be in 1..=1048576, got 0"),
-        ("[dac]\nbits = 8", "[dac]\nbits = -3", "field `dac.bits`: must be 0 (off) or in 2..=16, got -3"),
-        ("lambda = 14.0", "lambda = nan", "field `adc.lambda`: must be a finite number > 0, got NaN"),
-        ("model = \"pcm-afm\"", "model = \"pcm-afm\"\nnoise_scale = -1.0", "field `device.noise_scale`"),
-        ("model = \"pcm-afm\"", "model = \"hermes\"\nnum_devices = 3", "field `device.num_devices`: must be 1 or 2"),
-        ("model = \"pcm-afm\"", "model = \"hermes\"\nnum_devices = 1\ng_max_us = 20.0", "(0, 10.35]"),
+        (
+            "rows = 64",
+            "rows = 0",
+            "field `tile.rows`: must be in 1..=1048576, got 0",
+        ),
+        (
+            "[dac]\nbits = 8",
+            "[dac]\nbits = -3",
+            "field `dac.bits`: must be 0 (off) or in 2..=16, got -3",
+        ),
+        (
+            "lambda = 14.0",
+            "lambda = nan",
+            "field `adc.lambda`: must be a finite number > 0, got NaN",
+        ),
+        (
+            "model = \"pcm-afm\"",
+            "model = \"pcm-afm\"\nnoise_scale = -1.0",
+            "field `device.noise_scale`",
+        ),
+        (
+            "model = \"pcm-afm\"",
+            "model = \"hermes\"\nnum_devices = 3",
+            "field `device.num_devices`: must be 1 or 2",
+        ),
+        (
+            "model = \"pcm-afm\"",
+            "model = \"hermes\"\nnum_devices = 1\ng_max_us = 20.0",
+            "(0, 10.35]",
+        ),
     ];
     for (from, to, want) in cases {
         let e = err_of(&GOOD.replace(from, to));
@@ -60,7 +87,10 @@ fn bad_values_name_file_field_and_range() {
 #[test]
 fn unknown_names_are_rejected_with_position() {
     let e = err_of(&GOOD.replace("model = \"pcm-afm\"", "model = \"memristor\""));
-    assert!(e.contains("unknown variant `memristor`") && e.contains("line 12"), "{e}");
+    assert!(
+        e.contains("unknown variant `memristor`") && e.contains("line 12"),
+        "{e}"
+    );
     let e = err_of(&GOOD.replace("cols = 32", "cols = 32\ncolz = 3"));
     assert!(e.contains("unknown field `colz`"), "{e}");
     let e = err_of(&GOOD.replace("[dac]\nbits = 8", "[dac]\nbits = \"eight\""));
@@ -74,7 +104,9 @@ fn garbage_never_panics() {
         for _ in 0..50 {
             let bytes: Vec<u8> = (0..len)
                 .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     (state >> 33) as u8
                 })
                 .collect();

@@ -23,7 +23,9 @@ fn noisy(rows: i64, cols: i64, device: DeviceConfig) -> TilePreset {
 }
 
 fn ranges_for(layer: &AnalogLayer, base: f32) -> Vec<f32> {
-    (0..layer.blocks.len()).map(|s| base + 0.37 * s as f32).collect()
+    (0..layer.blocks.len())
+        .map(|s| base + 0.37 * s as f32)
+        .collect()
 }
 
 /// Largest possible fused-vs-reference gap per output element: one ADC step per row block.
@@ -102,7 +104,11 @@ fn fused_matches_reference_on_random_shapes() {
                 }
             }
             // Only rounding ties flipped by a different summation order may differ.
-            assert!(off * 100 <= fused.len(), "shape {k}: {off} of {} differ", fused.len());
+            assert!(
+                off * 100 <= fused.len(),
+                "shape {k}: {off} of {} differ",
+                fused.len()
+            );
         }
     }
 }
@@ -149,7 +155,9 @@ fn same_seed_same_bits_for_any_thread_count() {
     for threads in [2, 3, 8] {
         let many = run(threads);
         assert!(
-            one.iter().zip(&many).all(|(a, b)| a.to_bits() == b.to_bits()),
+            one.iter()
+                .zip(&many)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
             "{threads} threads differ from 1 thread"
         );
     }
@@ -206,7 +214,9 @@ fn bad_inputs_are_errors_not_panics() {
     assert!(analog_mvm(&layer, &x, 3, &[f32::NAN], 0).is_err());
     assert!(analog_mvm(&layer, &x[1..], 3, &[1.0], 0).is_err());
     let xt = Tensor::from_slice(&x, (3, 20), &Device::Cpu).unwrap();
-    assert!(layer.forward(&xt.narrow(1, 0, 19).unwrap(), &[1.0], 0).is_err());
+    assert!(layer
+        .forward(&xt.narrow(1, 0, 19).unwrap(), &[1.0], 0)
+        .is_err());
 }
 
 #[test]
