@@ -142,12 +142,20 @@ pub fn mvm_stream(layer: &AnalogLayer, s: usize, effect: Effect, call: u64) -> S
     StreamKey::new(layer.seed, layer.layer, s as u64, effect).child(call)
 }
 
-/// Tokens per work item: enough rows for an efficient GEMM, few enough that its buffers stay
-/// in cache.
-const TOKEN_CHUNK: usize = 64;
-/// Columns per work item when there are few tokens (decode), so both cores get work. Even, so
-/// every chunk starts a pair of counter-based normals.
+/// Columns per work item when there are few tokens (decode), so several cores get work. Even,
+/// so every chunk starts a pair of counter-based normals.
 const COL_CHUNK: usize = 256;
+
+/// (tokens, columns) per work item. Larger token chunks amortize the packing of the weights in
+/// the GEMM; with few tokens the columns are split instead. The split depends on the sizes only,
+/// never on the thread count.
+fn item_shape(tokens: usize, n_out: usize) -> (usize, usize) {
+    match tokens {
+        t if t >= 1024 => (256, n_out),
+        t if t >= 128 => (64, n_out),
+        t => (t.max(1), COL_CHUNK),
+    }
+}
 
 /// Per-column constants of one row block for one call.
 struct BlockConsts {
@@ -199,20 +207,11 @@ pub fn analog_mvm(
             }
         })
         .collect();
-    let col_chunk = if tokens >= TOKEN_CHUNK {
-        n_out
-    } else {
-        COL_CHUNK
-    };
+    let (token_chunk, col_chunk) = item_shape(tokens, n_out);
     let mut items = Vec::new();
-    for t0 in (0..tokens).step_by(TOKEN_CHUNK) {
+    for t0 in (0..tokens).step_by(token_chunk) {
         for c0 in (0..n_out).step_by(col_chunk.max(1)) {
-            items.push((
-                t0,
-                TOKEN_CHUNK.min(tokens - t0),
-                c0,
-                col_chunk.min(n_out - c0),
-            ));
+            items.push((t0, token_chunk.min(tokens - t0), c0, col_chunk.min(n_out - c0)));
         }
     }
     let parts: Vec<Vec<f32>> = items
