@@ -211,7 +211,12 @@ pub fn analog_mvm(
     let mut items = Vec::new();
     for t0 in (0..tokens).step_by(token_chunk) {
         for c0 in (0..n_out).step_by(col_chunk.max(1)) {
-            items.push((t0, token_chunk.min(tokens - t0), c0, col_chunk.min(n_out - c0)));
+            items.push((
+                t0,
+                token_chunk.min(tokens - t0),
+                c0,
+                col_chunk.min(n_out - c0),
+            ));
         }
     }
     let parts: Vec<Vec<f32>> = items
