@@ -39,11 +39,10 @@ pub fn analog_mvm_reference(
     ranges: &[f32],
     call: u64,
 ) -> Result<Tensor> {
-    let (tokens, n_in) = x.dims2()?;
+    let (tokens, _) = x.dims2()?;
     let n_out = layer.out_features();
     let xv = x.flatten_all()?.to_vec1::<f32>()?;
     check_inputs(layer, &xv, tokens, ranges)?;
-    let _ = n_in;
     let cfg = layer.cfg;
     let dev = &Device::Cpu;
     let row = |v: &[f32]| Tensor::from_slice(v, (1, n_out), dev);
