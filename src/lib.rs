@@ -7,6 +7,8 @@
 
 pub mod device;
 pub mod error;
+pub mod executor;
+pub mod paths;
 pub mod rng;
 pub mod tile;
 

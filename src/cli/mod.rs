@@ -1,5 +1,6 @@
 //! Command-line definitions (clap derive) and dispatch.
 
+mod model;
 mod tile;
 
 use clap::{Parser, Subcommand};
@@ -19,11 +20,15 @@ pub enum Command {
     /// Inspect tile presets and run analog MVMs on one layer.
     #[command(subcommand)]
     Tile(tile::TileCommand),
+    /// Inspect model manifests and their mapping onto tiles.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Tile(c) => tile::run(c),
+        Command::Model(c) => model::run(c),
     }
 }

@@ -160,18 +160,7 @@ impl TilePreset {
 
 /// Resolves a preset argument: an existing path, or a name looked up in `tiles/`.
 pub fn resolve_preset_path(arg: &str) -> PathBuf {
-    let p = PathBuf::from(arg);
-    if p.exists() || arg.contains('/') || arg.ends_with(".toml") {
-        return p;
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tiles");
-    for dir in [PathBuf::from("tiles"), root] {
-        let cand = dir.join(format!("{arg}.toml"));
-        if cand.exists() {
-            return cand;
-        }
-    }
-    p
+    crate::paths::resolve_named(arg, "tiles")
 }
 
 /// Flattens a multi-line TOML error into one line (keeps the line/column and the message).

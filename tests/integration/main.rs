@@ -3,5 +3,6 @@
 mod common;
 mod device;
 mod golden;
+mod models;
 mod presets;
 mod tile;

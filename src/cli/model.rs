@@ -1,0 +1,87 @@
+//! `afm model ...`: model manifests and how a model maps onto tiles.
+
+use afm::executor::{resolve_model_path, Manifest};
+use afm::tile::{resolve_preset_path, TileMap, TilePreset};
+use clap::Subcommand;
+
+/// Model subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Architecture, parameter count and the tile mapping of every linear layer.
+    Info {
+        /// Manifest file or name in `models/` (e.g. smollm2-135m-instruct).
+        model: String,
+        /// Tile preset the layers are mapped onto.
+        #[arg(long, default_value = "afm-paper")]
+        tiles: String,
+        /// Keep lm_head digital (by default it is analog, as in the AFM release).
+        #[arg(long)]
+        digital_lm_head: bool,
+    },
+}
+
+/// Runs a model subcommand.
+pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
+    let ModelCommand::Info {
+        model,
+        tiles,
+        digital_lm_head,
+    } = cmd;
+    let m = Manifest::load(&resolve_model_path(&model))?;
+    let p = TilePreset::load(&resolve_preset_path(&tiles))?;
+    let c = &m.config;
+    println!("model         {} ({:?})", m.name, c.architecture);
+    println!(
+        "shape         {} layers, hidden {}, MLP {}, heads {} / {} KV, vocab {}, tied embeddings: {}",
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.vocab_size,
+        c.tie_word_embeddings
+    );
+    println!("parameters    {:.1} M", c.parameters() as f64 / 1e6);
+    println!(
+        "tiles         {} ({} x {})",
+        p.name, p.tile.rows, p.tile.cols
+    );
+    println!();
+    println!(
+        "{:<22} {:>14} {:>6} {:>12} {:>12} {:>7}",
+        "layer", "out x in", "count", "tiles each", "tiles total", "util"
+    );
+    let (mut total, mut weights) = (0usize, 0usize);
+    for l in c.linear_layers() {
+        if l.name == "lm_head" && digital_lm_head {
+            println!(
+                "{:<22} {:>14} {:>6} {:>12}",
+                l.name,
+                format!("{} x {}", l.out_features, l.in_features),
+                1,
+                "digital"
+            );
+            continue;
+        }
+        let map = TileMap::new(l.in_features, l.out_features, p.rows(), p.cols());
+        total += map.tiles() * l.count;
+        weights += l.out_features * l.in_features * l.count;
+        println!(
+            "{:<22} {:>14} {:>6} {:>12} {:>12} {:>6.1}%",
+            l.name,
+            format!("{} x {}", l.out_features, l.in_features),
+            l.count,
+            map.tiles(),
+            map.tiles() * l.count,
+            100.0 * map.utilization()
+        );
+    }
+    let cells = (total * p.rows() * p.cols()) as f64;
+    println!();
+    println!(
+        "total         {total} tiles, {:.1} M analog weights, array utilization {:.1}%",
+        weights as f64 / 1e6,
+        100.0 * weights as f64 / cells
+    );
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! Resolving command-line names of shipped files (`tiles/NAME.toml`, `models/NAME.toml`).
+
+use std::path::PathBuf;
+
+/// An existing path is taken as it is; a bare name is looked up as `FOLDER/NAME.toml` in the
+/// working directory, then in the crate's own folder.
+pub fn resolve_named(arg: &str, folder: &str) -> PathBuf {
+    let p = PathBuf::from(arg);
+    if p.exists() || arg.contains('/') || arg.ends_with(".toml") {
+        return p;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(folder);
+    [PathBuf::from(folder), root]
+        .iter()
+        .map(|d| d.join(format!("{arg}.toml")))
+        .find(|c| c.exists())
+        .unwrap_or(p)
+}
