@@ -1,8 +1,15 @@
 //! The transformer executor: model manifests, architectures and the layers they map to tiles.
 //!
-//! So far: manifests in `models/` and the shapes of every linear layer of the Llama family and
-//! Phi-3, enough to map a model onto tiles (`afm model info`) without its weights.
+//! Manifests in `models/` give shapes (enough for `afm model info` without weights); `config`,
+//! `weights` and `llama` load HF checkpoints into the shared `decoder`, whose projections are
+//! digital or analog (`linear`).
 
+pub mod config;
+pub mod decoder;
+pub mod linear;
+pub mod llama;
 pub mod manifest;
+pub mod rope;
+pub mod weights;
 
 pub use manifest::{resolve_model_path, Architecture, LinearShape, Manifest, ModelConfig};

@@ -2,6 +2,7 @@
 
 mod common;
 mod device;
+mod executor;
 mod golden;
 mod models;
 mod presets;

@@ -1,0 +1,261 @@
+//! The decoder shared by the Llama family and Phi-3: pre-norm blocks of grouped-query attention
+//! with rotary positions and a SwiGLU MLP, a KV cache, and the language-model head.
+//!
+//! The architectures differ only in how their projections are stored (Phi-3 fuses q/k/v and
+//! gate/up into one matrix each, which matters for the tile mapping) and in RoPE scaling; the
+//! per-architecture files build this decoder from their weights.
+
+use super::config::HfConfig;
+use super::linear::Projection;
+use super::rope::Rope;
+use crate::error::Result;
+use candle_core::{DType, Device, Tensor, D};
+
+/// Query/key/value projections.
+#[derive(Debug)]
+pub enum Qkv {
+    /// Separate q_proj, k_proj, v_proj (Llama).
+    Separate {
+        /// q_proj.
+        q: Projection,
+        /// k_proj.
+        k: Projection,
+        /// v_proj.
+        v: Projection,
+    },
+    /// One fused qkv_proj (Phi-3): rows are q, then k, then v.
+    Fused(Projection),
+}
+
+/// Gate and up projections of the MLP.
+#[derive(Debug)]
+pub enum GateUp {
+    /// Separate gate_proj and up_proj (Llama).
+    Separate {
+        /// gate_proj.
+        gate: Projection,
+        /// up_proj.
+        up: Projection,
+    },
+    /// One fused gate_up_proj (Phi-3): rows are gate, then up.
+    Fused(Projection),
+}
+
+/// One decoder block.
+#[derive(Debug)]
+pub struct Block {
+    /// input_layernorm weight.
+    pub input_norm: Tensor,
+    /// Attention input projections.
+    pub qkv: Qkv,
+    /// o_proj.
+    pub o: Projection,
+    /// post_attention_layernorm weight.
+    pub post_norm: Tensor,
+    /// MLP input projections.
+    pub gate_up: GateUp,
+    /// down_proj.
+    pub down: Projection,
+}
+
+/// Keys and values of the tokens seen so far, per layer.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Tokens in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing has been cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A decoder-only transformer.
+#[derive(Debug)]
+pub struct Decoder {
+    /// Its configuration.
+    pub cfg: HfConfig,
+    /// Token embeddings (vocab x hidden).
+    pub embed: Tensor,
+    /// Blocks in order.
+    pub blocks: Vec<Block>,
+    /// Final norm weight.
+    pub norm: Tensor,
+    /// Language-model head.
+    pub lm_head: Projection,
+    rope: Rope,
+}
+
+impl Decoder {
+    /// Assembles a decoder from its parts.
+    pub fn new(
+        cfg: HfConfig,
+        embed: Tensor,
+        blocks: Vec<Block>,
+        norm: Tensor,
+        lm_head: Projection,
+    ) -> Self {
+        let rope = Rope::new(&cfg);
+        Decoder {
+            cfg,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            rope,
+        }
+    }
+
+    /// Device of the weights.
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    /// Every projection with its HF name, for mapping onto tiles.
+    pub fn projections_mut(&mut self) -> Vec<(String, &mut Projection)> {
+        let mut v = Vec::new();
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let p = |n: &str| format!("model.layers.{i}.{n}");
+            match &mut b.qkv {
+                Qkv::Separate { q, k, v: vv } => {
+                    v.push((p("self_attn.q_proj"), q));
+                    v.push((p("self_attn.k_proj"), k));
+                    v.push((p("self_attn.v_proj"), vv));
+                }
+                Qkv::Fused(f) => v.push((p("self_attn.qkv_proj"), f)),
+            }
+            v.push((p("self_attn.o_proj"), &mut b.o));
+            match &mut b.gate_up {
+                GateUp::Separate { gate, up } => {
+                    v.push((p("mlp.gate_proj"), gate));
+                    v.push((p("mlp.up_proj"), up));
+                }
+                GateUp::Fused(f) => v.push((p("mlp.gate_up_proj"), f)),
+            }
+            v.push((p("mlp.down_proj"), &mut b.down));
+        }
+        v.push(("lm_head".to_string(), &mut self.lm_head));
+        v
+    }
+
+    /// Logits (batch, tokens, vocab) for `ids` (batch, tokens) following the cached tokens.
+    pub fn forward(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let c = &self.cfg;
+        let start = cache.len;
+        if cache.layers.len() != self.blocks.len() {
+            cache.layers = vec![None; self.blocks.len()];
+        }
+        let (cos, sin) = self.rope.tables(start, t, start + t, self.device())?;
+        let dtype = self.embed.dtype();
+        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
+        let mut x =
+            self.embed
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((b, t, c.hidden_size))?;
+        let mask = causal_mask(t, start, self.device(), dtype)?;
+        for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            let h = candle_nn::ops::rms_norm(&x, &block.input_norm, c.rms_norm_eps as f32)?;
+            let a = self.attention(block, &h, &cos, &sin, mask.as_ref(), slot)?;
+            x = (x + a)?;
+            let h = candle_nn::ops::rms_norm(&x, &block.post_norm, c.rms_norm_eps as f32)?;
+            x = (x + self.mlp(block, &h)?)?;
+        }
+        cache.len += t;
+        let h = candle_nn::ops::rms_norm(&x, &self.norm, c.rms_norm_eps as f32)?;
+        self.lm_head.forward(&h)
+    }
+
+    fn attention(
+        &self,
+        block: &Block,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        slot: &mut Option<(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let (b, t, _) = h.dims3()?;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let (q, k, v) = match &block.qkv {
+            Qkv::Separate { q, k, v } => (q.forward(h)?, k.forward(h)?, v.forward(h)?),
+            Qkv::Fused(f) => {
+                let y = f.forward(h)?;
+                (
+                    y.narrow(D::Minus1, 0, nh * hd)?,
+                    y.narrow(D::Minus1, nh * hd, nkv * hd)?,
+                    y.narrow(D::Minus1, (nh + nkv) * hd, nkv * hd)?,
+                )
+            }
+        };
+        let heads = |x: Tensor, n: usize| -> Result<Tensor> {
+            Ok(x.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = candle_nn::rotary_emb::rope(&heads(q, nh)?, cos, sin)?;
+        let mut k = candle_nn::rotary_emb::rope(&heads(k, nkv)?, cos, sin)?;
+        let mut v = heads(v, nkv)?;
+        if let Some((pk, pv)) = slot.as_ref() {
+            k = Tensor::cat(&[pk, &k], 2)?;
+            v = Tensor::cat(&[pv, &v], 2)?;
+        }
+        *slot = Some((k.clone(), v.clone()));
+        let s = k.dims()[2];
+        let rep = nh / nkv;
+        let expand = |x: Tensor| -> Result<Tensor> {
+            if rep == 1 {
+                return Ok(x);
+            }
+            Ok(x.unsqueeze(2)?
+                .expand((b, nkv, rep, s, hd))?
+                .reshape((b, nh, s, hd))?)
+        };
+        let (k, v) = (expand(k)?, expand(v)?);
+        let mut att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        if let Some(m) = mask {
+            att = att.broadcast_add(m)?;
+        }
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        block.o.forward(&y)
+    }
+
+    fn mlp(&self, block: &Block, h: &Tensor) -> Result<Tensor> {
+        let (gate, up) = match &block.gate_up {
+            GateUp::Separate { gate, up } => (gate.forward(h)?, up.forward(h)?),
+            GateUp::Fused(f) => {
+                let y = f.forward(h)?;
+                let i = self.cfg.intermediate_size;
+                (y.narrow(D::Minus1, 0, i)?, y.narrow(D::Minus1, i, i)?)
+            }
+        };
+        block.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
+    }
+}
+
+/// Additive mask (t x (start + t)): -inf where a query would see a later key.
+fn causal_mask(t: usize, start: usize, dev: &Device, dtype: DType) -> Result<Option<Tensor>> {
+    if t <= 1 {
+        return Ok(None);
+    }
+    let s = start + t;
+    let m: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..s).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Ok(Some(Tensor::from_vec(m, (t, s), dev)?.to_dtype(dtype)?))
+}

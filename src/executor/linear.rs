@@ -1,0 +1,126 @@
+//! A projection of a transformer: a digital matmul or an analog layer on tiles.
+//!
+//! Analog projections keep static input ranges, one per row block. A model converted from a
+//! plain checkpoint has none yet: the first batch it sees sets them to the abs-max of its inputs
+//! per row block (calibration), after which they stay fixed like a real chip's DAC ranges.
+
+use crate::error::Result;
+use crate::tile::{AnalogLayer, TilePreset};
+use candle_core::{DType, Tensor};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
+/// One analog projection.
+#[derive(Debug)]
+pub struct AnalogProjection {
+    /// The programmed tiles.
+    pub layer: AnalogLayer,
+    /// Input range per row block (empty until calibrated).
+    pub ranges: RwLock<Vec<f32>>,
+    /// Optional bias, added digitally.
+    pub bias: Option<Tensor>,
+    calls: AtomicU64,
+}
+
+/// A projection y = x W^T (+ b).
+#[derive(Debug)]
+pub enum Projection {
+    /// Exact digital matmul.
+    Digital {
+        /// out x in.
+        weight: Tensor,
+        /// Optional bias.
+        bias: Option<Tensor>,
+    },
+    /// Analog layer on tiles.
+    Analog(Box<AnalogProjection>),
+}
+
+impl Projection {
+    /// A digital projection.
+    pub fn digital(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Projection::Digital { weight, bias }
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        match self {
+            Projection::Digital { weight, .. } => weight.dims()[0],
+            Projection::Analog(a) => a.layer.out_features(),
+        }
+    }
+
+    /// Programs this projection onto tiles of `preset` for chip `seed`.
+    pub fn to_analog(&self, preset: &TilePreset, seed: u64, name: &str) -> Result<Self> {
+        match self {
+            Projection::Digital { weight, bias } => {
+                let (out, inp) = weight.dims2()?;
+                let w = weight
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let layer = AnalogLayer::program(&w, out, inp, preset, seed, name)?;
+                Ok(Projection::Analog(Box::new(AnalogProjection {
+                    layer,
+                    ranges: RwLock::new(Vec::new()),
+                    bias: bias.clone(),
+                    calls: AtomicU64::new(0),
+                })))
+            }
+            Projection::Analog(_) => Err(crate::Error::Value(format!(
+                "projection `{name}` is already analog"
+            ))),
+        }
+    }
+
+    /// Applies the projection to x (..., in).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Projection::Digital { weight, bias } => {
+                let dims = x.dims().to_vec();
+                let (lead, n_in) = dims.split_at(dims.len() - 1);
+                let rows: usize = lead.iter().product();
+                let y = x.reshape((rows, n_in[0]))?.matmul(&weight.t()?)?;
+                let mut shape = lead.to_vec();
+                shape.push(weight.dims()[0]);
+                let y = y.reshape(shape)?;
+                Ok(match bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                })
+            }
+            Projection::Analog(a) => {
+                let dtype = x.dtype();
+                let x32 = x.to_dtype(DType::F32)?;
+                if a.ranges.read().map(|r| r.is_empty()).unwrap_or(true) {
+                    let flat = x32.flatten_all()?.to_vec1::<f32>()?;
+                    let n_in = a.layer.in_features();
+                    let ranges: Vec<f32> = a
+                        .layer
+                        .blocks
+                        .iter()
+                        .map(|b| {
+                            flat.chunks(n_in)
+                                .flat_map(|r| &r[b.start..b.start + b.len])
+                                .fold(0f32, |m, v| m.max(v.abs()))
+                                .max(1e-6)
+                        })
+                        .collect();
+                    if let Ok(mut w) = a.ranges.write() {
+                        if w.is_empty() {
+                            *w = ranges;
+                        }
+                    }
+                }
+                let ranges = a.ranges.read().map(|r| r.clone()).unwrap_or_default();
+                let call = a.calls.fetch_add(1, Ordering::Relaxed);
+                let y = a.layer.forward(&x32, &ranges, call)?;
+                let y = match &a.bias {
+                    Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
+                    None => y,
+                };
+                Ok(y.to_dtype(dtype)?)
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The transformer executor: KV-cache consistency and analog mapping on tiny random models
+//! (the comparison with `transformers` is in `golden`).
+
+use crate::common::{assert_close, normals, repo};
+use afm::executor::config::HfConfig;
+use afm::executor::decoder::KvCache;
+use afm::executor::llama;
+use afm::executor::weights::Weights;
+use afm::tile::TilePreset;
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+const TINY_LLAMA: &str = r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+ "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+ "num_key_value_heads": 2, "vocab_size": 64, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+ "max_position_embeddings": 128, "tie_word_embeddings": false,
+ "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                  "high_freq_factor": 4.0, "original_max_position_embeddings": 16}}"#;
+
+const TINY_PHI3: &str = r#"{"architectures": ["Phi3ForCausalLM"], "model_type": "phi3",
+ "hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 2, "num_attention_heads": 4,
+ "num_key_value_heads": 4, "vocab_size": 64, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+ "max_position_embeddings": 64, "original_max_position_embeddings": 16, "tie_word_embeddings": false,
+ "rope_scaling": {"type": "longrope", "short_factor": [1.0, 1.1, 1.2, 1.5],
+                  "long_factor": [1.0, 2.0, 4.0, 8.0]}}"#;
+
+/// Random HF-named weights for a config.
+fn random_weights(cfg: &HfConfig, seed: u64) -> Weights {
+    let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let (nh, nkv, hd) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![v, h]),
+        ("model.norm.weight".into(), vec![h]),
+        ("lm_head.weight".into(), vec![v, h]),
+    ];
+    for l in 0..cfg.num_hidden_layers {
+        let p = |n: &str| format!("model.layers.{l}.{n}");
+        shapes.push((p("input_layernorm.weight"), vec![h]));
+        shapes.push((p("post_attention_layernorm.weight"), vec![h]));
+        shapes.push((p("self_attn.o_proj.weight"), vec![h, nh * hd]));
+        shapes.push((p("mlp.down_proj.weight"), vec![h, i]));
+        if cfg.model_type == "phi3" {
+            shapes.push((p("self_attn.qkv_proj.weight"), vec![(nh + 2 * nkv) * hd, h]));
+            shapes.push((p("mlp.gate_up_proj.weight"), vec![2 * i, h]));
+        } else {
+            shapes.push((p("self_attn.q_proj.weight"), vec![nh * hd, h]));
+            shapes.push((p("self_attn.k_proj.weight"), vec![nkv * hd, h]));
+            shapes.push((p("self_attn.v_proj.weight"), vec![nkv * hd, h]));
+            shapes.push((p("mlp.gate_proj.weight"), vec![i, h]));
+            shapes.push((p("mlp.up_proj.weight"), vec![i, h]));
+        }
+    }
+    let mut map = HashMap::new();
+    for (k, (name, shape)) in shapes.into_iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let mut vals = normals(seed * 1000 + k as u64, n, 0.2);
+        if name.contains("norm") {
+            vals.iter_mut().for_each(|x| *x += 1.0);
+        }
+        map.insert(name, Tensor::from_vec(vals, shape, &Device::Cpu).unwrap());
+    }
+    Weights::new(map, PathBuf::from("random"), DType::F32)
+}
+
+fn logits(dec: &afm::executor::decoder::Decoder, ids: &[u32], cache: &mut KvCache) -> Vec<f32> {
+    let t = Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu).unwrap();
+    dec.forward(&t, cache)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn kv_cache_matches_full_prefill() {
+    for (text, n_tokens) in [(TINY_LLAMA, 20usize), (TINY_PHI3, 12)] {
+        let cfg = HfConfig::parse(text, Path::new("config.json")).unwrap();
+        let dec = llama::build(cfg.clone(), &random_weights(&cfg, 1)).unwrap();
+        let ids: Vec<u32> = (0..n_tokens as u32).map(|k| (k * 7 + 3) % 64).collect();
+        let full = logits(&dec, &ids, &mut KvCache::default());
+        let v = cfg.vocab_size;
+        let mut cache = KvCache::default();
+        let split = n_tokens / 2;
+        let first = logits(&dec, &ids[..split], &mut cache);
+        assert_close("prefill part", &first, &full[..split * v], 1e-4, 1e-4);
+        for (k, id) in ids[split..].iter().enumerate() {
+            let step = logits(&dec, &[*id], &mut cache);
+            let pos = split + k;
+            assert_close(
+                "decode step",
+                &step,
+                &full[pos * v..(pos + 1) * v],
+                1e-4,
+                1e-4,
+            );
+        }
+        assert_eq!(cache.len(), n_tokens);
+    }
+}
+
+#[test]
+fn longrope_switches_factors_past_the_original_context() {
+    let cfg = HfConfig::parse(TINY_PHI3, Path::new("config.json")).unwrap();
+    let dec = llama::build(cfg.clone(), &random_weights(&cfg, 1)).unwrap();
+    let ids: Vec<u32> = (0..24u32).map(|k| (k * 7 + 3) % 64).collect();
+    let short = logits(&dec, &ids[..16], &mut KvCache::default());
+    let long = logits(&dec, &ids, &mut KvCache::default());
+    // Position 0 has angle 0 under any factors; later positions change with the long factors.
+    assert_close("position 0", &long[..64], &short[..64], 1e-5, 1e-5);
+    let d: f32 = long[64..128]
+        .iter()
+        .zip(&short[64..128])
+        .map(|(a, b)| (a - b).abs())
+        .sum();
+    assert!(d > 1e-3, "long factors had no effect ({d})");
+}
+
+#[test]
+fn analog_mapping_runs_and_stays_close() {
+    let cfg = HfConfig::parse(TINY_LLAMA, Path::new("config.json")).unwrap();
+    let w = random_weights(&cfg, 2);
+    let ids: Vec<u32> = (0..10).map(|k| (k * 5 + 1) % 64).collect();
+    let d = logits(
+        &llama::build(cfg.clone(), &w).unwrap(),
+        &ids,
+        &mut KvCache::default(),
+    );
+    let rel_err = |dac_bits: i64| {
+        let mut preset = TilePreset::load(&repo("tiles/ideal.toml")).unwrap();
+        preset.dac.bits = dac_bits;
+        // lambda 14 is sized for 512-row tiles; on 32-input layers its ADC step is ~15% of a
+        // typical output, so the ADC stays off here.
+        preset.adc.bits = 0;
+        preset.tile.rows = 16;
+        let mut analog = llama::build(cfg.clone(), &w).unwrap();
+        for (name, p) in analog.projections_mut() {
+            *p = p.to_analog(&preset, 0, &name).unwrap();
+        }
+        let a = logits(&analog, &ids, &mut KvCache::default());
+        let err: f32 = a
+            .iter()
+            .zip(&d)
+            .map(|(x, y)| (x - y) * (x - y))
+            .sum::<f32>()
+            .sqrt();
+        err / d.iter().map(|y| y * y).sum::<f32>().sqrt()
+    };
+    // Converters off: tiling, row-block sums and calibration change nothing but rounding.
+    assert!(rel_err(0) < 1e-5, "exact mapping error {}", rel_err(0));
+    // An 8-bit DAC with abs-max ranges: about a percent per projection, a few in the logits.
+    let e8 = rel_err(8);
+    assert!(e8 > 1e-4 && e8 < 0.06, "8-bit DAC error {e8}");
+}
+
+#[test]
+fn bad_configs_and_weights_are_named() {
+    let e = HfConfig::parse(
+        &TINY_LLAMA.replace("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3"),
+        Path::new("c.json"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("c.json") && e.contains("num_key_value_heads"),
+        "{e}"
+    );
+    let e = HfConfig::parse(
+        &TINY_LLAMA
+            .replace("LlamaForCausalLM", "GPT2LMHeadModel")
+            .replace("\"llama\"", "\"gpt2\""),
+        Path::new("c.json"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("unsupported architecture"), "{e}");
+    let cfg = HfConfig::parse(TINY_LLAMA, Path::new("config.json")).unwrap();
+    let mut bigger = cfg.clone();
+    bigger.intermediate_size += 1;
+    let e = llama::build(bigger, &random_weights(&cfg, 3))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("expected [49, 32]"),
+        "{e}"
+    );
+}
