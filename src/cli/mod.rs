@@ -1,5 +1,6 @@
 //! Command-line definitions (clap derive) and dispatch.
 
+mod generate;
 mod model;
 mod tile;
 
@@ -20,6 +21,8 @@ pub enum Command {
     /// Inspect tile presets and run analog MVMs on one layer.
     #[command(subcommand)]
     Tile(tile::TileCommand),
+    /// Generate text with a digital or analog model.
+    Generate(generate::GenerateArgs),
     /// Inspect model manifests and their mapping onto tiles.
     #[command(subcommand)]
     Model(model::ModelCommand),
@@ -29,6 +32,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Tile(c) => tile::run(c),
+        Command::Generate(a) => generate::run(a),
         Command::Model(c) => model::run(c),
     }
 }

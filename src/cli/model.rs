@@ -7,6 +7,11 @@ use clap::Subcommand;
 /// Model subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
+    /// Download a manifest's weights into the cache and verify their sha256.
+    Fetch {
+        /// Manifest name in `models/` or its path.
+        model: String,
+    },
     /// Architecture, parameter count and the tile mapping of every linear layer.
     Info {
         /// Manifest file or name in `models/` (e.g. smollm2-135m-instruct).
@@ -22,11 +27,19 @@ pub enum ModelCommand {
 
 /// Runs a model subcommand.
 pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
-    let ModelCommand::Info {
-        model,
-        tiles,
-        digital_lm_head,
-    } = cmd;
+    let (model, tiles, digital_lm_head) = match cmd {
+        ModelCommand::Fetch { model } => {
+            let m = Manifest::load(&resolve_model_path(&model))?;
+            let path = afm::executor::fetch::fetch(&m)?;
+            println!("{}", path.display());
+            return Ok(());
+        }
+        ModelCommand::Info {
+            model,
+            tiles,
+            digital_lm_head,
+        } => (model, tiles, digital_lm_head),
+    };
     let m = Manifest::load(&resolve_model_path(&model))?;
     let p = TilePreset::load(&resolve_preset_path(&tiles))?;
     let c = &m.config;

@@ -6,10 +6,14 @@
 
 pub mod config;
 pub mod decoder;
+pub mod fetch;
+pub mod gguf;
 pub mod linear;
 pub mod llama;
+pub mod load;
 pub mod manifest;
 pub mod rope;
+pub mod sampling;
 pub mod weights;
 
 pub use manifest::{resolve_model_path, Architecture, LinearShape, Manifest, ModelConfig};

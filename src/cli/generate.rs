@@ -1,0 +1,143 @@
+//! `afm generate`: text generation on a digital or analog (tiled) model, streamed to stdout.
+
+use afm::executor::decoder::KvCache;
+use afm::executor::load::{load_model, map_to_tiles};
+use afm::executor::sampling::Sampling;
+use afm::rng::{Effect, StreamKey};
+use afm::tile::{resolve_preset_path, TilePreset};
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor};
+use clap::Args;
+use std::io::Write;
+
+/// Options of `afm generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Model: manifest name in `models/`, a .gguf file or an HF folder.
+    #[arg(long)]
+    model: String,
+    /// The user message (wrapped in the model's chat template unless --raw).
+    #[arg(long)]
+    prompt: String,
+    /// Tile preset: put every projection on simulated tiles.
+    #[arg(long)]
+    tiles: Option<String>,
+    /// Keep lm_head digital when mapping onto tiles.
+    #[arg(long)]
+    digital_lm_head: bool,
+    /// Chip (programming noise) and sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Tokens to generate at most.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Top-k (0: off).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Top-p (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Use the prompt as it is, without the chat template.
+    #[arg(long)]
+    raw: bool,
+}
+
+fn render_chat(template: &str, prompt: &str, bos: &str, eos: &str) -> anyhow::Result<String> {
+    let mut env = minijinja::Environment::new();
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    env.add_template("chat", template)
+        .context("parsing the chat template")?;
+    let ctx = minijinja::context! {
+        messages => vec![minijinja::context! { role => "user", content => prompt }],
+        add_generation_prompt => true,
+        bos_token => bos,
+        eos_token => eos,
+    };
+    Ok(env
+        .get_template("chat")?
+        .render(ctx)
+        .context("rendering the chat template")?)
+}
+
+/// Runs `afm generate`.
+pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
+    if !(a.temperature >= 0.0 && a.top_p > 0.0 && a.top_p <= 1.0) {
+        bail!("--temperature must be >= 0 and --top-p in (0, 1]");
+    }
+    let mut m = load_model(&a.model, DType::F32)?;
+    let Some(tok) = m.tokenizer.take() else {
+        bail!("{} has no tokenizer", m.path.display());
+    };
+    if let Some(t) = &a.tiles {
+        let preset = TilePreset::load(&resolve_preset_path(t))?;
+        map_to_tiles(&mut m.decoder, &preset, a.seed, a.digital_lm_head)?;
+    }
+    let cfg = m.decoder.cfg.clone();
+    let id_str = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
+    let text = match (&m.chat_template, a.raw) {
+        (Some(t), false) => render_chat(
+            t,
+            &a.prompt,
+            &id_str(cfg.bos_token_id),
+            &id_str(cfg.eos_token_ids.first().copied()),
+        )?,
+        _ => a.prompt.clone(),
+    };
+    let enc = tok
+        .encode(text.as_str(), false)
+        .map_err(anyhow::Error::msg)?;
+    let mut ids: Vec<u32> = enc.get_ids().to_vec();
+    if ids.is_empty() {
+        bail!("the prompt encodes to no tokens");
+    }
+    let mut eos = cfg.eos_token_ids.clone();
+    if let Some(i) = tok.token_to_id("<|im_end|>") {
+        eos.push(i);
+    }
+    let sampling = Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+    };
+    let mut rng = StreamKey::new(a.seed, 0, 0, Effect::Data).rng(u64::MAX);
+    let mut cache = KvCache::default();
+    let mut input = ids.clone();
+    let (mut printed, start) = (String::new(), ids.len());
+    let out = std::io::stdout();
+    for _ in 0..a.max_tokens {
+        let x = Tensor::from_slice(&input, (1, input.len()), &Device::Cpu)?;
+        let logits = m.decoder.forward(&x, &mut cache)?;
+        let last = logits.squeeze(0)?.get(input.len() - 1)?.to_vec1::<f32>()?;
+        if last.iter().any(|v| v.is_nan()) {
+            bail!("the model produced NaN logits");
+        }
+        let next = sampling.pick(&last, &mut rng);
+        if eos.contains(&next) {
+            break;
+        }
+        ids.push(next);
+        input = vec![next];
+        let text = tok
+            .decode(&ids[start..], true)
+            .map_err(anyhow::Error::msg)?;
+        if let Some(new) = text.strip_prefix(printed.as_str()) {
+            let mut o = out.lock();
+            write!(o, "{new}")?;
+            o.flush()?;
+        }
+        printed = text;
+    }
+    println!();
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! Opening a model from what the user names: a manifest name, a GGUF file or an HF folder.
+
+use super::config::HfConfig;
+use super::decoder::Decoder;
+use super::fetch::{cached_file, fetch};
+use super::gguf::GgufModel;
+use super::llama;
+use super::manifest::{resolve_model_path, Manifest};
+use super::weights::Weights;
+use crate::error::{Error, Result};
+use crate::tile::TilePreset;
+use candle_core::{DType, Device};
+use std::path::{Path, PathBuf};
+use tokenizers::Tokenizer;
+
+/// A model ready to run.
+pub struct LoadedModel {
+    /// The network.
+    pub decoder: Decoder,
+    /// Its tokenizer (absent for bare weight folders without tokenizer.json).
+    pub tokenizer: Option<Tokenizer>,
+    /// Jinja chat template, when the model has one.
+    pub chat_template: Option<String>,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+}
+
+/// Resolves `arg` to a weights file or folder, fetching a manifest's file when `fetch_missing`.
+pub fn resolve_weights(arg: &str, fetch_missing: bool) -> Result<PathBuf> {
+    let p = PathBuf::from(arg);
+    if p.is_dir() || p.extension().is_some_and(|e| e == "gguf") {
+        return Ok(p);
+    }
+    let manifest_path = resolve_model_path(arg);
+    let m = Manifest::load(&manifest_path)?;
+    let cached = cached_file(&m).ok_or_else(|| {
+        Error::Value(format!(
+            "model `{}` has no [source]: it ships shapes only",
+            m.name
+        ))
+    })?;
+    if cached.exists() {
+        return Ok(cached);
+    }
+    if fetch_missing {
+        return fetch(&m);
+    }
+    Err(Error::Value(format!(
+        "model `{}` is not in the cache ({}); run `afm model fetch {}`",
+        m.name,
+        cached.display(),
+        m.name
+    )))
+}
+
+fn read_chat_template(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("chat_template")?.as_str().map(str::to_string)
+}
+
+/// Loads a model (GGUF or HF folder) in `dtype` on the CPU.
+pub fn load_model(arg: &str, dtype: DType) -> Result<LoadedModel> {
+    let path = resolve_weights(arg, true)?;
+    if path.is_dir() {
+        let cfg = HfConfig::load(&path.join("config.json"))?;
+        let w = Weights::from_hf_dir(&path, dtype, &Device::Cpu)?;
+        let tok_path = path.join("tokenizer.json");
+        let tokenizer = if tok_path.exists() {
+            Some(Tokenizer::from_file(&tok_path).map_err(|e| Error::Parse {
+                file: tok_path.clone(),
+                msg: e.to_string(),
+            })?)
+        } else {
+            None
+        };
+        return Ok(LoadedModel {
+            decoder: llama::build(cfg, &w)?,
+            tokenizer,
+            chat_template: read_chat_template(&path),
+            path,
+        });
+    }
+    let g = GgufModel::load(&path, dtype)?;
+    Ok(LoadedModel {
+        decoder: llama::build(g.config, &g.weights)?,
+        tokenizer: Some(g.tokenizer),
+        chat_template: g.chat_template,
+        path,
+    })
+}
+
+/// Puts every projection (lm_head too unless `digital_lm_head`) on tiles of `preset`, as chip `seed`.
+pub fn map_to_tiles(
+    dec: &mut Decoder,
+    preset: &TilePreset,
+    seed: u64,
+    digital_lm_head: bool,
+) -> Result<()> {
+    for (name, p) in dec.projections_mut() {
+        if digital_lm_head && name == "lm_head" {
+            continue;
+        }
+        *p = p.to_analog(preset, seed, &name)?;
+    }
+    Ok(())
+}
