@@ -124,7 +124,7 @@ impl GgufModel {
             num_hidden_layers: layers,
             num_attention_heads: heads,
             num_key_value_heads: kv,
-            head_dim: if heads > 0 { hidden / heads } else { 0 },
+            head_dim: hidden.checked_div(heads).unwrap_or(0),
             vocab_size: vocab,
             rms_norm_eps: meta_f(&c, &k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
             rope_theta: meta_f(&c, &k("rope.freq_base")).unwrap_or(10_000.0),
