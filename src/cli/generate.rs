@@ -64,10 +64,9 @@ fn render_chat(template: &str, prompt: &str, bos: &str, eos: &str) -> anyhow::Re
         bos_token => bos,
         eos_token => eos,
     };
-    Ok(env
-        .get_template("chat")?
+    env.get_template("chat")?
         .render(ctx)
-        .context("rendering the chat template")?)
+        .context("rendering the chat template")
 }
 
 /// Runs `afm generate`.
