@@ -7,6 +7,7 @@
 
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod executor;
 pub mod paths;
 pub mod rng;

@@ -1,5 +1,6 @@
 //! Command-line definitions (clap derive) and dispatch.
 
+mod eval;
 mod generate;
 mod model;
 mod tile;
@@ -21,6 +22,8 @@ pub enum Command {
     /// Inspect tile presets and run analog MVMs on one layer.
     #[command(subcommand)]
     Tile(tile::TileCommand),
+    /// Evaluate a digital or analog model.
+    Eval(eval::EvalArgs),
     /// Generate text with a digital or analog model.
     Generate(generate::GenerateArgs),
     /// Inspect model manifests and their mapping onto tiles.
@@ -32,6 +35,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Tile(c) => tile::run(c),
+        Command::Eval(a) => eval::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Model(c) => model::run(c),
     }

@@ -1,0 +1,5 @@
+//! Evaluation of (analog) models: perplexity now; benchmarks under noise follow.
+
+pub mod perplexity;
+
+pub use perplexity::{perplexity, Perplexity};
