@@ -2,6 +2,11 @@
 
 mod cli;
 
+/// mimalloc keeps the large tensors' pages mapped between ops; glibc returns every large block
+/// to the kernel and pays page faults on each new one (half the run time in `sys` before).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {

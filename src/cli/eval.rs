@@ -45,7 +45,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         map_to_tiles(&mut m.decoder, &preset, a.seed, a.digital_lm_head)?;
     }
     let text = std::fs::read_to_string(&a.text).with_context(|| format!("reading {}", a.text))?;
-    let enc = tok.encode(text.as_str(), false).map_err(anyhow::Error::msg)?;
+    let enc = tok
+        .encode(text.as_str(), false)
+        .map_err(anyhow::Error::msg)?;
     let total = enc.get_ids().len();
     let ids = &enc.get_ids()[..total.min(a.limit_tokens)];
     let t0 = Instant::now();

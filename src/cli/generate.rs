@@ -5,7 +5,7 @@ use afm::executor::load::{load_model, map_to_tiles};
 use afm::executor::sampling::Sampling;
 use afm::rng::{Effect, StreamKey};
 use afm::tile::{resolve_preset_path, TilePreset};
-use anyhow::{bail, Context};
+use anyhow::bail;
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use std::io::Write;
@@ -45,30 +45,6 @@ pub struct GenerateArgs {
     raw: bool,
 }
 
-fn render_chat(template: &str, prompt: &str, bos: &str, eos: &str) -> anyhow::Result<String> {
-    let mut env = minijinja::Environment::new();
-    env.add_function(
-        "raise_exception",
-        |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(
-                minijinja::ErrorKind::InvalidOperation,
-                msg,
-            ))
-        },
-    );
-    env.add_template("chat", template)
-        .context("parsing the chat template")?;
-    let ctx = minijinja::context! {
-        messages => vec![minijinja::context! { role => "user", content => prompt }],
-        add_generation_prompt => true,
-        bos_token => bos,
-        eos_token => eos,
-    };
-    env.get_template("chat")?
-        .render(ctx)
-        .context("rendering the chat template")
-}
-
 /// Runs `afm generate`.
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     if !(a.temperature >= 0.0 && a.top_p > 0.0 && a.top_p <= 1.0) {
@@ -85,7 +61,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let cfg = m.decoder.cfg.clone();
     let id_str = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
     let text = match (&m.chat_template, a.raw) {
-        (Some(t), false) => render_chat(
+        (Some(t), false) => afm::executor::chat::render_user_prompt(
             t,
             &a.prompt,
             &id_str(cfg.bos_token_id),

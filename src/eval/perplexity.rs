@@ -25,13 +25,18 @@ pub fn perplexity(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Perplexity> {
     if window < 2 {
-        return Err(Error::Value(format!("perplexity window must be >= 2, got {window}")));
+        return Err(Error::Value(format!(
+            "perplexity window must be >= 2, got {window}"
+        )));
     }
     let (mut nll, mut n) = (0f64, 0usize);
     let chunks: Vec<&[u32]> = ids.chunks(window).filter(|c| c.len() >= 2).collect();
     for (k, chunk) in chunks.iter().enumerate() {
         let x = Tensor::from_slice(chunk, (1, chunk.len()), &Device::Cpu)?;
-        let logits = model.forward(&x, &mut KvCache::default())?.squeeze(0)?.to_dtype(DType::F32)?;
+        let logits = model
+            .forward(&x, &mut KvCache::default())?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?;
         let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let targets = Tensor::from_slice(&chunk[1..], (chunk.len() - 1, 1), &Device::Cpu)?;
         let picked = lp

@@ -12,6 +12,7 @@ use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::Tokenizer;
 
 /// A loaded GGUF: its config, its weights under HF names, its tokenizer and chat template.
@@ -110,8 +111,22 @@ impl GgufModel {
         let heads = meta_u(&c, path, &k("attention.head_count"))?;
         let kv = meta_u(&c, path, &k("attention.head_count_kv")).unwrap_or(heads);
         let layers = meta_u(&c, path, &k("block_count"))?;
-        let tokenizer =
+        let mut tokenizer =
             Tokenizer::from_gguf(&c).map_err(|e| parse_err(path, format!("tokenizer: {e}")))?;
+        // candle's GPT-2 fallback pipeline adds a prefix space to every piece between special
+        // tokens; files that say `add_space_prefix = false` (SmolLM2) must not get one.
+        let pre = match c.metadata.get("tokenizer.ggml.pre") {
+            Some(Value::String(s)) => s.as_str(),
+            _ => "gpt2",
+        };
+        let gpt2_like = !matches!(pre, "qwen2" | "smaug-bpe" | "lfm2" | "llama3");
+        let no_prefix = matches!(
+            c.metadata.get("tokenizer.ggml.add_space_prefix"),
+            Some(Value::Bool(false))
+        );
+        if gpt2_like && no_prefix {
+            tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        }
         let vocab = match meta_u(&c, path, &k("vocab_size")) {
             Ok(v) => v,
             Err(_) => tokenizer.get_vocab_size(true),

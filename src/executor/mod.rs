@@ -4,6 +4,7 @@
 //! `weights` and `llama` load HF checkpoints into the shared `decoder`, whose projections are
 //! digital or analog (`linear`).
 
+pub mod chat;
 pub mod config;
 pub mod decoder;
 pub mod fetch;

@@ -1,9 +1,14 @@
 //! The one integration-test binary: one module per pipeline stage.
 
+/// Same allocator as the binary: large tensors reuse their pages instead of faulting anew.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod common;
 mod device;
 mod executor;
 mod golden;
+mod golden_executor;
 mod models;
 mod presets;
 mod tile;
