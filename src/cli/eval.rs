@@ -29,6 +29,9 @@ pub struct EvalArgs {
     /// Keep lm_head digital when mapping onto tiles.
     #[arg(long)]
     digital_lm_head: bool,
+    /// Compute dtype of the digital parts: f32, bf16 or f16.
+    #[arg(long, default_value = "f32", value_parser = super::parse_dtype)]
+    dtype: DType,
     /// Chip seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -36,7 +39,7 @@ pub struct EvalArgs {
 
 /// Runs `afm eval`.
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
-    let mut m = load_model(&a.model, DType::F32)?;
+    let mut m = load_model(&a.model, a.dtype)?;
     let Some(tok) = m.tokenizer.take() else {
         bail!("{} has no tokenizer", m.path.display());
     };

@@ -25,6 +25,9 @@ pub struct GenerateArgs {
     /// Keep lm_head digital when mapping onto tiles.
     #[arg(long)]
     digital_lm_head: bool,
+    /// Compute dtype of the digital parts: f32, bf16 or f16.
+    #[arg(long, default_value = "f32", value_parser = super::parse_dtype)]
+    dtype: DType,
     /// Chip (programming noise) and sampling seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -50,7 +53,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     if !(a.temperature >= 0.0 && a.top_p > 0.0 && a.top_p <= 1.0) {
         bail!("--temperature must be >= 0 and --top-p in (0, 1]");
     }
-    let mut m = load_model(&a.model, DType::F32)?;
+    let mut m = load_model(&a.model, a.dtype)?;
     let Some(tok) = m.tokenizer.take() else {
         bail!("{} has no tokenizer", m.path.display());
     };
@@ -93,7 +96,11 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     for _ in 0..a.max_tokens {
         let x = Tensor::from_slice(&input, (1, input.len()), &Device::Cpu)?;
         let logits = m.decoder.forward(&x, &mut cache)?;
-        let last = logits.squeeze(0)?.get(input.len() - 1)?.to_vec1::<f32>()?;
+        let last = logits
+            .squeeze(0)?
+            .get(input.len() - 1)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
         if last.iter().any(|v| v.is_nan()) {
             bail!("the model produced NaN logits");
         }

@@ -31,6 +31,18 @@ pub enum Command {
     Model(model::ModelCommand),
 }
 
+/// Parses a `--dtype` value.
+pub fn parse_dtype(s: &str) -> Result<candle_core::DType, String> {
+    match s {
+        "f32" => Ok(candle_core::DType::F32),
+        "bf16" => Ok(candle_core::DType::BF16),
+        "f16" => Ok(candle_core::DType::F16),
+        other => Err(format!(
+            "unknown dtype `{other}` (expected f32, bf16 or f16)"
+        )),
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

@@ -71,6 +71,8 @@ fn logits(dec: &afm::executor::decoder::Decoder, ids: &[u32], cache: &mut KvCach
     let t = Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu).unwrap();
     dec.forward(&t, cache)
         .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
         .flatten_all()
         .unwrap()
         .to_vec1::<f32>()
@@ -189,4 +191,116 @@ fn bad_configs_and_weights_are_named() {
         e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("expected [49, 32]"),
         "{e}"
     );
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("afm-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn broken_checkpoints_are_clear_errors() {
+    use afm::executor::load::load_model;
+    let src = repo("tests/golden/executor/tiny-llama");
+    // A missing tensor names the folder and the tensor.
+    let dir = temp_dir("missing-tensor");
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let mut t =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    t.remove("model.layers.1.mlp.up_proj.weight");
+    candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
+    let e = load_model(dir.to_str().unwrap(), DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("model.layers.1.mlp.up_proj.weight") && e.contains("missing"),
+        "{e}"
+    );
+    // A truncated safetensors file names the file.
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_model(dir.to_str().unwrap(), DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
+    // No weights at all.
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let e = load_model(dir.to_str().unwrap(), DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("model.safetensors"), "{e}");
+    // Garbage and truncated GGUF files.
+    let g = dir.join("bad.gguf");
+    std::fs::write(&g, b"GGUF but not really a gguf file at all").unwrap();
+    let e = load_model(g.to_str().unwrap(), DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("bad.gguf") && e.contains("not a valid GGUF"),
+        "{e}"
+    );
+    std::fs::write(&g, [0u8; 0]).unwrap();
+    assert!(load_model(g.to_str().unwrap(), DType::F32).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn truncated_real_gguf_names_the_tensor() {
+    use afm::executor::load::{load_model, resolve_weights};
+    let Ok(path) = resolve_weights("smollm2-135m-instruct", false) else {
+        panic!("SmolLM2 GGUF not in the cache: run `afm model fetch smollm2-135m-instruct`");
+    };
+    let dir = temp_dir("truncated-gguf");
+    let cut = dir.join("cut.gguf");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    let e = load_model(cut.to_str().unwrap(), DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    // Either the header's bounds check or the first tensor read past the end catches it.
+    assert!(
+        e.contains("cut.gguf") && (e.contains("tensor `") || e.contains("not a valid GGUF")),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn half_precision_tracks_f32() {
+    use afm::executor::load::load_model;
+    let dir = repo("tests/golden/executor/tiny-llama");
+    let ids: Vec<u32> = (0..12u32).map(|k| 3 + k * 19 % 250).collect();
+    let full = logits(
+        &load_model(dir.to_str().unwrap(), DType::F32)
+            .unwrap()
+            .decoder,
+        &ids,
+        &mut KvCache::default(),
+    );
+    for dtype in [DType::BF16, DType::F16] {
+        let m = load_model(dir.to_str().unwrap(), dtype).unwrap();
+        let half = logits(&m.decoder, &ids, &mut KvCache::default());
+        let scale = full.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let err = half
+            .iter()
+            .zip(&full)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+            / scale;
+        // bf16 keeps 8 bits of mantissa: a few percent of the logit scale, not more.
+        assert!(
+            err < 0.05 && err > 0.0,
+            "{dtype:?}: max relative error {err}"
+        );
+    }
 }

@@ -212,7 +212,6 @@ fn smollm2_wikitext2_perplexity_matches_transformers() {
     let m = smollm2();
     let g = json("tests/golden/executor/smollm2/perplexity.json");
     let text = std::fs::read_to_string(repo("../shared/data/text/wikitext2_raw_test.txt"))
-        .or_else(|_| std::fs::read_to_string("/work/shared/data/text/wikitext2_raw_test.txt"))
         .expect("shared/data/text/wikitext2_raw_test.txt beside the repository");
     let enc = m
         .tokenizer
