@@ -1,6 +1,6 @@
 //! `afm model ...`: model manifests and how a model maps onto tiles.
 
-use afm::executor::{resolve_model_path, Manifest};
+use afm::executor::{resolve_model_path, Manifest, ModelConfig};
 use afm::tile::{resolve_preset_path, TileMap, TilePreset};
 use clap::Subcommand;
 
@@ -14,7 +14,7 @@ pub enum ModelCommand {
     },
     /// Architecture, parameter count and the tile mapping of every linear layer.
     Info {
-        /// Manifest file or name in `models/` (e.g. smollm2-135m-instruct).
+        /// Manifest name in `models/` (e.g. smollm2-135m-instruct), an HF folder or a .gguf file.
         model: String,
         /// Tile preset the layers are mapped onto.
         #[arg(long, default_value = "afm-paper")]
@@ -40,10 +40,20 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
             digital_lm_head,
         } => (model, tiles, digital_lm_head),
     };
-    let m = Manifest::load(&resolve_model_path(&model))?;
     let p = TilePreset::load(&resolve_preset_path(&tiles))?;
-    let c = &m.config;
-    println!("model         {} ({:?})", m.name, c.architecture);
+    let as_path = std::path::Path::new(&model);
+    let (name, config) = if as_path.is_dir() {
+        let hf = afm::executor::config::HfConfig::load(&as_path.join("config.json"))?;
+        (model.clone(), ModelConfig::from_hf(&hf))
+    } else if model.ends_with(".gguf") {
+        let g = afm::executor::gguf::GgufModel::load(as_path, candle_core::DType::F32)?;
+        (model.clone(), ModelConfig::from_hf(&g.config))
+    } else {
+        let m = Manifest::load(&resolve_model_path(&model))?;
+        (m.name, m.config)
+    };
+    let c = &config;
+    println!("model         {name} ({:?})", c.architecture);
     println!(
         "shape         {} layers, hidden {}, MLP {}, heads {} / {} KV, vocab {}, tied embeddings: {}",
         c.num_hidden_layers,

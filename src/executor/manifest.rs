@@ -98,6 +98,24 @@ impl Manifest {
 }
 
 impl ModelConfig {
+    /// The shapes of a loaded HF (or GGUF-derived) configuration.
+    pub fn from_hf(c: &super::config::HfConfig) -> Self {
+        ModelConfig {
+            architecture: if c.model_type == "phi3" {
+                Architecture::Phi3
+            } else {
+                Architecture::Llama
+            },
+            hidden_size: c.hidden_size as i64,
+            intermediate_size: c.intermediate_size as i64,
+            num_hidden_layers: c.num_hidden_layers as i64,
+            num_attention_heads: c.num_attention_heads as i64,
+            num_key_value_heads: c.num_key_value_heads as i64,
+            vocab_size: c.vocab_size as i64,
+            tie_word_embeddings: c.tie_word_embeddings,
+        }
+    }
+
     /// Checks that every size is positive and the heads divide the width.
     pub fn validate(&self, file: &Path) -> Result<()> {
         let bad = |field: &str, msg: String| Error::Config {
