@@ -304,3 +304,47 @@ fn half_precision_tracks_f32() {
         );
     }
 }
+
+#[test]
+fn sharded_safetensors_load_like_one_file() {
+    use afm::executor::load::load_model;
+    let src = repo("tests/golden/executor/tiny-llama");
+    let dir = temp_dir("sharded");
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let all = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let (mut a, mut b, mut map) = (HashMap::new(), HashMap::new(), serde_json::Map::new());
+    for (k, (name, t)) in all.into_iter().enumerate() {
+        let shard = if k % 2 == 0 {
+            "model-00001-of-00002.safetensors"
+        } else {
+            "model-00002-of-00002.safetensors"
+        };
+        map.insert(name.clone(), serde_json::Value::String(shard.into()));
+        if k % 2 == 0 {
+            a.insert(name, t)
+        } else {
+            b.insert(name, t)
+        };
+    }
+    candle_core::safetensors::save(&a, dir.join("model-00001-of-00002.safetensors")).unwrap();
+    candle_core::safetensors::save(&b, dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let ids: Vec<u32> = (0..7u32).map(|k| 10 + k * 3).collect();
+    let one = logits(
+        &load_model(src.to_str().unwrap(), DType::F32)
+            .unwrap()
+            .decoder,
+        &ids,
+        &mut KvCache::default(),
+    );
+    let two = logits(
+        &load_model(dir.to_str().unwrap(), DType::F32)
+            .unwrap()
+            .decoder,
+        &ids,
+        &mut KvCache::default(),
+    );
+    assert_eq!(one, two);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -7,6 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod common;
 mod device;
 mod executor;
+mod gguf;
 mod golden;
 mod golden_executor;
 mod models;
