@@ -16,3 +16,11 @@ pub fn resolve_named(arg: &str, folder: &str) -> PathBuf {
         .find(|c| c.exists())
         .unwrap_or(p)
 }
+
+/// Reads a text file, naming it in the error.
+pub fn read_text(path: &std::path::Path) -> crate::Result<String> {
+    std::fs::read_to_string(path).map_err(|source| crate::Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -1,10 +1,8 @@
 //! `afm generate`: text generation on a digital or analog (tiled) model, streamed to stdout.
 
 use afm::executor::decoder::KvCache;
-use afm::executor::load::{load_model, map_to_tiles};
 use afm::executor::sampling::Sampling;
 use afm::rng::{Effect, StreamKey};
-use afm::tile::{resolve_preset_path, TilePreset};
 use anyhow::bail;
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
@@ -13,24 +11,11 @@ use std::io::Write;
 /// Options of `afm generate`.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Model: manifest name in `models/`, a .gguf file or an HF folder.
-    #[arg(long)]
-    model: String,
+    #[command(flatten)]
+    model: super::model_args::ModelArgs,
     /// The user message (wrapped in the model's chat template unless --raw).
     #[arg(long)]
     prompt: String,
-    /// Tile preset: put every projection on simulated tiles.
-    #[arg(long)]
-    tiles: Option<String>,
-    /// Keep lm_head digital when mapping onto tiles.
-    #[arg(long)]
-    digital_lm_head: bool,
-    /// Compute dtype of the digital parts: f32, bf16 or f16.
-    #[arg(long, default_value = "f32", value_parser = super::parse_dtype)]
-    dtype: DType,
-    /// Chip (programming noise) and sampling seed.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Tokens to generate at most.
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
@@ -53,14 +38,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     if !(a.temperature >= 0.0 && a.top_p > 0.0 && a.top_p <= 1.0) {
         bail!("--temperature must be >= 0 and --top-p in (0, 1]");
     }
-    let mut m = load_model(&a.model, a.dtype)?;
-    let Some(tok) = m.tokenizer.take() else {
-        bail!("{} has no tokenizer", m.path.display());
-    };
-    if let Some(t) = &a.tiles {
-        let preset = TilePreset::load(&resolve_preset_path(t))?;
-        map_to_tiles(&mut m.decoder, &preset, a.seed, a.digital_lm_head)?;
-    }
+    let (m, tok) = a.model.open()?;
     let cfg = m.decoder.cfg.clone();
     let id_str = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default();
     let text = match (&m.chat_template, a.raw) {
@@ -88,7 +66,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         top_k: a.top_k,
         top_p: a.top_p,
     };
-    let mut rng = StreamKey::new(a.seed, 0, 0, Effect::Data).rng(u64::MAX);
+    let mut rng = StreamKey::new(a.model.seed, 0, 0, Effect::Data).rng(u64::MAX);
     let mut cache = KvCache::default();
     let mut input = ids.clone();
     let (mut printed, start) = (String::new(), ids.len());

@@ -3,6 +3,7 @@
 mod eval;
 mod generate;
 mod model;
+mod model_args;
 mod tile;
 
 use clap::{Parser, Subcommand};

@@ -109,10 +109,7 @@ fn ids(v: &Option<serde_json::Value>) -> Vec<u32> {
 impl HfConfig {
     /// Reads and checks a config.json.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::paths::read_text(path)?;
         Self::parse(&text, path)
     }
 

@@ -84,10 +84,7 @@ pub struct LinearShape {
 impl Manifest {
     /// Loads and validates a manifest file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::paths::read_text(path)?;
         let m: Manifest = toml::from_str(&text).map_err(|e| Error::Parse {
             file: path.to_path_buf(),
             msg: e.message().trim().replace('\n', " "),

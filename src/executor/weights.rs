@@ -29,10 +29,7 @@ impl Weights {
     pub fn from_hf_dir(dir: &Path, dtype: DType, dev: &Device) -> Result<Self> {
         let index = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(|source| Error::Io {
-                path: index.clone(),
-                source,
-            })?;
+            let text = crate::paths::read_text(&index)?;
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Parse {
                 file: index.clone(),
                 msg: e.to_string(),

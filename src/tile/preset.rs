@@ -86,10 +86,7 @@ pub struct MvmNoise {
 impl TilePreset {
     /// Loads and validates a preset file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::paths::read_text(path)?;
         Self::parse(&text, path)
     }
 

@@ -1,0 +1,43 @@
+//! The model options shared by `afm generate` and `afm eval`, and opening the model they name.
+
+use afm::executor::load::{load_model, map_to_tiles, LoadedModel};
+use afm::tile::{resolve_preset_path, TilePreset};
+use anyhow::bail;
+use candle_core::DType;
+use clap::Args;
+use tokenizers::Tokenizer;
+
+/// Which model, on which tiles, in which dtype.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Model: manifest name in `models/`, a .gguf file or an HF folder.
+    #[arg(long)]
+    pub model: String,
+    /// Tile preset: put every projection on simulated tiles.
+    #[arg(long)]
+    pub tiles: Option<String>,
+    /// Keep lm_head digital when mapping onto tiles.
+    #[arg(long)]
+    pub digital_lm_head: bool,
+    /// Compute dtype of the digital parts: f32, bf16 or f16.
+    #[arg(long, default_value = "f32", value_parser = super::parse_dtype)]
+    pub dtype: DType,
+    /// Chip seed (programming noise; also seeds sampling).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl ModelArgs {
+    /// Loads the model, programs it onto tiles when asked, and takes out its tokenizer.
+    pub fn open(&self) -> anyhow::Result<(LoadedModel, Tokenizer)> {
+        let mut m = load_model(&self.model, self.dtype)?;
+        let Some(tok) = m.tokenizer.take() else {
+            bail!("{} has no tokenizer", m.path.display());
+        };
+        if let Some(t) = &self.tiles {
+            let preset = TilePreset::load(&resolve_preset_path(t))?;
+            map_to_tiles(&mut m.decoder, &preset, self.seed, self.digital_lm_head)?;
+        }
+        Ok((m, tok))
+    }
+}
