@@ -79,3 +79,72 @@ impl Sampling {
         idx[p.len() - 1] as u32
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::{Effect, StreamKey};
+
+    fn rng() -> Rng {
+        StreamKey::new(1, 2, 3, Effect::Data).rng(0)
+    }
+
+    #[test]
+    fn greedy_and_degenerate_filters_pick_the_argmax() {
+        let l = [0.1, 2.0, -1.0, 1.9];
+        assert_eq!(Sampling::GREEDY.pick(&l, &mut rng()), 1);
+        let top1 = Sampling {
+            temperature: 1.0,
+            top_k: 1,
+            top_p: 1.0,
+        };
+        let tiny_p = Sampling {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1e-6,
+        };
+        let mut r = rng();
+        for _ in 0..100 {
+            assert_eq!(top1.pick(&l, &mut r), 1);
+            assert_eq!(tiny_p.pick(&l, &mut r), 1);
+        }
+    }
+
+    #[test]
+    fn temperature_sampling_follows_softmax_and_filters() {
+        let l = [0.0f32, 1.0, 2.0, -10.0];
+        let s = Sampling {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+        };
+        let mut counts = [0usize; 4];
+        let mut r = rng();
+        let n = 200_000;
+        for _ in 0..n {
+            counts[s.pick(&l, &mut r) as usize] += 1;
+        }
+        let z: f64 = l.iter().map(|&v| f64::from(v).exp()).sum();
+        for (i, &c) in counts.iter().enumerate() {
+            let p = f64::from(l[i]).exp() / z;
+            assert!(
+                (c as f64 / n as f64 - p).abs() < 0.005,
+                "token {i}: {c} vs p {p}"
+            );
+        }
+        // top-k 2 never picks the third most likely token.
+        let k2 = Sampling {
+            temperature: 1.0,
+            top_k: 2,
+            top_p: 1.0,
+        };
+        assert!((0..2000).all(|_| k2.pick(&l, &mut r) != 0));
+        // top-p 0.7 keeps {2} (p = 0.66) plus {1} (0.24): never 0.
+        let p7 = Sampling {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.7,
+        };
+        assert!((0..2000).all(|_| p7.pick(&l, &mut r) != 0));
+    }
+}

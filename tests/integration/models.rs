@@ -64,3 +64,15 @@ fn bad_manifest_is_one_clear_error() {
         "{e}"
     );
 }
+
+#[test]
+fn tiny_manifests_match_their_checkpoints() {
+    use afm::executor::config::HfConfig;
+    use afm::executor::ModelConfig;
+    for name in ["tiny-llama", "tiny-phi3"] {
+        let m = Manifest::load(&repo(&format!("models/{name}.toml"))).unwrap();
+        let hf =
+            HfConfig::load(&repo(&format!("tests/golden/executor/{name}/config.json"))).unwrap();
+        assert_eq!(m.config, ModelConfig::from_hf(&hf), "{name}");
+    }
+}
