@@ -1,5 +1,6 @@
-//! Evaluation of (analog) models: perplexity now; benchmarks under noise follow.
+//! Evaluation of (analog) models: perplexity and lm-eval style multiple-choice scoring.
 
+pub mod multiple_choice;
 pub mod perplexity;
 
 pub use perplexity::{perplexity, Perplexity};

@@ -6,6 +6,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod common;
 mod device;
+mod eval;
 mod executor;
 mod gguf;
 mod golden;

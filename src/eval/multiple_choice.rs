@@ -1,0 +1,205 @@
+//! Multiple-choice scoring as lm-evaluation-harness does it.
+//!
+//! Each choice is a (context, continuation) request; its score is the sum of the continuation
+//! tokens' log-probabilities. `acc` takes the argmax of the sums, `acc_norm` the argmax of the
+//! sums divided by the choice's length in characters (lm-eval's `acc_norm`); ties go to the first.
+//! Tokenization follows lm-eval: the whole string is encoded and the continuation is what follows
+//! the context's own encoding, with trailing spaces of the context moved to the continuation.
+
+use crate::error::{Error, Result};
+use crate::executor::decoder::{Decoder, KvCache};
+use candle_core::{DType, Device, Tensor, D};
+use serde::Deserialize;
+use std::path::Path;
+use tokenizers::Tokenizer;
+
+/// One multiple-choice item: a context per choice (shared, or one each for partial scoring),
+/// the continuations, the choice texts whose lengths normalize, and the gold index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McItem {
+    /// Context of each choice.
+    pub contexts: Vec<String>,
+    /// Continuation of each choice (scored).
+    pub continuations: Vec<String>,
+    /// Text whose character count normalizes each choice for `acc_norm`.
+    pub norm_texts: Vec<String>,
+    /// Index of the right choice.
+    pub gold: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Choices {
+        query: String,
+        choices: Vec<String>,
+        gold: usize,
+    },
+    Partial {
+        context_options: Vec<String>,
+        continuation: String,
+        gold: usize,
+    },
+}
+
+/// Loads lm-eval style JSONL: `{query, choices, gold}` (the continuation is " " + choice) or
+/// `{context_options, continuation, gold}` (partial scoring). A malformed line is reported as
+/// `(line number, message)` and skipped; the items that parse are returned.
+pub fn load_jsonl(path: &Path) -> Result<(Vec<McItem>, Vec<(usize, String)>)> {
+    let text = crate::paths::read_text(path)?;
+    let (mut items, mut bad) = (Vec::new(), Vec::new());
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let item = match serde_json::from_str::<Line>(line) {
+            Ok(Line::Choices {
+                query,
+                choices,
+                gold,
+            }) => McItem {
+                contexts: vec![query; choices.len()],
+                continuations: choices.iter().map(|c| format!(" {c}")).collect(),
+                norm_texts: choices,
+                gold,
+            },
+            Ok(Line::Partial {
+                context_options,
+                continuation,
+                gold,
+            }) => McItem {
+                continuations: vec![format!(" {continuation}"); context_options.len()],
+                norm_texts: vec![continuation; context_options.len()],
+                contexts: context_options,
+                gold,
+            },
+            Err(e) => {
+                bad.push((n + 1, format!("not a multiple-choice item: {e}")));
+                continue;
+            }
+        };
+        if item.gold >= item.continuations.len() || item.continuations.len() < 2 {
+            bad.push((
+                n + 1,
+                format!(
+                    "gold {} with {} choices",
+                    item.gold,
+                    item.continuations.len()
+                ),
+            ));
+            continue;
+        }
+        items.push(item);
+    }
+    if items.is_empty() && !bad.is_empty() {
+        return Err(Error::Parse {
+            file: path.to_path_buf(),
+            msg: format!("no valid item; line {}: {}", bad[0].0, bad[0].1),
+        });
+    }
+    Ok((items, bad))
+}
+
+/// lm-eval's acc and acc_norm of one item from the choices' summed log-likelihoods.
+pub fn score(loglik: &[f64], norm_texts: &[String], gold: usize) -> (bool, bool) {
+    let first_max = |v: &mut dyn Iterator<Item = f64>| {
+        v.enumerate()
+            .fold((0usize, f64::NEG_INFINITY), |b, (i, x)| {
+                if x > b.1 {
+                    (i, x)
+                } else {
+                    b
+                }
+            })
+            .0
+    };
+    let acc = first_max(&mut loglik.iter().copied());
+    let acc_norm = first_max(
+        &mut loglik
+            .iter()
+            .zip(norm_texts)
+            .map(|(l, t)| l / (t.chars().count().max(1) as f64)),
+    );
+    (acc == gold, acc_norm == gold)
+}
+
+/// (context tokens, continuation tokens) as lm-eval splits them.
+pub fn split_tokens(
+    tok: &Tokenizer,
+    context: &str,
+    continuation: &str,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let trimmed = context.trim_end_matches(' ');
+    let moved = &context[trimmed.len()..];
+    let cont = format!("{moved}{continuation}");
+    let enc = |s: &str| -> Result<Vec<u32>> {
+        Ok(tok
+            .encode(s, false)
+            .map_err(|e| Error::Value(format!("tokenizer: {e}")))?
+            .get_ids()
+            .to_vec())
+    };
+    let whole = enc(&format!("{trimmed}{cont}"))?;
+    let ctx = enc(trimmed)?;
+    let n = ctx.len().min(whole.len());
+    Ok((whole[..n].to_vec(), whole[n..].to_vec()))
+}
+
+/// Summed log-probability of `cont` after `ctx` (the context's cache is computed once per call
+/// by the caller and cloned per choice).
+pub fn continuation_loglik(
+    model: &Decoder,
+    ctx_cache: &KvCache,
+    last_ctx_logits: &Tensor,
+    cont: &[u32],
+) -> Result<f64> {
+    if cont.is_empty() {
+        return Ok(0.0);
+    }
+    let mut cache = ctx_cache.clone();
+    let x = Tensor::from_slice(&cont[..cont.len() - 1], (1, cont.len() - 1), &Device::Cpu)?;
+    let mut rows = vec![last_ctx_logits.clone()];
+    if cont.len() > 1 {
+        rows.push(
+            model
+                .forward(&x, &mut cache)?
+                .squeeze(0)?
+                .to_dtype(DType::F32)?,
+        );
+    }
+    let logits = Tensor::cat(&rows, 0)?;
+    let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let idx = Tensor::from_slice(cont, (cont.len(), 1), &Device::Cpu)?;
+    let picked = lp.gather(&idx, 1)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(picked.iter().map(|&v| f64::from(v)).sum())
+}
+
+/// Log-likelihoods of every choice of an item; contexts shared between choices are run once.
+pub fn item_logliks(model: &Decoder, tok: &Tokenizer, item: &McItem) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(item.continuations.len());
+    let mut prev: Option<(Vec<u32>, KvCache, Tensor)> = None;
+    for (ctx, cont) in item.contexts.iter().zip(&item.continuations) {
+        let (c_ids, k_ids) = split_tokens(tok, ctx, cont)?;
+        if c_ids.is_empty() {
+            return Err(Error::Value(
+                "empty context: lm-eval would prepend an end-of-text token".into(),
+            ));
+        }
+        let reuse = matches!(&prev, Some((p, _, _)) if *p == c_ids);
+        if !reuse {
+            let mut cache = KvCache::default();
+            let x = Tensor::from_slice(&c_ids, (1, c_ids.len()), &Device::Cpu)?;
+            let logits = model
+                .forward(&x, &mut cache)?
+                .squeeze(0)?
+                .to_dtype(DType::F32)?;
+            let last = logits.narrow(0, c_ids.len() - 1, 1)?;
+            prev = Some((c_ids, cache, last));
+        }
+        let (_, cache, last) = prev
+            .as_ref()
+            .ok_or_else(|| Error::Value("no context".into()))?;
+        out.push(continuation_loglik(model, cache, last, &k_ids)?);
+    }
+    Ok(out)
+}
