@@ -42,10 +42,13 @@ enum Line {
     },
 }
 
+/// Lines of a task file that were skipped: (1-based line number, what was wrong).
+pub type BadLines = Vec<(usize, String)>;
+
 /// Loads lm-eval style JSONL: `{query, choices, gold}` (the continuation is " " + choice) or
 /// `{context_options, continuation, gold}` (partial scoring). A malformed line is reported as
 /// `(line number, message)` and skipped; the items that parse are returned.
-pub fn load_jsonl(path: &Path) -> Result<(Vec<McItem>, Vec<(usize, String)>)> {
+pub fn load_jsonl(path: &Path) -> Result<(Vec<McItem>, BadLines)> {
     let text = crate::paths::read_text(path)?;
     let (mut items, mut bad) = (Vec::new(), Vec::new());
     for (n, line) in text.lines().enumerate() {
