@@ -21,8 +21,7 @@ fn acc_and_acc_norm_by_hand() {
 
 #[test]
 fn loader_reads_both_formats_and_reports_bad_lines() {
-    let dir = std::env::temp_dir().join(format!("afm-mc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::common::temp_dir("mc");
     let path = dir.join("task.jsonl");
     std::fs::write(
         &path,

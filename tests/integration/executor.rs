@@ -1,7 +1,7 @@
 //! The transformer executor: KV-cache consistency and analog mapping on tiny random models
 //! (the comparison with `transformers` is in `golden`).
 
-use crate::common::{assert_close, normals, repo};
+use crate::common::{assert_close, normals, repo, temp_dir};
 use afm::executor::config::HfConfig;
 use afm::executor::decoder::KvCache;
 use afm::executor::llama;
@@ -191,13 +191,6 @@ fn bad_configs_and_weights_are_named() {
         e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("expected [49, 32]"),
         "{e}"
     );
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("afm-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]

@@ -188,8 +188,7 @@ fn every_tensor_type_loads_with_hf_names() {
             (n, v)
         })
         .collect();
-    let dir: PathBuf = std::env::temp_dir().join(format!("afm-gguf-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::common::temp_dir("gguf");
     let ids: Vec<u32> = (0..9u32).map(|k| (k * 31 + 5) % V as u32).collect();
     for dtype in [
         GgmlDType::F32,

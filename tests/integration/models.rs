@@ -51,8 +51,7 @@ fn tile_counts_by_hand() {
 
 #[test]
 fn bad_manifest_is_one_clear_error() {
-    let dir = std::env::temp_dir().join("afm-test-manifest");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::common::temp_dir("manifest");
     let path = dir.join("bad.toml");
     let text = std::fs::read_to_string(repo("models/llama-3.2-1b.toml"))
         .unwrap()
