@@ -141,9 +141,7 @@ fn analog_mapping_runs_and_stays_close() {
         preset.adc.bits = 0;
         preset.tile.rows = 16;
         let mut analog = llama::build(cfg.clone(), &w).unwrap();
-        for (name, p) in analog.projections_mut() {
-            *p = p.to_analog(&preset, 0, &name).unwrap();
-        }
+        afm::executor::load::map_to_tiles(&mut analog, &preset, 0, false).unwrap();
         let a = logits(&analog, &ids, &mut KvCache::default());
         let err: f32 = a
             .iter()
