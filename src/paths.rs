@@ -24,3 +24,15 @@ pub fn read_text(path: &std::path::Path) -> crate::Result<String> {
         source,
     })
 }
+
+/// Writes a file atomically: a temporary file beside it, then a rename, so a kill never
+/// leaves a half-written result behind.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> crate::Result<()> {
+    let io = |p: &std::path::Path| {
+        let p = p.to_path_buf();
+        move |source| crate::Error::Io { path: p, source }
+    };
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}

@@ -1,96 +1,303 @@
-//! `afm eval`: evaluate a digital or analog model (perplexity on a text file so far).
+//! `afm eval`: benchmark tasks on the digital model and on programmed chips over seeds and
+//! drift times; resumable with `--out`, results as JSON and a Markdown table.
 
-use afm::eval::perplexity;
-use anyhow::Context;
+use afm::eval::harness::HarnessOptions;
+use afm::eval::run::{self, Plan, Progress, Row};
+use afm::eval::{report, tasks};
+use afm::tile::{resolve_preset_path, TilePreset};
+use anyhow::{bail, Context};
+use candle_core::DType;
 use clap::Args;
-use std::time::Instant;
+use std::path::PathBuf;
 
 /// Options of `afm eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    #[command(flatten)]
-    model: super::model_args::ModelArgs,
-    /// Text file scored by perplexity (e.g. ../shared/data/text/wikitext2_raw_test.txt).
-    #[arg(long, required_unless_present = "task")]
-    text: Option<String>,
-    /// Multiple-choice task in lm-eval JSONL ({query, choices, gold} or
-    /// {context_options, continuation, gold}), e.g. ../shared/data/bench/arc_easy.jsonl.
-    #[arg(long, conflicts_with = "text")]
-    task: Option<String>,
-    /// Score only the first K items of the task.
+    /// Model: manifest name in `models/`, a .gguf file or an HF folder.
+    #[arg(long)]
+    model: String,
+    /// Tasks, comma-separated: built-in names (hellaswag, arc_easy, arc_challenge, piqa,
+    /// winogrande, boolq, lambada_openai, gsm8k, math500, wikitext2, ptb) or files (.jsonl
+    /// tasks, any other file is a text scored by perplexity).
+    #[arg(long, value_delimiter = ',', required = true)]
+    tasks: Vec<String>,
+    /// Tile presets (comma-separated or repeated): each is a row of the table, per seed.
+    #[arg(long, value_delimiter = ',')]
+    tiles: Vec<String>,
+    /// Chips to program per preset (seeds --seed, --seed+1, ...).
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// First chip seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Drift times (e.g. 1s,1h,1d,1y or seconds); the same chips are read at each time.
+    /// Default: each preset's own drift_time_s.
+    #[arg(long, value_delimiter = ',', value_parser = parse_time)]
+    drift_times: Vec<f64>,
+    /// Global drift compensation on or off (default: the preset's own setting).
+    #[arg(long, value_parser = parse_on_off)]
+    drift_compensation: Option<bool>,
+    /// Score only the first K items of every task.
     #[arg(long)]
     limit: Option<usize>,
-    /// Score only the first N tokens of the text.
-    #[arg(long, default_value_t = 32768)]
-    limit_tokens: usize,
-    /// Window (= stride) in tokens.
+    /// Few-shot examples (from the task's own training file where one exists; default: the
+    /// task's default, 8 for gsm8k, else 0).
+    #[arg(long)]
+    shots: Option<usize>,
+    /// Results folder: cells, results.json and results.md; re-running resumes.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Skip the digital (FP) baseline row.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Keep lm_head digital on the chip.
+    #[arg(long)]
+    digital_lm_head: bool,
+    /// Text whose first --calib-tokens tokens set the static input ranges of each chip
+    /// (abs-max per row block); default: the first batch of each task.
+    #[arg(long)]
+    calib_text: Option<PathBuf>,
+    /// Tokens of --calib-text used for calibration.
+    #[arg(long, default_value_t = 512)]
+    calib_tokens: usize,
+    /// Tokens of a perplexity text scored (from its start).
+    #[arg(long, default_value_t = 4096)]
+    text_tokens: usize,
+    /// Perplexity window (= stride) in tokens.
     #[arg(long, default_value_t = 2048)]
     window: usize,
+    /// New tokens per generation at most (gsm8k, math500).
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Folder of the built-in tasks' files (default: $AFM_DATA or ../shared/data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Compute dtype of the digital parts: f32, bf16 or f16.
+    #[arg(long, default_value = "f32", value_parser = super::parse_dtype)]
+    dtype: DType,
+}
+
+/// Parses a duration: plain seconds or a number with s, m, h, d or y (365 days).
+fn parse_time(s: &str) -> Result<f64, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let scale = match unit {
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        "y" => 365.0 * 86400.0,
+        u => {
+            return Err(format!(
+                "unknown time unit `{u}` in `{s}` (use s, m, h, d or y)"
+            ))
+        }
+    };
+    match num.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v * scale),
+        _ => Err(format!("`{s}` is not a time >= 0 (e.g. 3600, 1h, 1d, 1y)")),
+    }
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("`{s}`: expected on or off")),
+    }
+}
+
+/// A drift time as people say it.
+fn time_label(t: f64) -> String {
+    for (unit, secs) in [("y", 365.0 * 86400.0), ("d", 86400.0), ("h", 3600.0)] {
+        if t >= secs && (t / secs).fract() == 0.0 {
+            return format!("{}{unit}", t / secs);
+        }
+    }
+    format!("{t}s")
+}
+
+fn git_commit() -> String {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let out = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(["-C", dir])
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match out(&["rev-parse", "HEAD"]) {
+        Some(c) if out(&["status", "--porcelain"]).is_some_and(|s| s.is_empty()) => c,
+        Some(c) => format!("{c}-dirty"),
+        None => "unknown".into(),
+    }
+}
+
+/// The version of a locked dependency, from the Cargo.lock the binary was built with.
+fn locked_version(name: &str) -> String {
+    let lock = include_str!("../../Cargo.lock");
+    let key = format!("name = \"{name}\"\nversion = \"");
+    lock.find(&key)
+        .and_then(|i| lock[i + key.len()..].split('"').next())
+        .unwrap_or("unknown")
+        .to_string()
 }
 
 /// Runs `afm eval`.
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
-    let (m, tok) = a.model.open()?;
-    if let Some(task) = &a.task {
-        return run_task(&a, task, &m.decoder, &tok);
+    let data_dir = a.data_dir.clone().unwrap_or_else(tasks::default_data_dir);
+    let tasks = a
+        .tasks
+        .iter()
+        .map(|t| tasks::load(t, &data_dir, a.shots, a.limit))
+        .collect::<Result<Vec<_>, _>>()?;
+    for t in &tasks {
+        for (line, msg) in &t.skipped {
+            eprintln!("warning: {}:{line}: {msg} (skipped)", t.path.display());
+        }
+        if a.shots.is_some_and(|k| k > 0) && t.shots == 0 {
+            eprintln!(
+                "note: {} has no training file beside it; evaluated 0-shot",
+                t.name
+            );
+        }
     }
-    let text_path = a.text.clone().unwrap_or_default();
-    let text =
-        std::fs::read_to_string(&text_path).with_context(|| format!("reading {text_path}"))?;
-    let enc = tok
-        .encode(text.as_str(), false)
-        .map_err(anyhow::Error::msg)?;
-    let total = enc.get_ids().len();
-    let ids = &enc.get_ids()[..total.min(a.limit_tokens)];
-    let t0 = Instant::now();
+    let mut rows = Vec::new();
+    let mut preset_info = Vec::new();
+    if !a.no_baseline {
+        rows.push(Row {
+            label: "FP (digital)".into(),
+            preset: None,
+        });
+    }
+    for name in &a.tiles {
+        let path = resolve_preset_path(name);
+        let mut preset = TilePreset::load(&path)?;
+        if let Some(c) = a.drift_compensation {
+            preset.drift_compensation = c;
+        }
+        let times = if a.drift_times.is_empty() {
+            vec![None]
+        } else {
+            a.drift_times.iter().map(|&t| Some(t)).collect()
+        };
+        for t in times {
+            let mut p = preset.clone();
+            let mut label = format!("{} + noise", p.name);
+            if let Some(t) = t {
+                p.drift_time_s = t;
+                let comp = if p.drift_compensation {
+                    ""
+                } else {
+                    ", no comp."
+                };
+                label = format!("{label} @ t={}{comp}", time_label(t));
+            }
+            preset_info.push(serde_json::json!({
+                "label": label, "file": path, "preset": toml::from_str::<toml::Value>(&p.to_toml()).ok(),
+            }));
+            rows.push(Row {
+                label,
+                preset: Some(p),
+            });
+        }
+    }
+    if rows.is_empty() {
+        bail!("nothing to evaluate: give --tiles or drop --no-baseline");
+    }
+    let (m, tok) = super::model_args::open_digital(&a.model, a.dtype)?;
+    let calibration = match &a.calib_text {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let ids = tok
+                .encode(text.as_str(), false)
+                .map_err(anyhow::Error::msg)?;
+            let ids = ids.get_ids();
+            if ids.is_empty() {
+                bail!("{}: calibration text has no tokens", p.display());
+            }
+            Some(ids[..ids.len().min(a.calib_tokens)].to_vec())
+        }
+        None => None,
+    };
+    let plan = Plan {
+        model: a.model.clone(),
+        dtype: format!("{:?}", a.dtype).to_lowercase(),
+        rows,
+        seeds: (a.seed..a.seed + a.seeds.max(1)).collect(),
+        tasks,
+        options: HarnessOptions {
+            text_tokens: a.text_tokens,
+            window: a.window,
+            max_new_tokens: a.max_new_tokens,
+            ..HarnessOptions::default()
+        },
+        digital_lm_head: a.digital_lm_head,
+        calibration,
+    };
+    let (out, temporary) = match &a.out {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("afm-eval-{}", std::process::id())),
+            true,
+        ),
+    };
     let bar = indicatif::ProgressBar::new(0);
-    let p = perplexity(&m.decoder, ids, a.window, |done, all| {
-        bar.set_length(all as u64);
-        bar.set_position(done as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} items  {elapsed_precise} ETA {eta_precise}  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let t0 = std::time::Instant::now();
+    let cells = run::run(&plan, &m.decoder, &tok, &out, &mut |p| match p {
+        Progress::Total(n) => bar.set_length(n as u64),
+        Progress::Advance(n) => bar.inc(n as u64),
+        Progress::Cell(s) => bar.set_message(s),
     })?;
     bar.finish_and_clear();
-    let secs = t0.elapsed().as_secs_f64();
-    let out = serde_json::json!({
-        "model": a.model.model, "text": text_path, "text_tokens": total, "scored_tokens": ids.len(),
-        "window": a.window, "tiles": a.model.tiles, "seed": a.model.seed, "dtype": format!("{:?}", a.model.dtype),
-        "mean_nll": p.mean_nll, "perplexity": p.ppl, "predicted": p.predicted,
-        "seconds": secs, "tokens_per_s": ids.len() as f64 / secs,
+    let summary = run::summarize(&plan, &cells);
+    let table = report::markdown_table(&plan, &summary);
+    let results = serde_json::json!({
+        "config": {
+            "model": a.model, "model_path": m.path, "dtype": plan.dtype,
+            "rows": preset_info, "baseline": !a.no_baseline,
+            "seeds": plan.seeds, "drift_times_s": a.drift_times,
+            "drift_compensation": a.drift_compensation,
+            "tasks": plan.tasks.iter().map(|t| serde_json::json!({
+                "name": t.name, "file": t.path, "shots": t.shots, "items": t.data_len(),
+                "skipped_lines": t.skipped.len(),
+            })).collect::<Vec<_>>(),
+            "limit": a.limit, "options": plan.options, "digital_lm_head": a.digital_lm_head,
+            "calibration": a.calib_text.as_ref().map(|p| serde_json::json!({
+                "file": p, "tokens": plan.calibration.as_ref().map(Vec::len),
+            })),
+        },
+        "versions": {
+            "afm": env!("CARGO_PKG_VERSION"), "git_commit": git_commit(),
+            "candle": locked_version("candle-core"), "tokenizers": locked_version("tokenizers"),
+        },
+        "summary": summary,
+        "cells": cells,
+        "seconds_this_run": t0.elapsed().as_secs_f64(),
     });
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
-}
-
-fn run_task(
-    a: &EvalArgs,
-    task: &str,
-    model: &afm::executor::decoder::Decoder,
-    tok: &tokenizers::Tokenizer,
-) -> anyhow::Result<()> {
-    use afm::eval::multiple_choice::{item_logliks, load_jsonl, score};
-    let (mut items, bad) = load_jsonl(std::path::Path::new(task))?;
-    for (line, msg) in &bad {
-        eprintln!("warning: {task}:{line}: {msg} (skipped)");
+    println!("{table}");
+    if temporary {
+        let _ = std::fs::remove_dir_all(&out);
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        afm::paths::write_atomic(
+            &out.join("results.json"),
+            serde_json::to_string_pretty(&results)?.as_bytes(),
+        )?;
+        afm::paths::write_atomic(&out.join("results.md"), table.as_bytes())?;
+        eprintln!("wrote {}/results.json and results.md", out.display());
     }
-    items.truncate(a.limit.unwrap_or(items.len()));
-    let t0 = Instant::now();
-    let bar = indicatif::ProgressBar::new(items.len() as u64);
-    let (mut acc, mut acc_norm) = (0usize, 0usize);
-    for item in &items {
-        let ll = item_logliks(model, tok, item)?;
-        let (x, y) = score(&ll, &item.norm_texts, item.gold);
-        acc += usize::from(x);
-        acc_norm += usize::from(y);
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let n = items.len().max(1) as f64;
-    let secs = t0.elapsed().as_secs_f64();
-    let out = serde_json::json!({
-        "model": a.model.model, "task": task, "items": items.len(), "skipped_lines": bad.len(),
-        "tiles": a.model.tiles, "seed": a.model.seed, "dtype": format!("{:?}", a.model.dtype),
-        "acc": acc as f64 / n, "acc_norm": acc_norm as f64 / n,
-        "seconds": secs, "items_per_s": items.len() as f64 / secs,
-    });
-    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

@@ -30,14 +30,20 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Loads the model, programs it onto tiles when asked, and takes out its tokenizer.
     pub fn open(&self) -> anyhow::Result<(LoadedModel, Tokenizer)> {
-        let mut m = load_model(&self.model, self.dtype)?;
-        let Some(tok) = m.tokenizer.take() else {
-            bail!("{} has no tokenizer", m.path.display());
-        };
+        let (mut m, tok) = open_digital(&self.model, self.dtype)?;
         if let Some(t) = &self.tiles {
             let preset = TilePreset::load(&resolve_preset_path(t))?;
             map_to_tiles(&mut m.decoder, &preset, self.seed, self.digital_lm_head)?;
         }
         Ok((m, tok))
     }
+}
+
+/// Loads a digital model and takes out its tokenizer (an error if it has none).
+pub fn open_digital(model: &str, dtype: DType) -> anyhow::Result<(LoadedModel, Tokenizer)> {
+    let mut m = load_model(model, dtype)?;
+    let Some(tok) = m.tokenizer.take() else {
+        bail!("{} has no tokenizer", m.path.display());
+    };
+    Ok((m, tok))
 }

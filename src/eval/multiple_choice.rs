@@ -6,9 +6,9 @@
 //! Tokenization follows lm-eval: the whole string is encoded and the continuation is what follows
 //! the context's own encoding, with trailing spaces of the context moved to the continuation.
 
+use super::loglik;
 use crate::error::{Error, Result};
-use crate::executor::decoder::{Decoder, KvCache};
-use candle_core::{DType, Device, Tensor, D};
+use crate::executor::decoder::Decoder;
 use serde::Deserialize;
 use std::path::Path;
 use tokenizers::Tokenizer;
@@ -148,61 +148,21 @@ pub fn split_tokens(
     Ok((whole[..n].to_vec(), whole[n..].to_vec()))
 }
 
-/// Summed log-probability of `cont` after `ctx` (the context's cache is computed once per call
-/// by the caller and cloned per choice).
-pub fn continuation_loglik(
-    model: &Decoder,
-    ctx_cache: &KvCache,
-    last_ctx_logits: &Tensor,
-    cont: &[u32],
-) -> Result<f64> {
-    if cont.is_empty() {
-        return Ok(0.0);
-    }
-    let mut cache = ctx_cache.clone();
-    let x = Tensor::from_slice(&cont[..cont.len() - 1], (1, cont.len() - 1), &Device::Cpu)?;
-    let mut rows = vec![last_ctx_logits.clone()];
-    if cont.len() > 1 {
-        rows.push(
-            model
-                .forward(&x, &mut cache)?
-                .squeeze(0)?
-                .to_dtype(DType::F32)?,
-        );
-    }
-    let logits = Tensor::cat(&rows, 0)?;
-    let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let idx = Tensor::from_slice(cont, (cont.len(), 1), &Device::Cpu)?;
-    let picked = lp.gather(&idx, 1)?.flatten_all()?.to_vec1::<f32>()?;
-    Ok(picked.iter().map(|&v| f64::from(v)).sum())
-}
-
-/// Log-likelihoods of every choice of an item; contexts shared between choices are run once.
+/// Log-likelihoods of every choice of an item: choices with one shared context continue its
+/// KV cache in one batch; different contexts (partial scoring) run as one padded batch.
 pub fn item_logliks(model: &Decoder, tok: &Tokenizer, item: &McItem) -> Result<Vec<f64>> {
-    let mut out = Vec::with_capacity(item.continuations.len());
-    let mut prev: Option<(Vec<u32>, KvCache, Tensor)> = None;
-    for (ctx, cont) in item.contexts.iter().zip(&item.continuations) {
-        let (c_ids, k_ids) = split_tokens(tok, ctx, cont)?;
-        if c_ids.is_empty() {
-            return Err(Error::Value(
-                "empty context: lm-eval would prepend an end-of-text token".into(),
-            ));
-        }
-        let reuse = matches!(&prev, Some((p, _, _)) if *p == c_ids);
-        if !reuse {
-            let mut cache = KvCache::default();
-            let x = Tensor::from_slice(&c_ids, (1, c_ids.len()), &Device::Cpu)?;
-            let logits = model
-                .forward(&x, &mut cache)?
-                .squeeze(0)?
-                .to_dtype(DType::F32)?;
-            let last = logits.narrow(0, c_ids.len() - 1, 1)?;
-            prev = Some((c_ids, cache, last));
-        }
-        let (_, cache, last) = prev
-            .as_ref()
-            .ok_or_else(|| Error::Value("no context".into()))?;
-        out.push(continuation_loglik(model, cache, last, &k_ids)?);
-    }
-    Ok(out)
+    let split = item
+        .contexts
+        .iter()
+        .zip(&item.continuations)
+        .map(|(c, k)| split_tokens(tok, c, k))
+        .collect::<Result<Vec<_>>>()?;
+    let shared = split.windows(2).all(|w| w[0].0 == w[1].0);
+    let ll = if shared {
+        let conts: Vec<Vec<u32>> = split.iter().map(|s| s.1.clone()).collect();
+        loglik::shared_context(model, &split[0].0, &conts)?
+    } else {
+        loglik::batch(model, &split)?
+    };
+    Ok(ll.iter().map(|l| l.sum).collect())
 }

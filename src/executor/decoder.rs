@@ -75,6 +75,28 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// This cache (of one sequence) repeated `n` times along the batch, so that `n`
+    /// continuations can follow one shared context.
+    pub fn repeat(&self, n: usize) -> Result<KvCache> {
+        let rep = |t: &Tensor| -> Result<Tensor> {
+            let mut dims = vec![1usize; t.rank()];
+            dims[0] = n;
+            Ok(t.repeat(dims)?)
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some((k, v)) => Ok(Some((rep(k)?, rep(v)?))),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache {
+            layers,
+            len: self.len,
+        })
+    }
 }
 
 /// A decoder-only transformer.
@@ -118,6 +140,52 @@ impl Decoder {
         self.embed.device()
     }
 
+    /// A copy of this decoder with every projection replaced by `f(name, projection)`; the
+    /// other weights are shared (candle tensors are reference-counted).
+    pub fn map_projections(
+        &self,
+        mut f: impl FnMut(&str, &Projection) -> Result<Projection>,
+    ) -> Result<Decoder> {
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for (i, b) in self.blocks.iter().enumerate() {
+            let mut p = |n: &str, x: &Projection| f(&format!("model.layers.{i}.{n}"), x);
+            let qkv = match &b.qkv {
+                Qkv::Separate { q, k, v } => Qkv::Separate {
+                    q: p("self_attn.q_proj", q)?,
+                    k: p("self_attn.k_proj", k)?,
+                    v: p("self_attn.v_proj", v)?,
+                },
+                Qkv::Fused(x) => Qkv::Fused(p("self_attn.qkv_proj", x)?),
+            };
+            let o = p("self_attn.o_proj", &b.o)?;
+            let gate_up = match &b.gate_up {
+                GateUp::Separate { gate, up } => GateUp::Separate {
+                    gate: p("mlp.gate_proj", gate)?,
+                    up: p("mlp.up_proj", up)?,
+                },
+                GateUp::Fused(x) => GateUp::Fused(p("mlp.gate_up_proj", x)?),
+            };
+            let down = p("mlp.down_proj", &b.down)?;
+            blocks.push(Block {
+                input_norm: b.input_norm.clone(),
+                qkv,
+                o,
+                post_norm: b.post_norm.clone(),
+                gate_up,
+                down,
+            });
+        }
+        let lm_head = f("lm_head", &self.lm_head)?;
+        Ok(Decoder {
+            cfg: self.cfg.clone(),
+            embed: self.embed.clone(),
+            blocks,
+            norm: self.norm.clone(),
+            lm_head,
+            rope: self.rope.clone(),
+        })
+    }
+
     /// Every projection with its HF name, for mapping onto tiles.
     pub fn projections_mut(&mut self) -> Vec<(String, &mut Projection)> {
         let mut v = Vec::new();
@@ -147,6 +215,13 @@ impl Decoder {
 
     /// Logits (batch, tokens, vocab) for `ids` (batch, tokens) following the cached tokens.
     pub fn forward(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.lm_head.forward(&self.forward_hidden(ids, cache)?)
+    }
+
+    /// The final-normed hidden states (batch, tokens, hidden) for `ids` following the cached
+    /// tokens; [`Decoder::logits`] turns rows of it into logits, so that scoring can skip the
+    /// language-model head where no prediction is needed.
+    pub fn forward_hidden(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let c = &self.cfg;
         let start = cache.len;
@@ -169,8 +244,35 @@ impl Decoder {
             x = (x + self.mlp(block, &h)?)?;
         }
         cache.len += t;
-        let h = candle_nn::ops::rms_norm(&x, &self.norm, c.rms_norm_eps as f32)?;
-        self.lm_head.forward(&h)
+        Ok(candle_nn::ops::rms_norm(
+            &x,
+            &self.norm,
+            c.rms_norm_eps as f32,
+        )?)
+    }
+
+    /// Logits of hidden states (..., hidden) from [`Decoder::forward_hidden`].
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)
+    }
+
+    /// Resets every analog projection (see [`Projection::reset`]).
+    pub fn reset_analog(&self, clear_ranges: bool) {
+        for b in &self.blocks {
+            match &b.qkv {
+                Qkv::Separate { q, k, v } => [q, k, v].iter().for_each(|p| p.reset(clear_ranges)),
+                Qkv::Fused(f) => f.reset(clear_ranges),
+            }
+            match &b.gate_up {
+                GateUp::Separate { gate, up } => {
+                    [gate, up].iter().for_each(|p| p.reset(clear_ranges))
+                }
+                GateUp::Fused(f) => f.reset(clear_ranges),
+            }
+            b.o.reset(clear_ranges);
+            b.down.reset(clear_ranges);
+        }
+        self.lm_head.reset(clear_ranges);
     }
 
     fn attention(

@@ -42,6 +42,34 @@ impl Projection {
         Projection::Digital { weight, bias }
     }
 
+    /// A copy of a digital projection (its tensors are shared); an analog one is refused, since
+    /// a programmed chip is not copied but programmed again.
+    pub fn clone_digital(&self, name: &str) -> Result<Self> {
+        match self {
+            Projection::Digital { weight, bias } => Ok(Projection::Digital {
+                weight: weight.clone(),
+                bias: bias.clone(),
+            }),
+            Projection::Analog(_) => Err(crate::Error::Value(format!(
+                "projection `{name}` is analog; program the digital model again instead"
+            ))),
+        }
+    }
+
+    /// Forgets the run state of an analog projection: the MVM counter that numbers its per-MVM
+    /// noise draws and, with `clear_ranges`, its calibrated input ranges. Evaluating a task
+    /// after a reset gives the same numbers whatever ran before it on the same chip.
+    pub fn reset(&self, clear_ranges: bool) {
+        if let Projection::Analog(a) = self {
+            a.calls.store(0, Ordering::Relaxed);
+            if clear_ranges {
+                if let Ok(mut r) = a.ranges.write() {
+                    r.clear();
+                }
+            }
+        }
+    }
+
     /// Output features.
     pub fn out_features(&self) -> usize {
         match self {

@@ -90,6 +90,23 @@ pub fn load_model(arg: &str, dtype: DType) -> Result<LoadedModel> {
     })
 }
 
+/// A copy of the digital decoder `dec` with every projection (lm_head too unless
+/// `digital_lm_head`) programmed onto tiles of `preset` as chip `seed`.
+pub fn program_chip(
+    dec: &Decoder,
+    preset: &TilePreset,
+    seed: u64,
+    digital_lm_head: bool,
+) -> Result<Decoder> {
+    dec.map_projections(|name, p| {
+        if digital_lm_head && name == "lm_head" {
+            p.clone_digital(name)
+        } else {
+            p.to_analog(preset, seed, name)
+        }
+    })
+}
+
 /// Puts every projection (lm_head too unless `digital_lm_head`) on tiles of `preset`, as chip `seed`.
 pub fn map_to_tiles(
     dec: &mut Decoder,

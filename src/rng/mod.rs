@@ -114,6 +114,12 @@ impl Rng {
     pub fn uniform(&mut self) -> f32 {
         self.0.random::<f32>()
     }
+
+    /// 64 uniform random bits.
+    #[inline]
+    pub fn next_u64(&mut self) -> u64 {
+        self.0.random::<u64>()
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,215 @@
+//! Generation tasks scored by exact match: GSM8K (chain-of-thought, final number) and
+//! MATH-500 (the last `\boxed{}` answer, normalized as lm-eval's Minerva math task does).
+
+use crate::error::{Error, Result};
+use crate::executor::decoder::{Decoder, KvCache};
+use crate::executor::sampling::Sampling;
+use crate::rng::Rng;
+use candle_core::{DType, Device, IndexOp, Tensor};
+use tokenizers::Tokenizer;
+
+/// Which answer format a generation item uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerStyle {
+    /// A number; the model's last number (or the one after "The answer is") counts.
+    Number,
+    /// A LaTeX answer in `\boxed{}`.
+    Boxed,
+}
+
+/// One generation item: the prompt (few-shot examples included) and the reference answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenItem {
+    /// Full prompt.
+    pub prompt: String,
+    /// Reference final answer.
+    pub answer: String,
+}
+
+/// GSM8K's reference solution as a chain-of-thought exemplar: calculator annotations
+/// `<<...>>` removed and the `#### N` line turned into "The answer is N.".
+pub fn gsm8k_cot(solution: &str) -> (String, String) {
+    let mut text = String::new();
+    let mut rest = solution;
+    while let Some(a) = rest.find("<<") {
+        text.push_str(&rest[..a]);
+        match rest[a..].find(">>") {
+            Some(b) => rest = &rest[a + b + 2..],
+            None => {
+                rest = "";
+            }
+        }
+    }
+    text.push_str(rest);
+    let (body, ans) = match text.rsplit_once("####") {
+        Some((b, a)) => (b.trim_end().to_string(), a.trim().replace(',', "")),
+        None => (text.trim_end().to_string(), String::new()),
+    };
+    (format!("{body}\nThe answer is {ans}."), ans)
+}
+
+/// The GSM8K prompt of one question.
+pub fn gsm8k_prompt(question: &str) -> String {
+    format!("Question: {question}\nAnswer:")
+}
+
+/// Numbers in `text` (digits with optional sign, commas and decimals), commas removed.
+fn numbers(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        let digit_next = chars.get(i + 1).is_some_and(|n| n.is_ascii_digit());
+        if c.is_ascii_digit()
+            || (c == '-' && cur.is_empty() && digit_next)
+            || ((c == ',' || c == '.') && !cur.is_empty() && digit_next)
+        {
+            if c != ',' {
+                cur.push(c);
+            }
+        } else if !cur.is_empty() {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Canonical form of a numeric answer: "18.00" and "18" compare equal.
+fn canon_number(s: &str) -> String {
+    let s = s.trim().trim_end_matches('.');
+    match s.parse::<f64>() {
+        Ok(v) if v.fract() == 0.0 && v.abs() < 1e15 => format!("{}", v as i64),
+        Ok(v) => format!("{v}"),
+        Err(_) => s.to_string(),
+    }
+}
+
+/// The final number of a GSM8K completion: after "The answer is" when present (strict), else
+/// the last number in the text (flexible).
+pub fn extract_number(completion: &str) -> Option<String> {
+    let lower = completion.to_lowercase();
+    if let Some(i) = lower.rfind("the answer is") {
+        if let Some(n) = numbers(&completion[i..]).first() {
+            return Some(canon_number(n));
+        }
+    }
+    numbers(completion).last().map(|n| canon_number(n))
+}
+
+/// The content of the last `\boxed{...}` (or `\fbox{...}`), braces balanced.
+pub fn last_boxed(text: &str) -> Option<String> {
+    let start = text.rfind("\\boxed").or_else(|| text.rfind("\\fbox"))?;
+    let open = start + text[start..].find('{')?;
+    let mut depth = 0usize;
+    for (i, c) in text[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(text[open + 1..open + i].to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Normalizes a MATH answer like lm-eval's Minerva `normalize_final_answer`: drops `\left`,
+/// `\right`, spacing commands, `$`, degree marks, `\text{}` wrappers and spaces, and rewrites
+/// `\dfrac`/`\tfrac` as `\frac`.
+pub fn normalize_math(answer: &str) -> String {
+    let mut s = answer.to_string();
+    for (from, to) in [
+        ("\\left", ""),
+        ("\\right", ""),
+        ("\\!", ""),
+        ("\\,", ""),
+        ("\\;", ""),
+        ("\\ ", ""),
+        ("\\dfrac", "\\frac"),
+        ("\\tfrac", "\\frac"),
+        ("^\\circ", ""),
+        ("^{\\circ}", ""),
+        ("\\%", ""),
+        ("%", ""),
+        ("$", ""),
+    ] {
+        s = s.replace(from, to);
+    }
+    while let Some(i) = s.find("\\text{") {
+        let inner = last_boxed(&format!("\\boxed{}", &s[i + 5..])).unwrap_or_default();
+        let end = i + 6 + inner.len() + 1;
+        s = format!("{}{}{}", &s[..i], inner, s.get(end..).unwrap_or(""));
+    }
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    s.trim_end_matches('.').to_string()
+}
+
+/// Whether a completion's answer matches the reference.
+pub fn is_correct(style: AnswerStyle, completion: &str, answer: &str) -> bool {
+    match style {
+        AnswerStyle::Number => extract_number(completion) == Some(canon_number(answer)),
+        AnswerStyle::Boxed => {
+            last_boxed(completion).is_some_and(|a| normalize_math(&a) == normalize_math(answer))
+        }
+    }
+}
+
+/// Generates up to `max_new` tokens after `prompt` (greedy unless `sampling` says otherwise),
+/// stopping at an end-of-sequence token or at the first of `stops` in the new text, which is
+/// cut there.
+pub fn generate(
+    model: &Decoder,
+    tok: &Tokenizer,
+    prompt: &str,
+    max_new: usize,
+    stops: &[&str],
+    sampling: Sampling,
+    rng: &mut Rng,
+) -> Result<String> {
+    let ids = tok
+        .encode(prompt, false)
+        .map_err(|e| Error::Value(format!("tokenizer: {e}")))?
+        .get_ids()
+        .to_vec();
+    if ids.is_empty() {
+        return Err(Error::Value("the prompt encodes to no tokens".into()));
+    }
+    let eos = &model.cfg.eos_token_ids;
+    let mut cache = KvCache::default();
+    let (mut input, mut new) = (ids, Vec::<u32>::new());
+    let mut text = String::new();
+    for _ in 0..max_new {
+        let x = Tensor::from_slice(&input, (1, input.len()), &Device::Cpu)?;
+        let h = model.forward_hidden(&x, &mut cache)?;
+        let last = h.i((0, input.len() - 1))?.unsqueeze(0)?;
+        let logits = model
+            .logits(&last)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        if logits.iter().any(|v| v.is_nan()) {
+            return Err(Error::Value("the model produced NaN logits".into()));
+        }
+        let next = sampling.pick(&logits, rng);
+        if eos.contains(&next) {
+            break;
+        }
+        new.push(next);
+        input = vec![next];
+        text = tok
+            .decode(&new, true)
+            .map_err(|e| Error::Value(format!("tokenizer: {e}")))?;
+        if let Some(cut) = stops.iter().filter_map(|s| text.find(s)).min() {
+            text.truncate(cut);
+            break;
+        }
+    }
+    Ok(text)
+}

@@ -1,0 +1,154 @@
+//! Runs one loaded task on one model and returns its metrics, the way lm-eval defines them:
+//! multiple choice gives `acc` and `acc_norm`; continuations give `acc` (every token greedy)
+//! and `ppl` (exp of minus the mean per-item log-likelihood); generation gives `exact_match`;
+//! a text gives token perplexity `ppl` and `nll`.
+
+use super::generation::{generate, is_correct};
+use super::loglik;
+use super::multiple_choice::{item_logliks, score, split_tokens};
+use super::perplexity::perplexity;
+use super::tasks::{Task, TaskData};
+use crate::error::{Error, Result};
+use crate::executor::decoder::Decoder;
+use crate::executor::sampling::Sampling;
+use crate::rng::{Effect, StreamKey};
+use std::collections::BTreeMap;
+use tokenizers::Tokenizer;
+
+/// How texts and generations are bounded.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HarnessOptions {
+    /// Tokens of a perplexity text that are scored (from its start).
+    pub text_tokens: usize,
+    /// Perplexity window (= stride) in tokens.
+    pub window: usize,
+    /// New tokens per generation at most.
+    pub max_new_tokens: usize,
+    /// Continuation requests per padded batch (LAMBADA-style tasks).
+    pub batch: usize,
+}
+
+impl Default for HarnessOptions {
+    fn default() -> Self {
+        HarnessOptions {
+            text_tokens: 4096,
+            window: 2048,
+            max_new_tokens: 256,
+            batch: 8,
+        }
+    }
+}
+
+/// Metric name -> value.
+pub type Metrics = BTreeMap<String, f64>;
+
+/// Work units of a task for progress reports (items, or perplexity windows).
+pub fn units(task: &Task, opt: &HarnessOptions) -> usize {
+    match &task.data {
+        TaskData::MultipleChoice(v) => v.len(),
+        TaskData::Continuation(v) => v.len(),
+        TaskData::Generation(v, _) => v.len(),
+        TaskData::Text(_) => opt.text_tokens.div_ceil(opt.window.max(1)),
+    }
+}
+
+fn tokenize(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    Ok(tok
+        .encode(text, false)
+        .map_err(|e| Error::Value(format!("tokenizer: {e}")))?
+        .get_ids()
+        .to_vec())
+}
+
+/// Evaluates `task` on `model`; `progress(units done)` is called as work finishes.
+pub fn evaluate(
+    task: &Task,
+    model: &Decoder,
+    tok: &Tokenizer,
+    opt: &HarnessOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Metrics> {
+    let mut m = Metrics::new();
+    match &task.data {
+        TaskData::MultipleChoice(items) => {
+            let (mut acc, mut acc_norm) = (0usize, 0usize);
+            for item in items {
+                let ll = item_logliks(model, tok, item)?;
+                let (a, b) = score(&ll, &item.norm_texts, item.gold);
+                acc += usize::from(a);
+                acc_norm += usize::from(b);
+                progress(1);
+            }
+            let n = items.len().max(1) as f64;
+            m.insert("acc".into(), acc as f64 / n);
+            m.insert("acc_norm".into(), acc_norm as f64 / n);
+            m.insert("items".into(), items.len() as f64);
+        }
+        TaskData::Continuation(items) => {
+            let (mut correct, mut ll_sum) = (0usize, 0f64);
+            for chunk in items.chunks(opt.batch.max(1)) {
+                let reqs = chunk
+                    .iter()
+                    .map(|(c, k)| split_tokens(tok, c, k))
+                    .collect::<Result<Vec<_>>>()?;
+                for l in loglik::batch(model, &reqs)? {
+                    correct += usize::from(l.greedy);
+                    ll_sum += l.sum;
+                }
+                progress(chunk.len());
+            }
+            let n = items.len().max(1) as f64;
+            m.insert("acc".into(), correct as f64 / n);
+            m.insert("ppl".into(), (-ll_sum / n).exp());
+            m.insert("items".into(), items.len() as f64);
+        }
+        TaskData::Generation(items, style) => {
+            let mut rng = StreamKey::new(0, 0, 0, Effect::Data).rng(0);
+            let stops = ["Question:", "Problem:", "\n\n\n", "<|im_end|>"];
+            let mut correct = 0usize;
+            for item in items {
+                let out = generate(
+                    model,
+                    tok,
+                    &item.prompt,
+                    opt.max_new_tokens,
+                    &stops,
+                    Sampling::GREEDY,
+                    &mut rng,
+                )?;
+                correct += usize::from(is_correct(*style, &out, &item.answer));
+                progress(1);
+            }
+            m.insert(
+                "exact_match".into(),
+                correct as f64 / items.len().max(1) as f64,
+            );
+            m.insert("items".into(), items.len() as f64);
+        }
+        TaskData::Text(text) => {
+            let ids = tokenize(tok, text)?;
+            let ids = &ids[..ids.len().min(opt.text_tokens)];
+            let mut done = 0;
+            let p = perplexity(model, ids, opt.window, |k, _| {
+                progress(k - done);
+                done = k;
+            })?;
+            m.insert("ppl".into(), p.ppl);
+            m.insert("nll".into(), p.mean_nll);
+            m.insert("tokens".into(), p.predicted as f64);
+        }
+    }
+    Ok(m)
+}
+
+/// The headline metric of a task for the summary table, and whether higher is better.
+pub fn headline(task: &Task) -> (&'static str, bool) {
+    match (&task.data, task.name.as_str()) {
+        (TaskData::MultipleChoice(_), "hellaswag" | "arc_easy" | "arc_challenge" | "piqa") => {
+            ("acc_norm", true)
+        }
+        (TaskData::MultipleChoice(_) | TaskData::Continuation(_), _) => ("acc", true),
+        (TaskData::Generation(..), _) => ("exact_match", true),
+        (TaskData::Text(_), _) => ("ppl", false),
+    }
+}
