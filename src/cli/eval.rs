@@ -188,7 +188,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         };
         for t in times {
             let mut p = preset.clone();
-            let mut label = format!("{} + noise", p.name);
+            let mut label = p.name.clone();
             if let Some(t) = t {
                 p.drift_time_s = t;
                 let comp = if p.drift_compensation {

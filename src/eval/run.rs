@@ -104,14 +104,23 @@ fn fingerprint(plan: &Plan, row: &Row, task: &Task, seed: Option<u64>) -> String
     format!("{:x}", h.finalize())
 }
 
-fn cell_path(out: &Path, task: &str, row_idx: usize, seed: Option<u64>) -> PathBuf {
-    let clean: String = task
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
+/// `cells/TASK__ROW__SEED.json`, named by labels (not positions) so that runs over other
+/// subsets of rows or seeds share their cells.
+fn cell_path(out: &Path, task: &str, row: &str, seed: Option<u64>) -> PathBuf {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
     let s = seed.map_or("fp".to_string(), |s| format!("seed{s}"));
     out.join("cells")
-        .join(format!("{clean}__row{row_idx}__{s}.json"))
+        .join(format!("{}__{}__{s}.json", clean(task), clean(row)))
 }
 
 fn load_cell(path: &Path, fp: &str) -> Option<Cell> {
@@ -152,7 +161,7 @@ pub fn run(
         for seed in seeds {
             for (ti, task) in plan.tasks.iter().enumerate() {
                 let fp = fingerprint(plan, row, task, seed);
-                let path = cell_path(out, &task.name, ri, seed);
+                let path = cell_path(out, &task.name, &row.label, seed);
                 let done = load_cell(&path, &fp);
                 jobs.push((ri, seed, ti, fp, path, done));
             }
