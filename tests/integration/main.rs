@@ -7,6 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod common;
 mod device;
 mod eval;
+mod eval_run;
 mod executor;
 mod gguf;
 mod golden;

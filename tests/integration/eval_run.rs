@@ -1,0 +1,392 @@
+//! The evaluation pipeline end to end on tiny-llama (with a byte-level tokenizer written here),
+//! the batched log-likelihood paths against plain forwards, and the task formats.
+
+use crate::common::{repo, temp_dir};
+use afm::eval::generation::{extract_number, gsm8k_cot, is_correct, normalize_math, AnswerStyle};
+use afm::eval::hellaswag::{capitalize_last_fragment, preprocess};
+use afm::eval::loglik;
+use afm::eval::tasks::{self, TaskData};
+use afm::executor::decoder::KvCache;
+use afm::executor::load::load_model;
+use candle_core::{DType, Device, Tensor, D};
+use std::path::{Path, PathBuf};
+
+/// GPT-2's byte-to-character table: printable bytes stand for themselves, the rest shift up.
+fn byte_chars() -> Vec<char> {
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let mut next = 256;
+    (0u32..256)
+        .map(|b| {
+            if printable(b) {
+                char::from_u32(b).unwrap()
+            } else {
+                next += 1;
+                char::from_u32(next - 1).unwrap()
+            }
+        })
+        .collect()
+}
+
+/// tiny-llama (vocab 256) in a folder with a byte-level BPE tokenizer without merges: one
+/// token per byte.
+fn tiny_model_with_tokenizer(dir: &Path) -> PathBuf {
+    let src = repo("tests/golden/executor/tiny-llama");
+    let m = dir.join("tiny-llama");
+    std::fs::create_dir_all(&m).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), m.join(f)).unwrap();
+    }
+    let vocab: serde_json::Map<String, serde_json::Value> = byte_chars()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), serde_json::json!(i)))
+        .collect();
+    let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
+        "trim_offsets": true, "use_regex": true});
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": byte_level, "post_processor": null,
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+            "byte_fallback": false, "vocab": vocab, "merges": []},
+    });
+    std::fs::write(m.join("tokenizer.json"), tok.to_string()).unwrap();
+    m
+}
+
+fn write_tasks(dir: &Path) -> Vec<PathBuf> {
+    let mc = dir.join("qa.jsonl");
+    std::fs::write(
+        &mc,
+        concat!(
+            "{\"query\": \"Question: 1+1?\", \"choices\": [\"2\", \"three\"], \"gold\": 0}\n",
+            "{\"query\": \"Question: sky?\", \"choices\": [\"blue\", \"green\", \"red\"], \"gold\": 0}\n",
+            "{\"context_options\": [\"Ann beat Bo so Ann\", \"Ann beat Bo so Bo\"], \"continuation\": \"cried.\", \"gold\": 1}\n",
+            "not json at all\n",
+        ),
+    )
+    .unwrap();
+    let cont = dir.join("lamb.jsonl");
+    std::fs::write(
+        &cont,
+        "{\"context\": \"the cat sat on the\", \"continuation\": \"mat\"}\n\
+         {\"context\": \"one two three\", \"continuation\": \"four\"}\n",
+    )
+    .unwrap();
+    let text = dir.join("story.txt");
+    std::fs::write(&text, "Once upon a time there was a tiny model. ".repeat(6)).unwrap();
+    vec![mc, cont, text]
+}
+
+fn afm(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_afm"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn two_seed_eval_of_tiny_llama_end_to_end_and_resume() {
+    let dir = temp_dir("eval-e2e");
+    let model = tiny_model_with_tokenizer(&dir);
+    let t = write_tasks(&dir);
+    let out = dir.join("out");
+    let tasks = format!("{},{},{}", t[0].display(), t[1].display(), t[2].display());
+    let args = [
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--tasks",
+        &tasks,
+        "--tiles",
+        "afm-paper-noise-only",
+        "--seeds",
+        "2",
+        "--text-tokens",
+        "200",
+        "--window",
+        "64",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let first = afm(&args);
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{err}");
+    assert!(err.contains("qa.jsonl:4"), "bad line reported: {err}");
+    let read = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+    };
+    let r = read();
+    let cells = r["cells"].as_array().unwrap();
+    // 3 tasks x (FP + 2 seeds).
+    assert_eq!(cells.len(), 9);
+    let ppl = |row: &str, seed: serde_json::Value| {
+        cells
+            .iter()
+            .find(|c| c["task"] == "story" && c["row"] == row && c["seed"] == seed)
+            .unwrap()["metrics"]["ppl"]
+            .as_f64()
+            .unwrap()
+    };
+    let (fp, s0, s1) = (
+        ppl("FP (digital)", serde_json::Value::Null),
+        ppl("afm-paper-noise-only", 0.into()),
+        ppl("afm-paper-noise-only", 1.into()),
+    );
+    assert!(fp.is_finite() && s0.is_finite() && s1.is_finite());
+    assert!(s0 != s1 && s0 != fp, "chips differ: fp {fp}, {s0}, {s1}");
+    // The summary's mean and sample std are those of the per-seed values.
+    let entry = r["summary"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["task"] == "story" && s["row"] == "afm-paper-noise-only")
+        .unwrap()
+        .clone();
+    let mean = (s0 + s1) / 2.0;
+    let std = ((s0 - mean).powi(2) + (s1 - mean).powi(2)).sqrt();
+    assert!((entry["mean"].as_f64().unwrap() - mean).abs() < 1e-9);
+    assert!((entry["std"].as_f64().unwrap() - std).abs() < 1e-9);
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("| FP (digital) | 1 |") && md.contains("| afm-paper-noise-only | 2 |"));
+    for c in cells {
+        for (k, v) in c["metrics"].as_object().unwrap() {
+            let v = v.as_f64().unwrap();
+            assert!(v.is_finite(), "{k} = {v}");
+            if k.starts_with("acc") {
+                assert!((0.0..=1.0).contains(&v));
+            }
+        }
+    }
+    // Resume: a second run recomputes nothing (a planted marker in one cell survives) and
+    // reports the same numbers.
+    let cell = std::fs::read_dir(out.join("cells"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.to_string_lossy()
+                .contains("story__afm-paper-noise-only__seed1")
+        })
+        .unwrap();
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cell).unwrap()).unwrap();
+    c["seconds"] = serde_json::json!(-1.0);
+    std::fs::write(&cell, c.to_string()).unwrap();
+    let second = afm(&args);
+    assert!(second.status.success());
+    let r2 = read();
+    assert_eq!(r2["summary"], r["summary"]);
+    let kept = r2["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["seconds"].as_f64() == Some(-1.0));
+    assert!(kept, "the finished cell was recomputed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn batched_logliks_equal_plain_forwards() {
+    let m = load_model(
+        repo("tests/golden/executor/tiny-llama").to_str().unwrap(),
+        DType::F32,
+    )
+    .unwrap();
+    let dec = &m.decoder;
+    let plain = |ctx: &[u32], cont: &[u32]| -> (f64, bool) {
+        let ids: Vec<u32> = ctx.iter().chain(cont).copied().collect();
+        let x = Tensor::from_slice(&ids, (1, ids.len()), &Device::Cpu).unwrap();
+        let logits = dec
+            .forward(&x, &mut KvCache::default())
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let best = logits.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap();
+        let range = ctx.len()..ids.len();
+        let sum = range
+            .clone()
+            .map(|p| f64::from(lp[p - 1][ids[p] as usize]))
+            .sum();
+        (sum, range.clone().all(|p| best[p - 1] == ids[p]))
+    };
+    let ctx = vec![5u32, 17, 200, 3, 9];
+    let conts = vec![vec![1u32, 2, 3], vec![250], vec![7, 7, 7, 7, 7, 8], vec![]];
+    let shared = loglik::shared_context(dec, &ctx, &conts).unwrap();
+    for (k, c) in conts.iter().enumerate() {
+        let (sum, greedy) = plain(&ctx, c);
+        assert!(
+            (shared[k].sum - sum).abs() < 1e-4,
+            "shared {k}: {} vs {sum}",
+            shared[k].sum
+        );
+        assert_eq!(shared[k].greedy, greedy);
+        assert_eq!(shared[k].tokens, c.len());
+    }
+    // Ragged contexts and continuations in one padded batch.
+    let reqs = vec![
+        (vec![1u32, 2, 3, 4, 5, 6, 7], vec![8u32, 9]),
+        (vec![100u32], vec![101u32, 102, 103, 104]),
+        (vec![42u32, 43, 44], vec![45u32]),
+    ];
+    let batch = loglik::batch(dec, &reqs).unwrap();
+    for (k, (c, t)) in reqs.iter().enumerate() {
+        let (sum, greedy) = plain(c, t);
+        assert!(
+            (batch[k].sum - sum).abs() < 1e-4,
+            "batch {k}: {} vs {sum}",
+            batch[k].sum
+        );
+        assert_eq!(batch[k].greedy, greedy);
+    }
+    assert!(loglik::batch(dec, &[(vec![], vec![1])]).is_err());
+}
+
+#[test]
+fn hellaswag_preprocessing_as_lm_eval() {
+    assert_eq!(
+        preprocess(" Making a cake: [header] How to bake [title] Mix flour.  [step] Stir. "),
+        // Python's str.replace leaves one double space of a triple, as lm-eval does.
+        "Making a cake: How to bake. Mix flour.  Stir."
+    );
+    assert_eq!(
+        capitalize_last_fragment("Roof shingle removal: A man is sitting on a roof. he"),
+        "Roof shingle removal: A man is sitting on a roof. He"
+    );
+    assert_eq!(
+        capitalize_last_fragment("Label: a man walks"),
+        "Label: A man walks"
+    );
+    let dir = temp_dir("hellaswag");
+    let p = dir.join("hs.txt");
+    std::fs::write(
+        &p,
+        "Act: A man sits. he\n2\na\nb\nstands [title] up.\nd\nAct: x\n9\n",
+    )
+    .unwrap();
+    let t = tasks::load(p.to_str().unwrap(), &dir, None, None).unwrap();
+    let TaskData::MultipleChoice(items) = &t.data else {
+        panic!("not multiple choice")
+    };
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].contexts[0], "Act: A man sits. He");
+    assert_eq!(items[0].continuations[2], " stands. up.");
+    assert_eq!(items[0].gold, 2);
+    assert_eq!(t.skipped.len(), 1, "the cut-off second item is reported");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn answers_are_extracted_and_normalized() {
+    let (cot, ans) = gsm8k_cot("He has 3*4=<<3*4=12>>12 eggs.\nThen 1,200 more.\n#### 1,212");
+    assert_eq!(
+        cot,
+        "He has 3*4=12 eggs.\nThen 1,200 more.\nThe answer is 1212."
+    );
+    assert_eq!(ans, "1212");
+    assert_eq!(
+        extract_number("so 5 + 7 = 12. The answer is $1,212.00."),
+        Some("1212".into())
+    );
+    assert_eq!(extract_number("It is -3 or maybe 4"), Some("4".into()));
+    assert_eq!(extract_number("no digits"), None);
+    assert!(is_correct(AnswerStyle::Number, "The answer is 18.", "18"));
+    assert!(!is_correct(AnswerStyle::Number, "The answer is 19.", "18"));
+    assert_eq!(
+        normalize_math("\\left( 3, \\dfrac{\\pi}{2} \\right)"),
+        "(3,\\frac{\\pi}{2})"
+    );
+    assert_eq!(normalize_math("10\\text{ inches}"), "10inches");
+    assert!(is_correct(
+        AnswerStyle::Boxed,
+        "so $\\boxed{\\frac{1}{2}}$ and finally \\boxed{\\left(3, \\frac{\\pi}{2}\\right)}.",
+        "\\left( 3, \\frac{\\pi}{2} \\right)"
+    ));
+    assert!(!is_correct(AnswerStyle::Boxed, "\\boxed{3}", "4"));
+}
+
+#[test]
+fn formats_are_detected_and_few_shot_comes_from_the_train_file() {
+    let dir = temp_dir("formats");
+    let q =
+        |n: usize| format!("{{\"question\": \"Q{n}?\", \"answer\": \"x=<<1+1=2>>2\\n#### {n}\"}}");
+    std::fs::write(dir.join("m_test.jsonl"), q(1) + "\n" + &q(2) + "\n").unwrap();
+    std::fs::write(dir.join("m_train.jsonl"), [q(7), q(8), q(9)].join("\n")).unwrap();
+    let t = tasks::load(
+        dir.join("m_test.jsonl").to_str().unwrap(),
+        &dir,
+        Some(2),
+        Some(1),
+    )
+    .unwrap();
+    let TaskData::Generation(items, AnswerStyle::Number) = &t.data else {
+        panic!("not gsm8k")
+    };
+    assert_eq!((items.len(), t.shots), (1, 2));
+    assert_eq!(items[0].answer, "1");
+    assert_eq!(items[0].prompt.matches("The answer is").count(), 2);
+    assert!(items[0].prompt.ends_with("Question: Q1?\nAnswer:"));
+    std::fs::write(
+        dir.join("p.jsonl"),
+        "{\"problem\": \"1+1\", \"answer\": \"2\"}\n",
+    )
+    .unwrap();
+    let t = tasks::load(dir.join("p.jsonl").to_str().unwrap(), &dir, Some(3), None).unwrap();
+    assert!(matches!(
+        t.data,
+        TaskData::Generation(_, AnswerStyle::Boxed)
+    ));
+    assert_eq!(t.shots, 0, "no training file: 0-shot");
+    std::fs::write(dir.join("odd.jsonl"), "{\"foo\": 1}\n").unwrap();
+    let e = tasks::load(dir.join("odd.jsonl").to_str().unwrap(), &dir, None, None).unwrap_err();
+    assert!(e.to_string().contains("odd.jsonl") && e.to_string().contains("unknown task format"));
+    let e = tasks::load("no_such_task", &dir, None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no_such_task") && e.contains("hellaswag"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn builtin_tasks_use_lm_eval_prompts() {
+    let data = tasks::default_data_dir();
+    let t = tasks::load("arc_easy", &data, None, Some(2)).unwrap();
+    let TaskData::MultipleChoice(items) = &t.data else {
+        panic!()
+    };
+    assert_eq!(items.len(), 2);
+    assert!(
+        items[0].contexts[0].starts_with("Question: ")
+            && items[0].contexts[0].ends_with("?\nAnswer:")
+    );
+    let t = tasks::load("piqa", &data, None, Some(1)).unwrap();
+    let TaskData::MultipleChoice(items) = &t.data else {
+        panic!()
+    };
+    assert!(
+        items[0].contexts[0].ends_with("occupants?\nAnswer:"),
+        "{:?}",
+        items[0].contexts[0]
+    );
+    let t = tasks::load("hellaswag", &data, None, Some(3)).unwrap();
+    let TaskData::MultipleChoice(items) = &t.data else {
+        panic!()
+    };
+    assert_eq!(
+        items[0].contexts[0],
+        "Roof shingle removal: A man is sitting on a roof. He"
+    );
+    assert_eq!(items[0].gold, 3);
+    let t = tasks::load("gsm8k", &data, None, Some(1)).unwrap();
+    assert_eq!(t.shots, 8);
+    let t = tasks::load("lambada_openai", &data, None, Some(1)).unwrap();
+    let TaskData::Continuation(items) = &t.data else {
+        panic!()
+    };
+    assert_eq!(items[0].1, " signs");
+}
