@@ -390,3 +390,56 @@ fn builtin_tasks_use_lm_eval_prompts() {
     };
     assert_eq!(items[0].1, " signs");
 }
+
+#[test]
+fn drift_times_reread_the_same_chip() {
+    let dir = temp_dir("eval-drift");
+    let model = tiny_model_with_tokenizer(&dir);
+    let text = write_tasks(&dir).remove(2);
+    let out = afm(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--tasks",
+        text.to_str().unwrap(),
+        "--tiles",
+        "pcm-aihwkit",
+        "--drift-times",
+        "1s,1y",
+        "--drift-compensation",
+        "off",
+        "--no-baseline",
+        "--text-tokens",
+        "200",
+        "--window",
+        "64",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = &stdout[stdout.find("\n{").unwrap()..];
+    let r: serde_json::Value = serde_json::from_str(json).unwrap();
+    let ppl = |row: &str| {
+        r["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["row"] == row)
+            .unwrap_or_else(|| panic!("no row {row}: {stdout}"))["metrics"]["ppl"]
+            .as_f64()
+            .unwrap()
+    };
+    let (early, late) = (
+        ppl("pcm-aihwkit @ t=1s, no comp."),
+        ppl("pcm-aihwkit @ t=1y, no comp."),
+    );
+    // Uncompensated drift lowers the conductances: the same chip scores differently a year on.
+    assert!(
+        early.is_finite() && late.is_finite() && late != early,
+        "{early} vs {late}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
