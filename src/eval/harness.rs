@@ -5,7 +5,7 @@
 
 use super::generation::{generate, is_correct};
 use super::loglik;
-use super::multiple_choice::{item_logliks, score, split_tokens};
+use super::multiple_choice::{items_logliks, score, split_tokens};
 use super::perplexity::perplexity;
 use super::tasks::{Task, TaskData};
 use crate::error::{Error, Result};
@@ -24,7 +24,7 @@ pub struct HarnessOptions {
     pub window: usize,
     /// New tokens per generation at most.
     pub max_new_tokens: usize,
-    /// Continuation requests per padded batch (LAMBADA-style tasks).
+    /// Items per batched pass (multiple choice and continuation tasks).
     pub batch: usize,
 }
 
@@ -72,12 +72,13 @@ pub fn evaluate(
     match &task.data {
         TaskData::MultipleChoice(items) => {
             let (mut acc, mut acc_norm) = (0usize, 0usize);
-            for item in items {
-                let ll = item_logliks(model, tok, item)?;
-                let (a, b) = score(&ll, &item.norm_texts, item.gold);
-                acc += usize::from(a);
-                acc_norm += usize::from(b);
-                progress(1);
+            for chunk in items.chunks(opt.batch.max(1)) {
+                for (item, ll) in chunk.iter().zip(items_logliks(model, tok, chunk)?) {
+                    let (a, b) = score(&ll, &item.norm_texts, item.gold);
+                    acc += usize::from(a);
+                    acc_norm += usize::from(b);
+                }
+                progress(chunk.len());
             }
             let n = items.len().max(1) as f64;
             m.insert("acc".into(), acc as f64 / n);

@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::executor::decoder::{Decoder, KvCache};
-use candle_core::{DType, Device, IndexOp, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 
 /// Log-likelihood of one continuation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,13 +47,21 @@ fn pick(logits: &Tensor, targets: &[u32], lens: &[usize]) -> Result<Vec<Loglik>>
     Ok(out)
 }
 
-fn ids_tensor(rows: &[Vec<u32>]) -> Result<Tensor> {
+/// (batch, max length) ids: right-padded, or left-padded (returning the pad per row).
+fn ids_tensor(rows: &[Vec<u32>], left: bool) -> Result<(Tensor, Vec<usize>)> {
     let t = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let flat: Vec<u32> = rows
-        .iter()
-        .flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(0, t - r.len())))
-        .collect();
-    Ok(Tensor::from_vec(flat, (rows.len(), t), &Device::Cpu)?)
+    let mut flat = Vec::with_capacity(rows.len() * t);
+    let mut pads = Vec::with_capacity(rows.len());
+    for r in rows {
+        let pad = std::iter::repeat_n(0u32, t - r.len());
+        if left {
+            flat.extend(pad.chain(r.iter().copied()));
+        } else {
+            flat.extend(r.iter().copied().chain(pad));
+        }
+        pads.push(t - r.len());
+    }
+    Ok((Tensor::from_vec(flat, (rows.len(), t), &Device::Cpu)?, pads))
 }
 
 /// Hidden rows (batch b, position p) gathered from (batch, tokens, hidden) in the given order.
@@ -65,94 +73,96 @@ fn gather_rows(hidden: &Tensor, rows: &[(usize, usize)]) -> Result<Tensor> {
     Ok(flat.index_select(&idx, 0)?)
 }
 
-/// Log-likelihoods of `conts` after one shared, non-empty context `ctx`.
-pub fn shared_context(model: &Decoder, ctx: &[u32], conts: &[Vec<u32>]) -> Result<Vec<Loglik>> {
-    if ctx.is_empty() {
+/// A context and the continuations scored after it.
+pub type Group = (Vec<u32>, Vec<Vec<u32>>);
+
+/// Log-likelihoods of every continuation of every group, in two batched passes: the contexts
+/// (left-padded, so that each ends at the same position), then all continuations (right-padded)
+/// on copies of their context's cache. Each context is run once however many continuations
+/// follow it; the head runs only on rows that predict a continuation token.
+pub fn grouped(model: &Decoder, groups: &[Group]) -> Result<Vec<Vec<Loglik>>> {
+    if groups.iter().any(|(c, _)| c.is_empty()) {
         return Err(Error::Value(
             "empty context: lm-eval would prepend an end-of-text token".into(),
         ));
     }
+    if groups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ctxs: Vec<Vec<u32>> = groups.iter().map(|g| g.0.clone()).collect();
+    let (x, pads) = ids_tensor(&ctxs, true)?;
+    let t = x.dims()[1];
     let mut cache = KvCache::default();
-    let h = model.forward_hidden(&ids_tensor(&[ctx.to_vec()])?, &mut cache)?;
-    let last = h.i((0, ctx.len() - 1))?.unsqueeze(0)?;
-    // Row 0 predicts every continuation's first token; the batch rows predict the rest.
-    let rest: Vec<Vec<u32>> = conts
-        .iter()
-        .map(|c| c[..c.len().saturating_sub(1)].to_vec())
-        .collect();
-    let mut rows = vec![last];
-    let mut order: Vec<(usize, usize)> = Vec::new();
+    let h = model.forward_hidden_padded(&x, &mut cache, &pads)?;
+    // Rows of the head's input: each context's last position, then the continuation positions
+    // that predict a following continuation token.
+    let last: Vec<(usize, usize)> = (0..groups.len()).map(|g| (g, t - 1)).collect();
+    let mut rows = vec![gather_rows(&h, &last)?];
+    let (mut owner, mut rest, mut row_pads) = (Vec::new(), Vec::new(), Vec::new());
+    for (g, (_, conts)) in groups.iter().enumerate() {
+        for c in conts {
+            owner.push(g as u32);
+            rest.push(c[..c.len().saturating_sub(1)].to_vec());
+            row_pads.push(pads[g]);
+        }
+    }
+    let mut order = Vec::new();
     if rest.iter().any(|r| !r.is_empty()) {
-        let mut cache = cache.repeat(conts.len())?;
-        let hb = model.forward_hidden(&ids_tensor(&rest)?, &mut cache)?;
+        let mut cache = cache.select(&owner)?;
+        let (xb, _) = ids_tensor(&rest, false)?;
+        let hb = model.forward_hidden_padded(&xb, &mut cache, &row_pads)?;
         for (i, r) in rest.iter().enumerate() {
             order.extend((0..r.len()).map(|p| (i, p)));
         }
         rows.push(gather_rows(&hb, &order)?);
     }
-    let logits = model.logits(&Tensor::cat(&rows, 0)?)?;
-    // Row order: [last, cont0 pos0.., cont1 pos0.., ...]; rebuild per-continuation groups.
-    let (mut targets, mut lens, mut sel) = (Vec::new(), Vec::new(), Vec::new());
-    let mut base = 1u32;
-    for (i, c) in conts.iter().enumerate() {
-        if c.is_empty() {
-            lens.push(0);
-            continue;
+    // Head input rows: [last of group 0.., then continuation rows in `order`].
+    let (mut sel, mut targets, mut lens) = (Vec::new(), Vec::new(), Vec::new());
+    let mut base = groups.len() as u32;
+    let mut k = 0;
+    for (g, (_, conts)) in groups.iter().enumerate() {
+        for c in conts {
+            if !c.is_empty() {
+                sel.push(g as u32);
+                sel.extend((0..c.len() - 1).map(|p| base + p as u32));
+                targets.extend_from_slice(c);
+            }
+            base += rest[k].len() as u32;
+            lens.push(c.len());
+            k += 1;
         }
-        sel.push(0u32);
-        sel.extend((0..c.len() - 1).map(|p| base + p as u32));
-        base += rest[i].len() as u32;
-        targets.extend_from_slice(c);
-        lens.push(c.len());
     }
-    if targets.is_empty() {
-        return Ok(conts
-            .iter()
+    let flat = if targets.is_empty() {
+        lens.iter()
             .map(|_| Loglik {
                 sum: 0.0,
                 greedy: true,
                 tokens: 0,
             })
-            .collect());
-    }
-    let sel = Tensor::from_vec(sel, targets.len(), &Device::Cpu)?;
-    pick(&logits.index_select(&sel, 0)?, &targets, &lens)
+            .collect()
+    } else {
+        let logits = model.logits(&Tensor::cat(&rows, 0)?)?;
+        let sel = Tensor::from_vec(sel, targets.len(), &Device::Cpu)?;
+        pick(&logits.index_select(&sel, 0)?, &targets, &lens)?
+    };
+    let mut it = flat.into_iter();
+    Ok(groups
+        .iter()
+        .map(|(_, conts)| it.by_ref().take(conts.len()).collect())
+        .collect())
 }
 
-/// Log-likelihoods of independent (context, continuation) requests in one padded batch.
+/// Log-likelihoods of `conts` after one shared, non-empty context `ctx`.
+pub fn shared_context(model: &Decoder, ctx: &[u32], conts: &[Vec<u32>]) -> Result<Vec<Loglik>> {
+    let mut out = grouped(model, &[(ctx.to_vec(), conts.to_vec())])?;
+    Ok(out.pop().unwrap_or_default())
+}
+
+/// Log-likelihoods of independent (context, continuation) requests in one batch.
 pub fn batch(model: &Decoder, reqs: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<Loglik>> {
-    if reqs.iter().any(|(c, _)| c.is_empty()) {
-        return Err(Error::Value(
-            "empty context: lm-eval would prepend an end-of-text token".into(),
-        ));
-    }
-    let seqs: Vec<Vec<u32>> = reqs
+    let groups: Vec<Group> = reqs
         .iter()
-        .map(|(c, k)| {
-            let mut s = c.clone();
-            s.extend_from_slice(k);
-            s.truncate(s.len().saturating_sub(1).max(c.len()));
-            s
-        })
+        .map(|(c, k)| (c.clone(), vec![k.clone()]))
         .collect();
-    let h = model.forward_hidden(&ids_tensor(&seqs)?, &mut KvCache::default())?;
-    let mut order = Vec::new();
-    let (mut targets, mut lens) = (Vec::new(), Vec::new());
-    for (i, (c, k)) in reqs.iter().enumerate() {
-        order.extend((0..k.len()).map(|p| (i, c.len() - 1 + p)));
-        targets.extend_from_slice(k);
-        lens.push(k.len());
-    }
-    if targets.is_empty() {
-        return Ok(reqs
-            .iter()
-            .map(|_| Loglik {
-                sum: 0.0,
-                greedy: true,
-                tokens: 0,
-            })
-            .collect());
-    }
-    let logits = model.logits(&gather_rows(&h, &order)?)?;
-    pick(&logits, &targets, &lens)
+    Ok(grouped(model, &groups)?.into_iter().flatten().collect())
 }

@@ -148,21 +148,46 @@ pub fn split_tokens(
     Ok((whole[..n].to_vec(), whole[n..].to_vec()))
 }
 
-/// Log-likelihoods of every choice of an item: choices with one shared context continue its
-/// KV cache in one batch; different contexts (partial scoring) run as one padded batch.
-pub fn item_logliks(model: &Decoder, tok: &Tokenizer, item: &McItem) -> Result<Vec<f64>> {
+/// The log-likelihood groups of an item: one context with all its continuations when the
+/// choices share it, else one group per choice (partial scoring).
+pub fn item_groups(tok: &Tokenizer, item: &McItem) -> Result<Vec<loglik::Group>> {
     let split = item
         .contexts
         .iter()
         .zip(&item.continuations)
         .map(|(c, k)| split_tokens(tok, c, k))
         .collect::<Result<Vec<_>>>()?;
-    let shared = split.windows(2).all(|w| w[0].0 == w[1].0);
-    let ll = if shared {
-        let conts: Vec<Vec<u32>> = split.iter().map(|s| s.1.clone()).collect();
-        loglik::shared_context(model, &split[0].0, &conts)?
+    if split.windows(2).all(|w| w[0].0 == w[1].0) {
+        let ctx = split[0].0.clone();
+        Ok(vec![(ctx, split.into_iter().map(|s| s.1).collect())])
     } else {
-        loglik::batch(model, &split)?
-    };
-    Ok(ll.iter().map(|l| l.sum).collect())
+        Ok(split.into_iter().map(|(c, k)| (c, vec![k])).collect())
+    }
+}
+
+/// Summed log-likelihoods of every choice of every item, all items in one batched pass.
+pub fn items_logliks(model: &Decoder, tok: &Tokenizer, items: &[McItem]) -> Result<Vec<Vec<f64>>> {
+    let per_item = items
+        .iter()
+        .map(|it| item_groups(tok, it))
+        .collect::<Result<Vec<_>>>()?;
+    let flat: Vec<loglik::Group> = per_item.iter().flatten().cloned().collect();
+    let mut scores = loglik::grouped(model, &flat)?.into_iter().flatten();
+    Ok(items
+        .iter()
+        .map(|it| {
+            scores
+                .by_ref()
+                .take(it.continuations.len())
+                .map(|l| l.sum)
+                .collect()
+        })
+        .collect())
+}
+
+/// Summed log-likelihoods of every choice of one item.
+pub fn item_logliks(model: &Decoder, tok: &Tokenizer, item: &McItem) -> Result<Vec<f64>> {
+    Ok(items_logliks(model, tok, std::slice::from_ref(item))?
+        .pop()
+        .unwrap_or_default())
 }

@@ -76,14 +76,12 @@ impl KvCache {
         self.len == 0
     }
 
-    /// This cache (of one sequence) repeated `n` times along the batch, so that `n`
-    /// continuations can follow one shared context.
-    pub fn repeat(&self, n: usize) -> Result<KvCache> {
-        let rep = |t: &Tensor| -> Result<Tensor> {
-            let mut dims = vec![1usize; t.rank()];
-            dims[0] = n;
-            Ok(t.repeat(dims)?)
-        };
+    /// A cache whose batch rows are rows `rows` of this one (repeats allowed), so that several
+    /// continuations can follow each cached context.
+    pub fn select(&self, rows: &[u32]) -> Result<KvCache> {
+        let idx = Tensor::from_slice(rows, rows.len(), &Device::Cpu)?;
+        let rep =
+            |t: &Tensor| -> Result<Tensor> { Ok(t.index_select(&idx.to_device(t.device())?, 0)?) };
         let layers = self
             .layers
             .iter()
@@ -222,6 +220,19 @@ impl Decoder {
     /// tokens; [`Decoder::logits`] turns rows of it into logits, so that scoring can skip the
     /// language-model head where no prediction is needed.
     pub fn forward_hidden(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_hidden_padded(ids, cache, &[])
+    }
+
+    /// [`Decoder::forward_hidden`] for a batch whose row `r` starts with `left_pad[r]` padding
+    /// positions (counted from the start of the cache): no query sees them, so every row gets
+    /// the numbers of its own unpadded sequence (RoPE scores depend only on distances). Empty
+    /// `left_pad`: no padding.
+    pub fn forward_hidden_padded(
+        &self,
+        ids: &Tensor,
+        cache: &mut KvCache,
+        left_pad: &[usize],
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let c = &self.cfg;
         let start = cache.len;
@@ -235,7 +246,17 @@ impl Decoder {
             self.embed
                 .index_select(&ids.flatten_all()?, 0)?
                 .reshape((b, t, c.hidden_size))?;
-        let mask = causal_mask(t, start, self.device(), dtype)?;
+        let mask = if left_pad.iter().any(|&p| p > 0) {
+            if left_pad.len() != b {
+                return Err(crate::Error::Shape(format!(
+                    "left_pad has {} rows for a batch of {b}",
+                    left_pad.len()
+                )));
+            }
+            Some(padded_mask(t, start, left_pad, self.device(), dtype)?)
+        } else {
+            causal_mask(t, start, self.device(), dtype)?
+        };
         for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             let h = candle_nn::ops::rms_norm(&x, &block.input_norm, c.rms_norm_eps as f32)?;
             let a = self.attention(block, &h, &cos, &sin, mask.as_ref(), slot)?;
@@ -340,6 +361,33 @@ impl Decoder {
         };
         block.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
     }
+}
+
+/// Additive mask (b x 1 x t x (start + t)): -inf where a query would see a later key or a
+/// padding key of its row. A padding query keeps its own key, so that its softmax stays finite
+/// (a NaN there would reach real rows through zero attention weights times NaN values).
+fn padded_mask(
+    t: usize,
+    start: usize,
+    left_pad: &[usize],
+    dev: &Device,
+    dtype: DType,
+) -> Result<Tensor> {
+    let s = start + t;
+    let mut m = Vec::with_capacity(left_pad.len() * t * s);
+    for &pad in left_pad {
+        for i in 0..t {
+            let q = start + i;
+            m.extend((0..s).map(|j| {
+                if j > q || (j < pad && j != q) {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            }));
+        }
+    }
+    Ok(Tensor::from_vec(m, (left_pad.len(), 1, t, s), dev)?.to_dtype(dtype)?)
 }
 
 /// Additive mask (t x (start + t)): -inf where a query would see a later key.
