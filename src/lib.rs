@@ -12,5 +12,6 @@ pub mod executor;
 pub mod paths;
 pub mod rng;
 pub mod tile;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! Command-line definitions (clap derive) and dispatch.
 
+mod datagen;
 mod eval;
 mod generate;
 mod model;
@@ -23,6 +24,8 @@ pub enum Command {
     /// Inspect tile presets and run analog MVMs on one layer.
     #[command(subcommand)]
     Tile(tile::TileCommand),
+    /// Sample synthetic training data from a teacher model.
+    Datagen(datagen::DatagenArgs),
     /// Evaluate a digital or analog model.
     Eval(eval::EvalArgs),
     /// Generate text with a digital or analog model.
@@ -48,6 +51,7 @@ pub fn parse_dtype(s: &str) -> Result<candle_core::DType, String> {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Tile(c) => tile::run(c),
+        Command::Datagen(a) => datagen::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Model(c) => model::run(c),

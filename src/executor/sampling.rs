@@ -45,10 +45,14 @@ impl Sampling {
         if idx.is_empty() {
             return argmax();
         }
-        idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-        if self.top_k > 0 {
+        // Most likely first, ties by index: a total order, so selecting the top k first and
+        // sorting only them gives the same list as sorting everything.
+        let order = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+        if self.top_k > 0 && self.top_k < idx.len() {
+            idx.select_nth_unstable_by(self.top_k - 1, order);
             idx.truncate(self.top_k);
         }
+        idx.sort_by(order);
         let top = logits[idx[0]];
         let mut p: Vec<f64> = idx
             .iter()

@@ -15,3 +15,4 @@ mod golden_executor;
 mod models;
 mod presets;
 mod tile;
+mod train;

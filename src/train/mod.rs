@@ -1,0 +1,5 @@
+//! Analog foundation model training (DESIGN §3.4): synthetic data sampled from the teacher,
+//! then hardware-aware distillation into a student whose projections are analog training layers.
+
+pub mod datagen;
+pub mod shards;
