@@ -1,5 +1,6 @@
 //! Command-line definitions (clap derive) and dispatch.
 
+mod chip;
 mod eval;
 mod generate;
 mod model;
@@ -30,6 +31,9 @@ pub enum Command {
     /// Inspect model manifests and their mapping onto tiles.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Cycle-level chip simulation: latency, throughput, energy and area of a model.
+    #[command(subcommand)]
+    Chip(chip::ChipCommand),
 }
 
 /// Parses a `--dtype` value.
@@ -51,5 +55,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Model(c) => model::run(c),
+        Command::Chip(c) => chip::run(c),
     }
 }
