@@ -260,11 +260,20 @@ impl Builder<'_> {
             &[input],
         );
         let mut done = Vec::with_capacity(groups.len());
+        // One copy of the input crosses to each other chip, whatever the groups there.
+        let mut remote: Vec<(usize, u32)> = Vec::new();
         for gi in groups {
             let g = &self.map.groups[gi];
             let (c, g_chip, out_bits) = (g.cost, g.chip, g.out_bits);
             let (hops, out_bit_hops) = (g.max_hops, g.out_bit_hops);
-            let src = self.cross(chip, g_chip, bits, bcast);
+            let src = match remote.iter().find(|r| r.0 == g_chip) {
+                Some(&(_, op)) => op,
+                None => {
+                    let op = self.cross(chip, g_chip, bits, bcast);
+                    remote.push((g_chip, op));
+                    op
+                }
+            };
             let base = 3 * gi;
             self.charge(Component::Drive, c.dac_pj);
             self.charge(Component::Array, c.array_pj);
@@ -290,15 +299,12 @@ impl Builder<'_> {
         let n1 = self.digital(Unit::Norm, chip, s.hidden, &[x]);
         let qkv = self.analog(l, Stage::Qkv, n1, s.hidden as usize);
         let rope = self.digital(Unit::Other, chip, s.rope(), &qkv);
-        let kvw = self.digital(
-            Unit::KvCache,
-            chip,
-            s.kv_write_bytes(),
-            &[rope, last_kv_write[l]],
-        );
+        let previous = last_kv_write[l];
+        // The past keys and values (written by the previous token) are fetched while the
+        // projections run.
+        let kvr = self.digital(Unit::KvCache, chip, s.kv_read_bytes(len), &[x, previous]);
+        let kvw = self.digital(Unit::KvCache, chip, s.kv_write_bytes(), &[rope, previous]);
         last_kv_write[l] = kvw;
-        // The past keys and values are fetched while the projections run.
-        let kvr = self.digital(Unit::KvCache, chip, s.kv_read_bytes(len), &[x]);
         let qk = self.digital(Unit::Attention, chip, s.score_macs(len), &[kvr, kvw]);
         let sm = self.digital(Unit::Softmax, chip, s.softmax(len), &[qk]);
         let av = self.digital(Unit::Attention, chip, s.score_macs(len), &[sm]);

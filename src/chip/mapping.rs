@@ -87,7 +87,7 @@ pub struct ChipMap {
     pub array_utilization: f64,
     /// Total silicon area: tiles, plus per chip its digital units and the rest.
     pub area_mm2: f64,
-    /// Chip of each layer's digital work (its first projection's first tile); last = lm_head.
+    /// Chip of each layer's digital work (the chip with most of its tiles); last = lm_head.
     pub layer_chip: Vec<usize>,
 }
 
@@ -217,12 +217,31 @@ impl ChipMap {
             .map(|p| p.map.in_features * p.map.out_features)
             .sum();
         let cells = (tiles * rows * cols) as f64;
-        let mut layer_chip = vec![0; n_layers + 1];
-        for p in projections.iter().rev() {
-            layer_chip[p.layer] = p.first_tile / tpc;
+        // A layer's digital work goes to the chip holding most of its tiles (the lowest on a
+        // tie), which keeps most tile traffic off the chip links.
+        let mut layer_chip = vec![usize::MAX; n_layers + 1];
+        let mut best = vec![0usize; n_layers + 1];
+        for l in 0..=n_layers {
+            let mut per_chip: Vec<(usize, usize)> = Vec::new();
+            for g in groups
+                .iter()
+                .filter(|g| projections[g.projection].layer == l)
+            {
+                match per_chip.iter_mut().find(|c| c.0 == g.chip) {
+                    Some(c) => c.1 += g.tiles,
+                    None => per_chip.push((g.chip, g.tiles)),
+                }
+            }
+            for (chip_i, n) in per_chip {
+                if n > best[l] || (n == best[l] && chip_i < layer_chip[l]) {
+                    (best[l], layer_chip[l]) = (n, chip_i);
+                }
+            }
         }
-        if digital_lm_head {
-            layer_chip[n_layers] = layer_chip[n_layers.saturating_sub(1)];
+        for l in 0..=n_layers {
+            if layer_chip[l] == usize::MAX {
+                layer_chip[l] = if l > 0 { layer_chip[l - 1] } else { 0 };
+            }
         }
         ChipMap {
             projections,
@@ -232,7 +251,11 @@ impl ChipMap {
             tiles_per_chip: tpc,
             mesh_side: side,
             weights,
-            array_utilization: if cells > 0.0 { weights as f64 / cells } else { 0.0 },
+            array_utilization: if cells > 0.0 {
+                weights as f64 / cells
+            } else {
+                0.0
+            },
             area_mm2: tiles as f64 * chip.tile_area_mm2
                 + chips as f64 * (chip.digital_area_mm2() + chip.other_area_mm2),
             layer_chip,
@@ -248,4 +271,3 @@ impl ChipMap {
             .sum()
     }
 }
-

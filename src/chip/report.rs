@@ -282,7 +282,12 @@ pub fn summarize(x: &Inputs, spec: &RunSpec) -> ChipReport {
             }
         })
         .collect();
-    let full = x.cost.mvm(x.preset.rows(), x.preset.cols(), 1, x.chip.activation_bits as u32);
+    let full = x.cost.mvm(
+        x.preset.rows(),
+        x.preset.cols(),
+        1,
+        x.chip.activation_bits as u32,
+    );
     let shapes = super::digital::Shapes::new(x.config, x.chip.activation_bits);
     ChipReport {
         model: spec.model.clone(),
@@ -369,7 +374,11 @@ impl ChipReport {
             "Prompt {} tokens, {} decode steps; lm_head {}.\n",
             self.prompt_len,
             self.gen_len,
-            if self.digital_lm_head { "digital" } else { "on tiles" }
+            if self.digital_lm_head {
+                "digital"
+            } else {
+                "on tiles"
+            }
         );
         let _ = writeln!(m, "## Hardware\n\n| | |\n|---|---:|");
         let _ = writeln!(m, "| tile | {} x {} |", t.rows, t.cols);
@@ -406,7 +415,11 @@ impl ChipReport {
         );
         let _ = writeln!(m, "## Latency and throughput\n\n| | |\n|---|---:|");
         let _ = writeln!(m, "| prefill | {} |", fmt_ns(self.prefill_ns as f64));
-        let _ = writeln!(m, "| time to first token | {} |", fmt_ns(self.ttft_ns as f64));
+        let _ = writeln!(
+            m,
+            "| time to first token | {} |",
+            fmt_ns(self.ttft_ns as f64)
+        );
         let _ = writeln!(
             m,
             "| per decode token | {} |",
@@ -435,15 +448,20 @@ impl ChipReport {
         {
             sp += a.pj;
             sd += b.pj;
-            let _ = writeln!(m, "| {} | {} | {} |", a.component, fmt_pj(a.pj), fmt_pj(b.pj));
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} |",
+                a.component,
+                fmt_pj(a.pj),
+                fmt_pj(b.pj)
+            );
         }
         let _ = writeln!(m, "| **total** | **{}** | **{}** |", fmt_pj(sp), fmt_pj(sd));
+        let _ = writeln!(m, "\nWhole run: {}.\n", fmt_pj(self.total_energy_pj));
         let _ = writeln!(
             m,
-            "\nWhole run: {}.\n",
-            fmt_pj(self.total_energy_pj)
+            "## Utilization\n\n| resource | prefill | decode |\n|---|---:|---:|"
         );
-        let _ = writeln!(m, "## Utilization\n\n| resource | prefill | decode |\n|---|---:|---:|");
         let (a, b) = (&self.prefill_utilization, &self.decode_utilization);
         for (name, x, y) in [
             ("tile crossbars", a.tiles, b.tiles),

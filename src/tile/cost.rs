@@ -82,7 +82,10 @@ impl Timing {
     /// Checks ranges: the offending field (without its section) and what was expected.
     pub fn check(&self) -> std::result::Result<(), (String, String)> {
         if ![1, 2, 4].contains(&self.phases) {
-            return Err(field("phases", format!("must be 1, 2 or 4, got {}", self.phases)));
+            return Err(field(
+                "phases",
+                format!("must be 1, 2 or 4, got {}", self.phases),
+            ));
         }
         if !(1..=1 << 20).contains(&self.adcs) {
             return Err(field(

@@ -173,13 +173,15 @@ impl TilePreset {
 
     /// The cycle-level sections, or an error naming the first one missing.
     pub fn cost_sections(&self, file: &Path) -> Result<(TileCostModel, &ChipConfig)> {
-        let missing = |section: &str| Error::Config {
+        let missing = |section: &str| {
+            Error::Config {
             file: file.to_path_buf(),
             field: section.to_string(),
             msg: format!(
                 "the chip simulator needs the sections [timing], [energy] and [chip]; preset `{}` has no [{section}] (see tiles/hermes.toml)",
                 self.name
             ),
+        }
         };
         let timing = self.timing.ok_or_else(|| missing("timing"))?;
         let energy = self.energy.clone().ok_or_else(|| missing("energy"))?;
