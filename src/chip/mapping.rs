@@ -262,6 +262,34 @@ impl ChipMap {
         }
     }
 
+    /// Replaces the array energy of one MVM of projection `name` of layer `layer` (lm_head: the
+    /// number of layers) by `pj`, e.g. measured with [`crate::tile::array_energy_pj`] on the
+    /// programmed conductances and real inputs; its groups keep their shares. Returns whether
+    /// the projection exists.
+    pub fn set_array_energy(&mut self, layer: usize, name: &str, pj: f64) -> bool {
+        let Some(pi) = self
+            .projections
+            .iter()
+            .position(|p| p.layer == layer && p.name == name)
+        else {
+            return false;
+        };
+        let groups = self.groups.iter_mut().filter(|g| g.projection == pi);
+        let (mut n, mut avg) = (0usize, 0f64);
+        for g in groups {
+            n += g.tiles;
+            avg += g.cost.array_pj;
+        }
+        for g in self.groups.iter_mut().filter(|g| g.projection == pi) {
+            g.cost.array_pj = if avg > 0.0 {
+                pj * g.cost.array_pj / avg
+            } else {
+                pj * g.tiles as f64 / n.max(1) as f64
+            };
+        }
+        true
+    }
+
     /// Tiles of the projections of layer `layer` (lm_head: the number of layers).
     pub fn layer_tiles(&self, layer: usize) -> usize {
         self.projections

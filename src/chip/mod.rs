@@ -51,12 +51,6 @@ pub fn simulate(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(ChipReport, svg::Timeline)> {
     let (cost, chip) = preset.cost_sections(file)?;
-    if spec.prompt_len == 0 || spec.prompt_len + spec.gen_len > MAX_TOKENS {
-        return Err(Error::Value(format!(
-            "prompt length {} and generation length {}: need a prompt of at least 1 token and at most {MAX_TOKENS} tokens in all",
-            spec.prompt_len, spec.gen_len
-        )));
-    }
     let map = ChipMap::new(
         config,
         &cost,
@@ -65,14 +59,34 @@ pub fn simulate(
         preset.cols(),
         spec.digital_lm_head,
     );
-    let g = graph::build(config, &cost, chip, &map, spec.prompt_len, spec.gen_len);
+    simulate_mapped(config, preset, file, &map, spec, progress)
+}
+
+/// As [`simulate`] on a placement made (and possibly adjusted, e.g. with
+/// [`ChipMap::set_array_energy`]) by the caller with the same preset and `spec`.
+pub fn simulate_mapped(
+    config: &ModelConfig,
+    preset: &TilePreset,
+    file: &Path,
+    map: &ChipMap,
+    spec: &RunSpec,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(ChipReport, svg::Timeline)> {
+    let (cost, chip) = preset.cost_sections(file)?;
+    if spec.prompt_len == 0 || spec.prompt_len + spec.gen_len > MAX_TOKENS {
+        return Err(Error::Value(format!(
+            "prompt length {} and generation length {}: need a prompt of at least 1 token and at most {MAX_TOKENS} tokens in all",
+            spec.prompt_len, spec.gen_len
+        )));
+    }
+    let g = graph::build(config, &cost, chip, map, spec.prompt_len, spec.gen_len);
     let s = schedule::simulate(&g, progress);
     let inputs = report::Inputs {
         config,
         preset,
         cost: &cost,
         chip,
-        map: &map,
+        map,
         graph: &g,
         schedule: &s,
     };

@@ -46,7 +46,7 @@ pub struct Utilization {
 /// One row of the per-layer table.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LayerRow {
-    /// `layer N` or `head` (embedding, final norm, lm_head, sample).
+    /// `layer N` or `embed + head` (embedding, final norm, lm_head, sample).
     pub name: String,
     /// Tiles of the layer.
     pub tiles: usize,
@@ -270,7 +270,7 @@ pub fn summarize(x: &Inputs, spec: &RunSpec) -> ChipReport {
             let e_of = |phase: usize| g.energy[phase * (n + 1) + l].iter().sum::<f64>();
             LayerRow {
                 name: if l == n {
-                    "head".into()
+                    "embed + head".into()
                 } else {
                     format!("layer {l}")
                 },
@@ -482,7 +482,7 @@ impl ChipReport {
         );
         let _ = writeln!(
             m,
-            "## Per layer\n\n| layer | tiles | prefill / token | decode / token | prefill energy / token | decode energy / token |\n|---|---:|---:|---:|---:|---:|"
+            "## Per layer\n\n| layer | tiles | prefill / token (queueing included) | decode / token | prefill energy / token | decode energy / token |\n|---|---:|---:|---:|---:|---:|"
         );
         for l in &self.layers {
             let _ = writeln!(

@@ -71,10 +71,11 @@ pub fn simulate(graph: &Graph, progress: &mut dyn FnMut(usize, usize)) -> Schedu
         }
     };
 
-    for op in 0..n {
-        if remaining[op] == 0 {
-            arrive(op as u32, 0, &mut busy, &mut queues, &mut start, &mut heap);
-        }
+    let sources: Vec<u32> = (0..n as u32)
+        .filter(|&op| remaining[op as usize] == 0)
+        .collect();
+    for op in sources {
+        arrive(op, 0, &mut busy, &mut queues, &mut start, &mut heap);
     }
     while let Some(Reverse((t, kind, id))) = heap.pop() {
         events += 1;

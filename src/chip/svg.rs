@@ -142,6 +142,19 @@ fn tick_step(range: f64) -> f64 {
         .unwrap_or(10.0 * mag)
 }
 
+/// A tick label in the unit of the axis range, without trailing zeros.
+fn fmt_tick(v: f64, range: f64) -> String {
+    let (scale, unit) = match range {
+        r if r >= 1e9 => (1e9, "s"),
+        r if r >= 1e6 => (1e6, "ms"),
+        r if r >= 1e3 => (1e3, "us"),
+        _ => (1.0, "ns"),
+    };
+    let text = format!("{:.3}", v / scale);
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text} {unit}")
+}
+
 const W: f64 = 1000.0;
 const LEFT: f64 = 80.0;
 const PLOT_W: f64 = W - LEFT - 20.0;
@@ -174,7 +187,7 @@ fn layer_panel(
     for l in 0..rows {
         if l % label_every == 0 || l == rows - 1 {
             let name = if l == layers {
-                "head".to_string()
+                "embed + head".to_string()
             } else {
                 format!("layer {l}")
             };
@@ -207,7 +220,7 @@ fn layer_panel(
             top + h,
             top + h + 4.0,
             top + h + 14.0,
-            fmt_ns(v)
+            fmt_tick(v, range)
         );
         v += step;
     }
@@ -272,7 +285,7 @@ fn energy_bars(out: &mut String, y0: f64, rows: [(&str, &[Part]); 2]) -> f64 {
 /// Renders the chart of `report` with its `timeline`.
 pub fn render(report: &ChipReport, tl: &Timeline) -> String {
     let mut body = String::new();
-    let mut y = 40.0;
+    let mut y = 48.0;
     let step_end = tl.spans.iter().map(|s| s.end).max().unwrap_or(tl.t0);
     let bars: Vec<_> = tl
         .spans
@@ -348,12 +361,17 @@ pub fn render(report: &ChipReport, tl: &Timeline) -> String {
     let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         out,
-        r#"<text x="{LEFT}" y="24" font-size="16" font-weight="bold">{} on {}: {} tiles, {} chips, {:.1} mm2; TTFT {}, {} per decode token</text>"#,
+        r#"<text x="{LEFT}" y="20" font-size="16" font-weight="bold">{} on {}</text>"#,
         esc(&report.model),
-        esc(&report.preset),
+        esc(&report.preset)
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="{LEFT}" y="38" font-size="12">{} tiles, {} chips, {:.1} mm2; prompt {}, TTFT {}; {} per decode token</text>"#,
         report.tiles,
         report.chips,
         report.area_mm2,
+        report.prompt_len,
         fmt_ns(report.ttft_ns as f64),
         fmt_ns(report.decode_per_token_ns)
     );

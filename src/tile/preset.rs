@@ -184,6 +184,16 @@ impl TilePreset {
         }
         };
         let timing = self.timing.ok_or_else(|| missing("timing"))?;
+        if !(2..=16).contains(&self.dac.bits) {
+            return Err(Error::Config {
+                file: file.to_path_buf(),
+                field: "dac.bits".into(),
+                msg: format!(
+                    "must be in 2..=16 for the chip simulator (it sets the pulse lengths), got {}",
+                    self.dac.bits
+                ),
+            });
+        }
         let energy = self.energy.clone().ok_or_else(|| missing("energy"))?;
         let chip = self.chip.as_ref().ok_or_else(|| missing("chip"))?;
         Ok((

@@ -363,3 +363,33 @@ fn presets_without_or_with_bad_cost_sections() {
         assert!(e.contains("bad.toml") && e.contains(want), "{e}");
     }
 }
+
+#[test]
+fn measured_array_energy_replaces_the_average() {
+    let (p, file) = preset("hermes");
+    let (cost, chip) = p.cost_sections(Path::new("test")).unwrap();
+    let cfg = model("tiny-llama");
+    let spec = RunSpec {
+        model: "tiny-llama".into(),
+        prompt_len: 2,
+        gen_len: 1,
+        digital_lm_head: false,
+    };
+    let mut map = ChipMap::new(&cfg, &cost, chip, 256, 256, false);
+    let base = afm::chip::simulate_mapped(&cfg, &p, &file, &map, &spec, &mut |_, _| {})
+        .unwrap()
+        .0;
+    // q_proj of layer 0 at the average: 64 x 64 x 0.25 x 20.7 uS x 0.01 V^2 x 0.25 x 127 ns.
+    let avg = 64.0 * 64.0 * 0.25 * 20.7 * 0.01 * 0.25 * 127.0 * 1e-3;
+    assert!(map.set_array_energy(0, "self_attn.q_proj", avg + 1000.0));
+    assert!(!map.set_array_energy(0, "no_such_proj", 1.0));
+    let more = afm::chip::simulate_mapped(&cfg, &p, &file, &map, &spec, &mut |_, _| {})
+        .unwrap()
+        .0;
+    // 1000 pJ more per q_proj MVM, once for each of the 3 tokens (2 prompt, 1 decode).
+    let array = |r: &afm::chip::ChipReport| {
+        r.prefill_energy_per_token[1].pj * 2.0 + r.decode_energy_per_token[1].pj
+    };
+    assert!((array(&more) - array(&base) - 3000.0).abs() < 1e-6);
+    assert_eq!(more.ttft_ns, base.ttft_ns);
+}
