@@ -384,7 +384,7 @@ impl ChipReport {
         let _ = writeln!(m, "| tile | {} x {} |", t.rows, t.cols);
         let _ = writeln!(
             m,
-            "| tile MVM (full use) | {} , {} |",
+            "| tile MVM (full use) | {}, {} |",
             fmt_ns(t.core_ns),
             fmt_pj(t.core_pj)
         );
