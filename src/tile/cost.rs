@@ -325,7 +325,7 @@ impl MvmCost {
 
 /// Array energy in pJ of the MVMs of `layer` on `tokens` inputs `x` (tokens x in, row-major)
 /// with input ranges `ranges`: sum over tokens, rows and columns of V^2 G t, with G the
-/// programmed conductance |w| / w_max[c] x g_max of the conducting polarity and t the input's
+/// programmed conductance |w| / w_max(c) x g_max of the conducting polarity and t the input's
 /// pulse length after the DAC (PWM: |level| t_lsb; bit-serial: popcount(|level|) t_lsb).
 pub fn array_energy_pj(
     layer: &AnalogLayer,
