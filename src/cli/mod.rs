@@ -1,5 +1,6 @@
 //! Command-line definitions (clap derive) and dispatch.
 
+mod chip;
 mod datagen;
 mod eval;
 mod generate;
@@ -33,6 +34,9 @@ pub enum Command {
     /// Inspect model manifests and their mapping onto tiles.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Cycle-level chip simulation: latency, throughput, energy and area of a model.
+    #[command(subcommand)]
+    Chip(chip::ChipCommand),
 }
 
 /// Parses a `--dtype` value.
@@ -55,5 +59,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Model(c) => model::run(c),
+        Command::Chip(c) => chip::run(c),
     }
 }

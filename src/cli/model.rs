@@ -25,6 +25,22 @@ pub enum ModelCommand {
     },
 }
 
+/// The name and shapes of a model argument: a manifest name or path, an HF folder (its
+/// config.json) or a .gguf file.
+pub fn model_config(model: &str) -> anyhow::Result<(String, ModelConfig)> {
+    let as_path = std::path::Path::new(model);
+    Ok(if as_path.is_dir() {
+        let hf = afm::executor::config::HfConfig::load(&as_path.join("config.json"))?;
+        (model.to_string(), ModelConfig::from_hf(&hf))
+    } else if model.ends_with(".gguf") {
+        let g = afm::executor::gguf::GgufModel::load(as_path, candle_core::DType::F32)?;
+        (model.to_string(), ModelConfig::from_hf(&g.config))
+    } else {
+        let m = Manifest::load(&resolve_model_path(model))?;
+        (m.name, m.config)
+    })
+}
+
 /// Runs a model subcommand.
 pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
     let (model, tiles, digital_lm_head) = match cmd {
@@ -41,17 +57,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
         } => (model, tiles, digital_lm_head),
     };
     let p = TilePreset::load(&resolve_preset_path(&tiles))?;
-    let as_path = std::path::Path::new(&model);
-    let (name, config) = if as_path.is_dir() {
-        let hf = afm::executor::config::HfConfig::load(&as_path.join("config.json"))?;
-        (model.clone(), ModelConfig::from_hf(&hf))
-    } else if model.ends_with(".gguf") {
-        let g = afm::executor::gguf::GgufModel::load(as_path, candle_core::DType::F32)?;
-        (model.clone(), ModelConfig::from_hf(&g.config))
-    } else {
-        let m = Manifest::load(&resolve_model_path(&model))?;
-        (m.name, m.config)
-    };
+    let (name, config) = model_config(&model)?;
     let c = &config;
     println!("model         {name} ({:?})", c.architecture);
     println!(

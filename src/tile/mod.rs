@@ -5,6 +5,7 @@
 //! products in the analog domain, and an ADC with a fixed per-column bound digitizes them; the
 //! partial results of a layer's row blocks are summed digitally.
 
+pub mod cost;
 pub mod mapping;
 pub mod mvm;
 pub mod op;
@@ -12,6 +13,7 @@ pub mod preset;
 pub mod program;
 pub mod reference;
 
+pub use cost::{array_energy_pj, MvmCost, TileCostModel};
 pub use mapping::{split_sizes, TileMap};
 pub use mvm::{analog_mvm, quantize};
 pub use op::AnalogMvm;

@@ -3,6 +3,8 @@
 //! Every field carries its unit in its name and is validated on load: a bad value gives one
 //! error line naming the file, the dotted field and the allowed range.
 
+use super::cost::{TileCostModel, TileEnergy, Timing};
+use crate::chip::ChipConfig;
 use crate::device::DeviceConfig;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -34,6 +36,16 @@ pub struct TilePreset {
     pub noise: MvmNoise,
     /// Device model.
     pub device: DeviceConfig,
+    /// Phase durations of one MVM (cycle-level model); optional, the functional path does not
+    /// need it. Without it the chip simulator refuses the preset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<Timing>,
+    /// Action energies of one MVM; optional like `timing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy: Option<TileEnergy>,
+    /// Chip: tiles per chip, area, digital units, network; optional like `timing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chip: Option<ChipConfig>,
 }
 
 fn yes() -> bool {
@@ -134,7 +146,64 @@ impl TilePreset {
         finite_nonneg("noise.output_gamma", self.noise.output_gamma)?;
         finite_nonneg("noise.read_rel", self.noise.read_rel)?;
         finite_nonneg("noise.read_abs", self.noise.read_abs)?;
-        self.device.check().map_err(|(f, m)| bad(&f, m))
+        self.device.check().map_err(|(f, m)| bad(&f, m))?;
+        let in_section = |section: &'static str| {
+            move |(f, m): (String, String)| bad(&format!("{section}.{f}"), m)
+        };
+        if let Some(t) = &self.timing {
+            t.check().map_err(in_section("timing"))?;
+            if !(2..=16).contains(&self.dac.bits) {
+                return Err(bad(
+                    "dac.bits",
+                    format!(
+                        "must be in 2..=16 with a [timing] section (it sets the pulse lengths), got {}",
+                        self.dac.bits
+                    ),
+                ));
+            }
+        }
+        if let Some(e) = &self.energy {
+            e.check().map_err(in_section("energy"))?;
+        }
+        if let Some(c) = &self.chip {
+            c.check().map_err(in_section("chip"))?;
+        }
+        Ok(())
+    }
+
+    /// The cycle-level sections, or an error naming the first one missing.
+    pub fn cost_sections(&self, file: &Path) -> Result<(TileCostModel, &ChipConfig)> {
+        let missing = |section: &str| {
+            Error::Config {
+            file: file.to_path_buf(),
+            field: section.to_string(),
+            msg: format!(
+                "the chip simulator needs the sections [timing], [energy] and [chip]; preset `{}` has no [{section}] (see tiles/hermes.toml)",
+                self.name
+            ),
+        }
+        };
+        let timing = self.timing.ok_or_else(|| missing("timing"))?;
+        if !(2..=16).contains(&self.dac.bits) {
+            return Err(Error::Config {
+                file: file.to_path_buf(),
+                field: "dac.bits".into(),
+                msg: format!(
+                    "must be in 2..=16 for the chip simulator (it sets the pulse lengths), got {}",
+                    self.dac.bits
+                ),
+            });
+        }
+        let energy = self.energy.clone().ok_or_else(|| missing("energy"))?;
+        let chip = self.chip.as_ref().ok_or_else(|| missing("chip"))?;
+        Ok((
+            TileCostModel {
+                timing,
+                energy,
+                dac_bits: self.dac.bits as u32,
+            },
+            chip,
+        ))
     }
 
     /// Rows per tile as a size.
