@@ -39,6 +39,9 @@ pub struct DatagenArgs {
     /// Compute dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32", value_parser = super::parse_dtype)]
     dtype: DType,
+    /// Where to run: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// Runs `afm datagen`.
@@ -61,7 +64,7 @@ pub fn run(a: DatagenArgs) -> anyhow::Result<()> {
         rows_per_shard: per_shard,
         val_every: 100,
     };
-    let m = afm::executor::load::load_model(&a.model, a.dtype)?;
+    let m = afm::executor::load::load_model_on(&a.model, a.dtype, &super::open_device(&a.device)?)?;
     let bar = indicatif::ProgressBar::new((rows * a.seq_len) as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(

@@ -211,6 +211,17 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         bail!("nothing to evaluate: give --tiles or drop --no-baseline");
     }
     let (m, tok) = super::model_args::open_digital(&a.model, a.dtype)?;
+    let learned = if m.path.is_dir() {
+        afm::train::student::load_meta(&m.path)?
+    } else {
+        None
+    };
+    if learned.is_some() {
+        eprintln!(
+            "note: {} is an analog model: its learned input ranges are used on the chips",
+            m.path.display()
+        );
+    }
     let calibration = match &a.calib_text {
         Some(p) => {
             let text =
@@ -240,6 +251,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         },
         digital_lm_head: a.digital_lm_head,
         calibration,
+        learned_ranges: learned.as_ref().map(|m| m.input_ranges.clone()),
     };
     let (out, temporary) = match &a.out {
         Some(d) => (d.clone(), false),
@@ -275,6 +287,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
                 "skipped_lines": t.skipped.len(),
             })).collect::<Vec<_>>(),
             "limit": a.limit, "options": plan.options, "digital_lm_head": a.digital_lm_head,
+            "learned_ranges": plan.learned_ranges.is_some(),
             "calibration": a.calib_text.as_ref().map(|p| serde_json::json!({
                 "file": p, "tokens": plan.calibration.as_ref().map(Vec::len),
             })),

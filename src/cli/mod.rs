@@ -7,6 +7,7 @@ mod generate;
 mod model;
 mod model_args;
 mod tile;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,8 @@ pub enum Command {
     Tile(tile::TileCommand),
     /// Sample synthetic training data from a teacher model.
     Datagen(datagen::DatagenArgs),
+    /// Train an analog foundation model by hardware-aware distillation.
+    Train(train::TrainArgs),
     /// Evaluate a digital or analog model.
     Eval(eval::EvalArgs),
     /// Generate text with a digital or analog model.
@@ -51,12 +54,29 @@ pub fn parse_dtype(s: &str) -> Result<candle_core::DType, String> {
     }
 }
 
+/// Opens a `--device` value: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+pub fn open_device(s: &str) -> anyhow::Result<candle_core::Device> {
+    let ordinal = match s {
+        "cpu" => return Ok(candle_core::Device::Cpu),
+        "cuda" => 0,
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => anyhow::bail!("unknown device `{other}` (expected cpu, cuda or cuda:N)"),
+        },
+    };
+    if !candle_core::utils::cuda_is_available() {
+        anyhow::bail!("device `{s}`: this afm was built without CUDA (build with --features cuda)");
+    }
+    Ok(candle_core::Device::new_cuda(ordinal)?)
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Tile(c) => tile::run(c),
         Command::Datagen(a) => datagen::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Train(a) => train::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Model(c) => model::run(c),
         Command::Chip(c) => chip::run(c),

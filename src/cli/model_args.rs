@@ -34,6 +34,11 @@ impl ModelArgs {
         if let Some(t) = &self.tiles {
             let preset = TilePreset::load(&resolve_preset_path(t))?;
             map_to_tiles(&mut m.decoder, &preset, self.seed, self.digital_lm_head)?;
+            if m.path.is_dir() {
+                if let Some(meta) = afm::train::student::load_meta(&m.path)? {
+                    afm::executor::load::apply_ranges(&mut m.decoder, &meta.input_ranges)?;
+                }
+            }
         }
         Ok((m, tok))
     }

@@ -48,6 +48,9 @@ pub struct Plan {
     /// Token ids whose abs-max sets each analog layer's static input ranges once per chip;
     /// None: the first batch of each task sets them.
     pub calibration: Option<Vec<u32>>,
+    /// Learned input ranges by projection (an analog model's `analog.json`): they replace
+    /// calibration where present.
+    pub learned_ranges: Option<std::collections::BTreeMap<String, Vec<f32>>>,
 }
 
 /// The result of one (task, row, seed) cell.
@@ -101,6 +104,10 @@ fn fingerprint(plan: &Plan, row: &Row, task: &Task, seed: Option<u64>) -> String
         plan.options
     ));
     put(&format!("{} {:?}", plan.digital_lm_head, plan.calibration));
+    // Hashed only when present, so cells of runs without learned ranges keep their identity.
+    if let Some(r) = &plan.learned_ranges {
+        put(&format!("{r:?}"));
+    }
     format!("{:x}", h.finalize())
 }
 
@@ -193,9 +200,12 @@ pub fn run(
             (Some(preset), Some(s)) => {
                 if chip.as_ref().map(|c| c.0) != Some((ri, Some(s))) {
                     drop(chip.take());
-                    let dec = program_chip(model, preset, s, plan.digital_lm_head)?;
+                    let mut dec = program_chip(model, preset, s, plan.digital_lm_head)?;
                     if let Some(ids) = &plan.calibration {
                         calibrate(&dec, ids)?;
+                    }
+                    if let Some(r) = &plan.learned_ranges {
+                        crate::executor::load::apply_ranges(&mut dec, r)?;
                     }
                     chip = Some(((ri, Some(s)), dec));
                 }
@@ -203,7 +213,7 @@ pub fn run(
                     .as_ref()
                     .map(|c| &c.1)
                     .ok_or_else(|| Error::Value("internal: no programmed chip".into()))?;
-                dec.reset_analog(plan.calibration.is_none());
+                dec.reset_analog(plan.calibration.is_none() && plan.learned_ranges.is_none());
                 evaluate(task, dec, tok, &plan.options, &mut |n| {
                     progress(Progress::Advance(n))
                 })?

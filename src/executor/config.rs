@@ -189,6 +189,48 @@ impl HfConfig {
         })
     }
 
+    /// The configuration as an HF config.json (what [`HfConfig::parse`] reads back), so that a
+    /// trained model saved as a folder loads like any HF checkpoint.
+    pub fn to_json(&self) -> serde_json::Value {
+        let arch = match self.model_type.as_str() {
+            "phi3" => "Phi3ForCausalLM",
+            _ => "LlamaForCausalLM",
+        };
+        let scaling = match &self.rope_scaling {
+            RopeScaling::None => serde_json::Value::Null,
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => serde_json::json!({
+                "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                "high_freq_factor": high_freq_factor,
+                "original_max_position_embeddings": original_max_position_embeddings,
+            }),
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings,
+            } => serde_json::json!({
+                "type": "longrope", "short_factor": short_factor, "long_factor": long_factor,
+                "original_max_position_embeddings": original_max_position_embeddings,
+            }),
+        };
+        serde_json::json!({
+            "architectures": [arch], "model_type": self.model_type,
+            "hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads, "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size, "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta, "rope_scaling": scaling,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_ids,
+        })
+    }
+
     fn scaling(
         v: Option<&serde_json::Value>,
         original: Option<usize>,

@@ -34,6 +34,8 @@ pub enum Projection {
     },
     /// Analog layer on tiles.
     Analog(Box<AnalogProjection>),
+    /// Analog training layer (hardware-aware training).
+    Train(Box<crate::train::layer::AnalogTrainLinear>),
 }
 
 impl Projection {
@@ -50,7 +52,7 @@ impl Projection {
                 weight: weight.clone(),
                 bias: bias.clone(),
             }),
-            Projection::Analog(_) => Err(crate::Error::Value(format!(
+            Projection::Analog(_) | Projection::Train(_) => Err(crate::Error::Value(format!(
                 "projection `{name}` is analog; program the digital model again instead"
             ))),
         }
@@ -75,6 +77,7 @@ impl Projection {
         match self {
             Projection::Digital { weight, .. } => weight.dims()[0],
             Projection::Analog(a) => a.layer.out_features(),
+            Projection::Train(t) => t.weight.as_tensor().dims()[0],
         }
     }
 
@@ -95,7 +98,7 @@ impl Projection {
                     calls: AtomicU64::new(0),
                 })))
             }
-            Projection::Analog(_) => Err(crate::Error::Value(format!(
+            Projection::Analog(_) | Projection::Train(_) => Err(crate::Error::Value(format!(
                 "projection `{name}` is already analog"
             ))),
         }
@@ -149,6 +152,7 @@ impl Projection {
                 };
                 Ok(y.to_dtype(dtype)?)
             }
+            Projection::Train(t) => Ok(t.forward(x)?.to_dtype(x.dtype())?),
         }
     }
 }

@@ -61,10 +61,15 @@ fn read_chat_template(dir: &Path) -> Option<String> {
 
 /// Loads a model (GGUF or HF folder) in `dtype` on the CPU.
 pub fn load_model(arg: &str, dtype: DType) -> Result<LoadedModel> {
+    load_model_on(arg, dtype, &Device::Cpu)
+}
+
+/// Loads a model (GGUF or HF folder) in `dtype` on `dev` (a GGUF is dequantized on the CPU).
+pub fn load_model_on(arg: &str, dtype: DType, dev: &Device) -> Result<LoadedModel> {
     let path = resolve_weights(arg, true)?;
     if path.is_dir() {
         let cfg = HfConfig::load(&path.join("config.json"))?;
-        let w = Weights::from_hf_dir(&path, dtype, &Device::Cpu)?;
+        let w = Weights::from_hf_dir(&path, dtype, dev)?;
         let tok_path = path.join("tokenizer.json");
         let tokenizer = if tok_path.exists() {
             Some(Tokenizer::from_file(&tok_path).map_err(|e| Error::Parse {
@@ -83,7 +88,7 @@ pub fn load_model(arg: &str, dtype: DType) -> Result<LoadedModel> {
     }
     let g = GgufModel::load(&path, dtype)?;
     Ok(LoadedModel {
-        decoder: llama::build(g.config, &g.weights)?,
+        decoder: llama::build(g.config, &g.weights.to_device(dev)?)?,
         tokenizer: Some(g.tokenizer),
         chat_template: g.chat_template,
         path,
@@ -121,4 +126,32 @@ pub fn map_to_tiles(
         *p = p.to_analog(preset, seed, &name)?;
     }
     Ok(())
+}
+
+/// Sets the static input ranges of the analog projections from learned values (an analog
+/// model's `analog.json`), so that calibration does not replace them. A projection without an
+/// entry keeps calibrating; a count that does not match its row blocks is an error.
+pub fn apply_ranges(
+    dec: &mut Decoder,
+    ranges: &std::collections::BTreeMap<String, Vec<f32>>,
+) -> Result<usize> {
+    let mut set = 0;
+    for (name, p) in dec.projections_mut() {
+        if let (crate::executor::linear::Projection::Analog(a), Some(r)) = (&*p, ranges.get(&name))
+        {
+            if r.len() != a.layer.blocks.len() {
+                return Err(Error::Value(format!(
+                    "`{name}`: {} learned input ranges for {} row blocks (the model was trained \
+                     with other tile rows than this preset's)",
+                    r.len(),
+                    a.layer.blocks.len()
+                )));
+            }
+            if let Ok(mut w) = a.ranges.write() {
+                *w = r.clone();
+            }
+            set += 1;
+        }
+    }
+    Ok(set)
 }

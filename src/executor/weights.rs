@@ -25,6 +25,16 @@ impl Weights {
         }
     }
 
+    /// The same weights on `dev` (a no-op when they are there already).
+    pub fn to_device(self, dev: &Device) -> Result<Self> {
+        let tensors = self
+            .tensors
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_device(dev)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
+        Ok(Weights { tensors, ..self })
+    }
+
     /// Loads every `*.safetensors` of an HF model folder (via the shard index when present).
     pub fn from_hf_dir(dir: &Path, dtype: DType, dev: &Device) -> Result<Self> {
         let index = dir.join("model.safetensors.index.json");

@@ -11,6 +11,7 @@ use crate::executor::decoder::{Decoder, KvCache};
 use crate::executor::sampling::Sampling;
 use crate::rng::{Effect, StreamKey};
 use candle_core::{DType, IndexOp, Tensor};
+use rayon::prelude::*;
 use std::path::Path;
 
 /// What to generate.
@@ -68,11 +69,15 @@ pub fn sample_rows(
             .logits(&h.i((.., 0))?)?
             .to_dtype(DType::F32)?
             .to_vec2::<f32>()?;
-        for ((row, l), rng) in rows.iter_mut().zip(&logits).zip(&mut rngs) {
-            if l.iter().any(|v| v.is_nan()) {
-                return Err(Error::Value("the teacher produced NaN logits".into()));
-            }
-            row.push(sampling.pick(l, rng));
+        // Rows sample in parallel: each has its own stream, so the result does not depend on
+        // the thread count.
+        let picks: Vec<Option<u32>> = logits
+            .par_iter()
+            .zip(rngs.par_iter_mut())
+            .map(|(l, rng)| (!l.iter().any(|v| v.is_nan())).then(|| sampling.pick(l, rng)))
+            .collect();
+        for (row, p) in rows.iter_mut().zip(picks) {
+            row.push(p.ok_or_else(|| Error::Value("the teacher produced NaN logits".into()))?);
         }
     }
     Ok(rows)

@@ -2,4 +2,9 @@
 //! then hardware-aware distillation into a student whose projections are analog training layers.
 
 pub mod datagen;
+pub mod layer;
+pub mod ops;
+pub mod optim;
 pub mod shards;
+pub mod student;
+pub mod trainer;

@@ -17,3 +17,4 @@ mod models;
 mod presets;
 mod tile;
 mod train;
+mod train_golden;

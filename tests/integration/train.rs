@@ -94,3 +94,214 @@ fn datagen_resumes_to_the_same_files_and_holds_out_rows() {
     let _ = std::fs::remove_dir_all(&one);
     let _ = std::fs::remove_dir_all(&two);
 }
+
+mod hwa {
+    use crate::common::{repo, temp_dir};
+    use afm::executor::decoder::{Decoder, KvCache};
+    use afm::executor::load::{apply_ranges, load_model, program_chip};
+    use afm::tile::TilePreset;
+    use afm::train::datagen::{datagen, DatagenConfig};
+    use afm::train::layer::AnalogTrainConfig;
+    use afm::train::shards::{read_split, write_shard, DataIndex, ShardEntry, ShardPair};
+    use afm::train::student::load_meta;
+    use afm::train::trainer::{distill_loss, train, TrainConfig};
+    use candle_core::{DType, Device, Tensor};
+    use std::path::Path;
+
+    const SEQ: usize = 64;
+
+    /// tinyshakespeare as byte tokens (tiny-llama's vocabulary is 256), rows of SEQ.
+    fn shakespeare_data(dir: &Path, rows: usize) {
+        let text = std::fs::read(repo("../shared/data/text/tinyshakespeare.txt")).unwrap();
+        let r: Vec<Vec<u32>> = text
+            .chunks_exact(SEQ)
+            .take(rows)
+            .map(|c| c.iter().map(|&b| u32::from(b)).collect())
+            .collect();
+        std::fs::create_dir_all(dir).unwrap();
+        write_shard(&dir.join("train-00000.bin"), &r).unwrap();
+        DataIndex {
+            format: 1,
+            model: "tinyshakespeare bytes".into(),
+            seq_len: SEQ,
+            vocab_size: 256,
+            temperature: 1.0,
+            top_k: 0,
+            seed: 0,
+            target_rows: rows,
+            rows_per_shard: rows,
+            val_every: 100,
+            shards: vec![ShardPair {
+                train: ShardEntry {
+                    file: "train-00000.bin".into(),
+                    rows,
+                },
+                val: None,
+            }],
+        }
+        .save(dir)
+        .unwrap();
+    }
+
+    fn digital_training() -> AnalogTrainConfig {
+        AnalogTrainConfig {
+            dac_bits: 0,
+            adc_bits: 0,
+            out_bound: 0.0,
+            weight_noise: 0.0,
+            clip_alpha: 0.0,
+            range_init_batches: 0,
+            ..AnalogTrainConfig::default()
+        }
+    }
+
+    fn hwa(steps: usize, lr: f64) -> TrainConfig {
+        let mut c = TrainConfig::default();
+        c.run.steps = steps;
+        c.run.batch_size = 8;
+        c.run.checkpoint_every = 0;
+        c.optim.lr = lr;
+        c.optim.warmup_steps = 10;
+        c.analog.tile_rows = 32;
+        c.analog.range_init_batches = 10;
+        c
+    }
+
+    fn kl_on_chip(
+        model_dir: &Path,
+        teacher: &Decoder,
+        preset: &TilePreset,
+        seed: u64,
+        rows: &[Vec<u32>],
+    ) -> f64 {
+        let m = load_model(model_dir.to_str().unwrap(), DType::F32).unwrap();
+        let mut chip = program_chip(&m.decoder, preset, seed, false).unwrap();
+        let meta = load_meta(model_dir).unwrap().unwrap();
+        assert!(apply_ranges(&mut chip, &meta.input_ranges).unwrap() > 0);
+        let flat: Vec<u32> = rows.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, (rows.len(), SEQ), &Device::Cpu).unwrap();
+        let t = teacher.forward(&ids, &mut KvCache::default()).unwrap();
+        let s = chip.forward(&ids, &mut KvCache::default()).unwrap();
+        let (kl, _) = distill_loss(&t, &s, &ids, 1.0).unwrap();
+        f64::from(kl.to_scalar::<f32>().unwrap())
+    }
+
+    #[test]
+    fn hwa_training_lowers_the_kl_under_pcm_noise() {
+        let dir = temp_dir("hwa");
+        // 1. A tiny teacher: tiny-llama trained on Shakespeare's bytes.
+        let text = dir.join("text");
+        shakespeare_data(&text, 512);
+        let base = load_model(
+            repo("tests/golden/executor/tiny-llama").to_str().unwrap(),
+            DType::F32,
+        )
+        .unwrap();
+        let mut tc = TrainConfig::default();
+        tc.run.steps = 300;
+        tc.run.batch_size = 16;
+        tc.run.kl_weight = 0.0;
+        tc.run.ce_weight = 1.0;
+        tc.run.checkpoint_every = 0;
+        tc.optim.lr = 3e-3;
+        tc.optim.warmup_steps = 20;
+        tc.analog = digital_training();
+        let mut first_ce = None;
+        let mut last_ce = 0.0;
+        train(
+            &base.decoder,
+            None,
+            &text,
+            &dir.join("teacher"),
+            &tc,
+            false,
+            &mut |l| {
+                first_ce.get_or_insert(l.loss);
+                last_ce = l.loss;
+            },
+        )
+        .unwrap();
+        let first_ce = first_ce.unwrap();
+        assert!(
+            last_ce < first_ce - 1.0,
+            "teacher learns: CE {first_ce} -> {last_ce}"
+        );
+        let teacher = load_model(dir.join("teacher/final").to_str().unwrap(), DType::F32).unwrap();
+        // 2. Synthetic data from it.
+        let data = dir.join("data");
+        let dg = DatagenConfig {
+            model: "teacher".into(),
+            seq_len: SEQ,
+            rows: 404,
+            temperature: 1.0,
+            top_k: 0,
+            seed: 1,
+            batch: 32,
+            rows_per_shard: 404,
+            val_every: 10,
+        };
+        datagen(&teacher.decoder, &dg, &data, &mut |_| {}).unwrap();
+        let val = read_split(&data, true).unwrap();
+        // 3. The untrained student (ranges from the data, weights as the teacher's) and the
+        //    HWA-trained one.
+        let mut untrained = hwa(10, 0.0);
+        untrained.analog.clip_alpha = 0.0;
+        train(
+            &teacher.decoder,
+            None,
+            &data,
+            &dir.join("untrained"),
+            &untrained,
+            false,
+            &mut |_| {},
+        )
+        .unwrap();
+        let mut log = Vec::new();
+        train(
+            &teacher.decoder,
+            None,
+            &data,
+            &dir.join("hwa"),
+            &hwa(200, 2e-3),
+            false,
+            &mut |l| log.push(l.kl),
+        )
+        .unwrap();
+        // 4. KL to the teacher on held-out rows, on PCM chips (3 seeds).
+        let preset = TilePreset::parse(
+            "name = \"t\"\ndescription = \"\"\ndrift_time_s = 0.0\ndrift_compensation = true\n\
+             [tile]\nrows = 32\ncols = 64\n[dac]\nbits = 8\n[adc]\nbits = 8\nlambda = 14.0\n\
+             [noise]\noutput_gamma = 0.0\nread_rel = 0.0\nread_abs = 0.0\n\
+             [device]\nmodel = \"pcm-afm\"\ngmax = 180.0\nzero_band = 0.6\nnoise_scale = 1.0\n",
+            Path::new("test-preset.toml"),
+        )
+        .unwrap();
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        for seed in 0..3 {
+            before.push(kl_on_chip(
+                &dir.join("untrained/final"),
+                &teacher.decoder,
+                &preset,
+                seed,
+                &val,
+            ));
+            after.push(kl_on_chip(
+                &dir.join("hwa/final"),
+                &teacher.decoder,
+                &preset,
+                seed,
+                &val,
+            ));
+        }
+        eprintln!("teacher CE {first_ce:.3} -> {last_ce:.3}; HWA train KL {:.4} -> {:.4}; KL on chips untrained {before:?} trained {after:?}", log[0], log[log.len() - 1]);
+        for s in 0..3 {
+            assert!(
+                after[s] < before[s],
+                "seed {s}: trained {} vs untrained {}",
+                after[s],
+                before[s]
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

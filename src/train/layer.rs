@@ -1,0 +1,376 @@
+//! The analog training layer (DESIGN §3.4, aihwkit-lightning's `TorchLinear` semantics): per row
+//! block of at most `tile_rows` inputs, a learned static input range clips the inputs and an
+//! 8-bit DAC quantizes them; the weights get per-channel Gaussian noise every training forward;
+//! the block's output is quantized by an ADC whose bound is lambda * w_max[c] * range and
+//! clamped to it; the blocks' outputs add up.
+//!
+//! The rounding is straight-through; the input ranges start from the data (a running mean of
+//! kappa * std over the first batches) and then learn by the AFM gradient (see `ops`).
+
+use super::ops::{AdcStage, InputStage};
+use crate::error::{Error, Result};
+use crate::rng::{name_hash, Effect, StreamKey};
+use crate::tile::mapping::split_sizes;
+use candle_core::{DType, Device, Tensor, Var, D};
+use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
+
+/// The hardware-aware training settings (DESIGN §3.4; defaults are the AFM release values).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalogTrainConfig {
+    /// Inputs per row block (tile rows) [512].
+    pub tile_rows: usize,
+    /// DAC bits (0: inputs exact) [8].
+    pub dac_bits: u32,
+    /// ADC bits (0: outputs exact) [8].
+    pub adc_bits: u32,
+    /// ADC bound lambda, in units of w_max * input range (0: no bound) [14].
+    pub out_bound: f64,
+    /// Per-channel weight noise, relative to the channel's max |w| (training only) [0.03].
+    pub weight_noise: f64,
+    /// Output noise relative to w_max * range / sqrt(blocks) (training only) [0].
+    pub out_noise: f64,
+    /// Weight clipping after every step at alpha * std of the channel (0: off) [2.5].
+    pub clip_alpha: f64,
+    /// Batches whose input std initializes the ranges [500].
+    pub range_init_batches: usize,
+    /// kappa: initial range = kappa * std of the inputs [18].
+    pub range_init_kappa: f64,
+    /// Range decay [0.01].
+    pub range_decay: f64,
+    /// Share of inputs inside the range above which the decay acts [0.95].
+    pub range_min_inside: f64,
+}
+
+impl Default for AnalogTrainConfig {
+    fn default() -> Self {
+        AnalogTrainConfig {
+            tile_rows: 512,
+            dac_bits: 8,
+            adc_bits: 8,
+            out_bound: 14.0,
+            weight_noise: 0.03,
+            out_noise: 0.0,
+            clip_alpha: 2.5,
+            range_init_batches: 500,
+            range_init_kappa: 18.0,
+            range_decay: 0.01,
+            range_min_inside: 0.95,
+        }
+    }
+}
+
+impl AnalogTrainConfig {
+    /// Checks every value; `field` errors name the offending field.
+    pub fn check(&self) -> std::result::Result<(), (String, String)> {
+        let bad = |f: &str, m: String| Err((f.to_string(), m));
+        if self.tile_rows == 0 {
+            return bad("tile_rows", "must be >= 1".into());
+        }
+        for (f, b) in [("dac_bits", self.dac_bits), ("adc_bits", self.adc_bits)] {
+            if !(b == 0 || (2..=16).contains(&b)) {
+                return bad(f, format!("must be 0 (off) or 2..=16, got {b}"));
+            }
+        }
+        for (f, v) in [
+            ("out_bound", self.out_bound),
+            ("weight_noise", self.weight_noise),
+            ("out_noise", self.out_noise),
+            ("clip_alpha", self.clip_alpha),
+            ("range_init_kappa", self.range_init_kappa),
+            ("range_decay", self.range_decay),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(f, format!("must be a finite number >= 0, got {v}"));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.range_min_inside) {
+            return bad("range_min_inside", "must be in 0..=1".into());
+        }
+        if self.adc_bits > 0 && self.out_bound == 0.0 {
+            return bad("out_bound", "must be > 0 when adc_bits > 0".into());
+        }
+        Ok(())
+    }
+
+    /// Quantization states of `bits` (lightning's 2^bits - 2: levels -(2^(b-1)-1)..2^(b-1)-1).
+    fn states(bits: u32) -> f64 {
+        (1u64 << bits) as f64 - 2.0
+    }
+}
+
+/// Per-layer run state: training or not, the forward counter (numbers the noise draws), and how
+/// many batches have initialized each range.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LayerState {
+    /// Training forward (noise on, ranges initialize from data).
+    pub training: bool,
+    /// Forwards so far (the noise stream index).
+    pub calls: u64,
+    /// Batches seen by each range's initialization.
+    pub seen: Vec<usize>,
+    /// Row blocks whose range is known to be positive (active), so the host need not read
+    /// the range back on every forward.
+    #[serde(skip)]
+    pub active: Vec<bool>,
+}
+
+/// One analog training projection y = x W^T (+ b).
+#[derive(Debug)]
+pub struct AnalogTrainLinear {
+    /// Weight (out, in), trained.
+    pub weight: Var,
+    /// Optional bias, trained.
+    pub bias: Option<Var>,
+    /// Input range per row block, trained.
+    pub ranges: Var,
+    /// Row blocks (start, length) over the inputs.
+    pub blocks: Vec<(usize, usize)>,
+    /// Settings.
+    pub cfg: AnalogTrainConfig,
+    /// Seed of the noise streams.
+    pub seed: u64,
+    /// Layer name (names its noise streams).
+    pub name: String,
+    /// Run state.
+    pub state: Mutex<LayerState>,
+    /// (clipped inputs, inputs) of the training forwards since the last
+    /// [`AnalogTrainLinear::take_clip_stats`], summed on the device.
+    clip_stats: Mutex<Option<(Tensor, usize)>>,
+}
+
+impl AnalogTrainLinear {
+    /// A training layer from a weight (out, in); ranges start at 0 until data initialize them.
+    pub fn new(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        cfg: &AnalogTrainConfig,
+        seed: u64,
+        name: &str,
+    ) -> Result<Self> {
+        let (_, n_in) = weight.dims2()?;
+        let blocks = split_sizes(n_in, cfg.tile_rows);
+        let dev = weight.device();
+        Ok(AnalogTrainLinear {
+            weight: Var::from_tensor(&weight.to_dtype(DType::F32)?)?,
+            bias: match bias {
+                Some(b) => Some(Var::from_tensor(&b.to_dtype(DType::F32)?)?),
+                None => None,
+            },
+            ranges: Var::from_tensor(&Tensor::zeros(blocks.len(), DType::F32, dev)?)?,
+            state: Mutex::new(LayerState {
+                training: false,
+                calls: 0,
+                seen: vec![0; blocks.len()],
+                active: vec![false; blocks.len()],
+            }),
+            clip_stats: Mutex::new(None),
+            blocks,
+            cfg: cfg.clone(),
+            seed,
+            name: name.to_string(),
+        })
+    }
+
+    fn state(&self) -> Result<std::sync::MutexGuard<'_, LayerState>> {
+        self.state
+            .lock()
+            .map_err(|_| Error::Value(format!("layer `{}`: state lock poisoned", self.name)))
+    }
+
+    /// Standard normals of `shape` for forward `call`, effect `effect`, block `block`: our
+    /// seeded stream on the CPU (bit-reproducible); the device's generator elsewhere.
+    fn normals(
+        &self,
+        shape: (usize, usize),
+        call: u64,
+        block: usize,
+        effect: Effect,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        if dev.is_cpu() {
+            let mut v = vec![0f32; shape.0 * shape.1];
+            StreamKey::new(self.seed, name_hash(&self.name), block as u64, effect)
+                .rng(call)
+                .fill_normal(&mut v);
+            Ok(Tensor::from_vec(v, shape, dev)?)
+        } else {
+            Ok(Tensor::randn(0f32, 1f32, shape, dev)?)
+        }
+    }
+
+    /// Updates range `s` from the std of its inputs during the initialization window: the
+    /// running mean of kappa * std (n - 1), computed on the device. lightning skips a batch whose
+    /// std is 0; here such a batch leaves the range as it is but still counts.
+    fn init_range(&self, s: usize, xs: &Tensor, state: &mut LayerState) -> Result<()> {
+        if state.seen[s] >= self.cfg.range_init_batches {
+            return Ok(());
+        }
+        let n = xs.elem_count();
+        if n < 2 {
+            return Ok(());
+        }
+        let mean = xs.mean_all()?;
+        let var = (xs.broadcast_sub(&mean)?.sqr()?.sum_all()? / (n as f64 - 1.0))?;
+        let std = var.sqrt()?.reshape(1)?;
+        let r = self.ranges.as_tensor();
+        let old = r.narrow(0, s, 1)?;
+        let k = state.seen[s] as f64;
+        let new = (((&old * k)? + (&std * self.cfg.range_init_kappa)?)? / (k + 1.0))?.abs()?;
+        let zero = std.eq(&Tensor::zeros(1, DType::F32, std.device())?)?;
+        let new = zero.where_cond(&old, &new)?;
+        let block = s..s + 1;
+        self.ranges
+            .set(&r.slice_assign(std::slice::from_ref(&block), &new)?)?;
+        state.seen[s] += 1;
+        Ok(())
+    }
+
+    /// Whether the input stage of row block `s` runs: the ranges are in use (DAC, ADC bound or
+    /// data initialization configured) and range `s` is positive (read from the device until
+    /// it first is).
+    fn block_active(&self, s: usize, state: &mut LayerState) -> Result<bool> {
+        let used =
+            self.cfg.dac_bits > 0 || self.cfg.out_bound > 0.0 || self.cfg.range_init_batches > 0;
+        if !used {
+            return Ok(false);
+        }
+        if state.active.len() != self.blocks.len() {
+            state.active = vec![false; self.blocks.len()];
+        }
+        if !state.active[s] {
+            state.active[s] = self.ranges.as_tensor().narrow(0, s, 1)?.to_scalar_like()? > 0.0;
+        }
+        Ok(state.active[s])
+    }
+
+    /// Share of inputs clipped by the ranges in the training forwards since the last call (and
+    /// how many inputs), as a device scalar; resets the count.
+    pub fn take_clip_stats(&self) -> Result<Option<(Tensor, usize)>> {
+        Ok(self
+            .clip_stats
+            .lock()
+            .map_err(|_| Error::Value(format!("layer `{}`: lock poisoned", self.name)))?
+            .take())
+    }
+
+    /// Applies the layer to x (..., in).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (lead, n_in) = dims.split_at(dims.len() - 1);
+        let tokens: usize = lead.iter().product();
+        let x = x.reshape((tokens, n_in[0]))?.to_dtype(DType::F32)?;
+        let mut state = self.state()?;
+        let (training, call) = (state.training, state.calls);
+        state.calls += 1;
+        let w = self.weight.as_tensor();
+        let out_f = w.dims()[0];
+        let nb = self.blocks.len();
+        let mut y: Option<Tensor> = None;
+        for (s, &(start, len)) in self.blocks.iter().enumerate() {
+            let xs = x.narrow(1, start, len)?.contiguous()?;
+            if training {
+                self.init_range(s, &xs.detach(), &mut state)?;
+            }
+            let beta = self.ranges.as_tensor().narrow(0, s, 1)?;
+            let bd = beta.detach();
+            let mut xin = xs.clone();
+            let active = self.block_active(s, &mut state)?;
+            if active {
+                let mut v = xs
+                    .detach()
+                    .broadcast_minimum(&bd)?
+                    .broadcast_maximum(&bd.neg()?)?;
+                if self.cfg.dac_bits > 0 {
+                    // lightning's op order: (2 * range) / states.
+                    let res = ((&bd * 2.0)? / AnalogTrainConfig::states(self.cfg.dac_bits))?;
+                    v = v.broadcast_div(&res)?.round()?.broadcast_mul(&res)?;
+                }
+                let stage = InputStage {
+                    decay: self.cfg.range_decay,
+                    min_inside: self.cfg.range_min_inside,
+                };
+                xin = xs.apply_op3(&beta, &v.contiguous()?, stage)?;
+                if training {
+                    let out = xs.detach().abs()?.broadcast_ge(&bd)?;
+                    let n = out.to_dtype(DType::F32)?.sum_all()?;
+                    let mut acc = self.clip_stats.lock().map_err(|_| {
+                        Error::Value(format!("layer `{}`: lock poisoned", self.name))
+                    })?;
+                    *acc = Some(match acc.take() {
+                        Some((c, k)) => ((c + n)?, k + xs.elem_count()),
+                        None => (n, xs.elem_count()),
+                    });
+                }
+            }
+            // cuBLAS takes only compact operands: a column block of W is copied out.
+            let ws = w.narrow(1, start, len)?.contiguous()?;
+            let wmax = ws.abs()?.max_keepdim(1)?;
+            let ws = if training && self.cfg.weight_noise > 0.0 {
+                let n = self.normals((out_f, len), call, s, Effect::WeightNoise, x.device())?;
+                (&ws + n.broadcast_mul(&(wmax.detach() * self.cfg.weight_noise)?)?)?
+            } else {
+                ws
+            };
+            let mut ys = xin.matmul(&ws.t()?)?;
+            if training && self.cfg.out_noise > 0.0 {
+                let n = self.normals((tokens, out_f), call, s, Effect::OutputNoise, x.device())?;
+                let scale = (wmax.detach().t()?.broadcast_mul(&bd)?
+                    * (self.cfg.out_noise / (nb as f64).sqrt()))?;
+                ys = (ys + n.broadcast_mul(&scale)?)?;
+            }
+            if self.cfg.out_bound > 0.0 && active {
+                // lightning's op order: (lambda * w_max) * range, without gradient (its
+                // `no_grad` block): neither W nor the range learn through the ADC bound.
+                let bdt = (wmax.t()? * self.cfg.out_bound)?
+                    .broadcast_mul(&bd)?
+                    .detach();
+                let mut q = ys.detach();
+                if self.cfg.adc_bits > 0 {
+                    let res = ((&bdt * 2.0)? / AnalogTrainConfig::states(self.cfg.adc_bits))?;
+                    q = q.broadcast_div(&res)?.round()?.broadcast_mul(&res)?;
+                }
+                let v = q.broadcast_minimum(&bdt)?.broadcast_maximum(&bdt.neg()?)?;
+                ys = ys.apply_op3(&bdt, &v.contiguous()?, AdcStage { q })?;
+            }
+            y = Some(match y {
+                Some(acc) => (acc + ys)?,
+                None => ys,
+            });
+        }
+        let mut y = y.ok_or_else(|| Error::Value("layer with no inputs".into()))?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b.as_tensor())?;
+        }
+        let mut shape = lead.to_vec();
+        shape.push(out_f);
+        Ok(y.reshape(shape)?)
+    }
+
+    /// Clips every channel of the weight to alpha * its std (after an optimizer step).
+    pub fn clip_weights(&self) -> Result<()> {
+        if self.cfg.clip_alpha <= 0.0 {
+            return Ok(());
+        }
+        let w = self.weight.as_tensor();
+        let n = w.dims()[1] as f64;
+        let mean = w.mean_keepdim(D::Minus1)?;
+        let var = (w.broadcast_sub(&mean)?.sqr()?.sum_keepdim(D::Minus1)? / (n - 1.0).max(1.0))?;
+        let lim = (var.sqrt()? * self.cfg.clip_alpha)?;
+        let clipped = w.broadcast_minimum(&lim)?.broadcast_maximum(&lim.neg()?)?;
+        self.weight.set(&clipped)?;
+        Ok(())
+    }
+}
+
+/// A scalar of a one-element tensor as f32 (for host-side decisions on ranges).
+trait ScalarLike {
+    fn to_scalar_like(&self) -> Result<f32>;
+}
+
+impl ScalarLike for Tensor {
+    fn to_scalar_like(&self) -> Result<f32> {
+        Ok(self.flatten_all()?.to_vec1::<f32>()?[0])
+    }
+}

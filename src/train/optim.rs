@@ -1,0 +1,167 @@
+//! AdamW with decoupled weight decay, global grad-norm clipping and a warmup + linear or
+//! polynomial decay schedule. Its moments are plain tensors by variable name, so that a
+//! checkpoint saves and restores them exactly.
+
+use crate::error::{Error, Result};
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// Optimizer and schedule settings (DESIGN §3.4 defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// Peak learning rate (not given by DESIGN; our default).
+    pub lr: f64,
+    /// Adam beta1 [0.9].
+    pub beta1: f64,
+    /// Adam beta2 [0.98].
+    pub beta2: f64,
+    /// Adam epsilon [1e-6].
+    pub eps: f64,
+    /// Decoupled weight decay [0.01] (not applied to input ranges).
+    pub weight_decay: f64,
+    /// Global grad-norm clip [1.0] (0: off).
+    pub grad_clip: f64,
+    /// Linear warmup steps.
+    pub warmup_steps: usize,
+    /// Decay power after warmup: 1 linear, other values polynomial (to 0 at the last step).
+    pub decay_power: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            lr: 2e-5,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-6,
+            weight_decay: 0.01,
+            grad_clip: 1.0,
+            warmup_steps: 100,
+            decay_power: 1.0,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// Learning rate at `step` (0-based) of `total`.
+    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = total.saturating_sub(self.warmup_steps).max(1) as f64;
+        let left = 1.0 - (step - self.warmup_steps) as f64 / span;
+        self.lr * left.max(0.0).powf(self.decay_power)
+    }
+
+    /// Checks the values; errors name the field.
+    pub fn check(&self) -> std::result::Result<(), (String, String)> {
+        for (f, v, lo, hi) in [
+            ("lr", self.lr, 0.0, f64::INFINITY),
+            ("beta1", self.beta1, 0.0, 1.0),
+            ("beta2", self.beta2, 0.0, 1.0),
+            ("eps", self.eps, 0.0, f64::INFINITY),
+            ("weight_decay", self.weight_decay, 0.0, f64::INFINITY),
+            ("grad_clip", self.grad_clip, 0.0, f64::INFINITY),
+            ("decay_power", self.decay_power, 0.0, f64::INFINITY),
+        ] {
+            if !(v.is_finite() && v >= lo && v < hi) {
+                return Err((f.into(), format!("must be in [{lo}, {hi}), got {v}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// AdamW state: step count and first/second moments by variable name.
+#[derive(Debug, Default)]
+pub struct AdamW {
+    /// Steps taken.
+    pub t: u64,
+    /// First moments.
+    pub m: BTreeMap<String, Tensor>,
+    /// Second moments.
+    pub v: BTreeMap<String, Tensor>,
+}
+
+/// The global L2 norm of the gradients.
+pub fn grad_norm(grads: &HashMap<String, Tensor>) -> Result<f64> {
+    let mut s = 0f64;
+    for g in grads.values() {
+        s += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+    }
+    Ok(s.sqrt())
+}
+
+impl AdamW {
+    /// One update of `vars` with `grads` (already clipped) at learning rate `lr`; variables
+    /// named `*.input_range` get no weight decay.
+    pub fn step(
+        &mut self,
+        cfg: &OptimConfig,
+        vars: &BTreeMap<String, Var>,
+        grads: &HashMap<String, Tensor>,
+        lr: f64,
+    ) -> Result<()> {
+        self.t += 1;
+        let (b1, b2) = (cfg.beta1, cfg.beta2);
+        let c1 = 1.0 - b1.powi(self.t as i32);
+        let c2 = 1.0 - b2.powi(self.t as i32);
+        for (name, var) in vars {
+            let Some(g) = grads.get(name) else { continue };
+            let w = var.as_tensor();
+            let m = match self.m.get(name) {
+                Some(m) => ((m * b1)? + (g * (1.0 - b1))?)?,
+                None => (g * (1.0 - b1))?,
+            };
+            let v = match self.v.get(name) {
+                Some(v) => ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?,
+                None => (g.sqr()? * (1.0 - b2))?,
+            };
+            let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + cfg.eps)?)?;
+            let decay = if name.ends_with(".input_range") {
+                0.0
+            } else {
+                cfg.weight_decay
+            };
+            let next = ((w * (1.0 - lr * decay))? - (update * lr)?)?;
+            var.set(&next)?;
+            self.m.insert(name.clone(), m);
+            self.v.insert(name.clone(), v);
+        }
+        Ok(())
+    }
+
+    /// The moments as one map for a safetensors file (`m.NAME`, `v.NAME`).
+    pub fn to_tensors(&self) -> HashMap<String, Tensor> {
+        let mut out = HashMap::new();
+        for (k, t) in &self.m {
+            out.insert(format!("m.{k}"), t.clone());
+        }
+        for (k, t) in &self.v {
+            out.insert(format!("v.{k}"), t.clone());
+        }
+        out
+    }
+
+    /// Restores moments saved by [`AdamW::to_tensors`] at step `t`.
+    pub fn from_tensors(t: u64, tensors: HashMap<String, Tensor>) -> Result<Self> {
+        let mut a = AdamW {
+            t,
+            ..AdamW::default()
+        };
+        for (k, v) in tensors {
+            if let Some(n) = k.strip_prefix("m.") {
+                a.m.insert(n.to_string(), v);
+            } else if let Some(n) = k.strip_prefix("v.") {
+                a.v.insert(n.to_string(), v);
+            } else {
+                return Err(Error::Value(format!(
+                    "optimizer state: unknown tensor `{k}`"
+                )));
+            }
+        }
+        Ok(a)
+    }
+}

@@ -1,0 +1,517 @@
+//! Hardware-aware distillation (DESIGN §3.4): the student (analog training layers) learns the
+//! teacher's next-token distribution on the synthetic data, loss KL(teacher || student) * T^2
+//! (optionally plus next-token cross-entropy), with AdamW, grad-norm clipping, gradient
+//! accumulation, a NaN/Inf guard and weight clipping after every step.
+//!
+//! Checkpoints (variables, optimizer moments, layer run states, step) are written to a new
+//! folder and then named in `latest.json` by an atomic rename, so a kill at any point resumes
+//! from the last complete one; on the CPU the resumed run repeats the uninterrupted run's
+//! numbers exactly, because every noise draw is keyed by (seed, layer, forward count) and the
+//! data order by (seed, epoch).
+
+use super::layer::AnalogTrainConfig;
+use super::optim::{grad_norm, AdamW, OptimConfig};
+use super::shards::read_split;
+use super::student::{
+    build_student, layer_states, save_model, set_layer_states, set_training, trainable,
+};
+use crate::error::{Error, Result};
+use crate::executor::decoder::{Decoder, KvCache};
+use crate::rng::{Effect, StreamKey};
+use candle_core::{DType, Tensor, D};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Loop settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Rows per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per step.
+    pub grad_accum: usize,
+    /// Tokens per row used (0: the data's row length).
+    pub seq_len: usize,
+    /// Distillation temperature T [1].
+    pub temperature: f64,
+    /// Weight of the KL to the teacher [1] (0 with ce_weight > 0 trains on the data alone).
+    pub kl_weight: f64,
+    /// Weight of the next-token cross-entropy added to the KL [0: only KL].
+    pub ce_weight: f64,
+    /// Steps between checkpoints (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept on disk.
+    pub keep_checkpoints: usize,
+    /// Seed of the data order and the noise streams.
+    pub seed: u64,
+    /// Keep lm_head digital (the release makes it analog).
+    pub digital_lm_head: bool,
+    /// Consecutive skipped (non-finite) steps after which training stops.
+    pub max_bad_steps: usize,
+    /// On CUDA, run f32 matrix products in TF32 on the tensor cores (PyTorch's
+    /// `allow_tf32`); no effect on the CPU.
+    pub tf32: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            steps: 1000,
+            batch_size: 8,
+            grad_accum: 1,
+            seq_len: 0,
+            temperature: 1.0,
+            kl_weight: 1.0,
+            ce_weight: 0.0,
+            checkpoint_every: 100,
+            keep_checkpoints: 2,
+            seed: 0,
+            digital_lm_head: false,
+            max_bad_steps: 10,
+            tf32: true,
+        }
+    }
+}
+
+/// Everything `afm train` is configured with (one TOML file; every section optional).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// The loop.
+    pub run: RunConfig,
+    /// The optimizer.
+    pub optim: OptimConfig,
+    /// The analog training layer.
+    pub analog: AnalogTrainConfig,
+}
+
+impl TrainConfig {
+    /// Reads and checks a TOML file; errors name the file and the field.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = crate::paths::read_text(path)?;
+        let cfg: TrainConfig = toml::from_str(&text).map_err(|e| Error::Parse {
+            file: path.to_path_buf(),
+            msg: e.message().trim().replace('\n', " "),
+        })?;
+        cfg.check(path)?;
+        Ok(cfg)
+    }
+
+    /// Checks every value.
+    pub fn check(&self, file: &Path) -> Result<()> {
+        let bad = |field: String, msg: String| Error::Config {
+            file: file.to_path_buf(),
+            field,
+            msg,
+        };
+        self.analog
+            .check()
+            .map_err(|(f, m)| bad(format!("analog.{f}"), m))?;
+        self.optim
+            .check()
+            .map_err(|(f, m)| bad(format!("optim.{f}"), m))?;
+        let r = &self.run;
+        for (f, v) in [
+            ("steps", r.steps),
+            ("batch_size", r.batch_size),
+            ("grad_accum", r.grad_accum),
+        ] {
+            if v == 0 {
+                return Err(bad(format!("run.{f}"), "must be >= 1".into()));
+            }
+        }
+        if !(r.temperature.is_finite() && r.temperature > 0.0) {
+            return Err(bad("run.temperature".into(), "must be > 0".into()));
+        }
+        for (f, v) in [("kl_weight", r.kl_weight), ("ce_weight", r.ce_weight)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(bad(format!("run.{f}"), "must be >= 0".into()));
+            }
+        }
+        if r.kl_weight == 0.0 && r.ce_weight == 0.0 {
+            return Err(bad(
+                "run.kl_weight".into(),
+                "kl_weight and ce_weight are both 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One line of `log.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Step (1-based).
+    pub step: usize,
+    /// Loss.
+    pub loss: f64,
+    /// KL(teacher || student) * T^2.
+    pub kl: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Share of the analog inputs clipped by the input ranges.
+    pub clip_frac: f64,
+    /// Mean input range over all row blocks.
+    pub mean_range: f64,
+    /// Whether the step was skipped (non-finite loss or gradient).
+    pub skipped: bool,
+    /// Tokens per second of this step (wall clock; not part of the reproducible numbers).
+    pub tokens_per_s: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckpointState {
+    step: usize,
+    bad_steps: usize,
+    config: TrainConfig,
+    layers: std::collections::BTreeMap<String, super::layer::LayerState>,
+}
+
+/// Rows of one micro-batch: a seeded permutation per epoch over the training rows.
+fn batch_rows(n_rows: usize, seed: u64, first: usize, count: usize) -> Vec<usize> {
+    let mut perm_epoch = usize::MAX;
+    let mut perm: Vec<usize> = Vec::new();
+    (first..first + count)
+        .map(|g| {
+            let (epoch, pos) = (g / n_rows, g % n_rows);
+            if epoch != perm_epoch {
+                perm = (0..n_rows).collect();
+                let mut rng = StreamKey::new(seed, 0, 1, Effect::Data).rng(epoch as u64);
+                for i in (1..n_rows).rev() {
+                    let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+                    perm.swap(i, j);
+                }
+                perm_epoch = epoch;
+            }
+            perm[pos]
+        })
+        .collect()
+}
+
+/// KL(teacher || student) * T^2 averaged over positions, and the next-token cross-entropy.
+pub fn distill_loss(
+    teacher_logits: &Tensor,
+    student_logits: &Tensor,
+    ids: &Tensor,
+    temperature: f64,
+) -> Result<(Tensor, Tensor)> {
+    let v = student_logits.dim(D::Minus1)?;
+    let s = student_logits.to_dtype(DType::F32)?.reshape(((), v))?;
+    let t = teacher_logits
+        .to_dtype(DType::F32)?
+        .reshape(((), v))?
+        .detach();
+    let lt = candle_nn::ops::log_softmax(&(t / temperature)?, D::Minus1)?;
+    let ls = candle_nn::ops::log_softmax(&(&s / temperature)?, D::Minus1)?;
+    let kl = (lt.exp()? * (&lt - &ls)?)?.sum(D::Minus1)?.mean_all()?;
+    let kl = (kl * (temperature * temperature))?;
+    let (b, l) = ids.dims2()?;
+    let ce = if l > 1 {
+        let lp = candle_nn::ops::log_softmax(&s, D::Minus1)?.reshape((b, l, v))?;
+        let next = ids.narrow(1, 1, l - 1)?.unsqueeze(2)?;
+        let picked = lp
+            .narrow(1, 0, l - 1)?
+            .contiguous()?
+            .gather(&next.contiguous()?, 2)?;
+        picked.mean_all()?.neg()?
+    } else {
+        Tensor::zeros((), DType::F32, s.device())?
+    };
+    Ok((kl, ce))
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The latest complete checkpoint folder of a run, if any.
+pub fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
+    let p = out.join("latest.json");
+    if !p.exists() {
+        return Ok(None);
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&crate::paths::read_text(&p)?).map_err(|e| Error::Parse {
+            file: p.clone(),
+            msg: e.to_string(),
+        })?;
+    let dir = v["dir"].as_str().ok_or_else(|| Error::Parse {
+        file: p.clone(),
+        msg: "missing `dir`".into(),
+    })?;
+    Ok(Some(out.join(dir)))
+}
+
+/// Trains (or resumes) into `out`; `progress(step, line)` is called after every step. Returns
+/// the student after the last step (also saved to `out/final`).
+pub fn train(
+    teacher: &Decoder,
+    tokenizer: Option<&tokenizers::Tokenizer>,
+    data: &Path,
+    out: &Path,
+    cfg: &TrainConfig,
+    resume: bool,
+    progress: &mut dyn FnMut(&LogLine),
+) -> Result<Decoder> {
+    cfg.check(Path::new("(train config)"))?;
+    let rows = read_split(data, false)?;
+    if rows.is_empty() {
+        return Err(Error::Value(format!(
+            "{}: no training rows",
+            data.display()
+        )));
+    }
+    let data_len = rows[0].len();
+    let seq = if cfg.run.seq_len == 0 {
+        data_len
+    } else {
+        cfg.run.seq_len.min(data_len)
+    };
+    if rows
+        .iter()
+        .flatten()
+        .any(|&t| t as usize >= teacher.cfg.vocab_size)
+    {
+        return Err(Error::Value(format!(
+            "{}: token ids beyond the teacher's vocabulary of {}",
+            data.display(),
+            teacher.cfg.vocab_size
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    let student = build_student(teacher, &cfg.analog, cfg.run.seed, cfg.run.digital_lm_head)?;
+    let vars = trainable(&student);
+    let (mut step, mut bad, mut opt) = (0usize, 0usize, AdamW::default());
+    match (latest_checkpoint(out)?, resume) {
+        (Some(dir), true) => {
+            let st: CheckpointState = serde_json::from_str(&crate::paths::read_text(
+                &dir.join("state.json"),
+            )?)
+            .map_err(|e| Error::Parse {
+                file: dir.join("state.json"),
+                msg: e.to_string(),
+            })?;
+            if st.config != *cfg {
+                return Err(Error::Value(format!(
+                    "{}: the checkpoint was made with another configuration",
+                    dir.display()
+                )));
+            }
+            let dev = teacher.device();
+            let w = candle_core::safetensors::load(dir.join("weights.safetensors"), dev)?;
+            for (name, var) in &vars {
+                let t = w.get(name).ok_or_else(|| {
+                    Error::Value(format!("checkpoint {} lacks `{name}`", dir.display()))
+                })?;
+                var.set(t)?;
+            }
+            let o = candle_core::safetensors::load(dir.join("optim.safetensors"), dev)?;
+            opt = AdamW::from_tensors(st.step as u64, o)?;
+            set_layer_states(&student, &st.layers)?;
+            (step, bad) = (st.step, st.bad_steps);
+            truncate_log(&out.join("log.jsonl"), step)?;
+        }
+        (Some(_), false) => {
+            return Err(Error::Value(format!(
+                "{} holds a training run; pass --resume to continue it or use another --out",
+                out.display()
+            )))
+        }
+        (None, _) => {
+            let _ = std::fs::remove_file(out.join("log.jsonl"));
+        }
+    }
+    let dev = teacher.device().clone();
+    #[cfg(feature = "cuda")]
+    if dev.is_cuda() {
+        candle_core::cuda_backend::set_gemm_reduced_precision_f32(cfg.run.tf32);
+    }
+    let tokens_per_step = cfg.run.batch_size * cfg.run.grad_accum * seq;
+    while step < cfg.run.steps {
+        let t0 = std::time::Instant::now();
+        set_training(&student, true)?;
+        for (_, l) in super::student::train_layers(&student) {
+            l.take_clip_stats()?;
+        }
+        let mut sums: HashMap<String, Tensor> = HashMap::new();
+        let (mut loss_sum, mut kl_sum) = (0f64, 0f64);
+        for micro in 0..cfg.run.grad_accum {
+            let first = (step * cfg.run.grad_accum + micro) * cfg.run.batch_size;
+            let idx = batch_rows(rows.len(), cfg.run.seed, first, cfg.run.batch_size);
+            let flat: Vec<u32> = idx.iter().flat_map(|&r| rows[r][..seq].to_vec()).collect();
+            let ids = Tensor::from_vec(flat, (cfg.run.batch_size, seq), &dev)?;
+            let s_logits = student.forward(&ids, &mut KvCache::default())?;
+            let t_logits = if cfg.run.kl_weight > 0.0 {
+                teacher.forward(&ids, &mut KvCache::default())?.detach()
+            } else {
+                s_logits.detach()
+            };
+            let (kl, ce) = distill_loss(&t_logits, &s_logits, &ids, cfg.run.temperature)?;
+            let loss = ((&kl * cfg.run.kl_weight)? + (ce * cfg.run.ce_weight)?)?;
+            let loss = (loss / cfg.run.grad_accum as f64)?;
+            loss_sum += f64::from(loss.to_scalar::<f32>()?);
+            kl_sum += f64::from(kl.to_scalar::<f32>()?) / cfg.run.grad_accum as f64;
+            let grads = loss.backward()?;
+            for (name, var) in &vars {
+                if let Some(g) = grads.get(var.as_tensor()) {
+                    let g = g.to_dtype(DType::F32)?;
+                    let acc = match sums.remove(name) {
+                        Some(a) => (a + g)?,
+                        None => g,
+                    };
+                    sums.insert(name.clone(), acc);
+                }
+            }
+        }
+        let norm = grad_norm(&sums)?;
+        let lr = cfg.optim.lr_at(step, cfg.run.steps);
+        let skipped = !loss_sum.is_finite() || !norm.is_finite();
+        if skipped {
+            bad += 1;
+            if bad >= cfg.run.max_bad_steps.max(1) {
+                return Err(Error::Value(format!(
+                    "training stopped: {bad} consecutive steps with a non-finite loss or \
+                     gradient (last at step {}); lower optim.lr or check the data",
+                    step + 1
+                )));
+            }
+        } else {
+            bad = 0;
+            if cfg.optim.grad_clip > 0.0 && norm > cfg.optim.grad_clip {
+                let k = cfg.optim.grad_clip / norm;
+                for g in sums.values_mut() {
+                    *g = (&*g * k)?;
+                }
+            }
+            opt.step(&cfg.optim, &vars, &sums, lr)?;
+            for (_, l) in super::student::train_layers(&student) {
+                l.clip_weights()?;
+            }
+        }
+        step += 1;
+        // One read-back for the whole model: the clip counts and ranges summed on the device.
+        let (mut clipped, mut inputs, mut ranges) = (None::<Tensor>, 0usize, Vec::new());
+        for (_, l) in super::student::train_layers(&student) {
+            if let Some((c, n)) = l.take_clip_stats()? {
+                clipped = Some(match clipped {
+                    Some(a) => (a + c)?,
+                    None => c,
+                });
+                inputs += n;
+            }
+            ranges.push(l.ranges.as_tensor().clone());
+        }
+        let clipped = match clipped {
+            Some(c) => f64::from(c.to_scalar::<f32>()?),
+            None => 0.0,
+        };
+        let mean_range = if ranges.is_empty() {
+            0.0
+        } else {
+            f64::from(Tensor::cat(&ranges, 0)?.mean_all()?.to_scalar::<f32>()?)
+        };
+        let line = LogLine {
+            step,
+            loss: loss_sum,
+            kl: kl_sum,
+            lr,
+            grad_norm: norm,
+            clip_frac: clipped / inputs.max(1) as f64,
+            mean_range,
+            skipped,
+            tokens_per_s: tokens_per_step as f64 / t0.elapsed().as_secs_f64(),
+        };
+        append_log(&out.join("log.jsonl"), &line)?;
+        progress(&line);
+        let every = cfg.run.checkpoint_every;
+        if step == cfg.run.steps || (every > 0 && step % every == 0) {
+            save_checkpoint(out, &student, &opt, step, bad, cfg)?;
+        }
+    }
+    set_training(&student, false)?;
+    save_model(&student, &cfg.analog, tokenizer, &out.join("final"))?;
+    Ok(student)
+}
+
+fn append_log(path: &Path, line: &LogLine) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    let text = serde_json::to_string(line).map_err(|e| Error::Value(e.to_string()))?;
+    writeln!(f, "{text}").map_err(io_err(path))
+}
+
+/// Drops log lines after `step` (written after the checkpoint a run resumes from).
+fn truncate_log(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<LogLine>(l).is_ok_and(|x| x.step <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::paths::write_atomic(path, kept.as_bytes())
+}
+
+fn save_checkpoint(
+    out: &Path,
+    student: &Decoder,
+    opt: &AdamW,
+    step: usize,
+    bad: usize,
+    cfg: &TrainConfig,
+) -> Result<()> {
+    let name = format!("ckpt-{step:08}");
+    let dir = out.join(&name);
+    let tmp = out.join(format!("{name}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    let w: HashMap<String, Tensor> = trainable(student)
+        .into_iter()
+        .map(|(k, v)| (k, v.as_tensor().clone()))
+        .collect();
+    candle_core::safetensors::save(&w, tmp.join("weights.safetensors"))?;
+    candle_core::safetensors::save(&opt.to_tensors(), tmp.join("optim.safetensors"))?;
+    let st = CheckpointState {
+        step,
+        bad_steps: bad,
+        config: cfg.clone(),
+        layers: layer_states(student)?,
+    };
+    let text = serde_json::to_string_pretty(&st).map_err(|e| Error::Value(e.to_string()))?;
+    std::fs::write(tmp.join("state.json"), text).map_err(io_err(&tmp))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+    let latest = serde_json::json!({ "step": step, "dir": name });
+    crate::paths::write_atomic(&out.join("latest.json"), latest.to_string().as_bytes())?;
+    // Older checkpoints beyond the kept number go.
+    let mut old: Vec<PathBuf> = std::fs::read_dir(out)
+        .map_err(io_err(out))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("ckpt-") && !n.ends_with(".tmp"))
+        })
+        .collect();
+    old.sort();
+    let keep = cfg.run.keep_checkpoints.max(1);
+    if old.len() > keep {
+        for p in &old[..old.len() - keep] {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! The analog training layer against aihwkit-lightning 2.1.0's torch path: training-mode
+//! forward, and the gradients of x, W, the bias and the input ranges (golden files from
+//! `tests/golden/make_golden_train.py`), plus the weight-noise statistics.
+
+use crate::common::{assert_close, repo};
+use afm::train::layer::{AnalogTrainConfig, AnalogTrainLinear};
+use candle_core::{Device, Tensor};
+
+fn golden_config() -> AnalogTrainConfig {
+    AnalogTrainConfig {
+        weight_noise: 0.0,
+        range_init_batches: 0,
+        ..AnalogTrainConfig::default()
+    }
+}
+
+fn vec_of(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+#[test]
+fn training_layer_matches_lightning_forward_and_gradients() {
+    let g = candle_core::safetensors::load(
+        repo("tests/golden/lightning_train.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (case, init) in [("ragged", 0), ("single", 0), ("init", 5)] {
+        let t = |k: &str| g[&format!("{case}.{k}")].clone();
+        let cfg = AnalogTrainConfig {
+            range_init_batches: init,
+            ..golden_config()
+        };
+        let b = g.get(&format!("{case}.b")).cloned();
+        let layer = AnalogTrainLinear::new(&t("w"), b.as_ref(), &cfg, 0, case).unwrap();
+        layer.ranges.set(&t("ranges")).unwrap();
+        layer.state.lock().unwrap().training = true;
+        let x = candle_core::Var::from_tensor(&t("x")).unwrap();
+        let y = layer.forward(x.as_tensor()).unwrap();
+        assert_close(
+            &format!("{case} y"),
+            &vec_of(&y),
+            &vec_of(&t("y")),
+            1e-5,
+            1e-5,
+        );
+        assert_close(
+            &format!("{case} ranges after"),
+            &vec_of(layer.ranges.as_tensor()),
+            &vec_of(&t("ranges_after")),
+            0.0,
+            1e-6,
+        );
+        let grads = (y * t("g")).unwrap().sum_all().unwrap().backward().unwrap();
+        let grad = |v: &candle_core::Var| vec_of(grads.get(v.as_tensor()).unwrap());
+        assert_close(
+            &format!("{case} dx"),
+            &grad(&x),
+            &vec_of(&t("gx")),
+            1e-5,
+            1e-4,
+        );
+        assert_close(
+            &format!("{case} dW"),
+            &grad(&layer.weight),
+            &vec_of(&t("gw")),
+            1e-4,
+            1e-4,
+        );
+        if let Some(bias) = &layer.bias {
+            assert_close(
+                &format!("{case} db"),
+                &grad(bias),
+                &vec_of(&t("gb")),
+                1e-5,
+                1e-5,
+            );
+        }
+        assert_close(
+            &format!("{case} d ranges"),
+            &grad(&layer.ranges),
+            &vec_of(&t("granges")),
+            1e-4,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn training_weight_noise_is_per_channel_and_seeded() {
+    let (out, inp) = (8, 600);
+    let w: Vec<f32> = (0..out * inp)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0 * (1 + i / inp) as f32)
+        .collect();
+    let w = Tensor::from_vec(w, (out, inp), &Device::Cpu).unwrap();
+    let cfg = AnalogTrainConfig {
+        dac_bits: 0,
+        adc_bits: 0,
+        out_bound: 0.0,
+        weight_noise: 0.03,
+        range_init_batches: 0,
+        ..AnalogTrainConfig::default()
+    };
+    let layer = AnalogTrainLinear::new(&w, None, &cfg, 5, "noise").unwrap();
+    layer.state.lock().unwrap().training = true;
+    // Inputs: one-hot rows read single weights, so y - W^T e = the noise itself.
+    let eye = Tensor::eye(inp, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let y1 = layer.forward(&eye).unwrap();
+    let y2 = layer.forward(&eye).unwrap();
+    let clean = w.t().unwrap();
+    let noise = vec_of(&(&y1 - &clean).unwrap());
+    assert_ne!(vec_of(&y1), vec_of(&y2), "new noise every forward");
+    // Per channel c: std(noise) = 0.03 * max |W[c, :]| (two blocks of 300, each its own max).
+    let wv = vec_of(&w);
+    for c in 0..out {
+        for (lo, hi) in [(0, 300), (300, 600)] {
+            let wmax = wv[c * inp + lo..c * inp + hi]
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()));
+            let n: Vec<f64> = (lo..hi).map(|i| f64::from(noise[i * out + c])).collect();
+            let std = (n.iter().map(|v| v * v).sum::<f64>() / n.len() as f64).sqrt();
+            let want = 0.03 * f64::from(wmax);
+            assert!(
+                (std / want - 1.0).abs() < 0.15,
+                "channel {c}: std {std} vs {want}"
+            );
+        }
+    }
+    // The same seed and call count give the same noise; evaluation mode has none.
+    let again = AnalogTrainLinear::new(&w, None, &cfg, 5, "noise").unwrap();
+    again.state.lock().unwrap().training = true;
+    assert_eq!(vec_of(&again.forward(&eye).unwrap()), vec_of(&y1));
+    again.state.lock().unwrap().training = false;
+    assert_close(
+        "eval",
+        &vec_of(&again.forward(&eye).unwrap()),
+        &vec_of(&clean),
+        1e-6,
+        0.0,
+    );
+}
+
+#[test]
+fn weight_clipping_bounds_every_channel() {
+    let w = Tensor::new(
+        &[[0.1f32, -0.2, 0.3, 5.0], [1.0, 1.0, 1.0, -1.0]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let cfg = AnalogTrainConfig {
+        clip_alpha: 1.0,
+        ..AnalogTrainConfig::default()
+    };
+    let layer = AnalogTrainLinear::new(&w, None, &cfg, 0, "clip").unwrap();
+    layer.clip_weights().unwrap();
+    let c = layer.weight.as_tensor().to_vec2::<f32>().unwrap();
+    // Row 0: std (n-1) of [0.1, -0.2, 0.3, 5.0] = 2.47521...; only 5.0 is clipped.
+    assert!((c[0][3] - 2.475_21).abs() < 1e-4, "{:?}", c[0]);
+    assert_eq!(&c[0][..3], &[0.1, -0.2, 0.3]);
+    // Row 1: std 1.0: nothing changes.
+    assert_eq!(c[1], vec![1.0, 1.0, 1.0, -1.0]);
+}
