@@ -10,7 +10,7 @@ data=${AFM_DATA:-../shared/data}
 seq=512
 steps=$(( tokens * 99 / 100 / (16 * seq) ))
 $afm datagen --model smollm2-135m-instruct --tokens "$tokens" --seq-len $seq --batch 512 \
-  --out "$work/data" --device cuda
+  --rows-per-shard 512 --out "$work/data" --device cuda
 resume=""; [ -f "$work/train/latest.json" ] && resume="--resume"
 [ -d "$work/train/final" ] || $afm train --teacher smollm2-135m-instruct --data "$work/data" \
   --out "$work/train" --tiles afm-paper --config scripts/smollm2-afm-train.toml \

@@ -33,7 +33,7 @@ pub struct DatagenArgs {
     /// Rows generated together.
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Rows per shard file (default: about 4M tokens, whole batches).
+    /// Rows per shard file (default: about 1M tokens, whole batches; a kill loses at most one).
     #[arg(long)]
     rows_per_shard: Option<usize>,
     /// Compute dtype: f32, bf16 or f16.
@@ -52,7 +52,7 @@ pub fn run(a: DatagenArgs) -> anyhow::Result<()> {
     let rows = a.tokens.div_ceil(a.seq_len);
     let per_shard = a
         .rows_per_shard
-        .unwrap_or_else(|| ((1 << 22) / a.seq_len).max(1).div_ceil(a.batch) * a.batch);
+        .unwrap_or_else(|| ((1 << 20) / a.seq_len).max(1).div_ceil(a.batch) * a.batch);
     let cfg = DatagenConfig {
         model: a.model.clone(),
         seq_len: a.seq_len,
@@ -79,7 +79,19 @@ pub fn run(a: DatagenArgs) -> anyhow::Result<()> {
     }
     let t0 = std::time::Instant::now();
     let before = bar.position();
-    let index = datagen(&m.decoder, &cfg, &a.out, &mut |n| bar.inc(n as u64))?;
+    // Without a terminal (batch jobs, logs) the bar is hidden: a line per batch instead.
+    let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let index = datagen(&m.decoder, &cfg, &a.out, &mut |n| {
+        bar.inc(n as u64);
+        if plain {
+            eprintln!(
+                "datagen: {}/{} tokens, {:.0} tokens/s",
+                bar.position(),
+                rows * a.seq_len,
+                (bar.position() - before) as f64 / t0.elapsed().as_secs_f64()
+            );
+        }
+    })?;
     bar.finish_and_clear();
     let (train, val) = index.rows();
     let made = bar.position() - before;

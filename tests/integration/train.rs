@@ -294,12 +294,88 @@ mod hwa {
             ));
         }
         eprintln!("teacher CE {first_ce:.3} -> {last_ce:.3}; HWA train KL {:.4} -> {:.4}; KL on chips untrained {before:?} trained {after:?}", log[0], log[log.len() - 1]);
+        // Seen: untrained 0.163, 0.173, 0.165; trained 0.135, 0.138, 0.136 (about 18% lower).
         for s in 0..3 {
             assert!(
-                after[s] < before[s],
+                after[s] < 0.9 * before[s],
                 "seed {s}: trained {} vs untrained {}",
                 after[s],
                 before[s]
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The log without its timing column, which differs between runs.
+    fn log_without_timing(dir: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("log.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("tokens_per_s");
+                v
+            })
+            .collect()
+    }
+
+    #[test]
+    fn train_killed_and_resumed_is_bit_identical() {
+        let dir = temp_dir("train-kill");
+        let data = dir.join("data");
+        shakespeare_data(&data, 256);
+        let cfg = dir.join("train.toml");
+        std::fs::write(
+            &cfg,
+            "[run]\nsteps = 60\nbatch_size = 16\ncheckpoint_every = 4\n\
+             [optim]\nlr = 1e-3\nwarmup_steps = 5\n[analog]\ntile_rows = 32\n\
+             range_init_batches = 6\n",
+        )
+        .unwrap();
+        let teacher = repo("tests/golden/executor/tiny-llama");
+        let run = |out: &Path, resume: bool| {
+            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_afm"));
+            c.args(["train", "--teacher", teacher.to_str().unwrap(), "--data"])
+                .arg(&data)
+                .arg("--out")
+                .arg(out)
+                .arg("--config")
+                .arg(&cfg)
+                // The resumed part runs on another thread count: results must not change.
+                .env("RAYON_NUM_THREADS", if resume { "1" } else { "2" })
+                .stderr(std::process::Stdio::null());
+            if resume {
+                c.arg("--resume");
+            }
+            c
+        };
+        let whole = dir.join("whole");
+        assert!(run(&whole, false).status().unwrap().success());
+        // Kill the second run with SIGKILL once it has written a checkpoint, then resume.
+        let cut = dir.join("cut");
+        let mut child = run(&cut, false).spawn().unwrap();
+        let latest = cut.join("latest.json");
+        let t0 = std::time::Instant::now();
+        while !latest.exists() && t0.elapsed().as_secs() < 120 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let killed_at = log_without_timing(&cut).len();
+        eprintln!("killed after step {killed_at}");
+        assert!(killed_at < 60, "killed after {killed_at} of 60 steps");
+        assert!(run(&cut, true).status().unwrap().success());
+        assert_eq!(log_without_timing(&cut), log_without_timing(&whole));
+        for f in ["model.safetensors", "analog.json"] {
+            assert_eq!(
+                std::fs::read(cut.join("final").join(f)).unwrap(),
+                std::fs::read(whole.join("final").join(f)).unwrap(),
+                "final/{f} differs after kill + resume (killed after step {killed_at})"
             );
         }
         let _ = std::fs::remove_dir_all(&dir);
