@@ -121,21 +121,7 @@ fn time_label(t: f64) -> String {
 }
 
 fn git_commit() -> String {
-    let dir = env!("CARGO_MANIFEST_DIR");
-    let out = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(["-C", dir])
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match out(&["rev-parse", "HEAD"]) {
-        Some(c) if out(&["status", "--porcelain"]).is_some_and(|s| s.is_empty()) => c,
-        Some(c) => format!("{c}-dirty"),
-        None => "unknown".into(),
-    }
+    env!("AFM_GIT_COMMIT").to_string()
 }
 
 /// The version of a locked dependency, from the Cargo.lock the binary was built with.
