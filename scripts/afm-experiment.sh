@@ -8,7 +8,7 @@ set -euo pipefail
 afm=$1 work=$2 tokens=$3 jobs=${4:-14}
 data=${AFM_DATA:-../shared/data}
 seq=512
-steps=$(( tokens * 99 / 100 / (16 * seq) ))
+steps=$(( tokens * 99 / 100 / (8 * seq) ))
 $afm datagen --model smollm2-135m-instruct --tokens "$tokens" --seq-len $seq --batch 512 \
   --rows-per-shard 512 --out "$work/data" --device cuda
 resume=""; [ -f "$work/train/latest.json" ] && resume="--resume"
