@@ -8,7 +8,7 @@
 use super::shards::{write_shard, DataIndex, ShardEntry, ShardPair};
 use crate::error::{Error, Result};
 use crate::executor::decoder::{Decoder, KvCache};
-use crate::executor::sampling::Sampling;
+use crate::executor::sampling::{pick_on_device, Sampling};
 use crate::rng::{Effect, StreamKey};
 use candle_core::{DType, IndexOp, Tensor};
 use rayon::prelude::*;
@@ -57,6 +57,11 @@ pub fn sample_rows(
     let mut rows: Vec<Vec<u32>> = vec![vec![bos]; n];
     let mut cache = KvCache::default();
     let dev = model.device().clone();
+    if !dev.is_cpu() {
+        // The device's generator, seeded per batch so that a resumed run redraws the same rows
+        // on the same GPU (bit-identity across GPUs is not promised).
+        dev.set_seed(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ first as u64)?;
+    }
     while rows[0].len() < cfg.seq_len {
         let step: Vec<u32> = if cache.is_empty() {
             rows.iter().map(|r| r[0]).collect()
@@ -65,10 +70,19 @@ pub fn sample_rows(
         };
         let x = Tensor::from_vec(step, (n, 1), &dev)?;
         let h = model.forward_hidden(&x, &mut cache)?;
-        let logits = model
-            .logits(&h.i((.., 0))?)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
+        let logits = model.logits(&h.i((.., 0))?)?;
+        if !dev.is_cpu() {
+            // On a GPU: sample there, copy back only the tokens.
+            let (tok, nan_rows) = pick_on_device(&logits, &sampling)?;
+            if nan_rows.to_scalar::<f32>()? > 0.0 {
+                return Err(Error::Value("the teacher produced NaN logits".into()));
+            }
+            for (row, t) in rows.iter_mut().zip(tok.to_vec1::<u32>()?) {
+                row.push(t);
+            }
+            continue;
+        }
+        let logits = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         // Rows sample in parallel: each has its own stream, so the result does not depend on
         // the thread count.
         let picks: Vec<Option<u32>> = logits
