@@ -27,6 +27,10 @@ pub struct OptimConfig {
     pub warmup_steps: usize,
     /// Decay power after warmup: 1 linear, other values polynomial (to 0 at the last step).
     pub decay_power: f64,
+    /// The input ranges' learning rate as a multiple of `lr` [1: one rate for all, as the
+    /// release]. Adam moves every value by about the learning rate per step, so ranges of ~10
+    /// move ~100x slower, relative to their size, than weights of ~0.1; short runs may want more.
+    pub range_lr_scale: f64,
 }
 
 impl Default for OptimConfig {
@@ -40,6 +44,7 @@ impl Default for OptimConfig {
             grad_clip: 1.0,
             warmup_steps: 100,
             decay_power: 1.0,
+            range_lr_scale: 1.0,
         }
     }
 }
@@ -65,6 +70,7 @@ impl OptimConfig {
             ("weight_decay", self.weight_decay, 0.0, f64::INFINITY),
             ("grad_clip", self.grad_clip, 0.0, f64::INFINITY),
             ("decay_power", self.decay_power, 0.0, f64::INFINITY),
+            ("range_lr_scale", self.range_lr_scale, 0.0, f64::INFINITY),
         ] {
             if !(v.is_finite() && v >= lo && v < hi) {
                 return Err((f.into(), format!("must be in [{lo}, {hi}), got {v}")));
@@ -96,7 +102,7 @@ pub fn grad_norm(grads: &HashMap<String, Tensor>) -> Result<f64> {
 
 impl AdamW {
     /// One update of `vars` with `grads` (already clipped) at learning rate `lr`; variables
-    /// named `*.input_range` get no weight decay.
+    /// named `*.input_range` get no weight decay and `lr * range_lr_scale`.
     pub fn step(
         &mut self,
         cfg: &OptimConfig,
@@ -120,10 +126,10 @@ impl AdamW {
                 None => (g.sqr()? * (1.0 - b2))?,
             };
             let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + cfg.eps)?)?;
-            let decay = if name.ends_with(".input_range") {
-                0.0
+            let (decay, lr) = if name.ends_with(".input_range") {
+                (0.0, lr * cfg.range_lr_scale)
             } else {
-                cfg.weight_decay
+                (cfg.weight_decay, lr)
             };
             let next = ((w * (1.0 - lr * decay))? - (update * lr)?)?;
             var.set(&next)?;

@@ -381,3 +381,45 @@ mod hwa {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[test]
+fn input_ranges_take_their_own_learning_rate_and_no_decay() {
+    use afm::train::optim::{AdamW, OptimConfig};
+    use candle_core::{Device, Tensor, Var};
+    let t = |v: f32| Tensor::from_vec(vec![v], 1, &Device::Cpu).unwrap();
+    let vars: std::collections::BTreeMap<String, Var> = [
+        ("l.weight".to_string(), Var::from_tensor(&t(1.0)).unwrap()),
+        (
+            "l.input_range".to_string(),
+            Var::from_tensor(&t(1.0)).unwrap(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let grads: std::collections::HashMap<String, Tensor> =
+        vars.keys().map(|k| (k.clone(), t(0.5))).collect();
+    let cfg = OptimConfig {
+        range_lr_scale: 10.0,
+        weight_decay: 0.1,
+        ..OptimConfig::default()
+    };
+    AdamW::default().step(&cfg, &vars, &grads, 1e-3).unwrap();
+    let get = |k: &str| vars[k].as_tensor().to_vec1::<f32>().unwrap()[0];
+    // First Adam step: update = g / |g| (up to eps) = 1; weight: decay 1e-4 then - 1e-3.
+    assert!(
+        (get("l.weight") - (1.0 - 1e-4 - 1e-3)).abs() < 1e-6,
+        "{}",
+        get("l.weight")
+    );
+    // Range: no decay, 10x the rate.
+    assert!(
+        (get("l.input_range") - (1.0 - 1e-2)).abs() < 1e-6,
+        "{}",
+        get("l.input_range")
+    );
+    let bad = OptimConfig {
+        range_lr_scale: -1.0,
+        ..OptimConfig::default()
+    };
+    assert_eq!(bad.check().unwrap_err().0, "range_lr_scale");
+}
