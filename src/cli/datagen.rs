@@ -12,9 +12,12 @@ pub struct DatagenArgs {
     /// Teacher: manifest name in `models/`, a .gguf file or an HF folder.
     #[arg(long)]
     model: String,
-    /// Tokens to generate in all (rounded up to whole rows).
+    /// Tokens to generate in all (rounded up to whole rows); with --text, the most to take.
+    #[arg(long, required_unless_present = "text")]
+    tokens: Option<usize>,
+    /// Cut the rows from this text file (tokenized by the model's tokenizer) instead of sampling.
     #[arg(long)]
-    tokens: usize,
+    text: Option<PathBuf>,
     /// Tokens per row, BOS included (the paper: 4096).
     #[arg(long, default_value_t = 4096)]
     seq_len: usize,
@@ -46,10 +49,14 @@ pub struct DatagenArgs {
 
 /// Runs `afm datagen`.
 pub fn run(a: DatagenArgs) -> anyhow::Result<()> {
-    if a.tokens == 0 || a.seq_len < 2 {
+    if a.tokens == Some(0) || a.seq_len < 2 {
         bail!("--tokens must be > 0 and --seq-len >= 2");
     }
-    let rows = a.tokens.div_ceil(a.seq_len);
+    if let Some(text) = &a.text {
+        return from_text(&a, text);
+    }
+    let tokens = a.tokens.unwrap_or_default();
+    let rows = tokens.div_ceil(a.seq_len);
     let per_shard = a
         .rows_per_shard
         .unwrap_or_else(|| ((1 << 20) / a.seq_len).max(1).div_ceil(a.batch) * a.batch);
@@ -100,6 +107,51 @@ pub fn run(a: DatagenArgs) -> anyhow::Result<()> {
         a.out.display(),
         a.seq_len,
         made as f64 / t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `afm datagen --text FILE`: rows cut from a tokenized text file.
+fn from_text(a: &DatagenArgs, text: &std::path::Path) -> anyhow::Result<()> {
+    let m = afm::executor::load::load_model(&a.model, DType::F32)?;
+    let Some(tok) = &m.tokenizer else {
+        bail!(
+            "{} has no tokenizer to cut {} with",
+            m.path.display(),
+            text.display()
+        );
+    };
+    let Some(bos) = m.decoder.cfg.bos_token_id else {
+        bail!(
+            "{}: the config has no bos_token_id to start rows with",
+            m.path.display()
+        );
+    };
+    let body = afm::paths::read_text(text)?;
+    let mut ids = tok
+        .encode(body.as_str(), false)
+        .map_err(|e| anyhow::anyhow!("{}: tokenizing failed: {e}", text.display()))?
+        .get_ids()
+        .to_vec();
+    if let Some(t) = a.tokens {
+        let rows = t.div_ceil(a.seq_len);
+        ids.truncate(rows * (a.seq_len - 1));
+    }
+    let index = afm::train::datagen::write_text_data(
+        &ids,
+        bos,
+        a.seq_len,
+        m.decoder.cfg.vocab_size,
+        100,
+        &format!("text:{}", text.display()),
+        &a.out,
+    )?;
+    let (train, val) = index.rows();
+    eprintln!(
+        "{}: {train} train + {val} held-out rows of {} tokens from {}",
+        a.out.display(),
+        a.seq_len,
+        text.display()
     );
     Ok(())
 }

@@ -207,3 +207,75 @@ pub fn datagen(
     index.save(out)?;
     Ok(index)
 }
+
+/// Writes training data cut from existing token ids instead of sampled ones (a user's corpus):
+/// rows of BOS + `seq_len - 1` consecutive tokens, every `val_every`-th row held out, one shard
+/// pair. The index records `source` as the model and temperature 0.
+pub fn write_text_data(
+    ids: &[u32],
+    bos: u32,
+    seq_len: usize,
+    vocab_size: usize,
+    val_every: usize,
+    source: &str,
+    out: &Path,
+) -> Result<DataIndex> {
+    if seq_len < 2 || val_every == 0 {
+        return Err(Error::Value(
+            "text data needs seq_len >= 2 and val_every >= 1".into(),
+        ));
+    }
+    let rows: Vec<Vec<u32>> = ids
+        .chunks_exact(seq_len - 1)
+        .map(|c| std::iter::once(bos).chain(c.iter().copied()).collect())
+        .collect();
+    if rows.is_empty() {
+        return Err(Error::Value(format!(
+            "{source}: fewer than {} tokens, not one row",
+            seq_len - 1
+        )));
+    }
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (r, row) in rows.into_iter().enumerate() {
+        if (r + 1) % val_every == 0 {
+            val.push(row);
+        } else {
+            train.push(row);
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|source| Error::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    write_shard(&out.join("train-00000.bin"), &train)?;
+    let val_entry = if val.is_empty() {
+        None
+    } else {
+        write_shard(&out.join("val-00000.bin"), &val)?;
+        Some(ShardEntry {
+            file: "val-00000.bin".into(),
+            rows: val.len(),
+        })
+    };
+    let index = DataIndex {
+        format: 1,
+        model: source.to_string(),
+        seq_len,
+        vocab_size,
+        temperature: 0.0,
+        top_k: 0,
+        seed: 0,
+        target_rows: train.len() + val_entry.as_ref().map_or(0, |v| v.rows),
+        rows_per_shard: train.len() + val_entry.as_ref().map_or(0, |v| v.rows),
+        val_every,
+        shards: vec![ShardPair {
+            train: ShardEntry {
+                file: "train-00000.bin".into(),
+                rows: train.len(),
+            },
+            val: val_entry,
+        }],
+    };
+    index.save(out)?;
+    Ok(index)
+}

@@ -423,3 +423,21 @@ fn input_ranges_take_their_own_learning_rate_and_no_decay() {
     };
     assert_eq!(bad.check().unwrap_err().0, "range_lr_scale");
 }
+
+#[test]
+fn text_data_cuts_bos_rows_and_holds_out() {
+    use afm::train::datagen::write_text_data;
+    use afm::train::shards::read_split;
+    let dir = crate::common::temp_dir("text-data");
+    let ids: Vec<u32> = (10..1010).collect();
+    let index = write_text_data(&ids, 1, 10, 2000, 100, "text:test", &dir).unwrap();
+    // 1000 ids make 111 rows of BOS + 9 ids (one id left over); row 100 is held out.
+    assert_eq!(index.rows(), (110, 1));
+    let train = read_split(&dir, false).unwrap();
+    let val = read_split(&dir, true).unwrap();
+    assert_eq!(train[0], vec![1, 10, 11, 12, 13, 14, 15, 16, 17, 18]);
+    assert_eq!(val[0][..2], [1, 10 + 99 * 9]);
+    assert!(train.iter().all(|r| r.len() == 10 && r[0] == 1));
+    assert!(write_text_data(&ids[..5], 1, 10, 2000, 100, "short", &dir).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
