@@ -13,6 +13,7 @@ pub mod eval;
 pub mod executor;
 pub mod paths;
 pub mod rng;
+pub mod sweep;
 pub mod tile;
 pub mod train;
 

@@ -230,7 +230,7 @@ pub fn resolve_preset_path(arg: &str) -> PathBuf {
 }
 
 /// Flattens a multi-line TOML error into one line (keeps the line/column and the message).
-fn one_line(e: &toml::de::Error, text: &str) -> String {
+pub(crate) fn one_line(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message().trim().replace('\n', " ");
     match e.span() {
         Some(span) => {

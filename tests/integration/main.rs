@@ -15,6 +15,7 @@ mod golden;
 mod golden_executor;
 mod models;
 mod presets;
+mod sweep;
 mod tile;
 mod train;
 mod train_golden;
