@@ -6,6 +6,7 @@ mod eval;
 mod generate;
 mod model;
 mod model_args;
+mod sweep;
 mod tile;
 mod train;
 
@@ -32,6 +33,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Evaluate a digital or analog model.
     Eval(eval::EvalArgs),
+    /// Sweep tile parameters: accuracy and chip cost per point (resumable).
+    Sweep(sweep::SweepArgs),
     /// Generate text with a digital or analog model.
     Generate(generate::GenerateArgs),
     /// Inspect model manifests and their mapping onto tiles.
@@ -76,6 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tile(c) => tile::run(c),
         Command::Datagen(a) => datagen::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Sweep(a) => sweep::run(a),
         Command::Train(a) => train::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Model(c) => model::run(c),

@@ -253,7 +253,7 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
 }
 
 /// One summary entry: a row's headline metric on a task over seeds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// Row label.
     pub row: String,

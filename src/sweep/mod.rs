@@ -2,6 +2,7 @@
 //! list) of values for any preset field by its dotted path. Every point is written out before
 //! anything runs (`points.jsonl`), so a sweep can be inspected, split and resumed.
 
+pub mod run;
 pub mod spec;
 
 pub use spec::{Point, SweepFile};

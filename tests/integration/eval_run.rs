@@ -30,7 +30,7 @@ fn byte_chars() -> Vec<char> {
 
 /// tiny-llama (vocab 256) in a folder with a byte-level BPE tokenizer without merges: one
 /// token per byte.
-fn tiny_model_with_tokenizer(dir: &Path) -> PathBuf {
+pub fn tiny_model_with_tokenizer(dir: &Path) -> PathBuf {
     let src = repo("tests/golden/executor/tiny-llama");
     let m = dir.join("tiny-llama");
     std::fs::create_dir_all(&m).unwrap();

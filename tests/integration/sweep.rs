@@ -84,3 +84,68 @@ fn shipped_sweeps_expand_to_valid_presets() {
     }
     assert!(n >= 15, "{n} points");
 }
+
+#[test]
+fn sweep_points_run_record_failures_and_resume() {
+    use afm::sweep::run::{run_point, write_points, Context};
+    let dir = temp_dir("sweep-run");
+    let model_dir = crate::eval_run::tiny_model_with_tokenizer(&dir);
+    let text = dir.join("text.txt");
+    std::fs::write(
+        &text,
+        "the quick brown fox jumps over the lazy dog. ".repeat(20),
+    )
+    .unwrap();
+    let s = sweep(
+        &dir,
+        &format!(
+            "name = \"t\"\nbase = \"afm-paper\"\nmodel = \"{}\"\ntasks = [\"{}\"]\nseeds = 2\n\
+             text_tokens = 256\nprompt_len = 16\ngen_len = 4\n\
+             [[points]]\n\"adc.bits\" = 6\n\"tile.rows\" = 32\n[[points]]\n\"adc.bits\" = 99\n",
+            model_dir.display(),
+            text.display()
+        ),
+    )
+    .unwrap();
+    let m = afm::executor::load::load_model(model_dir.to_str().unwrap(), candle_core::DType::F32)
+        .unwrap();
+    let tok = m.tokenizer.clone().unwrap();
+    let task = afm::eval::tasks::load(&s.tasks[0], &dir, None, None).unwrap();
+    let base_file = afm::tile::resolve_preset_path(&s.base);
+    let cx = Context {
+        sweep: &s,
+        base: TilePreset::load(&base_file).unwrap(),
+        base_file,
+        model: &m.decoder,
+        tok: &tok,
+        tasks: vec![task],
+        calibration: None,
+    };
+    let out = dir.join("out");
+    let points = s.expand();
+    write_points(&out, &points).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join("points.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+    let ok = run_point(&cx, &points[0], &out).unwrap();
+    assert!(ok.error.is_none(), "{:?}", ok.error);
+    let ppl = ok.metrics.iter().find(|m| m.metric == "ppl").unwrap();
+    assert_eq!(ppl.values.len(), 2);
+    assert!(ppl.mean.is_finite() && ppl.mean > 1.0);
+    let chip = ok.chip.as_ref().unwrap();
+    assert!(chip.tiles > 0 && chip.energy_per_token_pj > 0.0 && chip.ttft_ns > 0);
+    let bad = run_point(&cx, &points[1], &out).unwrap();
+    assert!(
+        bad.error.as_ref().unwrap().contains("sweep point 1"),
+        "{:?}",
+        bad.error
+    );
+    // A re-run reads the stored results instead of recomputing.
+    let again = run_point(&cx, &points[0], &out).unwrap();
+    assert_eq!(again, ok);
+    let _ = std::fs::remove_dir_all(&dir);
+}

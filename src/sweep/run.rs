@@ -1,0 +1,194 @@
+//! Running a sweep: each point is evaluated on its own programmed chips (the evaluation's
+//! resumable cells, under `points/NNNN/`) and simulated on the chip model, and its result is
+//! written atomically to `results/NNNN.json`. A point that fails (a bad value, a NaN) is
+//! recorded with its error and the sweep goes on; a re-run skips the points already written.
+
+use super::spec::{apply, Point, SweepFile};
+use crate::chip::{simulate, RunSpec};
+use crate::error::{Error, Result};
+use crate::eval::harness::HarnessOptions;
+use crate::eval::run::{self, Plan, Row, Summary};
+use crate::eval::tasks::Task;
+use crate::executor::decoder::Decoder;
+use crate::executor::ModelConfig;
+use crate::tile::TilePreset;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tokenizers::Tokenizer;
+
+/// What the chip model says of one point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChipMetrics {
+    /// Time to first token.
+    pub ttft_ns: u64,
+    /// Mean decode step.
+    pub decode_per_token_ns: f64,
+    /// Generated tokens per second.
+    pub decode_tokens_per_s: f64,
+    /// Energy per generated token, all components.
+    pub energy_per_token_pj: f64,
+    /// Silicon area.
+    pub area_mm2: f64,
+    /// Tiles used.
+    pub tiles: usize,
+    /// Chips needed.
+    pub chips: usize,
+}
+
+/// The result of one point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointResult {
+    /// The point.
+    pub point: Point,
+    /// Accuracy or perplexity per task (and the average), mean and std over the chips.
+    pub metrics: Vec<Summary>,
+    /// The chip model's numbers (None when the preset has no cost sections).
+    pub chip: Option<ChipMetrics>,
+    /// Why the point failed, if it did.
+    pub error: Option<String>,
+    /// Wall time of the point.
+    pub seconds: f64,
+}
+
+/// What every point shares: the model, its tokenizer, the loaded tasks and the calibration.
+pub struct Context<'a> {
+    /// The sweep.
+    pub sweep: &'a SweepFile,
+    /// The base preset.
+    pub base: TilePreset,
+    /// Where the base preset was read from (cost sections are checked against it).
+    pub base_file: PathBuf,
+    /// The digital model.
+    pub model: &'a Decoder,
+    /// Its tokenizer.
+    pub tok: &'a Tokenizer,
+    /// Loaded tasks.
+    pub tasks: Vec<Task>,
+    /// Calibration token ids (None: the first batch of each task).
+    pub calibration: Option<Vec<u32>>,
+}
+
+fn point_dir(out: &Path, id: usize) -> PathBuf {
+    out.join("points").join(format!("{id:04}"))
+}
+
+fn result_path(out: &Path, id: usize) -> PathBuf {
+    out.join("results").join(format!("{id:04}.json"))
+}
+
+/// Writes `bytes` to `path` atomically, creating its folder.
+fn store(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    crate::paths::write_atomic(path, bytes)
+}
+
+/// Writes `points.jsonl` (every point, before anything runs).
+pub fn write_points(out: &Path, points: &[Point]) -> Result<()> {
+    let mut text = String::new();
+    for p in points {
+        text.push_str(&serde_json::to_string(p).map_err(|e| Error::Value(e.to_string()))?);
+        text.push('\n');
+    }
+    store(&out.join("points.jsonl"), text.as_bytes())
+}
+
+/// The result of `point` stored in `out`, if it was run with the same values.
+pub fn stored(out: &Path, point: &Point) -> Option<PointResult> {
+    let text = std::fs::read_to_string(result_path(out, point.id)).ok()?;
+    let r: PointResult = serde_json::from_str(&text).ok()?;
+    (r.point == *point).then_some(r)
+}
+
+fn eval_point(cx: &Context, preset: TilePreset, point: &Point, out: &Path) -> Result<Vec<Summary>> {
+    let plan = Plan {
+        model: cx.sweep.model.clone(),
+        dtype: "f32".into(),
+        rows: vec![Row {
+            label: point.label(),
+            preset: Some(preset),
+        }],
+        seeds: (cx.sweep.seed..cx.sweep.seed + cx.sweep.seeds as u64).collect(),
+        tasks: cx.tasks.clone(),
+        options: HarnessOptions {
+            text_tokens: cx.sweep.text_tokens,
+            ..HarnessOptions::default()
+        },
+        digital_lm_head: false,
+        calibration: cx.calibration.clone(),
+        learned_ranges: None,
+    };
+    let cells = run::run(
+        &plan,
+        cx.model,
+        cx.tok,
+        &point_dir(out, point.id),
+        &mut |_| {},
+    )?;
+    // The average over accuracy tasks is undefined when the sweep has none.
+    let summary: Vec<Summary> = run::summarize(&plan, &cells)
+        .into_iter()
+        .filter(|s| s.task != "average" || s.mean.is_finite())
+        .collect();
+    if let Some(s) = summary.iter().find(|s| !s.mean.is_finite()) {
+        return Err(Error::Value(format!(
+            "{} is not finite ({}) on some chip",
+            s.task, s.metric
+        )));
+    }
+    Ok(summary)
+}
+
+fn chip_point(cx: &Context, preset: &TilePreset) -> Result<Option<ChipMetrics>> {
+    if preset.cost_sections(&cx.base_file).is_err() {
+        return Ok(None);
+    }
+    let spec = RunSpec {
+        model: cx.sweep.model.clone(),
+        prompt_len: cx.sweep.prompt_len,
+        gen_len: cx.sweep.gen_len,
+        digital_lm_head: false,
+    };
+    let cfg = ModelConfig::from_hf(&cx.model.cfg);
+    let (r, _) = simulate(&cfg, preset, &cx.base_file, &spec, &mut |_, _| {})?;
+    Ok(Some(ChipMetrics {
+        ttft_ns: r.ttft_ns,
+        decode_per_token_ns: r.decode_per_token_ns,
+        decode_tokens_per_s: r.decode_tokens_per_s,
+        energy_per_token_pj: r.decode_energy_per_token.iter().map(|p| p.pj).sum(),
+        area_mm2: r.area_mm2,
+        tiles: r.tiles,
+        chips: r.chips,
+    }))
+}
+
+/// Runs (or loads) one point and stores its result.
+pub fn run_point(cx: &Context, point: &Point, out: &Path) -> Result<PointResult> {
+    if let Some(r) = stored(out, point) {
+        return Ok(r);
+    }
+    let t0 = std::time::Instant::now();
+    let attempt = || -> Result<(Vec<Summary>, Option<ChipMetrics>)> {
+        let preset = apply(&cx.base, point)?;
+        let chip = chip_point(cx, &preset)?;
+        Ok((eval_point(cx, preset, point, out)?, chip))
+    };
+    let (metrics, chip, error) = match attempt() {
+        Ok((m, c)) => (m, c, None),
+        Err(e) => (Vec::new(), None, Some(e.to_string())),
+    };
+    let r = PointResult {
+        point: point.clone(),
+        metrics,
+        chip,
+        error,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    let text = serde_json::to_string_pretty(&r).map_err(|e| Error::Value(e.to_string()))?;
+    store(&result_path(out, point.id), text.as_bytes())?;
+    Ok(r)
+}
