@@ -25,6 +25,32 @@ pub fn read_text(path: &std::path::Path) -> crate::Result<String> {
     })
 }
 
+/// Parses TOML text into `T`; a syntax error or a bad field is one line naming `file`, the
+/// line and column, and the message.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &std::path::Path,
+) -> crate::Result<T> {
+    toml::from_str(text).map_err(|e| crate::Error::Parse {
+        file: file.to_path_buf(),
+        msg: one_line(&e, text),
+    })
+}
+
+/// Flattens a multi-line TOML error into one line (keeps the line/column and the message).
+fn one_line(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {col}: {msg}")
+        }
+        None => msg,
+    }
+}
+
 /// Writes a file atomically: a temporary file beside it, then a rename, so a kill never
 /// leaves a half-written result behind.
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> crate::Result<()> {

@@ -85,10 +85,7 @@ impl Manifest {
     /// Loads and validates a manifest file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = crate::paths::read_text(path)?;
-        let m: Manifest = toml::from_str(&text).map_err(|e| Error::Parse {
-            file: path.to_path_buf(),
-            msg: e.message().trim().replace('\n', " "),
-        })?;
+        let m: Manifest = crate::paths::parse_toml(&text, path)?;
         m.config.validate(path)?;
         Ok(m)
     }

@@ -89,10 +89,7 @@ impl SweepFile {
     /// Reads and checks a sweep file; errors name the file and the field.
     pub fn load(path: &Path) -> Result<Self> {
         let text = crate::paths::read_text(path)?;
-        let s: SweepFile = toml::from_str(&text).map_err(|e| Error::Parse {
-            file: path.to_path_buf(),
-            msg: crate::tile::preset::one_line(&e, &text),
-        })?;
+        let s: SweepFile = crate::paths::parse_toml(&text, path)?;
         let bad = |field: &str, msg: &str| Error::Config {
             file: path.to_path_buf(),
             field: field.into(),

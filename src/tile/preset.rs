@@ -104,10 +104,7 @@ impl TilePreset {
 
     /// Parses and validates preset text; `file` names it in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Self> {
-        let preset: TilePreset = toml::from_str(text).map_err(|e| Error::Parse {
-            file: file.to_path_buf(),
-            msg: one_line(&e, text),
-        })?;
+        let preset: TilePreset = crate::paths::parse_toml(text, file)?;
         preset.validate(file)?;
         Ok(preset)
     }
@@ -227,18 +224,4 @@ impl TilePreset {
 /// Resolves a preset argument: an existing path, or a name looked up in `tiles/`.
 pub fn resolve_preset_path(arg: &str) -> PathBuf {
     crate::paths::resolve_named(arg, "tiles")
-}
-
-/// Flattens a multi-line TOML error into one line (keeps the line/column and the message).
-pub(crate) fn one_line(e: &toml::de::Error, text: &str) -> String {
-    let msg = e.message().trim().replace('\n', " ");
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {col}: {msg}")
-        }
-        None => msg,
-    }
 }

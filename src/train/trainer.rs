@@ -93,10 +93,7 @@ impl TrainConfig {
     /// Reads and checks a TOML file; errors name the file and the field.
     pub fn load(path: &Path) -> Result<Self> {
         let text = crate::paths::read_text(path)?;
-        let cfg: TrainConfig = toml::from_str(&text).map_err(|e| Error::Parse {
-            file: path.to_path_buf(),
-            msg: e.message().trim().replace('\n', " "),
-        })?;
+        let cfg: TrainConfig = crate::paths::parse_toml(&text, path)?;
         cfg.check(path)?;
         Ok(cfg)
     }
