@@ -52,12 +52,15 @@ fn one_line(e: &toml::de::Error, text: &str) -> String {
 }
 
 /// Writes a file atomically: a temporary file beside it, then a rename, so a kill never
-/// leaves a half-written result behind.
+/// leaves a half-written result behind. Its folder is created when missing.
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> crate::Result<()> {
     let io = |p: &std::path::Path| {
         let p = p.to_path_buf();
         move |source| crate::Error::Io { path: p, source }
     };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))

@@ -76,17 +76,6 @@ fn result_path(out: &Path, id: usize) -> PathBuf {
     out.join("results").join(format!("{id:04}.json"))
 }
 
-/// Writes `bytes` to `path` atomically, creating its folder.
-fn store(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    }
-    crate::paths::write_atomic(path, bytes)
-}
-
 /// Writes `points.jsonl` (every point, before anything runs).
 pub fn write_points(out: &Path, points: &[Point]) -> Result<()> {
     let mut text = String::new();
@@ -94,7 +83,7 @@ pub fn write_points(out: &Path, points: &[Point]) -> Result<()> {
         text.push_str(&serde_json::to_string(p).map_err(|e| Error::Value(e.to_string()))?);
         text.push('\n');
     }
-    store(&out.join("points.jsonl"), text.as_bytes())
+    crate::paths::write_atomic(&out.join("points.jsonl"), text.as_bytes())
 }
 
 /// The result of `point` stored in `out`, if it was run with the same values.
@@ -189,6 +178,6 @@ pub fn run_point(cx: &Context, point: &Point, out: &Path) -> Result<PointResult>
         seconds: t0.elapsed().as_secs_f64(),
     };
     let text = serde_json::to_string_pretty(&r).map_err(|e| Error::Value(e.to_string()))?;
-    store(&result_path(out, point.id), text.as_bytes())?;
+    crate::paths::write_atomic(&result_path(out, point.id), text.as_bytes())?;
     Ok(r)
 }
