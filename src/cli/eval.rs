@@ -5,7 +5,7 @@ use afm::eval::harness::HarnessOptions;
 use afm::eval::run::{self, Plan, Progress, Row};
 use afm::eval::{report, tasks};
 use afm::tile::{resolve_preset_path, TilePreset};
-use anyhow::{bail, Context};
+use anyhow::bail;
 use candle_core::DType;
 use clap::Args;
 use std::path::PathBuf;
@@ -209,18 +209,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         );
     }
     let calibration = match &a.calib_text {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            let ids = tok
-                .encode(text.as_str(), false)
-                .map_err(anyhow::Error::msg)?;
-            let ids = ids.get_ids();
-            if ids.is_empty() {
-                bail!("{}: calibration text has no tokens", p.display());
-            }
-            Some(ids[..ids.len().min(a.calib_tokens)].to_vec())
-        }
+        Some(p) => Some(super::model_args::calibration_ids(&tok, p, a.calib_tokens)?),
         None => None,
     };
     let plan = Plan {

@@ -2,7 +2,7 @@
 
 use afm::executor::load::{load_model, map_to_tiles, LoadedModel};
 use afm::tile::{resolve_preset_path, TilePreset};
-use anyhow::bail;
+use anyhow::{bail, Context};
 use candle_core::DType;
 use clap::Args;
 use tokenizers::Tokenizer;
@@ -51,4 +51,22 @@ pub fn open_digital(model: &str, dtype: DType) -> anyhow::Result<(LoadedModel, T
         bail!("{} has no tokenizer", m.path.display());
     };
     Ok((m, tok))
+}
+
+/// The first `max` token ids of a calibration text (its abs-max sets static input ranges).
+pub fn calibration_ids(
+    tok: &Tokenizer,
+    path: &std::path::Path,
+    max: usize,
+) -> anyhow::Result<Vec<u32>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let ids = tok
+        .encode(text.as_str(), false)
+        .map_err(anyhow::Error::msg)?;
+    let ids = ids.get_ids();
+    if ids.is_empty() {
+        bail!("{}: calibration text has no tokens", path.display());
+    }
+    Ok(ids[..ids.len().min(max)].to_vec())
 }

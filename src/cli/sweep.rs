@@ -3,7 +3,6 @@
 use afm::sweep::run::{run_point, write_points, Context, PointResult};
 use afm::sweep::SweepFile;
 use afm::tile::{resolve_preset_path, TilePreset};
-use anyhow::Context as _;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -38,18 +37,13 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
         .iter()
         .map(|t| afm::eval::tasks::load(t, &data, None, s.limit))
         .collect::<Result<Vec<_>, _>>()?;
+    // 512 tokens: `afm eval`'s default --calib-tokens.
     let calibration = match &s.calib_text {
-        Some(p) => {
-            let p = here.join(p);
-            let text =
-                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            let ids = tok
-                .encode(text.as_str(), false)
-                .map_err(anyhow::Error::msg)?
-                .get_ids()
-                .to_vec();
-            Some(ids[..ids.len().min(512)].to_vec())
-        }
+        Some(p) => Some(super::model_args::calibration_ids(
+            &tok,
+            &here.join(p),
+            512,
+        )?),
         None => None,
     };
     let cx = Context {
