@@ -336,9 +336,6 @@ pub fn train(
     while step < cfg.run.steps {
         let t0 = std::time::Instant::now();
         set_training(&student, true)?;
-        for (_, l) in super::student::train_layers(&student) {
-            l.take_clip_stats()?;
-        }
         let mut sums: HashMap<String, Tensor> = HashMap::new();
         let (mut loss_sum, mut kl_sum) = (0f64, 0f64);
         for micro in 0..cfg.run.grad_accum {
