@@ -11,6 +11,20 @@
 //! charge), so only the slower of the two pipelines shows. Costs depend on sizes only, never on
 //! the values, except the array energy, which can be taken from programmed conductances and real
 //! input pulses ([`array_energy_pj`]).
+//!
+//! ADC resolution. A preset states the resolution its conversion energy and time hold at
+//! (`energy.e_conv_ref_bits`, `timing.t_conv_ref_bits`); at another `adc.bits` they are scaled:
+//! - energy per conversion E(b) = E_ref x 2^(b - b_ref): Walden's figure of merit, E = FOM_W x
+//!   2^ENOB per conversion (R. H. Walden, "Analog-to-digital converter survey and analysis",
+//!   IEEE JSAC 17(4), 1999), with ENOB taken as the nominal bits. B. Murmann's ADC Performance
+//!   Survey (1997-2024) shows the best converters follow it below about 10 bits; above, thermal
+//!   noise makes it 4^ENOB (Schreier FOM), so the rule is optimistic for b > 10.
+//! - time per conversion t(b) = t_ref x b / b_ref: a SAR converter decides one bit per clock
+//!   cycle (successive approximation), so its conversion time grows linearly with the bits.
+//!
+//! An ADC turned off (`adc.bits = 0`, ideal conversion in the functional model) costs its
+//! reference values. Fitted `e_conv_pj` values that carry more than the converter (HERMES's
+//! counters, clocking and leakage) are scaled as a whole, which overstates the change.
 
 use super::mvm::check_inputs;
 use super::program::AnalogLayer;
@@ -44,8 +58,11 @@ pub struct Timing {
     pub t_integrate_ns: f64,
     /// ADCs per tile, shared by the columns.
     pub adcs: i64,
-    /// One conversion of one ADC.
+    /// One conversion of one ADC at `t_conv_ref_bits`.
     pub t_conv_ns: f64,
+    /// The ADC resolution `t_conv_ns` holds at; at `adc.bits` b the conversion takes
+    /// t_conv_ns x b / t_conv_ref_bits (SAR: one bit per cycle; see the module docs).
+    pub t_conv_ref_bits: i64,
     /// Digital post-processing of the converted outputs (scale, affine).
     pub t_post_ns: f64,
     /// One level of the adder tree that sums the partial results of the row blocks.
@@ -68,8 +85,11 @@ pub struct TileEnergy {
     pub x_avg_rel: f64,
     /// Drive energy per input row per drive cycle (PWM generator and word-line driver).
     pub e_dac_pj: f64,
-    /// Energy of one conversion of one column.
+    /// Energy of one conversion of one column at `e_conv_ref_bits`.
     pub e_conv_pj: f64,
+    /// The ADC resolution `e_conv_pj` holds at; at `adc.bits` b a conversion costs e_conv_pj x
+    /// 2^(b - e_conv_ref_bits) (Walden figure of merit, Walden 1999; see the module docs).
+    pub e_conv_ref_bits: i64,
     /// Which ADC energy model `e_conv_pj` comes from (published models differ 20x).
     pub e_conv_source: String,
     /// Digital post-processing per output column.
@@ -93,6 +113,7 @@ impl Timing {
                 format!("must be in 1..=1048576, got {}", self.adcs),
             ));
         }
+        ref_bits("t_conv_ref_bits", self.t_conv_ref_bits)?;
         positive("t_lsb_ns", self.t_lsb_ns)?;
         positive("out_port_bits_per_ns", self.out_port_bits_per_ns)?;
         for (f, v) in [
@@ -126,6 +147,7 @@ impl TileEnergy {
         ] {
             nonneg(f, v)?;
         }
+        ref_bits("e_conv_ref_bits", self.e_conv_ref_bits)?;
         if self.e_conv_source.trim().is_empty() {
             return Err(field(
                 "e_conv_source",
@@ -138,6 +160,17 @@ impl TileEnergy {
 
 fn field(f: &str, msg: String) -> (String, String) {
     (f.to_string(), msg)
+}
+
+fn ref_bits(f: &str, v: i64) -> std::result::Result<(), (String, String)> {
+    if (2..=16).contains(&v) {
+        Ok(())
+    } else {
+        Err(field(
+            f,
+            format!("must be an ADC resolution in 2..=16 bits, got {v}"),
+        ))
+    }
 }
 
 fn nonneg(f: &str, v: f64) -> std::result::Result<(), (String, String)> {
@@ -165,6 +198,8 @@ pub struct TileCostModel {
     pub energy: TileEnergy,
     /// DAC bits, sign included (sets the PWM window).
     pub dac_bits: u32,
+    /// ADC bits, sign included (scale the conversion energy and time); 0: the reference.
+    pub adc_bits: u32,
 }
 
 /// Phases and energies of one MVM on one tile (or a lockstep group of tiles).
@@ -182,7 +217,7 @@ pub struct MvmCost {
     pub drive_ns: f64,
     /// Integration settling after each drive window.
     pub integrate_ns: f64,
-    /// Conversion of all columns after one drive cycle: ceil(cols / adcs) x t_conv.
+    /// Conversion of all columns after one drive cycle: ceil(cols / adcs) x t_conv(adc bits).
     pub conv_ns: f64,
     /// Digital post-processing.
     pub post_ns: f64,
@@ -210,6 +245,24 @@ impl TileCostModel {
         match t.drive {
             Drive::Pwm => ((1u64 << (self.dac_bits - 1)) - 1) as f64 * t.t_lsb_ns,
             Drive::BitSerial => t.t_lsb_ns,
+        }
+    }
+
+    /// Energy of one conversion at the ADC's resolution: e_conv_pj x 2^(b - b_ref).
+    pub fn e_conv_pj(&self) -> f64 {
+        let e = &self.energy;
+        match self.adc_bits {
+            0 => e.e_conv_pj,
+            b => e.e_conv_pj * 2f64.powi(b as i32 - e.e_conv_ref_bits as i32),
+        }
+    }
+
+    /// Time of one conversion at the ADC's resolution: t_conv_ns x b / b_ref.
+    pub fn t_conv_ns(&self) -> f64 {
+        let t = &self.timing;
+        match self.adc_bits {
+            0 => t.t_conv_ns,
+            b => t.t_conv_ns * f64::from(b) / t.t_conv_ref_bits as f64,
         }
     }
 
@@ -253,13 +306,13 @@ impl TileCostModel {
             land_ns: t.t_land_ns,
             drive_ns: self.window_ns(),
             integrate_ns: t.t_integrate_ns,
-            conv_ns: conversions as f64 * t.t_conv_ns,
+            conv_ns: conversions as f64 * self.t_conv_ns(),
             post_ns: t.t_post_ns,
             reduce_ns: f64::from(levels) * t.t_reduce_ns,
             send_ns: (cols as f64 * f64::from(out_bits) / t.out_port_bits_per_ns).ceil(),
             dac_pj: (rows * cycles) as f64 * e.e_dac_pj,
             array_pj,
-            adc_pj: (cols * cycles) as f64 * e.e_conv_pj,
+            adc_pj: (cols * cycles) as f64 * self.e_conv_pj(),
             post_pj: cols as f64 * e.e_post_pj,
             reduce_pj: (cols * row_blocks.saturating_sub(1)) as f64 * e.e_add_pj
                 / row_blocks.max(1) as f64,

@@ -198,6 +198,7 @@ impl TilePreset {
                 timing,
                 energy,
                 dac_bits: self.dac.bits as u32,
+                adc_bits: self.adc.bits as u32,
             },
             chip,
         ))

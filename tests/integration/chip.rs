@@ -77,6 +77,42 @@ fn afm_paper_tile_matches_the_3d_aimc_study() {
 }
 
 #[test]
+fn adc_energy_and_time_scale_with_its_bits() {
+    let (mut p, file) = preset("afm-paper");
+    let at8 = cost_of(&p).mvm(512, 512, 1, 16);
+    // Walden FOM: 2^(b - 8) x 14.12 pJ per conversion; SAR: 4 ns x b / 8 per conversion.
+    for (bits, e_rel, conv_ns) in [(6, 0.25, 12.0), (7, 0.5, 14.0), (10, 4.0, 20.0)] {
+        p.adc.bits = bits;
+        let c = cost_of(&p).mvm(512, 512, 1, 16);
+        assert!(
+            rel_diff(c.adc_pj, at8.adc_pj * e_rel) < 1e-12,
+            "{bits}: {}",
+            c.adc_pj
+        );
+        assert_eq!(c.conv_ns, conv_ns, "{bits} bits: 4 conversions");
+        assert_eq!(
+            (c.dac_pj, c.array_pj, c.post_pj),
+            (at8.dac_pj, at8.array_pj, at8.post_pj)
+        );
+    }
+    // ADC off in the functional model: the reference cost.
+    p.adc.bits = 0;
+    assert_eq!(cost_of(&p).mvm(512, 512, 1, 16), at8);
+    // A bad reference names its field.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let e = TilePreset::parse(
+        &text.replacen("e_conv_ref_bits = 8", "e_conv_ref_bits = 1", 1),
+        Path::new("bad.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("energy.e_conv_ref_bits") && e.contains("2..=16"),
+        "{e}"
+    );
+}
+
+#[test]
 fn phases_drive_modes_and_reduction() {
     let (mut p, _) = preset("hermes");
     let t = p.timing.as_mut().unwrap();
