@@ -3,18 +3,23 @@
 # a time limit and it goes on where it stopped): synthetic data from SmolLM2 on the GPU, HWA
 # distillation on the GPU, then the evaluation of the analog model (parallel CPU jobs, one per
 # (task, preset, seed) cell, as scripts/eval-table.sh does).
-# Usage: scripts/afm-experiment.sh AFM_BINARY WORK_DIR TOKENS [PARALLEL_JOBS]
+# Usage: scripts/afm-experiment.sh AFM_BINARY WORK_DIR TOKENS STEPS [PARALLEL_JOBS]
+#   SKIP_DATAGEN=1  train on the shards already complete in WORK_DIR/data (a datagen stopped by a
+#                   time limit) instead of resuming datagen up to TOKENS;
+#   STOP_AFTER=datagen|train  end after that stage.
 set -euo pipefail
-afm=$1 work=$2 tokens=$3 jobs=${4:-14}
-data=${AFM_DATA:-../shared/data}
+afm=$1 work=$2 tokens=$3 steps=$4 jobs=${5:-14}
 seq=512
-steps=$(( tokens * 99 / 100 / (8 * seq) ))
-$afm datagen --model smollm2-135m-instruct --tokens "$tokens" --seq-len $seq --batch 512 \
-  --rows-per-shard 512 --out "$work/data" --device cuda
+if [ -z "${SKIP_DATAGEN:-}" ]; then
+  $afm datagen --model smollm2-135m-instruct --tokens "$tokens" --seq-len $seq --batch 1024 \
+    --rows-per-shard 1024 --out "$work/data" --device cuda
+fi
+[ "${STOP_AFTER:-}" = datagen ] && exit 0
 resume=""; [ -f "$work/train/latest.json" ] && resume="--resume"
 [ -d "$work/train/final" ] || $afm train --teacher smollm2-135m-instruct --data "$work/data" \
   --out "$work/train" --tiles afm-paper --config scripts/smollm2-afm-train.toml \
   --steps "$steps" --device cuda $resume
+[ "${STOP_AFTER:-}" = train ] && exit 0
 common="--model $work/train/final --limit 100 --text-tokens 4096 --out $work/eval --no-baseline"
 tasks=hellaswag,arc_easy,arc_challenge,piqa,winogrande,boolq,lambada_openai,wikitext2
 for task in hellaswag lambada_openai wikitext2 arc_challenge arc_easy piqa boolq winogrande; do

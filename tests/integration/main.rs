@@ -6,6 +6,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod chip;
 mod common;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod device;
 mod eval;
 mod eval_run;
