@@ -6,6 +6,7 @@ mod eval;
 mod generate;
 mod model;
 mod model_args;
+mod report;
 mod sweep;
 mod tile;
 mod train;
@@ -35,6 +36,8 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Sweep tile parameters: accuracy and chip cost per point (resumable).
     Sweep(sweep::SweepArgs),
+    /// Report of a sweep (or its shards): table, Pareto front, SVG plots.
+    Report(report::ReportArgs),
     /// Generate text with a digital or analog model.
     Generate(generate::GenerateArgs),
     /// Inspect model manifests and their mapping onto tiles.
@@ -80,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Datagen(a) => datagen::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Sweep(a) => sweep::run(a),
+        Command::Report(a) => report::run(a),
         Command::Train(a) => train::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Model(c) => model::run(c),

@@ -1,7 +1,7 @@
 //! `afm sweep`: accuracy and chip cost over a grid of preset values.
 
-use afm::sweep::run::{run_point, write_points, Context, PointResult};
-use afm::sweep::SweepFile;
+use afm::sweep::run::{write_points, Context};
+use afm::sweep::{run_points, Shard, SweepFile};
 use afm::tile::{resolve_preset_path, TilePreset};
 use clap::Args;
 use std::path::PathBuf;
@@ -11,10 +11,22 @@ use std::path::PathBuf;
 pub struct SweepArgs {
     /// The sweep file (TOML; see tiles/sweeps/).
     file: PathBuf,
-    /// Output folder: points.jsonl, results/, points/ (evaluation cells), results.csv and
-    /// results.json. Re-running resumes.
+    /// Output folder: sweep.json, points.jsonl, results/, points/ (evaluation cells),
+    /// results.csv and results.json. Re-running resumes.
     #[arg(long)]
     out: PathBuf,
+    /// Work units (point, chip seed) computed at once, each on one thread [all cores]. The
+    /// results do not depend on it.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
+    /// Run only shard i of n: the points whose number p has p mod n = i - 1 (a cluster job
+    /// array runs 1/n ... n/n into their own folders; `afm report` merges them).
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<Shard>,
+}
+
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    Shard::parse(s).map_err(|e| e.to_string())
 }
 
 /// Runs `afm sweep`.
@@ -55,8 +67,22 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
         tasks,
         calibration,
     };
-    let points = s.expand();
-    write_points(&a.out, &points)?;
+    let all = s.expand();
+    write_points(&a.out, &all)?;
+    let shard = a.shard.unwrap_or(Shard::ALL);
+    let meta = serde_json::json!({
+        "sweep": &s,
+        "shard": format!("{}/{}", shard.index, shard.count),
+    });
+    afm::paths::write_atomic(
+        &a.out.join("sweep.json"),
+        serde_json::to_string_pretty(&meta)?.as_bytes(),
+    )?;
+    let points: Vec<_> = all.into_iter().filter(|p| shard.has(p.id)).collect();
+    let jobs = a.jobs.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        usize::from,
+    );
     let bar = indicatif::ProgressBar::new(points.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -64,16 +90,21 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let mut results: Vec<PointResult> = Vec::new();
-    for p in &points {
-        bar.set_message(p.label());
-        results.push(run_point(&cx, p, &a.out)?);
+    bar.set_message(format!("{jobs} jobs"));
+    let results = run_points(&cx, &points, &a.out, jobs, &|r, fresh| {
         bar.inc(1);
-    }
+        // Points found on disk say nothing about the rate ahead.
+        if !fresh {
+            bar.reset_eta();
+        }
+        bar.set_message(r.point.label());
+    })?;
     bar.finish_and_clear();
-    let json = serde_json::to_string_pretty(&results)?;
+    // Without the compute seconds: same bytes whatever --jobs, --shard or resumes.
+    let json = afm::report::results_json(&results)?;
     afm::paths::write_atomic(&a.out.join("results.json"), json.as_bytes())?;
-    afm::paths::write_atomic(&a.out.join("results.csv"), csv(&results).as_bytes())?;
+    let csv = afm::report::results_csv(&results);
+    afm::paths::write_atomic(&a.out.join("results.csv"), csv.as_bytes())?;
     let failed = results.iter().filter(|r| r.error.is_some()).count();
     eprintln!(
         "{}: {} points ({failed} failed); results.csv and results.json",
@@ -81,73 +112,4 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
         results.len()
     );
     Ok(())
-}
-
-/// One row per point: its values, then per task mean and std, then the chip numbers.
-fn csv(results: &[PointResult]) -> String {
-    let keys: Vec<String> = results
-        .iter()
-        .flat_map(|r| r.point.values.keys().cloned())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let tasks: Vec<(String, String)> = results
-        .iter()
-        .flat_map(|r| r.metrics.iter().map(|m| (m.task.clone(), m.metric.clone())))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mut head: Vec<String> = vec!["point".into()];
-    head.extend(keys.iter().cloned());
-    for (t, m) in &tasks {
-        head.push(format!("{t}_{m}_mean"));
-        head.push(format!("{t}_{m}_std"));
-    }
-    head.extend(
-        [
-            "ttft_ns",
-            "decode_tokens_per_s",
-            "energy_per_token_pj",
-            "area_mm2",
-            "tiles",
-            "chips",
-            "error",
-        ]
-        .map(String::from),
-    );
-    let mut out = head.join(",") + "\n";
-    for r in results {
-        let mut row = vec![r.point.id.to_string()];
-        row.extend(keys.iter().map(|k| {
-            r.point
-                .values
-                .get(k)
-                .map_or(String::new(), |v| v.to_string())
-        }));
-        for (t, m) in &tasks {
-            match r.metrics.iter().find(|s| &s.task == t && &s.metric == m) {
-                Some(s) => row.extend([s.mean.to_string(), s.std.to_string()]),
-                None => row.extend([String::new(), String::new()]),
-            }
-        }
-        match &r.chip {
-            Some(c) => row.extend([
-                c.ttft_ns.to_string(),
-                c.decode_tokens_per_s.to_string(),
-                c.energy_per_token_pj.to_string(),
-                c.area_mm2.to_string(),
-                c.tiles.to_string(),
-                c.chips.to_string(),
-            ]),
-            None => row.extend(std::iter::repeat_n(String::new(), 6)),
-        }
-        row.push(
-            r.error
-                .as_deref()
-                .map_or(String::new(), |e| format!("\"{}\"", e.replace('"', "'"))),
-        );
-        out.push_str(&row.join(","));
-        out.push('\n');
-    }
-    out
 }

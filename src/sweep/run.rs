@@ -46,8 +46,11 @@ pub struct PointResult {
     pub chip: Option<ChipMetrics>,
     /// Why the point failed, if it did.
     pub error: Option<String>,
-    /// Wall time of the point.
-    pub seconds: f64,
+    /// Compute time of the point: its cells' wall times (on one thread each under
+    /// [`super::parallel::run_points`]) and the chip simulation. Left out of `results.json`
+    /// (None), which so has the same bytes whatever the thread count, sharding or resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
 }
 
 /// What every point shares: the model, its tokenizer, the loaded tasks and the calibration.
@@ -93,15 +96,15 @@ pub fn stored(out: &Path, point: &Point) -> Option<PointResult> {
     (r.point == *point).then_some(r)
 }
 
-fn eval_point(cx: &Context, preset: TilePreset, point: &Point, out: &Path) -> Result<Vec<Summary>> {
-    let plan = Plan {
+fn plan(cx: &Context, preset: TilePreset, point: &Point, seeds: Vec<u64>) -> Plan {
+    Plan {
         model: cx.sweep.model.clone(),
         dtype: "f32".into(),
         rows: vec![Row {
             label: point.label(),
             preset: Some(preset),
         }],
-        seeds: (cx.sweep.seed..cx.sweep.seed + cx.sweep.seeds as u64).collect(),
+        seeds,
         tasks: cx.tasks.clone(),
         options: HarnessOptions {
             text_tokens: cx.sweep.text_tokens,
@@ -110,7 +113,36 @@ fn eval_point(cx: &Context, preset: TilePreset, point: &Point, out: &Path) -> Re
         digital_lm_head: false,
         calibration: cx.calibration.clone(),
         learned_ranges: None,
-    };
+    }
+}
+
+/// The chip seeds of every point.
+pub fn seeds(sweep: &SweepFile) -> Vec<u64> {
+    (sweep.seed..sweep.seed + sweep.seeds as u64).collect()
+}
+
+/// Evaluates `point` on the chip of one `seed` (all tasks), storing its cells; a later
+/// [`run_point`] finds them on disk. Cells are named by seed, so seeds may run in any order.
+pub fn run_seed(cx: &Context, point: &Point, seed: u64, out: &Path) -> Result<()> {
+    let preset = apply(&cx.base, point)?;
+    let plan = plan(cx, preset, point, vec![seed]);
+    run::run(
+        &plan,
+        cx.model,
+        cx.tok,
+        &point_dir(out, point.id),
+        &mut |_| {},
+    )?;
+    Ok(())
+}
+
+fn eval_point(
+    cx: &Context,
+    preset: TilePreset,
+    point: &Point,
+    out: &Path,
+) -> Result<(Vec<Summary>, f64)> {
+    let plan = plan(cx, preset, point, seeds(cx.sweep));
     let cells = run::run(
         &plan,
         cx.model,
@@ -129,7 +161,7 @@ fn eval_point(cx: &Context, preset: TilePreset, point: &Point, out: &Path) -> Re
             s.task, s.metric
         )));
     }
-    Ok(summary)
+    Ok((summary, cells.iter().map(|c| c.seconds).sum()))
 }
 
 fn chip_point(cx: &Context, preset: &TilePreset) -> Result<Option<ChipMetrics>> {
@@ -160,24 +192,41 @@ pub fn run_point(cx: &Context, point: &Point, out: &Path) -> Result<PointResult>
     if let Some(r) = stored(out, point) {
         return Ok(r);
     }
-    let t0 = std::time::Instant::now();
-    let attempt = || -> Result<(Vec<Summary>, Option<ChipMetrics>)> {
+    let attempt = || -> Result<(Vec<Summary>, Option<ChipMetrics>, f64)> {
         let preset = apply(&cx.base, point)?;
+        let t0 = std::time::Instant::now();
         let chip = chip_point(cx, &preset)?;
-        Ok((eval_point(cx, preset, point, out)?, chip))
+        let chip_s = t0.elapsed().as_secs_f64();
+        let (summary, cells_s) = eval_point(cx, preset, point, out)?;
+        Ok((summary, chip, chip_s + cells_s))
     };
-    let (metrics, chip, error) = match attempt() {
-        Ok((m, c)) => (m, c, None),
-        Err(e) => (Vec::new(), None, Some(e.to_string())),
+    let r = match attempt() {
+        Ok((metrics, chip, s)) => PointResult {
+            point: point.clone(),
+            metrics,
+            chip,
+            error: None,
+            seconds: Some(s),
+        },
+        Err(e) => failed(point, e.to_string()),
     };
-    let r = PointResult {
-        point: point.clone(),
-        metrics,
-        chip,
-        error,
-        seconds: t0.elapsed().as_secs_f64(),
-    };
-    let text = serde_json::to_string_pretty(&r).map_err(|e| Error::Value(e.to_string()))?;
-    crate::paths::write_atomic(&result_path(out, point.id), text.as_bytes())?;
+    store(out, &r)?;
     Ok(r)
+}
+
+/// A failed point's result.
+pub fn failed(point: &Point, error: String) -> PointResult {
+    PointResult {
+        point: point.clone(),
+        metrics: Vec::new(),
+        chip: None,
+        error: Some(error),
+        seconds: None,
+    }
+}
+
+/// Writes `r` atomically to `results/NNNN.json`.
+pub fn store(out: &Path, r: &PointResult) -> Result<()> {
+    let text = serde_json::to_string_pretty(&r).map_err(|e| Error::Value(e.to_string()))?;
+    crate::paths::write_atomic(&result_path(out, r.point.id), text.as_bytes())
 }

@@ -1,5 +1,7 @@
 //! Sweep files: parsing, expansion into explicit points, and presets per point.
 
+mod report;
+
 use crate::common::{repo, temp_dir};
 use afm::sweep::spec::apply;
 use afm::sweep::SweepFile;
