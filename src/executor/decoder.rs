@@ -331,22 +331,22 @@ impl Decoder {
         }
         *slot = Some((k.clone(), v.clone()));
         let s = k.dims()[2];
+        // Grouped-query attention without copying the keys and values per query head: the
+        // query heads that share a key/value head become rows of one product (heads are laid
+        // out group by group, so this is a reshape of the contiguous q).
         let rep = nh / nkv;
-        let expand = |x: Tensor| -> Result<Tensor> {
-            if rep == 1 {
-                return Ok(x);
-            }
-            Ok(x.unsqueeze(2)?
-                .expand((b, nkv, rep, s, hd))?
-                .reshape((b, nh, s, hd))?)
-        };
-        let (k, v) = (expand(k)?, expand(v)?);
-        let mut att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        let q = q.reshape((b, nkv, rep * t, hd))?;
+        let att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        let mut att = att.reshape((b, nh, t, s))?;
         if let Some(m) = mask {
             att = att.broadcast_add(m)?;
         }
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        let att = candle_nn::ops::softmax_last_dim(&att)?.reshape((b, nkv, rep * t, s))?;
+        let y = att
+            .matmul(&v)?
+            .reshape((b, nh, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?;
         block.o.forward(&y)
     }
 

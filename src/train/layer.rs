@@ -33,6 +33,12 @@ pub struct AnalogTrainConfig {
     pub out_noise: f64,
     /// Weight clipping after every step at alpha * std of the channel (0: off) [2.5].
     pub clip_alpha: f64,
+    /// Alpha of the first step when clipping ramps down to `clip_alpha` (0: no ramp) [0]: a
+    /// model with heavy-tailed rows loses its large weights at once at the release alpha (our
+    /// SmolLM2 runs), a gradual ramp lets training follow.
+    pub clip_alpha_start: f64,
+    /// Steps over which alpha goes linearly from `clip_alpha_start` to `clip_alpha` [0].
+    pub clip_ramp_steps: usize,
     /// Batches whose input std initializes the ranges [500].
     pub range_init_batches: usize,
     /// kappa: initial range = kappa * std of the inputs [18].
@@ -53,6 +59,8 @@ impl Default for AnalogTrainConfig {
             weight_noise: 0.03,
             out_noise: 0.0,
             clip_alpha: 2.5,
+            clip_alpha_start: 0.0,
+            clip_ramp_steps: 0,
             range_init_batches: 500,
             range_init_kappa: 18.0,
             range_decay: 0.01,
@@ -78,6 +86,7 @@ impl AnalogTrainConfig {
             ("weight_noise", self.weight_noise),
             ("out_noise", self.out_noise),
             ("clip_alpha", self.clip_alpha),
+            ("clip_alpha_start", self.clip_alpha_start),
             ("range_init_kappa", self.range_init_kappa),
             ("range_decay", self.range_decay),
         ] {
@@ -88,10 +97,26 @@ impl AnalogTrainConfig {
         if !(0.0..=1.0).contains(&self.range_min_inside) {
             return bad("range_min_inside", "must be in 0..=1".into());
         }
+        if self.clip_alpha_start > 0.0 && (self.clip_alpha == 0.0 || self.clip_ramp_steps == 0) {
+            return bad(
+                "clip_alpha_start",
+                "a ramp needs clip_alpha > 0 (where it ends) and clip_ramp_steps >= 1".into(),
+            );
+        }
         if self.adc_bits > 0 && self.out_bound == 0.0 {
             return bad("out_bound", "must be > 0 when adc_bits > 0".into());
         }
         Ok(())
+    }
+
+    /// Clipping alpha after optimizer step `step` (1-based): the ramp, then `clip_alpha`.
+    pub fn clip_alpha_at(&self, step: usize) -> f64 {
+        if self.clip_alpha_start <= 0.0 || step >= self.clip_ramp_steps || self.clip_ramp_steps < 2
+        {
+            return self.clip_alpha;
+        }
+        let f = step.saturating_sub(1) as f64 / (self.clip_ramp_steps - 1) as f64;
+        self.clip_alpha_start + (self.clip_alpha - self.clip_alpha_start) * f
     }
 
     /// Quantization states of `bits` (lightning's 2^bits - 2: levels -(2^(b-1)-1)..2^(b-1)-1).
@@ -348,16 +373,17 @@ impl AnalogTrainLinear {
         Ok(y.reshape(shape)?)
     }
 
-    /// Clips every channel of the weight to alpha * its std (after an optimizer step).
-    pub fn clip_weights(&self) -> Result<()> {
-        if self.cfg.clip_alpha <= 0.0 {
+    /// Clips every channel of the weight to `alpha` * its std (after an optimizer step; alpha
+    /// from [`AnalogTrainConfig::clip_alpha_at`]; 0: no clipping).
+    pub fn clip_weights(&self, alpha: f64) -> Result<()> {
+        if alpha <= 0.0 {
             return Ok(());
         }
         let w = self.weight.as_tensor();
         let n = w.dims()[1] as f64;
         let mean = w.mean_keepdim(D::Minus1)?;
         let var = (w.broadcast_sub(&mean)?.sqr()?.sum_keepdim(D::Minus1)? / (n - 1.0).max(1.0))?;
-        let lim = (var.sqrt()? * self.cfg.clip_alpha)?;
+        let lim = (var.sqrt()? * alpha)?;
         let clipped = w.broadcast_minimum(&lim)?.broadcast_maximum(&lim.neg()?)?;
         self.weight.set(&clipped)?;
         Ok(())

@@ -387,8 +387,9 @@ pub fn train(
                 }
             }
             opt.step(&cfg.optim, &vars, &sums, lr)?;
+            let alpha = cfg.analog.clip_alpha_at(step + 1);
             for (_, l) in super::student::train_layers(&student) {
-                l.clip_weights()?;
+                l.clip_weights(alpha)?;
             }
         }
         step += 1;

@@ -152,11 +152,39 @@ fn weight_clipping_bounds_every_channel() {
         ..AnalogTrainConfig::default()
     };
     let layer = AnalogTrainLinear::new(&w, None, &cfg, 0, "clip").unwrap();
-    layer.clip_weights().unwrap();
+    layer.clip_weights(cfg.clip_alpha_at(1)).unwrap();
     let c = layer.weight.as_tensor().to_vec2::<f32>().unwrap();
     // Row 0: std (n-1) of [0.1, -0.2, 0.3, 5.0] = 2.47521...; only 5.0 is clipped.
     assert!((c[0][3] - 2.475_21).abs() < 1e-4, "{:?}", c[0]);
     assert_eq!(&c[0][..3], &[0.1, -0.2, 0.3]);
     // Row 1: std 1.0: nothing changes.
     assert_eq!(c[1], vec![1.0, 1.0, 1.0, -1.0]);
+}
+
+#[test]
+fn clipping_ramps_down_to_its_final_alpha() {
+    let cfg = AnalogTrainConfig {
+        clip_alpha: 1.0,
+        clip_alpha_start: 10.0,
+        clip_ramp_steps: 4,
+        ..AnalogTrainConfig::default()
+    };
+    let alphas: Vec<f64> = (1..=6).map(|s| cfg.clip_alpha_at(s)).collect();
+    assert_eq!(alphas, vec![10.0, 7.0, 4.0, 1.0, 1.0, 1.0]);
+    assert_eq!(AnalogTrainConfig::default().clip_alpha_at(1), 2.5);
+    let no_end = AnalogTrainConfig {
+        clip_alpha: 0.0,
+        ..cfg.clone()
+    };
+    assert_eq!(no_end.check().unwrap_err().0, "clip_alpha_start");
+    // A looser alpha on the same weight leaves the outlier larger.
+    let w = Tensor::new(&[[0.1f32, -0.2, 0.3, 5.0]], &Device::Cpu).unwrap();
+    let layer = AnalogTrainLinear::new(&w, None, &cfg, 0, "ramp").unwrap();
+    layer.clip_weights(cfg.clip_alpha_at(1)).unwrap();
+    assert_eq!(
+        layer.weight.as_tensor().to_vec2::<f32>().unwrap()[0][3],
+        5.0
+    );
+    layer.clip_weights(cfg.clip_alpha_at(4)).unwrap();
+    assert!(layer.weight.as_tensor().to_vec2::<f32>().unwrap()[0][3] < 5.0);
 }
