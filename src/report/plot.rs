@@ -7,7 +7,8 @@ use super::{pareto, Objective, SweepData};
 use crate::sweep::run::PointResult;
 use std::fmt::Write;
 
-const PALETTE: [&str; 10] = [
+/// Series colors, in order (matplotlib's tab10).
+pub const PALETTE: [&str; 10] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
     "#bcbd22", "#17becf",
 ];
@@ -512,9 +513,13 @@ pub fn param_chart(data: &SweepData, obj: &Objective, key: &str) -> Option<Chart
         .collect();
     let ys: Vec<f64> = pts.iter().map(|p| p.1).collect();
     Some(Chart {
-        title: format!("{} vs {key}", obj.label()),
+        title: format!(
+            "{} vs {key} (mean ± std over {} chips)",
+            obj.label(),
+            data.sweep.seeds
+        ),
         x: Axis {
-            label: format!("{key} (mean ± std over {} chips)", data.sweep.seeds),
+            label: key.to_string(),
             log: x_log,
             ticks,
         },
