@@ -12,6 +12,7 @@ pub mod error;
 pub mod eval;
 pub mod executor;
 pub mod paths;
+pub mod quant;
 pub mod report;
 pub mod rng;
 pub mod sweep;

@@ -1,7 +1,7 @@
 //! `afm eval`: benchmark tasks on the digital model and on programmed chips over seeds and
 //! drift times; resumable with `--out`, results as JSON and a Markdown table.
 
-use afm::eval::harness::HarnessOptions;
+use afm::eval::harness::{HarnessOptions, Select};
 use afm::eval::run::{self, Plan, Progress, Row};
 use afm::eval::{report, tasks};
 use afm::tile::{resolve_preset_path, TilePreset};
@@ -69,12 +69,31 @@ pub struct EvalArgs {
     /// New tokens per generation at most (gsm8k, math500).
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
+    /// Sampled completions per generation problem (1: one greedy completion). With N > 1
+    /// the JSON has maj@k and pass@k for k = 1, 2, 4, ..., N and --out gets samples.svg.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    samples: u16,
+    /// How N samples score a problem: majority (vote over final answers) or best-of-n (correct
+    /// when any sample is: an oracle verifier's ceiling).
+    #[arg(long, default_value = "majority", value_parser = parse_select)]
+    select: Select,
+    /// Sampling temperature with --samples > 1.
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
     /// Folder of the built-in tasks' files (default: $AFM_DATA or ../shared/data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Compute dtype of the digital parts: f32, bf16 or f16.
     #[arg(long, default_value = "f32", value_parser = super::parse_dtype)]
     dtype: DType,
+}
+
+fn parse_select(s: &str) -> Result<Select, String> {
+    match s {
+        "majority" => Ok(Select::Majority),
+        "best-of-n" => Ok(Select::BestOfN),
+        _ => Err(format!("`{s}`: expected majority or best-of-n")),
+    }
 }
 
 /// Parses a duration: plain seconds or a number with s, m, h, d or y (365 days).
@@ -136,6 +155,13 @@ fn locked_version(name: &str) -> String {
 
 /// Runs `afm eval`.
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
+    if a.samples > 1 && !(a.temperature > 0.0 && a.temperature.is_finite()) {
+        bail!(
+            "--temperature {} with --samples {}: sampling needs a temperature > 0",
+            a.temperature,
+            a.samples
+        );
+    }
     let data_dir = a.data_dir.clone().unwrap_or_else(tasks::default_data_dir);
     let tasks = a
         .tasks
@@ -222,6 +248,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             text_tokens: a.text_tokens,
             window: a.window,
             max_new_tokens: a.max_new_tokens,
+            samples: a.samples as usize,
+            temperature: a.temperature,
+            select: a.select,
             ..HarnessOptions::default()
         },
         digital_lm_head: a.digital_lm_head,
@@ -251,6 +280,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let summary = run::summarize(&plan, &cells);
     let table = report::markdown_table(&plan, &summary);
+    let curves = report::samples_curves(&plan, &cells);
     let results = serde_json::json!({
         "config": {
             "model": a.model, "model_path": m.path, "dtype": plan.dtype,
@@ -272,6 +302,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             "candle": locked_version("candle-core"), "tokenizers": locked_version("tokenizers"),
         },
         "summary": summary,
+        "samples_curves": curves,
         "cells": cells,
         "seconds_this_run": t0.elapsed().as_secs_f64(),
     });
@@ -285,6 +316,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&results)?.as_bytes(),
         )?;
         afm::paths::write_atomic(&out.join("results.md"), table.as_bytes())?;
+        if let Some(chart) = report::samples_chart(&curves) {
+            let svg = afm::report::plot::render(&chart);
+            afm::paths::write_atomic(&out.join("samples.svg"), svg.as_bytes())?;
+        }
         eprintln!("wrote {}/results.json and results.md", out.display());
     }
     Ok(())

@@ -6,6 +6,7 @@ mod eval;
 mod generate;
 mod model;
 mod model_args;
+mod quantize;
 mod report;
 mod sweep;
 mod tile;
@@ -38,6 +39,8 @@ pub enum Command {
     Sweep(sweep::SweepArgs),
     /// Report of a sweep (or its shards): table, Pareto front, SVG plots.
     Report(report::ReportArgs),
+    /// Quantize a model for a digital chip: int4 weights, static 8-bit inputs.
+    Quantize(quantize::QuantizeArgs),
     /// Generate text with a digital or analog model.
     Generate(generate::GenerateArgs),
     /// Inspect model manifests and their mapping onto tiles.
@@ -86,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Report(a) => report::run(a),
         Command::Train(a) => train::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Quantize(a) => quantize::run(a),
         Command::Model(c) => model::run(c),
         Command::Chip(c) => chip::run(c),
     }

@@ -151,14 +151,38 @@ pub fn normalize_math(answer: &str) -> String {
     s.trim_end_matches('.').to_string()
 }
 
+/// The final answer of a completion in canonical form (none when it gives no answer).
+pub fn final_answer(style: AnswerStyle, completion: &str) -> Option<String> {
+    match style {
+        AnswerStyle::Number => extract_number(completion),
+        AnswerStyle::Boxed => last_boxed(completion).map(|a| normalize_math(&a)),
+    }
+}
+
+/// A reference answer in the canonical form of [`final_answer`].
+pub fn reference_answer(style: AnswerStyle, answer: &str) -> String {
+    match style {
+        AnswerStyle::Number => canon_number(answer),
+        AnswerStyle::Boxed => normalize_math(answer),
+    }
+}
+
 /// Whether a completion's answer matches the reference.
 pub fn is_correct(style: AnswerStyle, completion: &str, answer: &str) -> bool {
-    match style {
-        AnswerStyle::Number => extract_number(completion) == Some(canon_number(answer)),
-        AnswerStyle::Boxed => {
-            last_boxed(completion).is_some_and(|a| normalize_math(&a) == normalize_math(answer))
+    final_answer(style, completion) == Some(reference_answer(style, answer))
+}
+
+/// Majority vote over sampled answers: the most frequent one, a tie going to the answer that
+/// came first; samples without an answer do not vote (none when no sample has one).
+pub fn majority(answers: &[Option<String>]) -> Option<&str> {
+    let mut best: Option<(&str, usize)> = None;
+    for a in answers.iter().flatten() {
+        let n = answers.iter().flatten().filter(|b| *b == a).count();
+        if best.is_none_or(|(_, m)| n > m) {
+            best = Some((a, n));
         }
     }
+    best.map(|(a, _)| a)
 }
 
 /// Generates up to `max_new` tokens after `prompt` (greedy unless `sampling` says otherwise),

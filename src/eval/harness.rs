@@ -3,7 +3,7 @@
 //! and `ppl` (exp of minus the mean per-item log-likelihood); generation gives `exact_match`;
 //! a text gives token perplexity `ppl` and `nll`.
 
-use super::generation::{generate, is_correct};
+use super::generation::{final_answer, generate, majority, reference_answer};
 use super::loglik;
 use super::multiple_choice::{items_logliks, score, split_tokens};
 use super::perplexity::perplexity;
@@ -26,6 +26,22 @@ pub struct HarnessOptions {
     pub max_new_tokens: usize,
     /// Items per batched pass (multiple choice and continuation tasks).
     pub batch: usize,
+    /// Sampled completions per generation item (1: one greedy completion).
+    pub samples: usize,
+    /// Sampling temperature when `samples` > 1.
+    pub temperature: f32,
+    /// How the samples of an item become its score.
+    pub select: Select,
+}
+
+/// How several sampled completions of a generation item are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Select {
+    /// Majority vote over the final answers (self-consistency).
+    Majority,
+    /// Correct when any sample is (an oracle verifier: the ceiling of best-of-N selection).
+    BestOfN,
 }
 
 impl Default for HarnessOptions {
@@ -35,6 +51,9 @@ impl Default for HarnessOptions {
             window: 2048,
             max_new_tokens: 256,
             batch: 8,
+            samples: 1,
+            temperature: 0.7,
+            select: Select::Majority,
         }
     }
 }
@@ -104,26 +123,74 @@ pub fn evaluate(
             m.insert("items".into(), items.len() as f64);
         }
         TaskData::Generation(items, style) => {
-            let mut rng = StreamKey::new(0, 0, 0, Effect::Data).rng(0);
             let stops = ["Question:", "Problem:", "\n\n\n", "<|im_end|>"];
-            let mut correct = 0usize;
-            for item in items {
-                let out = generate(
-                    model,
-                    tok,
-                    &item.prompt,
-                    opt.max_new_tokens,
-                    &stops,
-                    Sampling::GREEDY,
-                    &mut rng,
-                )?;
-                correct += usize::from(is_correct(*style, &out, &item.answer));
+            let n = opt.samples.max(1);
+            let sampling = if n == 1 {
+                Sampling::GREEDY
+            } else {
+                Sampling {
+                    temperature: opt.temperature,
+                    top_k: 0,
+                    top_p: 1.0,
+                }
+            };
+            // Answers per item, in sample order; each (item, sample) has its own stream, so
+            // the samples do not depend on what ran before them.
+            let mut answers: Vec<Vec<Option<String>>> = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let mut a = Vec::with_capacity(n);
+                for k in 0..n {
+                    let mut rng = StreamKey::new(0, i as u64, k as u64, Effect::Data).rng(0);
+                    let out = generate(
+                        model,
+                        tok,
+                        &item.prompt,
+                        opt.max_new_tokens,
+                        &stops,
+                        sampling,
+                        &mut rng,
+                    )?;
+                    a.push(final_answer(*style, &out));
+                }
+                answers.push(a);
                 progress(1);
             }
-            m.insert(
-                "exact_match".into(),
-                correct as f64 / items.len().max(1) as f64,
-            );
+            let refs: Vec<String> = items
+                .iter()
+                .map(|it| reference_answer(*style, &it.answer))
+                .collect();
+            let count = items.len().max(1) as f64;
+            let maj = |k: usize| {
+                answers
+                    .iter()
+                    .zip(&refs)
+                    .filter(|(a, r)| majority(&a[..k]) == Some(r.as_str()))
+                    .count() as f64
+                    / count
+            };
+            let any = |k: usize| {
+                answers
+                    .iter()
+                    .zip(&refs)
+                    .filter(|(a, r)| a[..k].iter().any(|x| x.as_deref() == Some(r.as_str())))
+                    .count() as f64
+                    / count
+            };
+            let m_n = match opt.select {
+                Select::Majority => maj(n),
+                Select::BestOfN => any(n),
+            };
+            m.insert("exact_match".into(), m_n);
+            if n > 1 {
+                // Accuracy against the number of samples: the first k samples of each item.
+                let mut ks: Vec<usize> = (0..).map(|e| 1 << e).take_while(|&k| k < n).collect();
+                ks.push(n);
+                for k in ks {
+                    m.insert(format!("maj@{k}"), maj(k));
+                    m.insert(format!("pass@{k}"), any(k));
+                }
+                m.insert("samples".into(), n as f64);
+            }
             m.insert("items".into(), items.len() as f64);
         }
         TaskData::Text(text) => {

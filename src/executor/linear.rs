@@ -36,6 +36,19 @@ pub enum Projection {
     Analog(Box<AnalogProjection>),
     /// Analog training layer (hardware-aware training).
     Train(Box<crate::train::layer::AnalogTrainLinear>),
+    /// Digital matmul with integer weights (stored dequantized) and static integer inputs.
+    Quant(Box<QuantProjection>),
+}
+
+/// A digitally quantized projection: RTN weights (`afm quantize`) and a static input quantizer.
+#[derive(Debug)]
+pub struct QuantProjection {
+    /// The dequantized weight, out x in.
+    pub weight: Tensor,
+    /// Optional bias.
+    pub bias: Option<Tensor>,
+    /// Static input quantization (none: inputs stay in the compute dtype).
+    pub input: Option<crate::quant::input::StaticInput>,
 }
 
 impl Projection {
@@ -52,9 +65,12 @@ impl Projection {
                 weight: weight.clone(),
                 bias: bias.clone(),
             }),
-            Projection::Analog(_) | Projection::Train(_) => Err(crate::Error::Value(format!(
-                "projection `{name}` is analog; program the digital model again instead"
-            ))),
+            Projection::Analog(_) | Projection::Train(_) | Projection::Quant(_) => {
+                Err(crate::Error::Value(format!(
+                    "projection `{name}` is analog or quantized; load the digital model again \
+                     instead"
+                )))
+            }
         }
     }
 
@@ -78,6 +94,7 @@ impl Projection {
             Projection::Digital { weight, .. } => weight.dims()[0],
             Projection::Analog(a) => a.layer.out_features(),
             Projection::Train(t) => t.weight.as_tensor().dims()[0],
+            Projection::Quant(q) => q.weight.dims()[0],
         }
     }
 
@@ -101,25 +118,21 @@ impl Projection {
             Projection::Analog(_) | Projection::Train(_) => Err(crate::Error::Value(format!(
                 "projection `{name}` is already analog"
             ))),
+            Projection::Quant(_) => Err(crate::Error::Value(format!(
+                "projection `{name}` is quantized for a digital chip; put the model it came \
+                 from on tiles instead"
+            ))),
         }
     }
 
     /// Applies the projection to x (..., in).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Projection::Digital { weight, bias } => {
-                let dims = x.dims().to_vec();
-                let (lead, n_in) = dims.split_at(dims.len() - 1);
-                let rows: usize = lead.iter().product();
-                let y = x.reshape((rows, n_in[0]))?.matmul(&weight.t()?)?;
-                let mut shape = lead.to_vec();
-                shape.push(weight.dims()[0]);
-                let y = y.reshape(shape)?;
-                Ok(match bias {
-                    Some(b) => y.broadcast_add(b)?,
-                    None => y,
-                })
-            }
+            Projection::Digital { weight, bias } => matmul(x, weight, bias.as_ref()),
+            Projection::Quant(q) => match &q.input {
+                Some(input) => matmul(&input.forward(x)?, &q.weight, q.bias.as_ref()),
+                None => matmul(x, &q.weight, q.bias.as_ref()),
+            },
             Projection::Analog(a) => {
                 let dtype = x.dtype();
                 let x32 = x.to_dtype(DType::F32)?;
@@ -155,4 +168,19 @@ impl Projection {
             Projection::Train(t) => Ok(t.forward(x)?.to_dtype(x.dtype())?),
         }
     }
+}
+
+/// x (..., in) W^T (+ b).
+fn matmul(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let (lead, n_in) = dims.split_at(dims.len() - 1);
+    let rows: usize = lead.iter().product();
+    let y = x.reshape((rows, n_in[0]))?.matmul(&weight.t()?)?;
+    let mut shape = lead.to_vec();
+    shape.push(weight.dims()[0]);
+    let y = y.reshape(shape)?;
+    Ok(match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
 }

@@ -69,7 +69,11 @@ pub fn load_model_on(arg: &str, dtype: DType, dev: &Device) -> Result<LoadedMode
     let path = resolve_weights(arg, true)?;
     if path.is_dir() {
         let cfg = HfConfig::load(&path.join("config.json"))?;
-        let w = Weights::from_hf_dir(&path, dtype, dev)?;
+        let mut w = Weights::from_hf_dir(&path, dtype, dev)?;
+        let quant = crate::quant::export::load_config(&path)?;
+        if let Some(q) = &quant {
+            q.dequantize_into(&mut w)?;
+        }
         let tok_path = path.join("tokenizer.json");
         let tokenizer = if tok_path.exists() {
             Some(Tokenizer::from_file(&tok_path).map_err(|e| Error::Parse {
@@ -79,8 +83,12 @@ pub fn load_model_on(arg: &str, dtype: DType, dev: &Device) -> Result<LoadedMode
         } else {
             None
         };
+        let mut decoder = llama::build(cfg, &w)?;
+        if let Some(q) = &quant {
+            decoder = q.wrap(&decoder)?;
+        }
         return Ok(LoadedModel {
-            decoder: llama::build(cfg, &w)?,
+            decoder,
             tokenizer,
             chat_template: read_chat_template(&path),
             path,

@@ -15,6 +15,7 @@ pub mod load;
 pub mod manifest;
 pub mod rope;
 pub mod sampling;
+pub mod save;
 pub mod weights;
 
 pub use manifest::{resolve_model_path, Architecture, LinearShape, Manifest, ModelConfig};

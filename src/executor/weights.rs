@@ -79,6 +79,20 @@ impl Weights {
         Ok(Weights::new(tensors, dir.to_path_buf(), dtype))
     }
 
+    /// Adds (or replaces) a tensor.
+    pub fn insert(&mut self, name: String, t: Tensor) {
+        self.tensors.insert(name, t);
+    }
+
+    /// The tensor `name` as stored (dtype unconverted), for formats beyond plain weights.
+    pub fn raw(&self, name: &str) -> Result<&Tensor> {
+        self.tensors.get(name).ok_or_else(|| Error::Config {
+            file: self.origin.clone(),
+            field: name.to_string(),
+            msg: "tensor is missing".into(),
+        })
+    }
+
     /// Whether a tensor is present.
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)

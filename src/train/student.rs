@@ -10,7 +10,7 @@ use super::layer::{AnalogTrainConfig, AnalogTrainLinear, LayerState};
 use crate::error::{Error, Result};
 use crate::executor::decoder::{Decoder, GateUp, Qkv};
 use crate::executor::linear::Projection;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -137,24 +137,8 @@ pub fn save_model(
     tokenizer: Option<&tokenizers::Tokenizer>,
     dir: &Path,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let mut t: HashMap<String, Tensor> = HashMap::new();
-    let f32 = |x: &Tensor| -> Result<Tensor> { Ok(x.to_dtype(DType::F32)?.contiguous()?) };
-    t.insert("model.embed_tokens.weight".into(), f32(&model.embed)?);
-    t.insert("model.norm.weight".into(), f32(&model.norm)?);
-    for (i, b) in model.blocks.iter().enumerate() {
-        t.insert(
-            format!("model.layers.{i}.input_layernorm.weight"),
-            f32(&b.input_norm)?,
-        );
-        t.insert(
-            format!("model.layers.{i}.post_attention_layernorm.weight"),
-            f32(&b.post_norm)?,
-        );
-    }
+    let mut t = crate::executor::save::frozen_tensors(model)?;
+    let f32 = crate::executor::save::f32_tensor;
     let mut ranges = BTreeMap::new();
     let mut cfg_json = model.cfg.to_json();
     let mut digital = |name: &str, p: &Projection, t: &mut HashMap<String, Tensor>| -> Result<()> {
@@ -174,8 +158,8 @@ pub fn save_model(
                 ranges.insert(name.to_string(), l.ranges.as_tensor().to_vec1::<f32>()?);
                 Ok(())
             }
-            Projection::Analog(_) => Err(Error::Value(format!(
-                "`{name}` is programmed on tiles; save the trained model instead"
+            Projection::Analog(_) | Projection::Quant(_) => Err(Error::Value(format!(
+                "`{name}` is programmed on tiles or quantized; save the trained model instead"
             ))),
         }
     };
@@ -206,24 +190,16 @@ pub fn save_model(
         digital("lm_head", &model.lm_head, &mut t)?;
         cfg_json["tie_word_embeddings"] = serde_json::json!(false);
     }
-    let tmp = dir.join("model.safetensors.tmp");
-    candle_core::safetensors::save(&t, &tmp)?;
-    std::fs::rename(&tmp, dir.join("model.safetensors")).map_err(|source| Error::Io {
-        path: dir.join("model.safetensors"),
-        source,
-    })?;
-    let json = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
-    crate::paths::write_atomic(&dir.join("config.json"), json(&cfg_json).as_bytes())?;
+    crate::executor::save::write_hf_folder(dir, &t, &cfg_json, tokenizer)?;
     let meta = AnalogMeta {
         analog: cfg.clone(),
         input_ranges: ranges,
     };
     let meta = serde_json::to_value(&meta).map_err(|e| Error::Value(e.to_string()))?;
-    crate::paths::write_atomic(&dir.join("analog.json"), json(&meta).as_bytes())?;
-    if let Some(tok) = tokenizer {
-        tok.save(dir.join("tokenizer.json"), false)
-            .map_err(|e| Error::Value(format!("saving the tokenizer: {e}")))?;
-    }
+    crate::paths::write_atomic(
+        &dir.join("analog.json"),
+        crate::executor::save::pretty(&meta).as_bytes(),
+    )?;
     Ok(())
 }
 

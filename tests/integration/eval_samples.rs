@@ -1,0 +1,103 @@
+//! Test-time compute: N sampled completions per problem, majority vote and best-of-N, with the
+//! accuracy at every k <= N from the same samples.
+
+use afm::eval::generation::{final_answer, generate, majority, AnswerStyle, GenItem};
+use afm::eval::harness::{evaluate, HarnessOptions, Select};
+use afm::eval::tasks::{Task, TaskData};
+use afm::executor::load::load_model;
+use afm::executor::sampling::Sampling;
+use afm::rng::{Effect, StreamKey};
+use candle_core::DType;
+
+#[test]
+fn majority_vote_counts_answers_and_breaks_ties_by_order() {
+    let s = |v: &[Option<&str>]| v.iter().map(|x| x.map(str::to_string)).collect::<Vec<_>>();
+    assert_eq!(
+        majority(&s(&[Some("3"), None, Some("5"), Some("5")])),
+        Some("5")
+    );
+    assert_eq!(
+        majority(&s(&[Some("3"), Some("5"), Some("5"), Some("3")])),
+        Some("3")
+    );
+    assert_eq!(majority(&s(&[None, Some("7"), Some("3")])), Some("7"));
+    assert_eq!(majority(&s(&[None, None])), None);
+    assert_eq!(majority(&[]), None);
+}
+
+#[test]
+fn sampled_generation_scores_majority_and_best_of_n_per_k() {
+    let dir = crate::common::temp_dir("samples");
+    let model = crate::eval_run::tiny_model_with_tokenizer(&dir);
+    let m = load_model(model.to_str().unwrap(), DType::F32).unwrap();
+    let tok = m.tokenizer.clone().unwrap();
+    let prompts = [
+        "Question: 2+2?\nAnswer:",
+        "Question: 7*3?\nAnswer:",
+        "Q: 9-4?",
+        "12 + 30 =",
+    ];
+    let opt = HarnessOptions {
+        max_new_tokens: 48,
+        samples: 4,
+        temperature: 1.0,
+        select: Select::Majority,
+        ..HarnessOptions::default()
+    };
+    let stops = ["Question:", "Problem:", "\n\n\n", "<|im_end|>"];
+    // Each item's reference is its own first sample's answer (the harness draws sample k of
+    // item i from stream (i, k)), so maj@1 and pass@1 count exactly the items that answered.
+    let sampling = Sampling {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+    };
+    let mut answered = 0;
+    let items: Vec<GenItem> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut rng = StreamKey::new(0, i as u64, 0, Effect::Data).rng(0);
+            let out = generate(&m.decoder, &tok, p, 48, &stops, sampling, &mut rng).unwrap();
+            let a = final_answer(AnswerStyle::Number, &out);
+            answered += usize::from(a.is_some());
+            GenItem {
+                prompt: p.to_string(),
+                answer: a.unwrap_or_else(|| "none".into()),
+            }
+        })
+        .collect();
+    assert!(answered > 0, "no first sample gave a number");
+    let task = Task {
+        name: "t".into(),
+        path: dir.join("t.jsonl"),
+        data: TaskData::Generation(items, AnswerStyle::Number),
+        skipped: Default::default(),
+        shots: 0,
+    };
+    let r = evaluate(&task, &m.decoder, &tok, &opt, &mut |_| {}).unwrap();
+    let n = prompts.len() as f64;
+    assert_eq!(r["pass@1"], answered as f64 / n);
+    assert_eq!(r["maj@1"], answered as f64 / n);
+    for k in [1, 2] {
+        assert!(r[&format!("pass@{}", 2 * k)] >= r[&format!("pass@{k}")]);
+    }
+    assert!(r["pass@4"] >= r["maj@4"]);
+    assert_eq!((r["exact_match"], r["samples"]), (r["maj@4"], 4.0));
+    // Same streams, same numbers; best-of-N scores with pass@N.
+    let best = HarnessOptions {
+        select: Select::BestOfN,
+        ..opt
+    };
+    let b = evaluate(&task, &m.decoder, &tok, &best, &mut |_| {}).unwrap();
+    assert_eq!(b["exact_match"], r["pass@4"]);
+    assert_eq!(
+        b.iter()
+            .filter(|(k, _)| *k != "exact_match")
+            .collect::<Vec<_>>(),
+        r.iter()
+            .filter(|(k, _)| *k != "exact_match")
+            .collect::<Vec<_>>()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
