@@ -237,3 +237,82 @@ pub fn generate(
     }
     Ok(text)
 }
+
+/// `rngs.len()` sampled completions of one prompt decoded side by side (test-time compute):
+/// the prompt is run once and its cache repeated per row; row k draws from `rngs[k]` and ends
+/// on its own (end of sequence, a stop string, or `max_new` tokens), after which the batch
+/// shrinks to the rows still going. Same cut rules as [`generate`].
+pub fn generate_batch(
+    model: &Decoder,
+    tok: &Tokenizer,
+    prompt: &str,
+    max_new: usize,
+    stops: &[&str],
+    sampling: Sampling,
+    rngs: &mut [Rng],
+) -> Result<Vec<String>> {
+    let ids = tok
+        .encode(prompt, false)
+        .map_err(|e| Error::Value(format!("tokenizer: {e}")))?
+        .get_ids()
+        .to_vec();
+    if ids.is_empty() {
+        return Err(Error::Value("the prompt encodes to no tokens".into()));
+    }
+    let n = rngs.len();
+    let eos = &model.cfg.eos_token_ids;
+    let mut texts = vec![String::new(); n];
+    let mut new: Vec<Vec<u32>> = vec![Vec::new(); n];
+    if n == 0 || max_new == 0 {
+        return Ok(texts);
+    }
+    let mut cache = KvCache::default();
+    let x = Tensor::from_slice(&ids, (1, ids.len()), &Device::Cpu)?;
+    let h = model.forward_hidden(&x, &mut cache)?;
+    let first = model
+        .logits(&h.i((0, ids.len() - 1))?.unsqueeze(0)?)?
+        .to_dtype(DType::F32)?
+        .to_vec2::<f32>()?;
+    let mut rows: Vec<Vec<f32>> = vec![first[0].clone(); n];
+    // Rows still decoding, in the order of the cache's batch rows.
+    let mut active: Vec<usize> = (0..n).collect();
+    cache = cache.select(&vec![0u32; n])?;
+    for step in 0..max_new {
+        let mut keep = Vec::with_capacity(active.len());
+        let mut next = Vec::with_capacity(active.len());
+        for (slot, &r) in active.iter().enumerate() {
+            let logits = &rows[slot];
+            if logits.iter().any(|v| v.is_nan()) {
+                return Err(Error::Value("the model produced NaN logits".into()));
+            }
+            let t = sampling.pick(logits, &mut rngs[r]);
+            if eos.contains(&t) {
+                continue;
+            }
+            new[r].push(t);
+            texts[r] = tok
+                .decode(&new[r], true)
+                .map_err(|e| Error::Value(format!("tokenizer: {e}")))?;
+            if let Some(cut) = stops.iter().filter_map(|s| texts[r].find(s)).min() {
+                texts[r].truncate(cut);
+                continue;
+            }
+            keep.push(slot as u32);
+            next.push(t);
+        }
+        if next.is_empty() || step + 1 == max_new {
+            break;
+        }
+        if keep.len() < active.len() {
+            cache = cache.select(&keep)?;
+            active = keep.iter().map(|&s| active[s as usize]).collect();
+        }
+        let x = Tensor::from_slice(&next, (next.len(), 1), &Device::Cpu)?;
+        let h = model.forward_hidden(&x, &mut cache)?;
+        rows = model
+            .logits(&h.squeeze(1)?)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+    }
+    Ok(texts)
+}

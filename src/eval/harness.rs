@@ -3,7 +3,7 @@
 //! and `ppl` (exp of minus the mean per-item log-likelihood); generation gives `exact_match`;
 //! a text gives token perplexity `ppl` and `nll`.
 
-use super::generation::{final_answer, generate, majority, reference_answer};
+use super::generation::{final_answer, generate, generate_batch, majority, reference_answer};
 use super::loglik;
 use super::multiple_choice::{items_logliks, score, split_tokens};
 use super::perplexity::perplexity;
@@ -135,24 +135,34 @@ pub fn evaluate(
                 }
             };
             // Answers per item, in sample order; each (item, sample) has its own stream, so
-            // the samples do not depend on what ran before them.
+            // the samples do not depend on what ran before them. N samples decode as one batch.
             let mut answers: Vec<Vec<Option<String>>> = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                let mut a = Vec::with_capacity(n);
-                for k in 0..n {
-                    let mut rng = StreamKey::new(0, i as u64, k as u64, Effect::Data).rng(0);
-                    let out = generate(
+                let mut rngs: Vec<_> = (0..n)
+                    .map(|k| StreamKey::new(0, i as u64, k as u64, Effect::Data).rng(0))
+                    .collect();
+                let outs = if n == 1 {
+                    vec![generate(
                         model,
                         tok,
                         &item.prompt,
                         opt.max_new_tokens,
                         &stops,
                         sampling,
-                        &mut rng,
-                    )?;
-                    a.push(final_answer(*style, &out));
-                }
-                answers.push(a);
+                        &mut rngs[0],
+                    )?]
+                } else {
+                    generate_batch(
+                        model,
+                        tok,
+                        &item.prompt,
+                        opt.max_new_tokens,
+                        &stops,
+                        sampling,
+                        &mut rngs,
+                    )?
+                };
+                answers.push(outs.iter().map(|o| final_answer(*style, o)).collect());
                 progress(1);
             }
             let refs: Vec<String> = items

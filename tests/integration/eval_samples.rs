@@ -1,7 +1,9 @@
 //! Test-time compute: N sampled completions per problem, majority vote and best-of-N, with the
 //! accuracy at every k <= N from the same samples.
 
-use afm::eval::generation::{final_answer, generate, majority, AnswerStyle, GenItem};
+use afm::eval::generation::{
+    final_answer, generate, generate_batch, majority, AnswerStyle, GenItem,
+};
 use afm::eval::harness::{evaluate, HarnessOptions, Select};
 use afm::eval::tasks::{Task, TaskData};
 use afm::executor::load::load_model;
@@ -45,8 +47,9 @@ fn sampled_generation_scores_majority_and_best_of_n_per_k() {
         ..HarnessOptions::default()
     };
     let stops = ["Question:", "Problem:", "\n\n\n", "<|im_end|>"];
-    // Each item's reference is its own first sample's answer (the harness draws sample k of
-    // item i from stream (i, k)), so maj@1 and pass@1 count exactly the items that answered.
+    // Each item's reference is its own first sample's answer (the harness decodes sample k of
+    // item i from stream (i, k), the N samples as one batch), so maj@1 and pass@1 count
+    // exactly the items that answered.
     let sampling = Sampling {
         temperature: 1.0,
         top_k: 0,
@@ -57,9 +60,12 @@ fn sampled_generation_scores_majority_and_best_of_n_per_k() {
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let mut rng = StreamKey::new(0, i as u64, 0, Effect::Data).rng(0);
-            let out = generate(&m.decoder, &tok, p, 48, &stops, sampling, &mut rng).unwrap();
-            let a = final_answer(AnswerStyle::Number, &out);
+            let mut rngs: Vec<_> = (0..4)
+                .map(|k| StreamKey::new(0, i as u64, k, Effect::Data).rng(0))
+                .collect();
+            let outs =
+                generate_batch(&m.decoder, &tok, p, 48, &stops, sampling, &mut rngs).unwrap();
+            let a = final_answer(AnswerStyle::Number, &outs[0]);
             answered += usize::from(a.is_some());
             GenItem {
                 prompt: p.to_string(),
@@ -99,5 +105,37 @@ fn sampled_generation_scores_majority_and_best_of_n_per_k() {
             .filter(|(k, _)| *k != "exact_match")
             .collect::<Vec<_>>()
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn batched_generation_matches_one_at_a_time() {
+    let dir = crate::common::temp_dir("gen-batch");
+    let model = crate::eval_run::tiny_model_with_tokenizer(&dir);
+    let m = load_model(model.to_str().unwrap(), DType::F32).unwrap();
+    let tok = m.tokenizer.clone().unwrap();
+    let rng = |k: u64| StreamKey::new(3, 0, k, Effect::Data).rng(0);
+    // Greedy: every row is the single greedy completion, whatever the batch.
+    let one = generate(&m.decoder, &tok, "abc", 20, &[], Sampling::GREEDY, &mut rng(0)).unwrap();
+    let mut rngs: Vec<_> = (0..3).map(rng).collect();
+    let three =
+        generate_batch(&m.decoder, &tok, "abc", 20, &[], Sampling::GREEDY, &mut rngs).unwrap();
+    assert_eq!(three, vec![one.clone(); 3]);
+    // Sampled: rows differ, and a stop string ends its own row only (cut before it).
+    let s = Sampling {
+        temperature: 1.5,
+        top_k: 0,
+        top_p: 1.0,
+    };
+    let mut rngs: Vec<_> = (0..6).map(rng).collect();
+    let outs = generate_batch(&m.decoder, &tok, "abc", 30, &[], s, &mut rngs).unwrap();
+    assert!(outs.iter().any(|o| o != &outs[0]), "{outs:?}");
+    let stop = outs[0].chars().nth(3).unwrap().to_string();
+    let mut rngs: Vec<_> = (0..6).map(rng).collect();
+    let cut = generate_batch(&m.decoder, &tok, "abc", 30, &[&stop], s, &mut rngs).unwrap();
+    assert_eq!(cut[0], outs[0][..outs[0].find(&stop).unwrap()]);
+    for (c, o) in cut.iter().zip(&outs) {
+        assert!(o.starts_with(c.as_str()) && !c.contains(&stop), "{c:?} vs {o:?}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
