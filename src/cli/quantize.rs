@@ -66,7 +66,9 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     if a.block_rows == 0 {
         bail!("--block-rows must be at least 1");
     }
-    let (m, tok) = super::model_args::open_digital(&a.model, candle_core::DType::F32)?;
+    // The tokenizer is needed only to read a calibration text; it is saved when present.
+    let m = afm::executor::load::load_model(&a.model, candle_core::DType::F32)?;
+    let tok = m.tokenizer.as_ref();
     let meta = if m.path.is_dir() {
         afm::train::student::load_meta(&m.path)?
     } else {
@@ -78,7 +80,10 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
             bits,
             RangeSource::Calibrate {
                 block_rows: a.block_rows,
-                ids: super::model_args::calibration_ids(&tok, text, a.calib_tokens)?,
+                ids: match tok {
+                    Some(t) => super::model_args::calibration_ids(t, text, a.calib_tokens)?,
+                    None => bail!("--calib-text: {} has no tokenizer", m.path.display()),
+                },
                 label: text.display().to_string(),
             },
         )),
@@ -95,7 +100,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         ),
     };
     let q = quantize_model(&m.decoder, &a.model, a.weights, grouping, inputs)?;
-    q.save(&a.out, Some(&tok))
+    q.save(&a.out, tok)
         .with_context(|| format!("writing {}", a.out.display()))?;
     let ranges = q.config.inputs.as_ref().map_or_else(
         || "inputs in floating point".to_string(),

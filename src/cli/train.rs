@@ -31,6 +31,12 @@ pub struct TrainArgs {
     /// Override [run] steps.
     #[arg(long)]
     steps: Option<usize>,
+    /// What the student trains for: `analog` (the AFM recipe of [analog]) or `qat-w4a8`
+    /// (LLM-QAT-style baseline for a digital W4A8 chip: int4 fake-quantized weights per channel
+    /// and 8-bit static inputs with the learned ranges; no ADC, noise or clipping). Quantize
+    /// the result with `afm quantize --inputs static8`.
+    #[arg(long, default_value = "analog", value_parser = ["analog", "qat-w4a8"])]
+    mode: String,
     /// Where to run: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -54,6 +60,19 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         cfg.analog.dac_bits = p.dac.bits as u32;
         cfg.analog.adc_bits = p.adc.bits as u32;
         cfg.analog.out_bound = if p.adc.bits > 0 { p.adc.lambda } else { 0.0 };
+    }
+    if a.mode == "qat-w4a8" {
+        if a.tiles.is_some() {
+            bail!("--tiles sets analog hardware; --mode qat-w4a8 trains for a digital W4A8 chip");
+        }
+        let g = &mut cfg.analog;
+        (g.dac_bits, g.weight_bits, g.adc_bits, g.out_bound) = (8, 4, 0, 0.0);
+        (
+            g.weight_noise,
+            g.out_noise,
+            g.clip_alpha,
+            g.clip_alpha_start,
+        ) = (0.0, 0.0, 0.0, 0.0);
     }
     let m = afm::executor::load::load_model_on(
         &a.teacher,

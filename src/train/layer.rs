@@ -47,6 +47,10 @@ pub struct AnalogTrainConfig {
     pub range_decay: f64,
     /// Share of inputs inside the range above which the decay acts [0.95].
     pub range_min_inside: f64,
+    /// Fake-quantized weights for quantization-aware training (0: off) [0]: symmetric
+    /// round-to-nearest per output channel as `afm quantize --per-channel` does it, with a
+    /// straight-through gradient (LLM-QAT style); `afm train --mode qat-w4a8` sets 4.
+    pub weight_bits: u32,
 }
 
 impl Default for AnalogTrainConfig {
@@ -65,6 +69,7 @@ impl Default for AnalogTrainConfig {
             range_init_kappa: 18.0,
             range_decay: 0.01,
             range_min_inside: 0.95,
+            weight_bits: 0,
         }
     }
 }
@@ -80,6 +85,12 @@ impl AnalogTrainConfig {
             if !(b == 0 || (2..=16).contains(&b)) {
                 return bad(f, format!("must be 0 (off) or 2..=16, got {b}"));
             }
+        }
+        if !(self.weight_bits == 0 || (2..=8).contains(&self.weight_bits)) {
+            return bad(
+                "weight_bits",
+                format!("must be 0 (off) or 2..=8, got {}", self.weight_bits),
+            );
         }
         for (f, v) in [
             ("out_bound", self.out_bound),
@@ -289,7 +300,13 @@ impl AnalogTrainLinear {
         let mut state = self.state()?;
         let (training, call) = (state.training, state.calls);
         state.calls += 1;
-        let w = self.weight.as_tensor();
+        let wq;
+        let w = if self.cfg.weight_bits > 0 {
+            wq = fake_quant_weight(self.weight.as_tensor(), self.cfg.weight_bits)?;
+            &wq
+        } else {
+            self.weight.as_tensor()
+        };
         let out_f = w.dims()[0];
         let nb = self.blocks.len();
         let mut y: Option<Tensor> = None;
@@ -399,4 +416,19 @@ impl ScalarLike for Tensor {
     fn to_scalar_like(&self) -> Result<f32> {
         Ok(self.flatten_all()?.to_vec1::<f32>()?[0])
     }
+}
+
+/// W rounded to `bits`-bit symmetric levels per output channel (scale max|w| / (2^(b-1) - 1),
+/// as [`crate::quant::rtn::quantize`]) in the forward pass, W itself in the backward pass
+/// (straight-through estimator: w + (q - w) with the difference detached).
+pub fn fake_quant_weight(w: &Tensor, bits: u32) -> Result<Tensor> {
+    let qmax = crate::quant::rtn::max_level(bits) as f64;
+    let wd = w.detach();
+    let scale = (wd.abs()?.max_keepdim(1)? / qmax)?.maximum(1e-30)?;
+    let q = wd
+        .broadcast_div(&scale)?
+        .round()?
+        .clamp(-qmax, qmax)?
+        .broadcast_mul(&scale)?;
+    Ok((w + (q - &wd)?.detach())?)
 }

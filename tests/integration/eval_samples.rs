@@ -116,10 +116,27 @@ fn batched_generation_matches_one_at_a_time() {
     let tok = m.tokenizer.clone().unwrap();
     let rng = |k: u64| StreamKey::new(3, 0, k, Effect::Data).rng(0);
     // Greedy: every row is the single greedy completion, whatever the batch.
-    let one = generate(&m.decoder, &tok, "abc", 20, &[], Sampling::GREEDY, &mut rng(0)).unwrap();
+    let one = generate(
+        &m.decoder,
+        &tok,
+        "abc",
+        20,
+        &[],
+        Sampling::GREEDY,
+        &mut rng(0),
+    )
+    .unwrap();
     let mut rngs: Vec<_> = (0..3).map(rng).collect();
-    let three =
-        generate_batch(&m.decoder, &tok, "abc", 20, &[], Sampling::GREEDY, &mut rngs).unwrap();
+    let three = generate_batch(
+        &m.decoder,
+        &tok,
+        "abc",
+        20,
+        &[],
+        Sampling::GREEDY,
+        &mut rngs,
+    )
+    .unwrap();
     assert_eq!(three, vec![one.clone(); 3]);
     // Sampled: rows differ, and a stop string ends its own row only (cut before it).
     let s = Sampling {
@@ -135,7 +152,10 @@ fn batched_generation_matches_one_at_a_time() {
     let cut = generate_batch(&m.decoder, &tok, "abc", 30, &[&stop], s, &mut rngs).unwrap();
     assert_eq!(cut[0], outs[0][..outs[0].find(&stop).unwrap()]);
     for (c, o) in cut.iter().zip(&outs) {
-        assert!(o.starts_with(c.as_str()) && !c.contains(&stop), "{c:?} vs {o:?}");
+        assert!(
+            o.starts_with(c.as_str()) && !c.contains(&stop),
+            "{c:?} vs {o:?}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

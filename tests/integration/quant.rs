@@ -296,3 +296,53 @@ fn refusals(dir: &Path, model: &Path, good: &Path) {
     let e = load_err(&bad);
     assert!(e.contains("lm_head_x.qweight"), "{e}");
 }
+
+#[test]
+fn qat_weights_round_like_the_export_and_pass_gradients_straight() {
+    use afm::train::layer::{fake_quant_weight, AnalogTrainConfig, AnalogTrainLinear};
+    let (out, inp) = (12, 40);
+    let w = normals(7, out * inp, 0.1);
+    let var = candle_core::Var::from_vec(w.clone(), (out, inp), &Device::Cpu).unwrap();
+    let fq = fake_quant_weight(var.as_tensor(), 4).unwrap();
+    let want = quantize(&w, out, inp, 4, Grouping::PerChannel)
+        .unwrap()
+        .dequantize();
+    let got = fq.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    crate::common::assert_close("fake-quantized W", &got, &want, 1e-6, 1e-5);
+    // Straight through: d(sum(c * q(W)))/dW = c.
+    let c = Tensor::from_vec(normals(8, out * inp, 1.0), (out, inp), &Device::Cpu).unwrap();
+    let grads = (fq * &c).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = grads.get(var.as_tensor()).unwrap();
+    assert_eq!(
+        g.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        c.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+    // The training layer with weight_bits = 4 and converters off computes x q(W)^T.
+    let cfg = AnalogTrainConfig {
+        dac_bits: 0,
+        adc_bits: 0,
+        out_bound: 0.0,
+        weight_noise: 0.0,
+        clip_alpha: 0.0,
+        weight_bits: 4,
+        ..Default::default()
+    };
+    let layer = AnalogTrainLinear::new(var.as_tensor(), None, &cfg, 0, "qat").unwrap();
+    let x = Tensor::from_vec(normals(9, 5 * inp, 1.0), (5, inp), &Device::Cpu).unwrap();
+    let y = layer.forward(&x).unwrap().flatten_all().unwrap();
+    let wq = Tensor::from_vec(want, (out, inp), &Device::Cpu).unwrap();
+    let y0 = x.matmul(&wq.t().unwrap()).unwrap().flatten_all().unwrap();
+    crate::common::assert_close(
+        "QAT layer output",
+        &y.to_vec1::<f32>().unwrap(),
+        &y0.to_vec1::<f32>().unwrap(),
+        1e-5,
+        1e-5,
+    );
+    assert!(AnalogTrainConfig {
+        weight_bits: 9,
+        ..Default::default()
+    }
+    .check()
+    .is_err());
+}

@@ -320,6 +320,68 @@ mod hwa {
     }
 
     #[test]
+    fn qat_mode_trains_for_w4a8_and_exports_with_its_ranges() {
+        let dir = temp_dir("train-qat");
+        let data = dir.join("data");
+        shakespeare_data(&data, 32);
+        let cfg = dir.join("train.toml");
+        std::fs::write(
+            &cfg,
+            "[run]\nsteps = 6\nbatch_size = 4\ncheckpoint_every = 0\n[optim]\nlr = 1e-3\n\
+             warmup_steps = 1\n[analog]\ntile_rows = 32\nrange_init_batches = 2\n",
+        )
+        .unwrap();
+        let teacher = repo("tests/golden/executor/tiny-llama");
+        let afm = |args: &[&str]| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_afm"))
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let out = dir.join("qat");
+        let (t, d, o, c) = (
+            teacher.to_str().unwrap(),
+            data.to_str().unwrap(),
+            out.to_str().unwrap(),
+            cfg.to_str().unwrap(),
+        );
+        let base = [
+            "train",
+            "--teacher",
+            t,
+            "--data",
+            d,
+            "--out",
+            o,
+            "--config",
+            c,
+        ];
+        let r = afm(&[&base[..], &["--mode", "qat-w4a8"]].concat());
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let meta = load_meta(&out.join("final")).unwrap().unwrap();
+        let a = &meta.analog;
+        assert_eq!((a.weight_bits, a.dac_bits, a.adc_bits), (4, 8, 0));
+        assert_eq!((a.weight_noise, a.clip_alpha, a.out_bound), (0.0, 0.0, 0.0));
+        assert!(meta.input_ranges.values().flatten().all(|r| *r > 0.0));
+        let q = dir.join("w4a8");
+        let r = afm(&[
+            "quantize",
+            "--model",
+            out.join("final").to_str().unwrap(),
+            "--inputs",
+            "static8",
+            "--out",
+            q.to_str().unwrap(),
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let qc = afm::quant::export::load_config(&q).unwrap().unwrap();
+        assert_eq!(qc.inputs.unwrap().ranges, meta.input_ranges);
+        let r = afm(&[&base[..], &["--mode", "qat-w4a8", "--tiles", "afm-paper"]].concat());
+        assert!(String::from_utf8_lossy(&r.stderr).contains("--mode qat-w4a8"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn train_killed_and_resumed_is_bit_identical() {
         let dir = temp_dir("train-kill");
         let data = dir.join("data");
