@@ -85,6 +85,7 @@ fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
 impl GgufModel {
     /// Reads a GGUF file; only the Llama architecture is supported so far.
     pub fn load(path: &Path, dtype: DType) -> Result<Self> {
+        super::gguf_check::check_gguf(path)?;
         let mut file = std::fs::File::open(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod decoder;
 pub mod fetch;
 pub mod gguf;
+pub mod gguf_check;
 pub mod linear;
 pub mod llama;
 pub mod load;

@@ -234,5 +234,69 @@ fn every_tensor_type_loads_with_hf_names() {
         e.contains("gptj.gguf") && e.contains("unsupported GGUF architecture"),
         "{e}"
     );
+    hostile_headers(&dir, &bytes);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// GGUF headers whose counts or lengths the file cannot hold are refused before anything is
+/// allocated from them; damaged copies of a valid file give an error, never a panic.
+fn hostile_headers(dir: &Path, valid: &[u8]) {
+    let load = |name: &str, bytes: &[u8]| -> Option<String> {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let r = std::panic::catch_unwind(|| GgufModel::load(&p, DType::F32).err());
+        r.unwrap_or_else(|_| panic!("{name}: loading panicked"))
+            .map(|e| e.to_string())
+    };
+    let head = |tensors: u64, kvs: u64| {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(tensors.to_le_bytes());
+        b.extend(kvs.to_le_bytes());
+        b
+    };
+    let e = load("many.gguf", &head(1_000_000_000_000, 0)).unwrap();
+    assert!(
+        e.contains("many.gguf") && e.contains("1000000000000 tensors"),
+        "{e}"
+    );
+    let mut b = head(0, 1);
+    b.extend((1u64 << 60).to_le_bytes());
+    b.extend([0u8; 16]);
+    let e = load("string.gguf", &b).unwrap();
+    assert!(e.contains("a string of 1152921504606846976 bytes"), "{e}");
+    let mut b = head(1, 0);
+    b.extend(1u64.to_le_bytes());
+    b.push(b'w');
+    b.extend(1u32.to_le_bytes());
+    b.extend((1u64 << 40).to_le_bytes());
+    b.extend(0u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    let e = load("huge-tensor.gguf", &b).unwrap();
+    assert!(
+        e.contains("tensor `w`") && e.contains("run past the end"),
+        "{e}"
+    );
+    let mut b = valid[..valid.len() / 2].to_vec();
+    let e = load("half.gguf", &b).unwrap();
+    assert!(e.contains("run past the end"), "{e}");
+    b = b"GGUF".to_vec();
+    b.extend(7u32.to_le_bytes());
+    assert!(load("v7.gguf", &b).unwrap().contains("version 7"));
+    // Every cut of the first 600 bytes, and seeded byte flips in the header.
+    for cut in 0..600.min(valid.len()) {
+        assert!(
+            load("cut.gguf", &valid[..cut]).is_some(),
+            "cut at {cut} loaded"
+        );
+    }
+    let mut rng = afm::rng::StreamKey::new(1, 2, 3, afm::rng::Effect::Data).rng(0);
+    for _ in 0..200 {
+        let mut b = valid.to_vec();
+        for _ in 0..4 {
+            let i = (rng.next_u64() % 2048) as usize;
+            b[i] ^= 1 << (rng.next_u64() % 8);
+        }
+        load("flipped.gguf", &b);
+    }
 }
