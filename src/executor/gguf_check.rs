@@ -165,7 +165,7 @@ pub fn check_gguf(path: &Path) -> Result<()> {
     };
     check(&mut c).map_err(|msg| Error::Parse {
         file: path.to_path_buf(),
-        msg: format!("not a readable GGUF: {msg}"),
+        msg: format!("not a valid GGUF file: {msg}"),
     })
 }
 

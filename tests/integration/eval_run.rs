@@ -56,7 +56,7 @@ pub fn tiny_model_with_tokenizer(dir: &Path) -> PathBuf {
     m
 }
 
-fn write_tasks(dir: &Path) -> Vec<PathBuf> {
+pub fn write_tasks(dir: &Path) -> Vec<PathBuf> {
     let mc = dir.join("qa.jsonl");
     std::fs::write(
         &mc,

@@ -8,6 +8,7 @@ mod chip;
 mod common;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod determinism;
 mod device;
 mod eval;
 mod eval_run;
