@@ -114,8 +114,7 @@ pub fn quantize_model(
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let q = quantize(&w, out, inp, bits, grouping)
-            .map_err(|e| Error::Value(format!("`{name}`: {e}")))?;
+        let q = quantize(&w, out, inp, bits, grouping).map_err(|e| named(name, e))?;
         let cpu = Device::Cpu;
         packed.insert(
             format!("{name}.qweight"),
@@ -199,8 +198,15 @@ fn input_for(name: &str, inp: usize, bits: u32, src: &RangeSource) -> Result<Sta
         }
         RangeSource::Calibrate { block_rows, .. } => (*block_rows, Vec::new()),
     };
-    StaticInput::new(bits, split_sizes(inp, rows), ranges)
-        .map_err(|e| Error::Value(format!("`{name}`: {e}")))
+    StaticInput::new(bits, split_sizes(inp, rows), ranges).map_err(|e| named(name, e))
+}
+
+/// `e` with the projection (or file) it concerns in front, without repeating the error kind.
+fn named(what: &str, e: Error) -> Error {
+    match e {
+        Error::Value(m) => Error::Value(format!("`{what}`: {m}")),
+        other => Error::Value(format!("`{what}`: {other}")),
+    }
 }
 
 fn dequantized(q: &QuantizedWeight, like: &Tensor) -> Result<Tensor> {
@@ -300,7 +306,7 @@ impl QuantConfig {
                     let inp = weight.dims2()?.1;
                     Some(
                         StaticInput::new(i.bits, split_sizes(inp, i.block_rows), r)
-                            .map_err(|e| Error::Value(format!("{CONFIG_FILE}: `{name}`: {e}")))?,
+                            .map_err(|e| named(&format!("{CONFIG_FILE}: {name}"), e))?,
                     )
                 }
             };

@@ -20,6 +20,7 @@ mod golden_executor;
 mod models;
 mod presets;
 mod quant;
+mod reliability;
 mod sweep;
 mod tile;
 mod train;

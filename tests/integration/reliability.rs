@@ -1,0 +1,83 @@
+//! Bad model files and output paths through the binary: one clear error each, never a panic
+//! (rows of docs/RELIABILITY.md).
+
+use crate::common::{repo, temp_dir};
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+
+fn afm(args: &[&str]) -> (bool, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_afm"))
+        .args(args)
+        .current_dir(repo("."))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!err.contains("panicked"), "afm {args:?} panicked: {err}");
+    (o.status.success(), err)
+}
+
+#[test]
+fn nan_weights_missing_tokenizer_and_unwritable_output_are_named() {
+    let dir = temp_dir("reliability");
+    let model = crate::eval_run::tiny_model_with_tokenizer(&dir);
+    let text = dir.join("t.txt");
+    std::fs::write(&text, "plain words for a perplexity. ".repeat(10)).unwrap();
+    let (m, t) = (model.to_str().unwrap(), text.to_str().unwrap());
+
+    // One NaN weight: the digital model reports NaN logits, the chip refuses to program it.
+    let st = model.join("model.safetensors");
+    let mut w: HashMap<String, Tensor> = candle_core::safetensors::load(&st, &Device::Cpu).unwrap();
+    let name = "model.layers.1.mlp.down_proj.weight";
+    let mut v = w[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v[70] = f32::NAN;
+    let shape = w[name].dims().to_vec();
+    w.insert(
+        name.into(),
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&w, &st).unwrap();
+    let (ok, e) = afm(&["eval", "--model", m, "--tasks", t, "--text-tokens", "32"]);
+    assert!(!ok && e.contains("NaN"), "{e}");
+    let (ok, e) = afm(&[
+        "eval",
+        "--model",
+        m,
+        "--tasks",
+        t,
+        "--text-tokens",
+        "32",
+        "--tiles",
+        "afm-paper",
+        "--no-baseline",
+    ]);
+    assert!(
+        !ok && e.contains("mlp.down_proj") && e.contains("non-finite value at [0, 70]"),
+        "{e}"
+    );
+
+    let (ok, e) = afm(&["quantize", "--model", m, "--out", "unused"]);
+    assert!(
+        !ok && e.contains("`model.layers.1.mlp.down_proj`: weight value NaN cannot be quantized"),
+        "{e}"
+    );
+
+    // No tokenizer.json: named, before any work.
+    std::fs::remove_file(model.join("tokenizer.json")).unwrap();
+    let (ok, e) = afm(&["eval", "--model", m, "--tasks", t]);
+    assert!(!ok && e.contains("has no tokenizer"), "{e}");
+
+    // An output folder that cannot be made (a file is in its way): the path is named.
+    let blocker = dir.join("file");
+    std::fs::write(&blocker, "x").unwrap();
+    let out = blocker.join("out");
+    let clean = crate::eval_run::tiny_model_with_tokenizer(&dir.join("clean"));
+    let (ok, e) = afm(&[
+        "quantize",
+        "--model",
+        clean.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && e.contains(out.to_str().unwrap()), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
