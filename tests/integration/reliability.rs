@@ -81,3 +81,35 @@ fn nan_weights_missing_tokenizer_and_unwritable_output_are_named() {
     assert!(!ok && e.contains(out.to_str().unwrap()), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_nan_input_shows_in_the_output_of_every_projection_kind() {
+    use afm::executor::linear::Projection;
+    use afm::tile::TilePreset;
+    let (out, inp) = (6, 40);
+    let w = crate::common::normals(11, out * inp, 0.2);
+    let digital = Projection::digital(Tensor::from_vec(w, (out, inp), &Device::Cpu).unwrap(), None);
+    let mut x = crate::common::normals(12, 3 * inp, 1.0);
+    x[inp + 5] = f32::NAN; // row 1
+    let x = Tensor::from_vec(x, (3, inp), &Device::Cpu).unwrap();
+    let calib = Tensor::ones((1, inp), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let mut kinds = vec![("digital", digital.clone_digital("p").unwrap())];
+    for preset in ["ideal", "afm-paper", "pcm-aihwkit"] {
+        let p = TilePreset::load(&repo(&format!("tiles/{preset}.toml"))).unwrap();
+        let a = digital.to_analog(&p, 0, "p").unwrap();
+        a.forward(&calib).unwrap(); // static ranges from a finite batch
+        kinds.push((preset, a));
+    }
+    for (name, p) in kinds {
+        let y = p.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+        assert!(
+            y[0].iter().chain(&y[2]).all(|v| v.is_finite()),
+            "{name}: {y:?}"
+        );
+        assert!(
+            y[1].iter().any(|v| v.is_nan()),
+            "{name} hid the NaN input: {:?}",
+            y[1]
+        );
+    }
+}
