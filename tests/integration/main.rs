@@ -17,6 +17,7 @@ mod executor;
 mod gguf;
 mod golden;
 mod golden_executor;
+mod kills;
 mod models;
 mod presets;
 mod quant;
