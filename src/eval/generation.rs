@@ -197,45 +197,9 @@ pub fn generate(
     sampling: Sampling,
     rng: &mut Rng,
 ) -> Result<String> {
-    let ids = tok
-        .encode(prompt, false)
-        .map_err(|e| Error::Value(format!("tokenizer: {e}")))?
-        .get_ids()
-        .to_vec();
-    if ids.is_empty() {
-        return Err(Error::Value("the prompt encodes to no tokens".into()));
-    }
-    let eos = &model.cfg.eos_token_ids;
-    let mut cache = KvCache::default();
-    let (mut input, mut new) = (ids, Vec::<u32>::new());
-    let mut text = String::new();
-    for _ in 0..max_new {
-        let x = Tensor::from_slice(&input, (1, input.len()), &Device::Cpu)?;
-        let h = model.forward_hidden(&x, &mut cache)?;
-        let last = h.i((0, input.len() - 1))?.unsqueeze(0)?;
-        let logits = model
-            .logits(&last)?
-            .squeeze(0)?
-            .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?;
-        if logits.iter().any(|v| v.is_nan()) {
-            return Err(Error::Value("the model produced NaN logits".into()));
-        }
-        let next = sampling.pick(&logits, rng);
-        if eos.contains(&next) {
-            break;
-        }
-        new.push(next);
-        input = vec![next];
-        text = tok
-            .decode(&new, true)
-            .map_err(|e| Error::Value(format!("tokenizer: {e}")))?;
-        if let Some(cut) = stops.iter().filter_map(|s| text.find(s)).min() {
-            text.truncate(cut);
-            break;
-        }
-    }
-    Ok(text)
+    let rngs = std::slice::from_mut(rng);
+    let mut out = generate_batch(model, tok, prompt, max_new, stops, sampling, rngs)?;
+    Ok(out.pop().unwrap_or_default())
 }
 
 /// `rngs.len()` sampled completions of one prompt decoded side by side (test-time compute):
@@ -276,7 +240,9 @@ pub fn generate_batch(
     let mut rows: Vec<Vec<f32>> = vec![first[0].clone(); n];
     // Rows still decoding, in the order of the cache's batch rows.
     let mut active: Vec<usize> = (0..n).collect();
-    cache = cache.select(&vec![0u32; n])?;
+    if n > 1 {
+        cache = cache.select(&vec![0u32; n])?;
+    }
     for step in 0..max_new {
         let mut keep = Vec::with_capacity(active.len());
         let mut next = Vec::with_capacity(active.len());

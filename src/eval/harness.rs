@@ -3,7 +3,7 @@
 //! and `ppl` (exp of minus the mean per-item log-likelihood); generation gives `exact_match`;
 //! a text gives token perplexity `ppl` and `nll`.
 
-use super::generation::{final_answer, generate, generate_batch, majority, reference_answer};
+use super::generation::{final_answer, generate_batch, majority, reference_answer};
 use super::loglik;
 use super::multiple_choice::{items_logliks, score, split_tokens};
 use super::perplexity::perplexity;
@@ -141,27 +141,15 @@ pub fn evaluate(
                 let mut rngs: Vec<_> = (0..n)
                     .map(|k| StreamKey::new(0, i as u64, k as u64, Effect::Data).rng(0))
                     .collect();
-                let outs = if n == 1 {
-                    vec![generate(
-                        model,
-                        tok,
-                        &item.prompt,
-                        opt.max_new_tokens,
-                        &stops,
-                        sampling,
-                        &mut rngs[0],
-                    )?]
-                } else {
-                    generate_batch(
-                        model,
-                        tok,
-                        &item.prompt,
-                        opt.max_new_tokens,
-                        &stops,
-                        sampling,
-                        &mut rngs,
-                    )?
-                };
+                let outs = generate_batch(
+                    model,
+                    tok,
+                    &item.prompt,
+                    opt.max_new_tokens,
+                    &stops,
+                    sampling,
+                    &mut rngs,
+                )?;
                 answers.push(outs.iter().map(|o| final_answer(*style, o)).collect());
                 progress(1);
             }
@@ -170,34 +158,26 @@ pub fn evaluate(
                 .map(|it| reference_answer(*style, &it.answer))
                 .collect();
             let count = items.len().max(1) as f64;
-            let maj = |k: usize| {
-                answers
-                    .iter()
-                    .zip(&refs)
-                    .filter(|(a, r)| majority(&a[..k]) == Some(r.as_str()))
-                    .count() as f64
-                    / count
+            // Share of items that the first k samples get right under `select`.
+            let score = |k: usize, select: Select| {
+                let right = |(a, r): &(&Vec<Option<String>>, &String)| {
+                    let a = &a[..k];
+                    match select {
+                        Select::Majority => majority(a) == Some(r.as_str()),
+                        Select::BestOfN => a.iter().any(|x| x.as_deref() == Some(r.as_str())),
+                    }
+                };
+                answers.iter().zip(&refs).filter(right).count() as f64 / count
             };
-            let any = |k: usize| {
-                answers
-                    .iter()
-                    .zip(&refs)
-                    .filter(|(a, r)| a[..k].iter().any(|x| x.as_deref() == Some(r.as_str())))
-                    .count() as f64
-                    / count
-            };
-            let m_n = match opt.select {
-                Select::Majority => maj(n),
-                Select::BestOfN => any(n),
-            };
+            let m_n = score(n, opt.select);
             m.insert("exact_match".into(), m_n);
             if n > 1 {
                 // Accuracy against the number of samples: the first k samples of each item.
                 let mut ks: Vec<usize> = (0..).map(|e| 1 << e).take_while(|&k| k < n).collect();
                 ks.push(n);
                 for k in ks {
-                    m.insert(format!("maj@{k}"), maj(k));
-                    m.insert(format!("pass@{k}"), any(k));
+                    m.insert(format!("maj@{k}"), score(k, Select::Majority));
+                    m.insert(format!("pass@{k}"), score(k, Select::BestOfN));
                 }
                 m.insert("samples".into(), n as f64);
             }

@@ -137,19 +137,8 @@ impl Projection {
                 let dtype = x.dtype();
                 let x32 = x.to_dtype(DType::F32)?;
                 if a.ranges.read().map(|r| r.is_empty()).unwrap_or(true) {
-                    let flat = x32.flatten_all()?.to_vec1::<f32>()?;
-                    let n_in = a.layer.in_features();
-                    let ranges: Vec<f32> = a
-                        .layer
-                        .blocks
-                        .iter()
-                        .map(|b| {
-                            flat.chunks(n_in)
-                                .flat_map(|r| &r[b.start..b.start + b.len])
-                                .fold(0f32, |m, v| m.max(v.abs()))
-                                .max(1e-6)
-                        })
-                        .collect();
+                    let blocks = a.layer.blocks.iter().map(|b| (b.start, b.len));
+                    let ranges = block_abs_max(&x32, blocks)?;
                     if let Ok(mut w) = a.ranges.write() {
                         if w.is_empty() {
                             *w = ranges;
@@ -183,4 +172,19 @@ fn matmul(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> 
         Some(b) => y.broadcast_add(b)?,
         None => y,
     })
+}
+
+/// The abs-max of x (..., in) over each block (start, len) of its inputs, at least 1e-6: the
+/// static input ranges that a calibration batch sets.
+pub fn block_abs_max(x: &Tensor, blocks: impl Iterator<Item = (usize, usize)>) -> Result<Vec<f32>> {
+    let n_in = *x.dims().last().unwrap_or(&0);
+    let flat = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(blocks
+        .map(|(start, len)| {
+            flat.chunks(n_in.max(1))
+                .flat_map(|r| &r[start..start + len])
+                .fold(0f32, |m, v| m.max(v.abs()))
+                .max(1e-6)
+        })
+        .collect())
 }

@@ -59,17 +59,7 @@ impl StaticInput {
         }
         let x32 = x.to_dtype(DType::F32)?;
         if self.ranges().is_empty() {
-            let flat = x32.flatten_all()?.to_vec1::<f32>()?;
-            let r: Vec<f32> = self
-                .blocks
-                .iter()
-                .map(|&(s, l)| {
-                    flat.chunks(n_in.max(1))
-                        .flat_map(|row| &row[s..s + l])
-                        .fold(0f32, |m, v| m.max(v.abs()))
-                        .max(1e-6)
-                })
-                .collect();
+            let r = crate::executor::linear::block_abs_max(&x32, self.blocks.iter().copied())?;
             if let Ok(mut w) = self.ranges.write() {
                 if w.is_empty() {
                     *w = r;

@@ -42,3 +42,35 @@ pub fn temp_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// The `afm` binary with `args`, run in the repository (where `tiles/` and `models/` are).
+pub fn afm_cmd<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_afm"));
+    c.args(args).current_dir(repo("."));
+    c
+}
+
+/// Runs the `afm` binary with `args` in the repository to its end.
+pub fn afm(args: &[&str]) -> std::process::Output {
+    afm_cmd(args).output().unwrap()
+}
+
+/// A results.json without its wall times (`seconds`, `seconds_this_run`): the only fields
+/// allowed to differ between runs of the same command.
+pub fn json_without_times(path: &std::path::Path) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("seconds");
+                m.remove("seconds_this_run");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    strip(&mut v);
+    v
+}

@@ -1,35 +1,13 @@
 //! Same command, same seed, same bytes: `afm eval` (analog chips, every task kind) and
 //! `afm sweep` give identical JSON results on 1, 2 and 4 threads.
 
-use crate::common::{repo, temp_dir};
-use std::path::Path;
+use crate::common::{afm_cmd, json_without_times, temp_dir};
 
 fn afm(args: &[&str], threads: usize) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_afm"))
-        .args(args)
-        .current_dir(repo("."))
+    afm_cmd(args)
         .env("RAYON_NUM_THREADS", threads.to_string())
         .output()
         .unwrap()
-}
-
-/// A results.json without its wall times (the only fields allowed to differ).
-fn without_times(path: &Path) -> serde_json::Value {
-    fn strip(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(m) => {
-                m.remove("seconds");
-                m.remove("seconds_this_run");
-                m.values_mut().for_each(strip);
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    strip(&mut v);
-    v
 }
 
 #[test]
@@ -65,7 +43,7 @@ fn eval_and_sweep_results_do_not_depend_on_the_thread_count() {
             threads,
         );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        evals.push(without_times(&out.join("results.json")));
+        evals.push(json_without_times(&out.join("results.json")));
     }
     assert!(evals[0]["cells"].as_array().unwrap().len() >= 12);
     assert_eq!(evals[0], evals[1], "eval: 1 vs 2 threads");

@@ -1,7 +1,7 @@
 //! The evaluation pipeline end to end on tiny-llama (with a byte-level tokenizer written here),
 //! the batched log-likelihood paths against plain forwards, and the task formats.
 
-use crate::common::{repo, temp_dir};
+use crate::common::{afm, repo, temp_dir};
 use afm::eval::generation::{extract_number, gsm8k_cot, is_correct, normalize_math, AnswerStyle};
 use afm::eval::hellaswag::{capitalize_last_fragment, preprocess};
 use afm::eval::loglik;
@@ -78,13 +78,6 @@ pub fn write_tasks(dir: &Path) -> Vec<PathBuf> {
     let text = dir.join("story.txt");
     std::fs::write(&text, "Once upon a time there was a tiny model. ".repeat(6)).unwrap();
     vec![mc, cont, text]
-}
-
-fn afm(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_afm"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 #[test]

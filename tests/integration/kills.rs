@@ -3,17 +3,14 @@
 //! each time: no corrupt file, nothing finished is lost, and the final output equals an
 //! uninterrupted run's (byte for byte for datagen; apart from wall times for eval).
 
-use crate::common::{repo, temp_dir};
+use crate::common::{afm_cmd, json_without_times, temp_dir};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn cmd(args: &[String]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_afm"));
-    c.args(args)
-        .current_dir(repo("."))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut c = afm_cmd(args);
+    c.stdout(Stdio::null()).stderr(Stdio::null());
     c
 }
 
@@ -45,23 +42,6 @@ fn kill_and_resume(args: &[String], watch: &Path, kills: usize, seed: u64) -> us
     }
     assert!(cmd(args).status().unwrap().success(), "final run failed");
     landed
-}
-
-fn strip_times(path: &Path) -> serde_json::Value {
-    fn strip(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(m) => {
-                m.remove("seconds");
-                m.remove("seconds_this_run");
-                m.values_mut().for_each(strip);
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    let mut v = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    strip(&mut v);
-    v
 }
 
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -117,8 +97,8 @@ fn eval_and_datagen_survive_twenty_random_kills() {
         "only {landed} kills landed before the eval ended"
     );
     assert_eq!(
-        strip_times(&cut.join("results.json")),
-        strip_times(&whole.join("results.json")),
+        json_without_times(&cut.join("results.json")),
+        json_without_times(&whole.join("results.json")),
         "eval after {landed} kills"
     );
     for (name, bytes) in files(&cut.join("cells")) {

@@ -2,7 +2,7 @@
 //! on random ones, static input levels, and a quantized tiny model that saves, loads and runs
 //! with the same logits (calibrated ranges and an analog model's learned ones).
 
-use crate::common::{normals, repo, temp_dir};
+use crate::common::{afm, normals, temp_dir};
 use afm::executor::decoder::KvCache;
 use afm::executor::load::load_model;
 use afm::quant::export::{quantize_model, RangeSource};
@@ -100,14 +100,6 @@ fn logits(m: &afm::executor::decoder::Decoder, ids: &[u32]) -> Vec<f32> {
         .flatten_all()
         .unwrap()
         .to_vec1::<f32>()
-        .unwrap()
-}
-
-fn afm(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_afm"))
-        .args(args)
-        .current_dir(repo("."))
-        .output()
         .unwrap()
 }
 

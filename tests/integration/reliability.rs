@@ -6,11 +6,7 @@ use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 
 fn afm(args: &[&str]) -> (bool, String) {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_afm"))
-        .args(args)
-        .current_dir(repo("."))
-        .output()
-        .unwrap();
+    let o = crate::common::afm(args);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!err.contains("panicked"), "afm {args:?} panicked: {err}");
     (o.status.success(), err)

@@ -332,12 +332,7 @@ mod hwa {
         )
         .unwrap();
         let teacher = repo("tests/golden/executor/tiny-llama");
-        let afm = |args: &[&str]| {
-            std::process::Command::new(env!("CARGO_BIN_EXE_afm"))
-                .args(args)
-                .output()
-                .unwrap()
-        };
+        let afm = crate::common::afm;
         let out = dir.join("qat");
         let (t, d, o, c) = (
             teacher.to_str().unwrap(),

@@ -2,23 +2,21 @@
 //! recomputed (their files are not rewritten) and the final table is byte-identical to an
 //! uninterrupted run.
 
-use crate::common::{repo, temp_dir};
+use crate::common::{afm_cmd, temp_dir};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 fn sweep_cmd(file: &Path, out: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_afm"));
-    c.args([
+    let mut c = afm_cmd(&[
         "sweep",
         file.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-    ])
-    .args(["--jobs", "1"])
-    .current_dir(repo("."))
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    ]);
+    c.args(["--jobs", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     c
 }
 

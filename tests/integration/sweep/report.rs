@@ -2,20 +2,12 @@
 //! not depend on the thread count, shards merge into the unsharded table, a re-run recomputes
 //! nothing, bad input is refused with its reason; the Pareto front follows the metric's direction.
 
-use crate::common::{repo, temp_dir};
+use crate::common::{afm, temp_dir};
 use afm::eval::run::Summary;
 use afm::report::{pareto, Objective};
 use afm::sweep::run::{ChipMetrics, PointResult};
 use afm::sweep::{Point, Shard};
 use std::path::{Path, PathBuf};
-
-fn afm(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_afm"))
-        .args(args)
-        .current_dir(repo("."))
-        .output()
-        .unwrap()
-}
 
 fn ok(args: &[&str]) {
     let o = afm(args);
