@@ -339,3 +339,58 @@ fn sharded_safetensors_load_like_one_file() {
     assert_eq!(one, two);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sampling on `dev` over `n` rows of fixed logits: token frequencies within `tol` of the
+/// softmax; top-k 2 picks only the two most likely tokens (returned for further checks).
+pub fn check_device_sampling(dev: &Device, n: usize, tol: f64) -> (Tensor, Vec<u32>) {
+    use afm::executor::sampling::{pick_on_device, Sampling};
+    let l = [0.0f32, 1.0, 2.0, -10.0];
+    let rows: Vec<f32> = (0..n).flat_map(|_| l).collect();
+    let t = Tensor::from_vec(rows, (n, 4), dev).unwrap();
+    let s = Sampling {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+    };
+    let (tok, nan) = pick_on_device(&t, &s).unwrap();
+    assert_eq!(nan.to_scalar::<f32>().unwrap(), 0.0);
+    let mut counts = [0usize; 4];
+    for k in tok.to_vec1::<u32>().unwrap() {
+        counts[k as usize] += 1;
+    }
+    let z: f64 = l.iter().map(|&v| f64::from(v).exp()).sum();
+    for (i, &c) in counts.iter().enumerate() {
+        let p = f64::from(l[i]).exp() / z;
+        assert!(
+            (c as f64 / n as f64 - p).abs() < tol,
+            "token {i}: {c} vs p {p}"
+        );
+    }
+    let k2 = Sampling { top_k: 2, ..s };
+    let tok = pick_on_device(&t, &k2).unwrap().0.to_vec1::<u32>().unwrap();
+    assert!(tok.iter().all(|&k| k == 1 || k == 2));
+    (t, tok)
+}
+
+#[test]
+fn device_sampling_follows_softmax_and_top_k() {
+    use afm::executor::sampling::{pick_on_device, Sampling};
+    let n = 100_000;
+    let (t, top2) = check_device_sampling(&Device::Cpu, n, 0.006);
+    let share2 = top2.iter().filter(|&&k| k == 2).count() as f64 / n as f64;
+    let p2 = 1f64.exp() / (1.0 + 1f64.exp());
+    assert!(
+        (share2 - p2).abs() < 0.006,
+        "top-2 share of token 2: {share2} vs {p2}"
+    );
+    let (tok, _) = pick_on_device(&t, &Sampling::GREEDY).unwrap();
+    assert!(tok.to_vec1::<u32>().unwrap().iter().all(|&k| k == 2));
+    let bad = Tensor::from_vec(vec![0f32, f32::NAN, 1.0, 2.0], (2, 2), &Device::Cpu).unwrap();
+    let s = Sampling {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+    };
+    let nan = pick_on_device(&bad, &s).unwrap().1;
+    assert_eq!(nan.to_scalar::<f32>().unwrap(), 1.0);
+}

@@ -4,7 +4,7 @@
 
 use crate::common::{assert_close, repo};
 use afm::train::layer::{AnalogTrainConfig, AnalogTrainLinear};
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 
 fn golden_config() -> AnalogTrainConfig {
     AnalogTrainConfig {
@@ -14,12 +14,58 @@ fn golden_config() -> AnalogTrainConfig {
     }
 }
 
-fn vec_of(t: &Tensor) -> Vec<f32> {
+/// The values of a tensor (any device) as a flat vector.
+pub fn vec_of(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
-#[test]
-fn training_layer_matches_lightning_forward_and_gradients() {
+/// Output, ranges after the forward, and gradients (x, W, bias, ranges) of sum(y * g).
+pub fn run_layer(
+    dev: &Device,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    x: &Tensor,
+    g: &Tensor,
+    ranges: Option<&Tensor>,
+    cfg: &AnalogTrainConfig,
+) -> Vec<(String, Vec<f32>)> {
+    let layer = AnalogTrainLinear::new(
+        &w.to_device(dev).unwrap(),
+        b.map(|b| b.to_device(dev).unwrap()).as_ref(),
+        cfg,
+        3,
+        "l",
+    )
+    .unwrap();
+    if let Some(r) = ranges {
+        layer.ranges.set(&r.to_device(dev).unwrap()).unwrap();
+    }
+    layer.state.lock().unwrap().training = true;
+    let x = Var::from_tensor(&x.to_device(dev).unwrap()).unwrap();
+    let y = layer.forward(x.as_tensor()).unwrap();
+    let grads = (&y * g.to_device(dev).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let grad = |v: &Var| vec_of(grads.get(v.as_tensor()).unwrap());
+    let mut out = vec![
+        ("y".to_string(), vec_of(&y)),
+        ("ranges".to_string(), vec_of(layer.ranges.as_tensor())),
+        ("dx".to_string(), grad(&x)),
+        ("dW".to_string(), grad(&layer.weight)),
+        ("d ranges".to_string(), grad(&layer.ranges)),
+    ];
+    if let Some(bias) = &layer.bias {
+        out.push(("db".to_string(), grad(bias)));
+    }
+    out
+}
+
+/// The training layer on `dev` against the lightning golden cases: output, ranges after the
+/// forward, and the gradients of x, W, bias and ranges.
+pub fn check_lightning_golden(dev: &Device, label: &str) {
     let g = candle_core::safetensors::load(
         repo("tests/golden/lightning_train.safetensors"),
         &Device::Cpu,
@@ -32,58 +78,33 @@ fn training_layer_matches_lightning_forward_and_gradients() {
             ..golden_config()
         };
         let b = g.get(&format!("{case}.b")).cloned();
-        let layer = AnalogTrainLinear::new(&t("w"), b.as_ref(), &cfg, 0, case).unwrap();
-        layer.ranges.set(&t("ranges")).unwrap();
-        layer.state.lock().unwrap().training = true;
-        let x = candle_core::Var::from_tensor(&t("x")).unwrap();
-        let y = layer.forward(x.as_tensor()).unwrap();
-        assert_close(
-            &format!("{case} y"),
-            &vec_of(&y),
-            &vec_of(&t("y")),
-            1e-5,
-            1e-5,
+        let got = run_layer(
+            dev,
+            &t("w"),
+            b.as_ref(),
+            &t("x"),
+            &t("g"),
+            Some(&t("ranges")),
+            &cfg,
         );
-        assert_close(
-            &format!("{case} ranges after"),
-            &vec_of(layer.ranges.as_tensor()),
-            &vec_of(&t("ranges_after")),
-            0.0,
-            1e-6,
-        );
-        let grads = (y * t("g")).unwrap().sum_all().unwrap().backward().unwrap();
-        let grad = |v: &candle_core::Var| vec_of(grads.get(v.as_tensor()).unwrap());
-        assert_close(
-            &format!("{case} dx"),
-            &grad(&x),
-            &vec_of(&t("gx")),
-            1e-5,
-            1e-4,
-        );
-        assert_close(
-            &format!("{case} dW"),
-            &grad(&layer.weight),
-            &vec_of(&t("gw")),
-            1e-4,
-            1e-4,
-        );
-        if let Some(bias) = &layer.bias {
-            assert_close(
-                &format!("{case} db"),
-                &grad(bias),
-                &vec_of(&t("gb")),
-                1e-5,
-                1e-5,
-            );
+        let want = |k: &str| vec_of(&t(k));
+        for (name, v) in &got {
+            let (key, abs, rel) = match name.as_str() {
+                "y" => ("y", 1e-5, 1e-5),
+                "ranges" => ("ranges_after", 0.0, 1e-6),
+                "dx" => ("gx", 1e-5, 1e-4),
+                "dW" => ("gw", 1e-4, 1e-4),
+                "db" => ("gb", 1e-5, 1e-5),
+                _ => ("granges", 1e-4, 1e-4),
+            };
+            assert_close(&format!("{label} {case} {name}"), v, &want(key), abs, rel);
         }
-        assert_close(
-            &format!("{case} d ranges"),
-            &grad(&layer.ranges),
-            &vec_of(&t("granges")),
-            1e-4,
-            1e-4,
-        );
     }
+}
+
+#[test]
+fn training_layer_matches_lightning_forward_and_gradients() {
+    check_lightning_golden(&Device::Cpu, "cpu");
 }
 
 #[test]
