@@ -1,7 +1,34 @@
 //! Records the git commit the binary is built from (with `-dirty` for uncommitted changes), so
-//! result files name the code that produced them even where the binary runs without the repo.
+//! result files name the code that produced them even where the binary runs without the repo;
+//! with the `cuda` feature, compiles the fused analog-layer kernels to PTX.
+
+/// nvcc `kernels/analog_train.cu` -> `$OUT_DIR/analog_train.ptx` (compute 8.0 PTX, which the
+/// driver compiles for Ampere, Hopper and later). `--fmad=false` keeps every multiply and add
+/// separately rounded, as on the CPU, so the noise and rounding match it bit for bit.
+fn compile_kernels() {
+    println!("cargo:rerun-if-changed=kernels");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".into());
+    let status = std::process::Command::new(&nvcc)
+        .args([
+            "--ptx",
+            "-O3",
+            "--fmad=false",
+            "-arch=compute_80",
+            "-std=c++17",
+        ])
+        .arg("kernels/analog_train.cu")
+        .arg("-o")
+        .arg(out.join("analog_train.ptx"))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run `{nvcc}` for the cuda feature: {e}"));
+    assert!(status.success(), "nvcc failed on kernels/analog_train.cu");
+}
 
 fn main() {
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        compile_kernels();
+    }
     for p in [".git/HEAD", ".git/index", ".git/refs/heads", "src"] {
         println!("cargo:rerun-if-changed={p}");
     }

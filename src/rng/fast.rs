@@ -85,8 +85,9 @@ fn fill_pairs(k0: u32, k1: u32, first_pair: u32, out: &mut [f32]) {
     }
 }
 
+/// The n-th pair of standard normals of the sub-stream with keys (k0, k1).
 #[inline(always)]
-fn normal_pair(k0: u32, k1: u32, n: u32) -> (f32, f32) {
+pub fn normal_pair(k0: u32, k1: u32, n: u32) -> (f32, f32) {
     let h0 = hash32(hash32(n.wrapping_mul(2) ^ k0) ^ k1);
     let h1 = hash32(hash32(n.wrapping_mul(2).wrapping_add(1) ^ k0) ^ k1);
     // u0 in (0, 1] keeps the logarithm finite; u1 in [-0.5, 0.5).
@@ -111,8 +112,7 @@ impl StreamKey {
             start % 2 == 0,
             "counter-based normals start at an even element"
         );
-        let k = self.child(index).0;
-        let (k0, k1) = (k as u32, (k >> 32) as u32);
+        let (k0, k1) = self.counter_keys(index);
         let first = (start / 2) as u32;
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {

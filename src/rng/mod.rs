@@ -8,6 +8,8 @@
 
 mod fast;
 
+pub(crate) use fast::normal_pair;
+
 use rand::{Rng as _, SeedableRng};
 use rand_distr::StandardNormal;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -33,7 +35,8 @@ pub enum Effect {
 }
 
 impl Effect {
-    fn tag(self) -> u64 {
+    /// The number that names the effect in stream keys.
+    pub fn tag(self) -> u64 {
         match self {
             Effect::Program => 1,
             Effect::DriftNu => 2,
@@ -52,6 +55,12 @@ fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// mix(mix(seed) ^ layer): the part of [`StreamKey::new`] that a CUDA kernel starts from, to
+/// finish the keys of every tile itself.
+pub fn layer_key(seed: u64, layer: u64) -> u64 {
+    mix(mix(seed) ^ layer)
 }
 
 /// 64-bit FNV-1a hash of a layer name, so streams can be named by strings.
@@ -77,6 +86,13 @@ impl StreamKey {
     /// A derived key, e.g. for the n-th MVM call on a tile.
     pub fn child(self, index: u64) -> Self {
         StreamKey(mix(self.0 ^ mix(index.wrapping_add(0x5851_F42D_4C95_7F2D))))
+    }
+
+    /// The keys (k0, k1) of the counter-based normals of sub-stream `index`, as
+    /// [`StreamKey::fill_normal_at`] uses them (and the CUDA kernels of `train::fused`).
+    pub fn counter_keys(self, index: u64) -> (u32, u32) {
+        let k = self.child(index).0;
+        (k as u32, (k >> 32) as u32)
     }
 
     /// The generator of sub-stream `index` (a column, a token row, ...).

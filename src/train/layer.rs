@@ -7,6 +7,7 @@
 //! The rounding is straight-through; the input ranges start from the data (a running mean of
 //! kappa * std over the first batches) and then learn by the AFM gradient (see `ops`).
 
+use super::fused::{inv_states, Blocks, FusedOp, Stage};
 use super::ops::{AdcStage, InputStage};
 use crate::error::{Error, Result};
 use crate::rng::{name_hash, Effect, StreamKey};
@@ -171,6 +172,11 @@ pub struct AnalogTrainLinear {
     pub name: String,
     /// Run state.
     pub state: Mutex<LayerState>,
+    /// Dtype of the fused forward's products and stages (f32; bf16 or f16 on CUDA), the
+    /// master weights and ranges staying f32.
+    pub compute: DType,
+    /// Run the plain-tensor reference forward instead of the fused one (slow; for checks).
+    pub reference: bool,
     /// (clipped inputs, inputs) of the training forwards since the last
     /// [`AnalogTrainLinear::take_clip_stats`], summed on the device.
     clip_stats: Mutex<Option<(Tensor, usize)>>,
@@ -202,6 +208,8 @@ impl AnalogTrainLinear {
                 active: vec![false; blocks.len()],
             }),
             clip_stats: Mutex::new(None),
+            compute: DType::F32,
+            reference: false,
             blocks,
             cfg: cfg.clone(),
             seed,
@@ -215,8 +223,8 @@ impl AnalogTrainLinear {
             .map_err(|_| Error::Value(format!("layer `{}`: state lock poisoned", self.name)))
     }
 
-    /// Standard normals of `shape` for forward `call`, effect `effect`, block `block`: our
-    /// seeded stream on the CPU (bit-reproducible); the device's generator elsewhere.
+    /// Standard normals of `shape` for forward `call`, effect `effect`, block `block`: the
+    /// counter-based stream the fused CUDA kernels draw from too, made on the host.
     fn normals(
         &self,
         shape: (usize, usize),
@@ -225,15 +233,10 @@ impl AnalogTrainLinear {
         effect: Effect,
         dev: &Device,
     ) -> Result<Tensor> {
-        if dev.is_cpu() {
-            let mut v = vec![0f32; shape.0 * shape.1];
-            StreamKey::new(self.seed, name_hash(&self.name), block as u64, effect)
-                .rng(call)
-                .fill_normal(&mut v);
-            Ok(Tensor::from_vec(v, shape, dev)?)
-        } else {
-            Ok(Tensor::randn(0f32, 1f32, shape, dev)?)
-        }
+        let mut v = vec![0f32; shape.0 * shape.1];
+        StreamKey::new(self.seed, name_hash(&self.name), block as u64, effect)
+            .fill_normal_at(call, 0, &mut v);
+        Ok(Tensor::from_vec(v, shape, dev)?)
     }
 
     /// Updates range `s` from the std of its inputs during the initialization window: the
@@ -291,8 +294,124 @@ impl AnalogTrainLinear {
             .take())
     }
 
-    /// Applies the layer to x (..., in).
+    /// Applies the layer to x (..., in): the fused ops (one batched product over all row
+    /// blocks) on any device, the plain-tensor reference where the fused path lacks a feature
+    /// (output noise).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.reference || self.cfg.out_noise > 0.0 {
+            return self.forward_reference(x);
+        }
+        self.forward_fused(x)
+    }
+
+    fn weight_used(&self) -> Result<Tensor> {
+        Ok(if self.cfg.weight_bits > 0 {
+            fake_quant_weight(self.weight.as_tensor(), self.cfg.weight_bits)?
+        } else {
+            self.weight.as_tensor().clone()
+        })
+    }
+
+    /// Adds the clipped-input count of row block `s` to the training statistics.
+    fn count_clipped(&self, xs: &Tensor, beta: &Tensor) -> Result<()> {
+        let n = xs
+            .abs()?
+            .broadcast_ge(beta)?
+            .to_dtype(DType::F32)?
+            .sum_all()?;
+        let mut acc = self
+            .clip_stats
+            .lock()
+            .map_err(|_| Error::Value(format!("layer `{}`: lock poisoned", self.name)))?;
+        *acc = Some(match acc.take() {
+            Some((c, k)) => ((c + n)?, k + xs.elem_count()),
+            None => (n, xs.elem_count()),
+        });
+        Ok(())
+    }
+
+    /// The fused forward (see `train::fused`): DAC into padded row blocks, noisy blocked weights,
+    /// one batched product, ADC and the sum over blocks; computes in `self.compute` (f32, or
+    /// bf16/f16 on CUDA, the master weights staying f32).
+    pub fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (lead, n_in) = dims.split_at(dims.len() - 1);
+        let tokens: usize = lead.iter().product();
+        let x = x
+            .reshape((tokens, n_in[0]))?
+            .to_dtype(self.compute)?
+            .contiguous()?;
+        let g = Blocks::new(n_in[0], self.cfg.tile_rows);
+        let mut state = self.state()?;
+        let (training, call) = (state.training, state.calls);
+        state.calls += 1;
+        let ranges = self.ranges.as_tensor();
+        let used =
+            self.cfg.dac_bits > 0 || self.cfg.out_bound > 0.0 || self.cfg.range_init_batches > 0;
+        for (s, &(start, len)) in self.blocks.iter().enumerate() {
+            if !training {
+                continue;
+            }
+            let xs = x.narrow(1, start, len)?.detach();
+            if state
+                .seen
+                .get(s)
+                .is_some_and(|&k| k < self.cfg.range_init_batches)
+            {
+                self.init_range(s, &xs.to_dtype(DType::F32)?.contiguous()?, &mut state)?;
+            }
+            if self.block_active(s, &mut state)? {
+                let beta = ranges.narrow(0, s, 1)?.detach().to_dtype(xs.dtype())?;
+                self.count_clipped(&xs, &beta)?;
+            }
+        }
+        let ranges = self.ranges.as_tensor();
+        let op = |stage| FusedOp { blocks: g, stage };
+        let xb = x.apply_op2(
+            ranges,
+            op(Stage::Dac {
+                used,
+                inv_states: inv_states(self.cfg.dac_bits),
+                decay: self.cfg.range_decay as f32,
+                min_inside: self.cfg.range_min_inside as f32,
+            }),
+        )?;
+        let w = self.weight_used()?.to_dtype(self.compute)?.contiguous()?;
+        let wmax = w.apply_op1_no_bwd(&op(Stage::AbsMax))?;
+        let gamma = if training { self.cfg.weight_noise } else { 0.0 };
+        let wb = w.apply_op2(
+            &wmax,
+            op(Stage::NoisyWeights {
+                gamma: gamma as f32,
+                seed: self.seed,
+                layer: name_hash(&self.name),
+                call,
+            }),
+        )?;
+        let yb = xb.matmul(&wb.transpose(1, 2)?)?;
+        let out_f = w.dims()[0];
+        let bound = if self.cfg.out_bound > 0.0 && used {
+            (wmax * self.cfg.out_bound)?.broadcast_mul(&ranges.detach().reshape((g.nb, 1))?)?
+        } else {
+            Tensor::zeros((g.nb, out_f), DType::F32, x.device())?
+        };
+        let mut y = yb.apply_op2(
+            &bound,
+            op(Stage::Adc {
+                inv_states: inv_states(self.cfg.adc_bits),
+            }),
+        )?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(&b.as_tensor().to_dtype(self.compute)?)?;
+        }
+        let mut shape = lead.to_vec();
+        shape.push(out_f);
+        Ok(y.reshape(shape)?)
+    }
+
+    /// The plain-tensor layer, block by block (the slow, obvious reference of the fused path;
+    /// also the path with output noise).
+    pub fn forward_reference(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (lead, n_in) = dims.split_at(dims.len() - 1);
         let tokens: usize = lead.iter().product();
@@ -300,13 +419,7 @@ impl AnalogTrainLinear {
         let mut state = self.state()?;
         let (training, call) = (state.training, state.calls);
         state.calls += 1;
-        let wq;
-        let w = if self.cfg.weight_bits > 0 {
-            wq = fake_quant_weight(self.weight.as_tensor(), self.cfg.weight_bits)?;
-            &wq
-        } else {
-            self.weight.as_tensor()
-        };
+        let w = &self.weight_used()?;
         let out_f = w.dims()[0];
         let nb = self.blocks.len();
         let mut y: Option<Tensor> = None;
@@ -335,15 +448,7 @@ impl AnalogTrainLinear {
                 };
                 xin = xs.apply_op3(&beta, &v.contiguous()?, stage)?;
                 if training {
-                    let out = xs.detach().abs()?.broadcast_ge(&bd)?;
-                    let n = out.to_dtype(DType::F32)?.sum_all()?;
-                    let mut acc = self.clip_stats.lock().map_err(|_| {
-                        Error::Value(format!("layer `{}`: lock poisoned", self.name))
-                    })?;
-                    *acc = Some(match acc.take() {
-                        Some((c, k)) => ((c + n)?, k + xs.elem_count()),
-                        None => (n, xs.elem_count()),
-                    });
+                    self.count_clipped(&xs.detach(), &bd)?;
                 }
             }
             // cuBLAS takes only compact operands: a column block of W is copied out.

@@ -2,6 +2,7 @@
 //! then hardware-aware distillation into a student whose projections are analog training layers.
 
 pub mod datagen;
+pub mod fused;
 pub mod layer;
 pub mod ops;
 pub mod optim;

@@ -3,10 +3,8 @@
 //! golden cases, and on-device sampling against the softmax. Built with `--features cuda` and
 //! run on a machine with a GPU (the CPU CI compiles none of this).
 
-use crate::common::{assert_close, normals};
-use crate::train_golden::run_layer;
-use afm::train::layer::AnalogTrainConfig;
-use candle_core::{Device, Tensor};
+use crate::train_golden::{assert_mostly_close, ragged_cases, run_case, Run};
+use candle_core::{DType, Device};
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("these tests need a CUDA device")
@@ -14,40 +12,43 @@ fn gpu() -> Device {
 
 #[test]
 fn cuda_training_layer_matches_cpu_on_ragged_shapes() {
-    let cases = [(7, 13, 5, 4), (33, 700, 96, 256), (64, 1100, 300, 512)];
-    for (i, &(tokens, n_in, n_out, rows)) in cases.iter().enumerate() {
-        let seed = 40 + i as u64;
-        let t = |s: u64, shape: (usize, usize), scale: f32| {
-            Tensor::from_vec(normals(s, shape.0 * shape.1, scale), shape, &Device::Cpu).unwrap()
+    let cpu = Device::Cpu;
+    let gpu = gpu();
+    for (label, t, cfg) in ragged_cases() {
+        let want = run_case(&Run::fused(&cpu), &t, &cfg);
+        // Fused CUDA kernels (f32) and the plain-tensor reference on the GPU, against the CPU's
+        // fused path: the same noise bits, only the products sum in another order.
+        let fused = run_case(&Run::fused(&gpu), &t, &cfg);
+        assert_mostly_close(
+            &format!("cuda fused {label}"),
+            &fused,
+            &want,
+            (1e-4, 0.005, 0.02),
+        );
+        let reference = Run {
+            reference: true,
+            ..Run::fused(&gpu)
         };
-        let w = t(seed, (n_out, n_in), 0.05);
-        let b = Tensor::from_vec(normals(seed + 1, n_out, 0.1), n_out, &Device::Cpu).unwrap();
-        let x = t(seed + 2, (tokens, n_in), 1.0);
-        let g = t(seed + 3, (tokens, n_out), 1.0);
-        // The ranges initialize from this batch (range init on the device vs on the host).
-        let cfg = AnalogTrainConfig {
-            weight_noise: 0.0,
-            range_init_batches: 2,
-            tile_rows: rows,
-            ..AnalogTrainConfig::default()
-        };
-        let cpu = run_layer(&Device::Cpu, &w, Some(&b), &x, &g, None, &cfg);
-        let cuda = run_layer(&gpu(), &w, Some(&b), &x, &g, None, &cfg);
-        for ((name, c), (_, d)) in cpu.iter().zip(&cuda) {
-            // Rounding at a DAC/ADC step boundary may land one step apart on a different
-            // summation order: allow that on a few elements, demand float agreement elsewhere.
-            let scale = c.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-            let far = c
-                .iter()
-                .zip(d)
-                .filter(|(a, b)| (*a - *b).abs() > 1e-4 * scale + 1e-4 * a.abs())
-                .count();
-            assert!(
-                far * 200 <= c.len().max(200),
-                "case {i} {name}: {far} of {} elements differ",
-                c.len()
+        let plain = run_case(&reference, &t, &cfg);
+        assert_mostly_close(
+            &format!("cuda plain {label}"),
+            &plain,
+            &want,
+            (1e-4, 0.005, 0.02),
+        );
+        // bf16 and f16 compute: rounded inputs and weights, f32 accumulation.
+        for (dtype, rel) in [(DType::BF16, 2e-2), (DType::F16, 4e-3)] {
+            let half = Run {
+                compute: dtype,
+                ..Run::fused(&gpu)
+            };
+            let got = run_case(&half, &t, &cfg);
+            assert_mostly_close(
+                &format!("cuda {dtype:?} {label}"),
+                &got,
+                &want,
+                (rel, 0.05, 0.1),
             );
-            assert_close(&format!("case {i} {name}"), d, c, 0.02 * scale, 0.0);
         }
     }
 }

@@ -2,9 +2,9 @@
 //! forward, and the gradients of x, W, the bias and the input ranges (golden files from
 //! `tests/golden/make_golden_train.py`), plus the weight-noise statistics.
 
-use crate::common::{assert_close, repo};
+use crate::common::{assert_close, normals, repo};
 use afm::train::layer::{AnalogTrainConfig, AnalogTrainLinear};
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
 fn golden_config() -> AnalogTrainConfig {
     AnalogTrainConfig {
@@ -14,14 +14,41 @@ fn golden_config() -> AnalogTrainConfig {
     }
 }
 
-/// The values of a tensor (any device) as a flat vector.
+/// The values of a tensor (any device, any float dtype) as a flat f32 vector.
 pub fn vec_of(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+/// Where and how a layer runs in a check: the device, the fused path or the plain-tensor
+/// reference, and the fused path's compute dtype.
+pub struct Run<'a> {
+    /// Device.
+    pub dev: &'a Device,
+    /// Plain-tensor reference instead of the fused ops.
+    pub reference: bool,
+    /// Compute dtype of the fused path.
+    pub compute: DType,
+}
+
+impl<'a> Run<'a> {
+    /// The fused path in f32 on `dev`.
+    pub fn fused(dev: &'a Device) -> Self {
+        Run {
+            dev,
+            reference: false,
+            compute: DType::F32,
+        }
+    }
 }
 
 /// Output, ranges after the forward, and gradients (x, W, bias, ranges) of sum(y * g).
 pub fn run_layer(
-    dev: &Device,
+    run: &Run,
     w: &Tensor,
     b: Option<&Tensor>,
     x: &Tensor,
@@ -29,7 +56,8 @@ pub fn run_layer(
     ranges: Option<&Tensor>,
     cfg: &AnalogTrainConfig,
 ) -> Vec<(String, Vec<f32>)> {
-    let layer = AnalogTrainLinear::new(
+    let dev = run.dev;
+    let mut layer = AnalogTrainLinear::new(
         &w.to_device(dev).unwrap(),
         b.map(|b| b.to_device(dev).unwrap()).as_ref(),
         cfg,
@@ -37,6 +65,8 @@ pub fn run_layer(
         "l",
     )
     .unwrap();
+    layer.reference = run.reference;
+    layer.compute = run.compute;
     if let Some(r) = ranges {
         layer.ranges.set(&r.to_device(dev).unwrap()).unwrap();
     }
@@ -79,7 +109,7 @@ pub fn check_lightning_golden(dev: &Device, label: &str) {
         };
         let b = g.get(&format!("{case}.b")).cloned();
         let got = run_layer(
-            dev,
+            &Run::fused(dev),
             &t("w"),
             b.as_ref(),
             &t("x"),
@@ -102,9 +132,104 @@ pub fn check_lightning_golden(dev: &Device, label: &str) {
     }
 }
 
+/// `got` against `want`, named pairs in the same order: float agreement (relative to each
+/// tensor's largest value, `rel`) except on at most `flips` of the elements, where a DAC/ADC
+/// rounding at a step boundary may land one step apart when products sum in another order;
+/// those still lie within `step` of the largest value.
+pub fn assert_mostly_close(
+    label: &str,
+    got: &[(String, Vec<f32>)],
+    want: &[(String, Vec<f32>)],
+    (rel, flips, step): (f32, f64, f32),
+) {
+    assert_eq!(got.len(), want.len(), "{label}: outputs");
+    for ((name, d), (_, c)) in got.iter().zip(want) {
+        let scale = c.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let far = c
+            .iter()
+            .zip(d)
+            .filter(|(a, b)| (*a - *b).abs() > rel * scale + rel * a.abs())
+            .count();
+        assert!(
+            far as f64 <= flips * c.len().max(200) as f64,
+            "{label} {name}: {far} of {} elements differ",
+            c.len()
+        );
+        assert_close(&format!("{label} {name}"), d, c, step * scale, 0.0);
+    }
+}
+
+/// Random ragged layer cases (tokens, inputs, outputs, tile rows) with their tensors.
+pub fn ragged_cases() -> Vec<(String, [Tensor; 4], AnalogTrainConfig)> {
+    let cases = [
+        (7, 13, 5, 4),
+        (33, 700, 96, 256),
+        (64, 1100, 300, 512),
+        (5, 1030, 17, 512),
+    ];
+    cases
+        .iter()
+        .enumerate()
+        .map(|(i, &(tokens, n_in, n_out, rows))| {
+            let seed = 40 + i as u64;
+            let t = |s: u64, shape: (usize, usize), scale: f32| {
+                Tensor::from_vec(normals(s, shape.0 * shape.1, scale), shape, &Device::Cpu).unwrap()
+            };
+            let b = Tensor::from_vec(normals(seed + 1, n_out, 0.1), n_out, &Device::Cpu).unwrap();
+            let tensors = [
+                t(seed, (n_out, n_in), 0.05),
+                b,
+                t(seed + 2, (tokens, n_in), 1.0),
+                t(seed + 3, (tokens, n_out), 1.0),
+            ];
+            // The ranges initialize from this batch; the weight noise is on (the same
+            // counter-based draws on every path and device).
+            let cfg = AnalogTrainConfig {
+                range_init_batches: 2,
+                tile_rows: rows,
+                ..AnalogTrainConfig::default()
+            };
+            (
+                format!("case {i} ({tokens}x{n_in}->{n_out}, rows {rows})"),
+                tensors,
+                cfg,
+            )
+        })
+        .collect()
+}
+
+/// One ragged case on `run`.
+pub fn run_case(run: &Run, t: &[Tensor; 4], cfg: &AnalogTrainConfig) -> Vec<(String, Vec<f32>)> {
+    run_layer(run, &t[0], Some(&t[1]), &t[2], &t[3], None, cfg)
+}
+
 #[test]
 fn training_layer_matches_lightning_forward_and_gradients() {
     check_lightning_golden(&Device::Cpu, "cpu");
+}
+
+#[test]
+fn fused_layer_matches_the_reference_on_ragged_shapes_with_noise() {
+    let cpu = Device::Cpu;
+    let reference = Run {
+        reference: true,
+        ..Run::fused(&cpu)
+    };
+    for (label, t, cfg) in ragged_cases() {
+        let fused = run_case(&Run::fused(&cpu), &t, &cfg);
+        let plain = run_case(&reference, &t, &cfg);
+        assert_mostly_close(&label, &fused, &plain, (1e-5, 0.005, 0.02));
+        // Without noise and rounding the two agree everywhere to float tolerance.
+        let exact = AnalogTrainConfig {
+            dac_bits: 0,
+            adc_bits: 0,
+            weight_noise: 0.0,
+            ..cfg.clone()
+        };
+        let fused = run_case(&Run::fused(&cpu), &t, &exact);
+        let plain = run_case(&reference, &t, &exact);
+        assert_mostly_close(&label, &fused, &plain, (1e-5, 0.0, 1e-5));
+    }
 }
 
 #[test]

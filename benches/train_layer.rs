@@ -1,0 +1,154 @@
+//! Forward + backward of one analog training layer with the AFM release config (8-bit DAC,
+//! 8-bit ADC with lambda 14, per-channel weight noise 0.03, 512-row tiles, learned ranges):
+//! the fused path against the plain-tensor reference and a plain matmul of the same shape.
+//! The loss is sum(y * g) for a fixed g, the same as `benches/train_layer_gpu.py` uses for
+//! aihwkit-lightning and torch.
+//!
+//! One JSON line per (path, dims, tokens) on stdout, times in ms (median and min over --reps
+//! after --warmup; CUDA events on the GPU):
+//!
+//! ```sh
+//! cargo bench --bench train_layer                                   # CPU, small shapes
+//! cargo bench --bench train_layer --features cuda -- --device cuda --dtype bf16 \
+//!     --dims 2048,4096,8192 --tokens 256,4096,16384                 # the issue 9 shapes
+//! ```
+
+use afm::train::layer::{AnalogTrainConfig, AnalogTrainLinear};
+use candle_core::{DType, Device, Tensor, Var};
+use std::time::Instant;
+
+struct Args {
+    device: String,
+    dtype: DType,
+    dims: Vec<usize>,
+    tokens: Vec<usize>,
+    reps: usize,
+    warmup: usize,
+    paths: Vec<String>,
+}
+
+fn list(v: &str) -> Vec<usize> {
+    v.split(',')
+        .map(|s| s.trim().parse().expect("a comma-separated list of numbers"))
+        .collect()
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        device: "cpu".into(),
+        dtype: DType::F32,
+        dims: vec![256, 1024],
+        tokens: vec![64, 256],
+        reps: 10,
+        warmup: 2,
+        paths: vec!["fused".into(), "reference".into(), "plain".into()],
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        // `cargo bench` passes --bench to every bench binary.
+        if k == "--bench" {
+            continue;
+        }
+        let v = it.next().unwrap_or_else(|| panic!("{k} needs a value"));
+        match k.as_str() {
+            "--device" => a.device = v,
+            "--dtype" => {
+                a.dtype = match v.as_str() {
+                    "f32" => DType::F32,
+                    "bf16" => DType::BF16,
+                    "f16" => DType::F16,
+                    _ => panic!("--dtype: f32, bf16 or f16"),
+                }
+            }
+            "--dims" => a.dims = list(&v),
+            "--tokens" => a.tokens = list(&v),
+            "--reps" => a.reps = v.parse().expect("--reps: a number"),
+            "--warmup" => a.warmup = v.parse().expect("--warmup: a number"),
+            "--paths" => a.paths = v.split(',').map(str::to_string).collect(),
+            _ => panic!("unknown option {k}"),
+        }
+    }
+    a
+}
+
+/// Times `f` once: CUDA events around it on the GPU, the wall clock on the CPU.
+fn time_ms(dev: &Device, f: &mut dyn FnMut()) -> f64 {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = dev {
+        use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
+        let stream = d.cuda_stream();
+        let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let start = stream.record_event(flags).expect("event");
+        f();
+        let end = stream.record_event(flags).expect("event");
+        return f64::from(start.elapsed_ms(&end).expect("event time"));
+    }
+    let t = Instant::now();
+    f();
+    dev.synchronize().expect("synchronize");
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn main() {
+    let a = args();
+    let dev = match a.device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0).expect("a CUDA device (build with --features cuda)"),
+        d => panic!("--device: cpu or cuda, not {d}"),
+    };
+    let cfg = AnalogTrainConfig {
+        range_init_batches: 0,
+        ..AnalogTrainConfig::default()
+    };
+    for &d in &a.dims {
+        let w =
+            (Tensor::randn(0f32, 1.0, (d, d), &dev).unwrap() * (1.0 / (d as f64).sqrt())).unwrap();
+        for &tokens in &a.tokens {
+            let x = Var::from_tensor(
+                &Tensor::randn(0f32, 1.0, (tokens, d), &dev)
+                    .unwrap()
+                    .to_dtype(a.dtype)
+                    .unwrap(),
+            )
+            .unwrap();
+            let g = Tensor::randn(0f32, 1.0, (tokens, d), &dev)
+                .unwrap()
+                .to_dtype(a.dtype)
+                .unwrap();
+            for path in &a.paths {
+                let mut layer = AnalogTrainLinear::new(&w, None, &cfg, 0, "bench").unwrap();
+                layer.compute = a.dtype;
+                layer.reference = path == "reference";
+                let nb = layer.blocks.len();
+                layer
+                    .ranges
+                    .set(&Tensor::full(3f32, nb, &dev).unwrap())
+                    .unwrap();
+                layer.state.lock().unwrap().training = true;
+                let wp = Var::from_tensor(&w.to_dtype(a.dtype).unwrap()).unwrap();
+                let mut step = || {
+                    let y = if path == "plain" {
+                        x.as_tensor().matmul(&wp.as_tensor().t().unwrap()).unwrap()
+                    } else {
+                        layer.forward(x.as_tensor()).unwrap()
+                    };
+                    let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+                    drop(grads);
+                };
+                let mut times: Vec<f64> = (0..a.warmup + a.reps)
+                    .map(|_| time_ms(&dev, &mut step))
+                    .skip(a.warmup)
+                    .collect();
+                times.sort_by(f64::total_cmp);
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "path": path, "device": a.device, "dtype": format!("{:?}", a.dtype),
+                        "dims": d, "tokens": tokens, "reps": a.reps,
+                        "median_ms": times[times.len() / 2], "min_ms": times[0],
+                    })
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+"""Issue 9's layer benchmark on one GPU, in one run: forward + backward of one analog training
+layer with the AFM release config (8-bit DAC, 8-bit ADC with lambda 14, per-channel weight noise
+0.03, 512-row tiles, learned input ranges, bf16), loss sum(y * g), for d x d weights with d in
+--dims and --tokens tokens, by
+  - afm's fused CUDA path, its plain-tensor reference and a plain candle matmul
+    (`benches/train_layer.rs`, built with `--features cuda`; --afm-bench names the binary),
+  - aihwkit-lightning 2.1.0's PyTorch path (TorchLinear) and its Triton path
+    (AIHWKIT_USE_TRITON=1), installed with --no-deps over the machine's torch,
+  - a plain PyTorch bf16 nn.Linear (the floor).
+Medians of --reps timed repetitions (CUDA events) after --warmup; prints a markdown table with
+the ratios ours / lightning and ours / plain and writes every measurement to --json.
+
+    python3 benches/train_layer_gpu.py --afm-bench BIN --json OUT.json \
+        --dims 2048,4096,8192 --tokens 256,4096,16384
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+
+def lightning_layer(d, dtype):
+    from aihwkit_lightning.nn import AnalogLinear
+    from aihwkit_lightning.simulator.configs import (
+        TorchInferenceRPUConfig,
+        WeightClipType,
+        WeightNoiseInjectionType,
+    )
+
+    rpu = TorchInferenceRPUConfig()
+    rpu.forward.inp_res = 254  # 8-bit DAC (levels -127..127)
+    rpu.forward.out_res = 254  # 8-bit ADC
+    rpu.forward.out_bound = 14.0
+    rpu.forward.out_noise = 0.0
+    rpu.clip.type = WeightClipType.LAYER_GAUSSIAN_PER_CHANNEL  # per-channel w_max for the ADC
+    rpu.clip.sigma = 2.5
+    rpu.modifier.noise_type = WeightNoiseInjectionType.ADD_NORMAL_PER_CHANNEL
+    rpu.modifier.std_dev = 0.03
+    rpu.mapping.max_input_size = 512
+    ir = rpu.pre_post.input_range
+    ir.enable = True
+    ir.learn_input_range = True
+    ir.decay = 0.01
+    ir.input_min_percentage = 0.95
+    ir.init_from_data = 0
+    layer = AnalogLinear(d, d, bias=False, rpu_config=rpu, dtype=dtype, device="cuda")
+    with torch.no_grad():
+        layer.weight.normal_(0.0, d**-0.5)
+        layer.input_range.fill_(3.0)
+    layer.train()
+    return layer
+
+
+def time_step(step, reps, warmup):
+    times = []
+    for i in range(warmup + reps):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        if i >= warmup:
+            times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2], times[0]
+
+
+def torch_rows(dims, tokens, reps, warmup):
+    rows = []
+    dtype = torch.bfloat16
+    for d in dims:
+        for t in tokens:
+            x = torch.randn(t, d, device="cuda", dtype=dtype, requires_grad=True)
+            g = torch.randn(t, d, device="cuda", dtype=dtype)
+            plain = torch.nn.Linear(d, d, bias=False, device="cuda", dtype=dtype)
+            layers = [("torch-bf16-linear", plain, None)]
+            try:
+                lt = lightning_layer(d, dtype)
+                layers += [("lightning-torch", lt, None), ("lightning-triton", lt, "1")]
+            except Exception as e:  # noqa: BLE001  (report, keep measuring the rest)
+                rows.append({"path": "lightning", "dims": d, "tokens": t, "error": repr(e)})
+            for name, layer, triton in layers:
+                if triton is None:
+                    os.environ.pop("AIHWKIT_USE_TRITON", None)
+                else:
+                    os.environ["AIHWKIT_USE_TRITON"] = triton
+
+                def step():
+                    x.grad = None
+                    layer.zero_grad(set_to_none=True)
+                    (layer(x) * g).sum().backward()
+
+                try:
+                    med, best = time_step(step, reps, warmup)
+                    rows.append({"path": name, "dims": d, "tokens": t, "median_ms": med,
+                                 "min_ms": best})
+                except Exception as e:  # noqa: BLE001
+                    rows.append({"path": name, "dims": d, "tokens": t, "error": repr(e)[:300]})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            os.environ.pop("AIHWKIT_USE_TRITON", None)
+            del x, g, layers
+            torch.cuda.empty_cache()
+    return rows
+
+
+def afm_rows(binary, dims, tokens, reps, warmup):
+    cmd = [binary, "--device", "cuda", "--dtype", "bf16", "--dims", ",".join(map(str, dims)),
+           "--tokens", ",".join(map(str, tokens)), "--reps", str(reps), "--warmup", str(warmup),
+           "--paths", "fused,reference,plain"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    rows = []
+    for line in out.stdout.splitlines():
+        r = json.loads(line)
+        r["path"] = "afm-" + r["path"]
+        rows.append(r)
+        print(line, file=sys.stderr, flush=True)
+    return rows
+
+
+def table(rows, dims, tokens):
+    get = {(r["path"], r["dims"], r["tokens"]): r.get("median_ms") for r in rows}
+    cols = ["afm-fused", "afm-reference", "afm-plain", "lightning-torch", "lightning-triton",
+            "torch-bf16-linear"]
+    head = "| d | tokens | " + " | ".join(c + " (ms)" for c in cols)
+    head += " | fused / lightning-torch | fused / lightning-triton | fused / torch linear |"
+    lines = [head, "|" + "---:|" * (len(cols) + 5)]
+    for d in dims:
+        for t in tokens:
+            v = [get.get((c, d, t)) for c in cols]
+            cell = ["%.3f" % x if x is not None else "–" for x in v]
+
+            def ratio(a, b):
+                return "%.2f" % (a / b) if a is not None and b else "–"
+
+            lines.append(f"| {d} | {t} | " + " | ".join(cell) + " | "
+                         + " | ".join([ratio(v[0], v[3]), ratio(v[0], v[4]), ratio(v[0], v[5])])
+                         + " |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--afm-bench", required=True)
+    ap.add_argument("--dims", default="2048,4096,8192")
+    ap.add_argument("--tokens", default="256,4096,16384")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--skip-torch", action="store_true")
+    a = ap.parse_args()
+    dims = [int(v) for v in a.dims.split(",")]
+    tokens = [int(v) for v in a.tokens.split(",")]
+    rows = afm_rows(a.afm_bench, dims, tokens, a.reps, a.warmup)
+    if not a.skip_torch:
+        rows += torch_rows(dims, tokens, a.reps, a.warmup)
+    meta = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+            "command": " ".join(sys.argv)}
+    try:
+        import aihwkit_lightning
+        meta["aihwkit_lightning"] = getattr(aihwkit_lightning, "__version__", "2.1.0")
+    except ImportError:
+        pass
+    with open(a.json, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    print(table(rows, dims, tokens))
+
+
+if __name__ == "__main__":
+    main()

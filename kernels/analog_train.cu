@@ -1,0 +1,413 @@
+// Fused kernels of the analog training layer (src/train/fused): everything of DESIGN §3.1/§3.4
+// around the matrix products, which stay with cuBLAS. The CPU twins are in
+// src/train/fused/cpu.rs; tests compare the two.
+//
+// Layouts: row blocks split the inputs as `split_sizes` does (the first `extra` blocks hold
+// `base + 1` inputs, the others `base`); blocked tensors are padded to R = max block length with
+// zeros, so one strided-batched GEMM covers all blocks: xb (nb, T, R), wb (nb, out, R),
+// yb (nb, T, out). Compiled with --fmad=false so the noise and the rounding match the CPU bit
+// for bit (no fused multiply-add where the CPU has none).
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+typedef long long i64;
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
+  return __float2bfloat16(v);
+}
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half(v); }
+
+__device__ __forceinline__ int blk_start(int s, int base, int extra) {
+  return s * base + min(s, extra);
+}
+__device__ __forceinline__ int blk_len(int s, int base, int extra) {
+  return base + (s < extra ? 1 : 0);
+}
+// Block and offset of input column i.
+__device__ __forceinline__ void blk_of(int i, int base, int extra, int *s, int *j) {
+  int big = extra * (base + 1);
+  if (i < big) {
+    *s = i / (base + 1);
+    *j = i - *s * (base + 1);
+  } else {
+    *s = extra + (i - big) / base;
+    *j = i - blk_start(*s, base, extra);
+  }
+}
+
+// ---- counter-based normals: a line-by-line port of src/rng/fast.rs -------------------------
+
+__device__ __forceinline__ uint32_t hash32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  return x ^ (x >> 16);
+}
+
+__device__ __forceinline__ float ln_poly(float x) {
+  uint32_t bits = __float_as_uint(x);
+  float e = (float)((int)(bits >> 23) - 127);
+  float m = __uint_as_float((bits & 0x007fffffu) | 0x3f800000u);
+  bool big = m > 1.41421353816986083984375f;
+  m = big ? m * 0.5f : m;
+  e = big ? e + 1.0f : e;
+  float f = m - 1.0f;
+  float z = f * f;
+  float y = 7.0376836e-2f;
+  y = y * f - 1.1514610e-1f;
+  y = y * f + 1.1676999e-1f;
+  y = y * f - 1.2420141e-1f;
+  y = y * f + 1.4249323e-1f;
+  y = y * f - 1.6668058e-1f;
+  y = y * f + 2.0000714e-1f;
+  y = y * f - 2.4999994e-1f;
+  y = y * f + 3.3333330e-1f;
+  y = y * f * z;
+  y += -2.12194440e-4f * e;
+  y += -0.5f * z;
+  return f + y + 0.693359375f * e;
+}
+
+__device__ __forceinline__ void sincos_turns(float turns, float *s_out, float *c_out) {
+  bool far = fabsf(turns) > 0.25f;
+  float folded = turns >= 0.0f ? 0.5f - turns : -0.5f - turns;
+  float z = (far ? folded : turns) * 6.28318548202514648438f;
+  float z2 = z * z;
+  float s = z * (1.0f + z2 * (-1.0f / 6.0f +
+                              z2 * (1.0f / 120.0f +
+                                    z2 * (-1.0f / 5040.0f +
+                                          z2 * (1.0f / 362880.0f - z2 / 39916800.0f)))));
+  float c = 1.0f + z2 * (-0.5f + z2 * (1.0f / 24.0f +
+                                       z2 * (-1.0f / 720.0f +
+                                             z2 * (1.0f / 40320.0f +
+                                                   z2 * (-1.0f / 3628800.0f +
+                                                         z2 / 479001600.0f)))));
+  *s_out = s;
+  *c_out = far ? -c : c;
+}
+
+// SplitMix64 finalizer and the key derivation of src/rng/mod.rs: block s of a layer draws from
+// StreamKey::new(seed, layer, s, effect).child(call), started here from layer_key(seed, layer).
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+__device__ __forceinline__ void block_keys(uint64_t layer_key, uint64_t tag, uint64_t call, int s,
+                                           uint32_t *k0, uint32_t *k1) {
+  uint64_t k = mix64(mix64(layer_key ^ (uint64_t)s) ^ tag);
+  k = mix64(k ^ mix64(call + 0x5851F42D4C957F2Dull));
+  *k0 = (uint32_t)k;
+  *k1 = (uint32_t)(k >> 32);
+}
+
+__device__ __forceinline__ void normal_pair(uint32_t k0, uint32_t k1, uint32_t n, float *a,
+                                            float *b) {
+  uint32_t h0 = hash32(hash32((n * 2u) ^ k0) ^ k1);
+  uint32_t h1 = hash32(hash32((n * 2u + 1u) ^ k0) ^ k1);
+  float u0 = (float)((h0 >> 8) + 1u) * (1.0f / 16777216.0f);
+  float u1 = (float)(h1 >> 8) * (1.0f / 16777216.0f) - 0.5f;
+  float r = sqrtf(-2.0f * ln_poly(u0));
+  float s, c;
+  sincos_turns(u1, &s, &c);
+  *a = r * c;
+  *b = r * s;
+}
+
+// ---- DAC: clip to the block's range and round to its levels; blocked and padded ----------
+
+template <typename T>
+__device__ void dac_fwd(const T *x, const float *ranges, T *xb, int tokens, int n_in, int base,
+                        int extra, int nb, int r, float inv_states, int used, int dac) {
+  i64 total = (i64)nb * tokens * r;
+  for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total;
+       e += (i64)gridDim.x * blockDim.x) {
+    int j = (int)(e % r);
+    i64 rest = e / r;
+    int t = (int)(rest % tokens);
+    int s = (int)(rest / tokens);
+    if (j >= blk_len(s, base, extra)) {
+      xb[e] = from_f<T>(0.0f);
+      continue;
+    }
+    float v = to_f(x[(i64)t * n_in + blk_start(s, base, extra) + j]);
+    float b = ranges[s];
+    if (used && b > 0.0f) {
+      v = fmaxf(fminf(v, b), -b);
+      if (dac) {
+        float res = (b * 2.0f) * inv_states;
+        v = roundf(v / res) * res;
+      }
+    }
+    xb[e] = from_f<T>(v);
+  }
+}
+
+// Gradient of x: straight through, zero where the input was clipped (|x| > range).
+template <typename T>
+__device__ void dac_grad_x(const T *gxb, const T *x, const float *ranges, T *gx, int tokens,
+                           int n_in, int base, int extra, int r, int used) {
+  i64 total = (i64)tokens * n_in;
+  for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total;
+       e += (i64)gridDim.x * blockDim.x) {
+    int i = (int)(e % n_in);
+    int t = (int)(e / n_in);
+    int s, j;
+    blk_of(i, base, extra, &s, &j);
+    float b = ranges[s];
+    float g = to_f(gxb[((i64)s * tokens + t) * r + j]);
+    bool clipped = used && b > 0.0f && fabsf(to_f(x[e])) > b;
+    gx[e] = from_f<T>(clipped ? 0.0f : g);
+  }
+}
+
+// Range gradient, stage 1: per (block, chunk) partial sums of the pull and of the clipped
+// count, reduced in shared memory in a fixed order (deterministic).
+template <typename T>
+__device__ void range_grad_partial(const T *gxb, const T *x, const float *ranges, float *part,
+                                   int tokens, int n_in, int base, int extra, int r,
+                                   int chunks) {
+  __shared__ float sp[256];
+  __shared__ float sc[256];
+  int s = blockIdx.y;
+  int len = blk_len(s, base, extra);
+  int start = blk_start(s, base, extra);
+  float b = ranges[s];
+  i64 total = (i64)tokens * len;
+  float pull = 0.0f, cnt = 0.0f;
+  for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total;
+       e += (i64)chunks * blockDim.x) {
+    int j = (int)(e % len);
+    int t = (int)(e / len);
+    float xv = to_f(x[(i64)t * n_in + start + j]);
+    float g = to_f(gxb[((i64)s * tokens + t) * r + j]);
+    if (xv >= b) {
+      pull += fminf(g, 0.0f);
+      cnt += 1.0f;
+    }
+    if (xv <= -b) {
+      pull -= fmaxf(g, 0.0f);
+      cnt += 1.0f;
+    }
+  }
+  sp[threadIdx.x] = pull;
+  sc[threadIdx.x] = cnt;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w) {
+      sp[threadIdx.x] += sp[threadIdx.x + w];
+      sc[threadIdx.x] += sc[threadIdx.x + w];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    part[((i64)s * chunks + blockIdx.x) * 2] = sp[0];
+    part[((i64)s * chunks + blockIdx.x) * 2 + 1] = sc[0];
+  }
+}
+
+// Stage 2: one thread per block: range * pull, plus the decay while enough inputs are inside.
+extern "C" __global__ void range_grad_final(const float *part, const float *ranges, float *gb,
+                                            int tokens, int base, int extra, int nb, int chunks,
+                                            float decay, float min_inside, int used) {
+  int s = blockIdx.x * blockDim.x + threadIdx.x;
+  if (s >= nb) return;
+  float b = ranges[s];
+  if (!(used && b > 0.0f)) {
+    gb[s] = 0.0f;
+    return;
+  }
+  double pull = 0.0, cnt = 0.0;
+  for (int c = 0; c < chunks; c++) {
+    pull += part[((i64)s * chunks + c) * 2];
+    cnt += part[((i64)s * chunks + c) * 2 + 1];
+  }
+  float g = (float)pull * b;
+  if (decay > 0.0f) {
+    float n = (float)((double)tokens * blk_len(s, base, extra));
+    float inside = 1.0f - (float)cnt / n;
+    if (inside > min_inside) g += b * decay;
+  }
+  gb[s] = g;
+}
+
+// ---- weights: per (block, channel) max |w|, then the noisy blocked copy --------------------
+
+template <typename T>
+__device__ void block_absmax(const T *w, float *wmax, int out, int n_in, int base, int extra,
+                             int nb) {
+  // One warp per (block, channel).
+  int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+  int lane = threadIdx.x % 32;
+  if (warp >= nb * out) return;
+  int s = warp / out;
+  int c = warp % out;
+  int start = blk_start(s, base, extra), len = blk_len(s, base, extra);
+  const T *row = w + (i64)c * n_in + start;
+  float m = 0.0f;
+  for (int j = lane; j < len; j += 32) m = fmaxf(m, fabsf(to_f(row[j])));
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if (lane == 0) wmax[(i64)s * out + c] = m;
+}
+
+// wb[s, c, j] = w[c, start_s + j] + (wmax[s, c] * gamma) * n, n the element c * len_s + j of
+// block s's counter-based stream; one thread per normal pair.
+template <typename T>
+__device__ void noisy_wblocks(const T *w, const float *wmax, T *wb, uint64_t layer_key,
+                              uint64_t tag, uint64_t call, int out, int n_in, int base, int extra, int nb, int r,
+                              float gamma) {
+  // Padding first: every (s, c, j >= len) is zero.
+  i64 pad_total = (i64)nb * out * r;
+  for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < pad_total;
+       e += (i64)gridDim.x * blockDim.x) {
+    int j = (int)(e % r);
+    int s = (int)(e / ((i64)out * r));
+    if (j >= blk_len(s, base, extra)) wb[e] = from_f<T>(0.0f);
+  }
+  // Pairs of each block; block s has ceil(out * len_s / 2) pairs.
+  i64 pairs_big = ((i64)out * (base + 1) + 1) / 2;
+  i64 total = pairs_big * nb;
+  for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total;
+       e += (i64)gridDim.x * blockDim.x) {
+    int s = (int)(e / pairs_big);
+    i64 p = e % pairs_big;
+    int len = blk_len(s, base, extra);
+    i64 n_el = (i64)out * len;
+    if (2 * p >= n_el) continue;
+    int start = blk_start(s, base, extra);
+    float a = 0.0f, b = 0.0f;
+    if (gamma > 0.0f) {
+      uint32_t k0, k1;
+      block_keys(layer_key, tag, call, s, &k0, &k1);
+      normal_pair(k0, k1, (uint32_t)p, &a, &b);
+    }
+    for (int k = 0; k < 2; k++) {
+      i64 el = 2 * p + k;
+      if (el >= n_el) break;
+      int c = (int)(el / len);
+      int j = (int)(el % len);
+      float v = to_f(w[(i64)c * n_in + start + j]);
+      if (gamma > 0.0f) {
+        float sc = wmax[(i64)s * out + c] * gamma;
+        v = v + (k == 0 ? a : b) * sc;
+      }
+      wb[((i64)s * out + c) * r + j] = from_f<T>(v);
+    }
+  }
+}
+
+// Gradient of w: the blocked gradient put back in place (the noise is additive).
+template <typename T>
+__device__ void unblock_w(const T *gwb, T *gw, int out, int n_in, int base, int extra, int r) {
+  i64 total = (i64)out * n_in;
+  for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total;
+       e += (i64)gridDim.x * blockDim.x) {
+    int i = (int)(e % n_in);
+    int c = (int)(e / n_in);
+    int s, j;
+    blk_of(i, base, extra, &s, &j);
+    gw[e] = gwb[((i64)s * out + c) * r + j];
+  }
+}
+
+// ---- ADC: per block round and clamp to lambda * w_max * range, then the sum over blocks ----
+
+__device__ __forceinline__ float adc_q(float y, float bd, float inv_states, int adc) {
+  if (adc) {
+    float res = (bd * 2.0f) * inv_states;
+    y = roundf(y / res) * res;
+  }
+  return y;
+}
+
+template <typename T>
+__device__ void adc_sum(const T *yb, const float *bound, T *y, int tokens, int out, int nb,
+                        float inv_states, int adc) {
+  i64 total = (i64)tokens * out;
+  for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total;
+       e += (i64)gridDim.x * blockDim.x) {
+    int c = (int)(e % out);
+    float acc = 0.0f;
+    for (int s = 0; s < nb; s++) {
+      float v = to_f(yb[(i64)s * total + e]);
+      float bd = bound[(i64)s * out + c];
+      if (bd > 0.0f) v = fmaxf(fminf(adc_q(v, bd, inv_states, adc), bd), -bd);
+      acc = s == 0 ? v : acc + v;
+    }
+    y[e] = from_f<T>(acc);
+  }
+}
+
+// Gradient of yb: straight through the rounding, zero where the clamp cut.
+template <typename T>
+__device__ void adc_grad(const T *g, const T *yb, const float *bound, T *gyb, int tokens, int out,
+                         int nb, float inv_states, int adc) {
+  i64 plane = (i64)tokens * out;
+  i64 total = plane * nb;
+  for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total;
+       e += (i64)gridDim.x * blockDim.x) {
+    int s = (int)(e / plane);
+    i64 te = e % plane;
+    int c = (int)(te % out);
+    float bd = bound[(i64)s * out + c];
+    float gv = to_f(g[te]);
+    if (bd > 0.0f) {
+      float q = adc_q(to_f(yb[e]), bd, inv_states, adc);
+      if (q > bd || q < -bd) gv = 0.0f;
+    }
+    gyb[e] = from_f<T>(gv);
+  }
+}
+
+#define INSTANTIATE(T, SUF)                                                                     \
+  extern "C" __global__ void dac_fwd_##SUF(const T *x, const float *ranges, T *xb, int tokens,  \
+                                           int n_in, int base, int extra, int nb, int r,        \
+                                           float inv_states, int used, int dac) {               \
+    dac_fwd<T>(x, ranges, xb, tokens, n_in, base, extra, nb, r, inv_states, used, dac);         \
+  }                                                                                             \
+  extern "C" __global__ void dac_grad_x_##SUF(const T *gxb, const T *x, const float *ranges,   \
+                                              T *gx, int tokens, int n_in, int base, int extra, \
+                                              int r, int used) {                                \
+    dac_grad_x<T>(gxb, x, ranges, gx, tokens, n_in, base, extra, r, used);                      \
+  }                                                                                             \
+  extern "C" __global__ void range_grad_partial_##SUF(                                         \
+      const T *gxb, const T *x, const float *ranges, float *part, int tokens, int n_in,         \
+      int base, int extra, int r, int chunks) {                                                 \
+    range_grad_partial<T>(gxb, x, ranges, part, tokens, n_in, base, extra, r, chunks);          \
+  }                                                                                             \
+  extern "C" __global__ void block_absmax_##SUF(const T *w, float *wmax, int out, int n_in,    \
+                                                int base, int extra, int nb) {                  \
+    block_absmax<T>(w, wmax, out, n_in, base, extra, nb);                                       \
+  }                                                                                             \
+  extern "C" __global__ void noisy_wblocks_##SUF(                                              \
+      const T *w, const float *wmax, T *wb, uint64_t layer_key, uint64_t tag, uint64_t call,    \
+      int out, int n_in, int base, int extra, int nb, int r, float gamma) {                     \
+    noisy_wblocks<T>(w, wmax, wb, layer_key, tag, call, out, n_in, base, extra, nb, r, gamma);  \
+  }                                                                                             \
+  extern "C" __global__ void unblock_w_##SUF(const T *gwb, T *gw, int out, int n_in, int base,  \
+                                             int extra, int r) {                                \
+    unblock_w<T>(gwb, gw, out, n_in, base, extra, r);                                           \
+  }                                                                                             \
+  extern "C" __global__ void adc_sum_##SUF(const T *yb, const float *bound, T *y, int tokens,  \
+                                           int out, int nb, float inv_states, int adc) {        \
+    adc_sum<T>(yb, bound, y, tokens, out, nb, inv_states, adc);                                 \
+  }                                                                                             \
+  extern "C" __global__ void adc_grad_##SUF(const T *g, const T *yb, const float *bound,       \
+                                            T *gyb, int tokens, int out, int nb,                \
+                                            float inv_states, int adc) {                        \
+    adc_grad<T>(g, yb, bound, gyb, tokens, out, nb, inv_states, adc);                           \
+  }
+
+INSTANTIATE(float, f32)
+INSTANTIATE(__nv_bfloat16, bf16)
+INSTANTIATE(__half, f16)

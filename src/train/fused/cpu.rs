@@ -1,0 +1,239 @@
+//! CPU twins of `kernels/analog_train.cu`: the same arithmetic in the same order, element by
+//! element, so a CPU run and a CUDA run of the fused layer differ only where cuBLAS sums the
+//! products in another order.
+
+use super::Blocks;
+use crate::rng::normal_pair;
+use rayon::prelude::*;
+
+/// One rounding step of a `bits`-level quantizer over ±bound (lightning's (2 * bound) / states,
+/// as candle's scalar division: times the f32 reciprocal).
+#[inline]
+fn quantize(v: f32, bound: f32, inv_states: f32) -> f32 {
+    let res = (bound * 2.0) * inv_states;
+    (v / res).round() * res
+}
+
+/// DAC: xb (nb, tokens, r) from x (tokens, n_in).
+pub fn dac_fwd(
+    x: &[f32],
+    ranges: &[f32],
+    g: &Blocks,
+    tokens: usize,
+    inv_states: Option<f32>,
+    used: bool,
+) -> Vec<f32> {
+    let mut xb = vec![0f32; g.nb * tokens * g.r];
+    xb.par_chunks_mut(g.r).enumerate().for_each(|(row, out)| {
+        let (s, t) = (row / tokens, row % tokens);
+        let (start, len) = (g.start(s), g.len(s));
+        let b = ranges[s];
+        for (j, o) in out[..len].iter_mut().enumerate() {
+            let mut v = x[t * g.n_in + start + j];
+            if used && b > 0.0 {
+                v = v.min(b).max(-b);
+                if let Some(inv) = inv_states {
+                    v = quantize(v, b, inv);
+                }
+            }
+            *o = v;
+        }
+    });
+    xb
+}
+
+/// Gradient of x through the DAC: straight through, zero where |x| > range.
+pub fn dac_grad_x(
+    gxb: &[f32],
+    x: &[f32],
+    ranges: &[f32],
+    g: &Blocks,
+    tokens: usize,
+    used: bool,
+) -> Vec<f32> {
+    let mut gx = vec![0f32; tokens * g.n_in];
+    gx.par_chunks_mut(g.n_in).enumerate().for_each(|(t, row)| {
+        for (i, o) in row.iter_mut().enumerate() {
+            let (s, j) = g.of(i);
+            let b = ranges[s];
+            let clipped = used && b > 0.0 && x[t * g.n_in + i].abs() > b;
+            *o = if clipped {
+                0.0
+            } else {
+                gxb[(s * tokens + t) * g.r + j]
+            };
+        }
+    });
+    gx
+}
+
+/// Gradient of the ranges: range * (pull of the clipped inputs' gradients), plus range * decay
+/// while more than `min_inside` of the block's inputs sit inside.
+pub fn range_grad(
+    gxb: &[f32],
+    x: &[f32],
+    ranges: &[f32],
+    g: &Blocks,
+    tokens: usize,
+    used: bool,
+    (decay, min_inside): (f32, f32),
+) -> Vec<f32> {
+    (0..g.nb)
+        .map(|s| {
+            let b = ranges[s];
+            if !(used && b > 0.0) {
+                return 0.0;
+            }
+            let (start, len) = (g.start(s), g.len(s));
+            let (mut pull, mut cnt) = (0f64, 0f64);
+            for t in 0..tokens {
+                for j in 0..len {
+                    let xv = x[t * g.n_in + start + j];
+                    let gv = gxb[(s * tokens + t) * g.r + j];
+                    if xv >= b {
+                        pull += f64::from(gv.min(0.0));
+                        cnt += 1.0;
+                    }
+                    if xv <= -b {
+                        pull -= f64::from(gv.max(0.0));
+                        cnt += 1.0;
+                    }
+                }
+            }
+            let mut gb = pull as f32 * b;
+            if decay > 0.0 {
+                let n = (tokens * len) as f32;
+                if 1.0 - cnt as f32 / n > min_inside {
+                    gb += b * decay;
+                }
+            }
+            gb
+        })
+        .collect()
+}
+
+/// Max |w| of every (block, channel): (nb, out).
+pub fn block_absmax(w: &[f32], g: &Blocks, out: usize) -> Vec<f32> {
+    let mut m = vec![0f32; g.nb * out];
+    m.par_chunks_mut(out).enumerate().for_each(|(s, row)| {
+        let (start, len) = (g.start(s), g.len(s));
+        for (c, o) in row.iter_mut().enumerate() {
+            let seg = &w[c * g.n_in + start..c * g.n_in + start + len];
+            *o = seg.iter().fold(0f32, |a, v| a.max(v.abs()));
+        }
+    });
+    m
+}
+
+/// wb (nb, out, r): the blocked weights plus (wmax * gamma) times block s's counter-based
+/// normals (element c * len + j of the stream with `keys[s]`); gamma 0: a plain copy.
+pub fn noisy_wblocks(
+    w: &[f32],
+    wmax: &[f32],
+    keys: &[(u32, u32)],
+    g: &Blocks,
+    out: usize,
+    gamma: f32,
+) -> Vec<f32> {
+    let mut wb = vec![0f32; g.nb * out * g.r];
+    wb.par_chunks_mut(out * g.r)
+        .enumerate()
+        .for_each(|(s, blk)| {
+            let (start, len) = (g.start(s), g.len(s));
+            let mut noise = Vec::new();
+            if gamma > 0.0 {
+                noise = vec![0f32; out * len + 1];
+                for (p, pair) in noise.chunks_exact_mut(2).enumerate() {
+                    let (a, b) = normal_pair(keys[s].0, keys[s].1, p as u32);
+                    pair[0] = a;
+                    pair[1] = b;
+                }
+            }
+            for c in 0..out {
+                let sc = wmax[s * out + c] * gamma;
+                for j in 0..len {
+                    let mut v = w[c * g.n_in + start + j];
+                    if gamma > 0.0 {
+                        v += noise[c * len + j] * sc;
+                    }
+                    blk[c * g.r + j] = v;
+                }
+            }
+        });
+    wb
+}
+
+/// Gradient of w from the gradient of the blocked weights.
+pub fn unblock_w(gwb: &[f32], g: &Blocks, out: usize) -> Vec<f32> {
+    let mut gw = vec![0f32; out * g.n_in];
+    gw.par_chunks_mut(g.n_in).enumerate().for_each(|(c, row)| {
+        for (i, o) in row.iter_mut().enumerate() {
+            let (s, j) = g.of(i);
+            *o = gwb[(s * out + c) * g.r + j];
+        }
+    });
+    gw
+}
+
+/// y (tokens, out) = sum over blocks of the ADC-quantized, clamped block outputs.
+pub fn adc_sum(
+    yb: &[f32],
+    bound: &[f32],
+    nb: usize,
+    tokens: usize,
+    out: usize,
+    inv_states: Option<f32>,
+) -> Vec<f32> {
+    let plane = tokens * out;
+    let mut y = vec![0f32; plane];
+    y.par_chunks_mut(out).enumerate().for_each(|(t, row)| {
+        for (c, o) in row.iter_mut().enumerate() {
+            let mut acc = 0f32;
+            for s in 0..nb {
+                let mut v = yb[s * plane + t * out + c];
+                let bd = bound[s * out + c];
+                if bd > 0.0 {
+                    if let Some(inv) = inv_states {
+                        v = quantize(v, bd, inv);
+                    }
+                    v = v.min(bd).max(-bd);
+                }
+                acc = if s == 0 { v } else { acc + v };
+            }
+            *o = acc;
+        }
+    });
+    y
+}
+
+/// Gradient of yb: g where the quantized output lies within its bound, else zero.
+pub fn adc_grad(
+    gy: &[f32],
+    yb: &[f32],
+    bound: &[f32],
+    nb: usize,
+    tokens: usize,
+    out: usize,
+    inv_states: Option<f32>,
+) -> Vec<f32> {
+    let plane = tokens * out;
+    let mut gyb = vec![0f32; nb * plane];
+    gyb.par_chunks_mut(out).enumerate().for_each(|(row, o)| {
+        let (s, t) = (row / tokens, row % tokens);
+        for (c, v) in o.iter_mut().enumerate() {
+            let bd = bound[s * out + c];
+            let mut gv = gy[t * out + c];
+            if bd > 0.0 {
+                let mut q = yb[s * plane + t * out + c];
+                if let Some(inv) = inv_states {
+                    q = quantize(q, bd, inv);
+                }
+                if q > bd || q < -bd {
+                    gv = 0.0;
+                }
+            }
+            *v = gv;
+        }
+    });
+    gyb
+}

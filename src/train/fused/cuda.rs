@@ -1,0 +1,190 @@
+//! Launches of `kernels/analog_train.cu` (compiled to PTX by `build.rs` under the `cuda`
+//! feature) for the fused stages; no host synchronization anywhere.
+
+use super::{FusedOp, Stage};
+use crate::rng::{layer_key, Effect};
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/analog_train.ptx"));
+const MODULE: &str = "afm_analog_train";
+
+/// Threads per block of every kernel (the range reduction's shared arrays hold 256).
+const THREADS: u32 = 256;
+
+fn grid(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(THREADS as usize).clamp(1, 65_535 * 16) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn slice<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(s.as_cuda_slice::<T>()?.slice(a..b)),
+        None => candle_core::bail!("fused analog op: inputs must be contiguous"),
+    }
+}
+
+fn i(v: usize) -> i32 {
+    v as i32
+}
+
+/// Runs `op` on `args` (storage, layout) and returns its output of `shape`.
+pub fn run(op: &FusedOp, args: &[(&CudaStorage, &Layout)], shape: &Shape) -> Result<CudaStorage> {
+    let dev = args[0].0.device().clone();
+    // The data tensors (first argument first) share one dtype; ranges, w_max and bounds are f32.
+    match args[0].0.dtype() {
+        DType::F32 => run_t::<f32>(op, args, shape, &dev, "f32"),
+        DType::BF16 => run_t::<half::bf16>(op, args, shape, &dev, "bf16"),
+        DType::F16 => run_t::<half::f16>(op, args, shape, &dev, "f16"),
+        d => candle_core::bail!("fused analog op: {d:?} is not supported (f32, bf16, f16)"),
+    }
+}
+
+fn run_t<T: CudaDType + DeviceRepr>(
+    op: &FusedOp,
+    args: &[(&CudaStorage, &Layout)],
+    shape: &Shape,
+    dev: &CudaDevice,
+    suf: &str,
+) -> Result<CudaStorage> {
+    let g = &op.blocks;
+    let f = |name: &str| dev.get_or_load_custom_func(&format!("{name}_{suf}"), MODULE, PTX);
+    let n = shape.elem_count();
+    let (base, extra, nb, r, n_in) = (i(g.base), i(g.extra), i(g.nb), i(g.r), i(g.n_in));
+    let t = |k: usize| slice::<T>(args[k].0, args[k].1);
+    let f32_arg = |k: usize| slice::<f32>(args[k].0, args[k].1);
+    match &op.stage {
+        Stage::Dac {
+            used, inv_states, ..
+        } => {
+            let (x, ranges) = (t(0)?, f32_arg(1)?);
+            let tokens = i(args[0].1.dims()[0]);
+            let y = unsafe { dev.alloc::<T>(n)? };
+            let func = f("dac_fwd")?;
+            let mut b = func.builder();
+            b.arg(&x).arg(&ranges).arg(&y);
+            let (inv, dac, used) = (
+                inv_states.unwrap_or(0.0),
+                i32::from(inv_states.is_some()),
+                i32::from(*used),
+            );
+            candle_core::builder_arg!(b, tokens, n_in, base, extra, nb, r, inv, used, dac);
+            unsafe { b.launch(grid(n)) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+        }
+        Stage::DacGradX { used } => {
+            let (gxb, x, ranges) = (t(0)?, t(1)?, f32_arg(2)?);
+            let tokens = i(args[1].1.dims()[0]);
+            let y = unsafe { dev.alloc::<T>(n)? };
+            let func = f("dac_grad_x")?;
+            let mut b = func.builder();
+            b.arg(&gxb).arg(&x).arg(&ranges).arg(&y);
+            let used = i32::from(*used);
+            candle_core::builder_arg!(b, tokens, n_in, base, extra, r, used);
+            unsafe { b.launch(grid(n)) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+        }
+        Stage::RangeGrad {
+            used,
+            decay,
+            min_inside,
+        } => {
+            let (gxb, x, ranges) = (t(0)?, t(1)?, f32_arg(2)?);
+            let tokens = args[1].1.dims()[0];
+            let chunks = (tokens * g.r).div_ceil(THREADS as usize * 8).clamp(1, 1024);
+            let part = unsafe { dev.alloc::<f32>(g.nb * chunks * 2)? };
+            let func = f("range_grad_partial")?;
+            let mut b = func.builder();
+            b.arg(&gxb).arg(&x).arg(&ranges).arg(&part);
+            let (tk, ch) = (i(tokens), i(chunks));
+            candle_core::builder_arg!(b, tk, n_in, base, extra, r, ch);
+            let cfg = LaunchConfig {
+                grid_dim: (chunks as u32, g.nb as u32, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            unsafe { b.launch(cfg) }.w()?;
+            let gb = unsafe { dev.alloc::<f32>(g.nb)? };
+            let func = dev.get_or_load_custom_func("range_grad_final", MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&part).arg(&ranges).arg(&gb);
+            let used = i32::from(*used);
+            candle_core::builder_arg!(b, tk, base, extra, nb, ch, *decay, *min_inside, used);
+            unsafe { b.launch(grid(g.nb)) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(gb, dev.clone()))
+        }
+        Stage::AbsMax => {
+            let w = t(0)?;
+            let out = i(args[0].1.dims()[0]);
+            let m = unsafe { dev.alloc::<f32>(n)? };
+            let func = f("block_absmax")?;
+            let mut b = func.builder();
+            b.arg(&w).arg(&m);
+            candle_core::builder_arg!(b, out, n_in, base, extra, nb);
+            unsafe { b.launch(grid(n * 32)) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(m, dev.clone()))
+        }
+        Stage::NoisyWeights {
+            gamma,
+            seed,
+            layer,
+            call,
+        } => {
+            let (w, wmax) = (t(0)?, f32_arg(1)?);
+            let out = i(args[0].1.dims()[0]);
+            let y = unsafe { dev.alloc::<T>(n)? };
+            let func = f("noisy_wblocks")?;
+            let mut b = func.builder();
+            b.arg(&w).arg(&wmax).arg(&y);
+            let (lk, tag) = (layer_key(*seed, *layer), Effect::WeightNoise.tag());
+            candle_core::builder_arg!(b, lk, tag, *call, out, n_in, base, extra, nb, r, *gamma);
+            unsafe { b.launch(grid(n)) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+        }
+        Stage::Unblock => {
+            let gwb = t(0)?;
+            let out = i(args[0].1.dims()[1]);
+            let y = unsafe { dev.alloc::<T>(n)? };
+            let func = f("unblock_w")?;
+            let mut b = func.builder();
+            b.arg(&gwb).arg(&y);
+            candle_core::builder_arg!(b, out, n_in, base, extra, r);
+            unsafe { b.launch(grid(n)) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+        }
+        Stage::Adc { inv_states } => {
+            let (yb, bound) = (t(0)?, f32_arg(1)?);
+            let d = args[0].1.dims();
+            let (nbk, tokens, out) = (i(d[0]), i(d[1]), i(d[2]));
+            let y = unsafe { dev.alloc::<T>(n)? };
+            let func = f("adc_sum")?;
+            let mut b = func.builder();
+            b.arg(&yb).arg(&bound).arg(&y);
+            let (inv, adc) = (inv_states.unwrap_or(0.0), i32::from(inv_states.is_some()));
+            candle_core::builder_arg!(b, tokens, out, nbk, inv, adc);
+            unsafe { b.launch(grid(n)) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+        }
+        Stage::AdcGrad { inv_states } => {
+            let (gy, yb, bound) = (t(0)?, t(1)?, f32_arg(2)?);
+            let d = args[1].1.dims();
+            let (nbk, tokens, out) = (i(d[0]), i(d[1]), i(d[2]));
+            let y = unsafe { dev.alloc::<T>(n)? };
+            let func = f("adc_grad")?;
+            let mut b = func.builder();
+            b.arg(&gy).arg(&yb).arg(&bound).arg(&y);
+            let (inv, adc) = (inv_states.unwrap_or(0.0), i32::from(inv_states.is_some()));
+            candle_core::builder_arg!(b, tokens, out, nbk, inv, adc);
+            unsafe { b.launch(grid(n)) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! The analog training layer as a few fused ops around one batched matrix product.
+//!
+//! The plain-tensor layer (`AnalogTrainLinear::forward_reference`) runs ~30 small tensor ops per
+//! row block, each a pass over memory. Here the row blocks are laid out side by side, padded to
+//! the longest block, so one strided-batched GEMM computes every block's partial outputs, and
+//! each stage around it is one pass: the DAC (clip and round, with its straight-through and
+//! range gradients), the noisy weight copy (per-channel Gaussian noise from our counter-based
+//! stream, the same bits on CPU and GPU), and the ADC with the sum over blocks. Every op has a
+//! CPU path (`cpu`) and a CUDA path (`cuda`, `kernels/analog_train.cu`); tests hold them to the
+//! reference layer.
+
+pub mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
+
+use crate::rng::{Effect, StreamKey};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+
+/// How a layer's inputs split into row blocks (as `tile::mapping::split_sizes`: the first
+/// `extra` blocks hold `base + 1` inputs, the rest `base`), and the padded block length `r`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blocks {
+    /// Inputs of the layer.
+    pub n_in: usize,
+    /// Row blocks.
+    pub nb: usize,
+    /// Inputs of the shorter blocks.
+    pub base: usize,
+    /// Blocks holding one input more than `base`.
+    pub extra: usize,
+    /// Padded block length (the longest block).
+    pub r: usize,
+}
+
+impl Blocks {
+    /// The blocks of `n_in` inputs on tiles of `rows` rows.
+    pub fn new(n_in: usize, rows: usize) -> Self {
+        let nb = n_in.div_ceil(rows.max(1)).max(1);
+        let (base, extra) = (n_in / nb, n_in % nb);
+        Blocks {
+            n_in,
+            nb,
+            base,
+            extra,
+            r: base + usize::from(extra > 0),
+        }
+    }
+
+    /// First input of block `s`.
+    pub fn start(&self, s: usize) -> usize {
+        s * self.base + s.min(self.extra)
+    }
+
+    /// Inputs of block `s`.
+    pub fn len(&self, s: usize) -> usize {
+        self.base + usize::from(s < self.extra)
+    }
+
+    /// Whether the layer has no inputs.
+    pub fn is_empty(&self) -> bool {
+        self.n_in == 0
+    }
+
+    /// (block, offset in the block) of input `i`.
+    pub fn of(&self, i: usize) -> (usize, usize) {
+        let big = self.extra * (self.base + 1);
+        let s = if i < big {
+            i / (self.base + 1)
+        } else {
+            self.extra + (i - big) / self.base
+        };
+        (s, i - self.start(s))
+    }
+}
+
+/// The stage a [`FusedOp`] computes.
+#[derive(Debug, Clone)]
+pub enum Stage {
+    /// (x (T, n_in), ranges (nb)) -> xb (nb, T, r): clip to the range and round to the DAC's
+    /// levels; backward: [`Stage::DacGradX`] and [`Stage::RangeGrad`].
+    Dac {
+        /// Whether the ranges are in use (a block with range 0 is not yet initialized: exact).
+        used: bool,
+        /// 1 / (2^bits - 2) of the DAC, None: no rounding.
+        inv_states: Option<f32>,
+        /// Range decay.
+        decay: f32,
+        /// Share of inputs inside above which the decay acts.
+        min_inside: f32,
+    },
+    /// (gxb, x, ranges) -> gx (T, n_in).
+    DacGradX {
+        /// As in [`Stage::Dac`].
+        used: bool,
+    },
+    /// (gxb, x, ranges) -> gradient of the ranges (nb).
+    RangeGrad {
+        /// As in [`Stage::Dac`].
+        used: bool,
+        /// Range decay.
+        decay: f32,
+        /// Share of inputs inside above which the decay acts.
+        min_inside: f32,
+    },
+    /// w (out, n_in) -> max |w| per (block, channel) (nb, out); no gradient.
+    AbsMax,
+    /// (w, wmax) -> wb (nb, out, r) with (wmax * gamma) * normals added; backward:
+    /// [`Stage::Unblock`].
+    NoisyWeights {
+        /// Noise relative to the channel's max |w| (0: none).
+        gamma: f32,
+        /// The noise stream: block s draws from (seed, layer, s, weight noise), sub-stream
+        /// `call` (the forward counter).
+        seed: u64,
+        /// Layer name hash of the stream.
+        layer: u64,
+        /// Forward counter.
+        call: u64,
+    },
+    /// gwb (nb, out, r) -> gw (out, n_in).
+    Unblock,
+    /// (yb (nb, T, out), bound (nb, out)) -> y (T, out): ADC per block, summed; bound 0: exact.
+    /// Backward: [`Stage::AdcGrad`].
+    Adc {
+        /// 1 / (2^bits - 2) of the ADC, None: no rounding (clamp only).
+        inv_states: Option<f32>,
+    },
+    /// (g, yb, bound) -> gyb (nb, T, out).
+    AdcGrad {
+        /// As in [`Stage::Adc`].
+        inv_states: Option<f32>,
+    },
+}
+
+/// One fused stage of the analog training layer over the row blocks `blocks`.
+#[derive(Debug, Clone)]
+pub struct FusedOp {
+    /// The row blocks.
+    pub blocks: Blocks,
+    /// What it computes.
+    pub stage: Stage,
+}
+
+/// 1 / (2^bits - 2) for `bits` > 0 (lightning's quantization states).
+pub fn inv_states(bits: u32) -> Option<f32> {
+    (bits > 0).then(|| (1.0 / ((1u64 << bits) as f64 - 2.0)) as f32)
+}
+
+fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let v = match s {
+        CpuStorage::F32(v) => v,
+        _ => candle_core::bail!("fused analog op: {what} must be f32 on the CPU"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("fused analog op: {what} must be contiguous"),
+    }
+}
+
+fn out(v: Vec<f32>, shape: impl Into<Shape>) -> Result<(CpuStorage, Shape)> {
+    Ok((CpuStorage::F32(v), shape.into()))
+}
+
+impl FusedOp {
+    fn with(&self, stage: Stage) -> FusedOp {
+        FusedOp {
+            blocks: self.blocks,
+            stage,
+        }
+    }
+
+    /// Output shape of the stage for its first argument's dims (and the second's, if any).
+    fn shape(&self, a: &[usize], b: &[usize]) -> Result<Shape> {
+        let g = &self.blocks;
+        Ok(match &self.stage {
+            Stage::Dac { .. } => (g.nb, a[0], g.r).into(),
+            Stage::DacGradX { .. } => b.to_vec().into(),
+            Stage::RangeGrad { .. } => g.nb.into(),
+            Stage::AbsMax => (g.nb, a[0]).into(),
+            Stage::NoisyWeights { .. } => (g.nb, a[0], g.r).into(),
+            Stage::Unblock => (a[1], g.n_in).into(),
+            Stage::Adc { .. } => (a[1], a[2]).into(),
+            Stage::AdcGrad { .. } => b.to_vec().into(),
+        })
+    }
+}
+
+impl CustomOp1 for FusedOp {
+    fn name(&self) -> &'static str {
+        "afm-fused-analog-1"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.blocks;
+        let a = f32s(s, l, "input")?;
+        let shape = self.shape(l.dims(), &[])?;
+        match &self.stage {
+            Stage::AbsMax => out(cpu::block_absmax(a, g, l.dims()[0]), shape),
+            Stage::Unblock => out(cpu::unblock_w(a, g, l.dims()[1]), shape),
+            s => candle_core::bail!("fused analog op: {s:?} takes more arguments"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let shape = self.shape(l.dims(), &[])?;
+        Ok((cuda::run(self, &[(s, l)], &shape)?, shape))
+    }
+}
+
+impl CustomOp2 for FusedOp {
+    fn name(&self) -> &'static str {
+        "afm-fused-analog-2"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.blocks;
+        let (a, b) = (f32s(s1, l1, "input 1")?, f32s(s2, l2, "input 2")?);
+        let shape = self.shape(l1.dims(), l2.dims())?;
+        let d = l1.dims();
+        match &self.stage {
+            Stage::Dac {
+                used, inv_states, ..
+            } => out(cpu::dac_fwd(a, b, g, d[0], *inv_states, *used), shape),
+            Stage::NoisyWeights {
+                gamma,
+                seed,
+                layer,
+                call,
+            } => {
+                let keys: Vec<_> = (0..g.nb)
+                    .map(|s| {
+                        StreamKey::new(*seed, *layer, s as u64, Effect::WeightNoise)
+                            .counter_keys(*call)
+                    })
+                    .collect();
+                out(cpu::noisy_wblocks(a, b, &keys, g, d[0], *gamma), shape)
+            }
+            Stage::Adc { inv_states } => {
+                out(cpu::adc_sum(a, b, d[0], d[1], d[2], *inv_states), shape)
+            }
+            s => candle_core::bail!("fused analog op: {s:?} does not take two arguments"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let shape = self.shape(l1.dims(), l2.dims())?;
+        Ok((cuda::run(self, &[(s1, l1), (s2, l2)], &shape)?, shape))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        match &self.stage {
+            Stage::Dac {
+                used,
+                decay,
+                min_inside,
+                ..
+            } => {
+                let gx = g.apply_op3_no_bwd(a, b, &self.with(Stage::DacGradX { used: *used }))?;
+                let gr = g.apply_op3_no_bwd(
+                    a,
+                    b,
+                    &self.with(Stage::RangeGrad {
+                        used: *used,
+                        decay: *decay,
+                        min_inside: *min_inside,
+                    }),
+                )?;
+                Ok((Some(gx), Some(gr.to_dtype(b.dtype())?)))
+            }
+            Stage::NoisyWeights { .. } => {
+                Ok((Some(g.apply_op1_no_bwd(&self.with(Stage::Unblock))?), None))
+            }
+            Stage::Adc { inv_states } => {
+                let gy = g.apply_op3_no_bwd(
+                    a,
+                    b,
+                    &self.with(Stage::AdcGrad {
+                        inv_states: *inv_states,
+                    }),
+                )?;
+                Ok((Some(gy), None))
+            }
+            s => candle_core::bail!("fused analog op: {s:?} has no backward"),
+        }
+    }
+}
+
+impl CustomOp3 for FusedOp {
+    fn name(&self) -> &'static str {
+        "afm-fused-analog-3"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.blocks;
+        let a = f32s(s1, l1, "input 1")?;
+        let (b, c) = (f32s(s2, l2, "input 2")?, f32s(s3, l3, "input 3")?);
+        let shape = self.shape(l1.dims(), l2.dims())?;
+        match &self.stage {
+            Stage::DacGradX { used } => {
+                out(cpu::dac_grad_x(a, b, c, g, l2.dims()[0], *used), shape)
+            }
+            Stage::RangeGrad {
+                used,
+                decay,
+                min_inside,
+            } => out(
+                cpu::range_grad(a, b, c, g, l2.dims()[0], *used, (*decay, *min_inside)),
+                shape,
+            ),
+            Stage::AdcGrad { inv_states } => {
+                let d = l2.dims();
+                out(cpu::adc_grad(a, b, c, d[0], d[1], d[2], *inv_states), shape)
+            }
+            s => candle_core::bail!("fused analog op: {s:?} does not take three arguments"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let shape = self.shape(l1.dims(), l2.dims())?;
+        Ok((
+            cuda::run(self, &[(s1, l1), (s2, l2), (s3, l3)], &shape)?,
+            shape,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Blocks;
+    use crate::tile::mapping::split_sizes;
+
+    #[test]
+    fn blocks_split_like_the_tile_mapping_and_invert() {
+        for n in 1..600 {
+            for rows in [1, 3, 4, 64, 100, 512] {
+                let g = Blocks::new(n, rows);
+                let parts = split_sizes(n, rows);
+                assert_eq!(g.nb, parts.len(), "{n} {rows}");
+                for (s, &(start, len)) in parts.iter().enumerate() {
+                    assert_eq!((g.start(s), g.len(s)), (start, len), "{n} {rows} {s}");
+                    assert!(len <= g.r);
+                    for j in 0..len {
+                        assert_eq!(g.of(start + j), (s, j));
+                    }
+                }
+            }
+        }
+    }
+}
