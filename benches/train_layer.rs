@@ -132,7 +132,8 @@ fn main() {
                     } else {
                         layer.forward(x.as_tensor()).unwrap()
                     };
-                    let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+                    let gy = g.to_dtype(y.dtype()).unwrap();
+                    let grads = (y * gy).unwrap().sum_all().unwrap().backward().unwrap();
                     drop(grads);
                 };
                 let mut times: Vec<f64> = (0..a.warmup + a.reps)

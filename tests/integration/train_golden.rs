@@ -73,12 +73,8 @@ pub fn run_layer(
     layer.state.lock().unwrap().training = true;
     let x = Var::from_tensor(&x.to_device(dev).unwrap()).unwrap();
     let y = layer.forward(x.as_tensor()).unwrap();
-    let grads = (&y * g.to_device(dev).unwrap())
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let g = g.to_device(dev).unwrap().to_dtype(y.dtype()).unwrap();
+    let grads = (&y * g).unwrap().sum_all().unwrap().backward().unwrap();
     let grad = |v: &Var| vec_of(grads.get(v.as_tensor()).unwrap());
     let mut out = vec![
         ("y".to_string(), vec_of(&y)),
