@@ -50,6 +50,11 @@ pub type BadLines = Vec<(usize, String)>;
 /// `(line number, message)` and skipped; the items that parse are returned.
 pub fn load_jsonl(path: &Path) -> Result<(Vec<McItem>, BadLines)> {
     let text = crate::paths::read_text(path)?;
+    parse_jsonl(&text, path)
+}
+
+/// [`load_jsonl`] over text already read; `path` names it in errors.
+pub fn parse_jsonl(text: &str, path: &Path) -> Result<(Vec<McItem>, BadLines)> {
     let (mut items, mut bad) = (Vec::new(), Vec::new());
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

@@ -10,7 +10,7 @@
 
 use super::generation::{gsm8k_cot, gsm8k_prompt, AnswerStyle, GenItem};
 use super::hellaswag;
-use super::multiple_choice::{load_jsonl, BadLines, McItem};
+use super::multiple_choice::{load_jsonl, parse_jsonl as load_mc, BadLines, McItem};
 use crate::error::{Error, Result};
 use crate::rng::{Effect, StreamKey};
 use serde_json::Value;
@@ -204,8 +204,7 @@ fn shot_indices(task: &str, pool: usize, item: usize, k: usize) -> Vec<usize> {
     chosen
 }
 
-fn read_json_lines(path: &Path) -> Result<(Vec<(usize, Value)>, BadLines)> {
-    let text = crate::paths::read_text(path)?;
+fn json_lines(text: &str) -> (Vec<(usize, Value)>, BadLines) {
     let (mut ok, mut bad) = (Vec::new(), Vec::new());
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -217,7 +216,7 @@ fn read_json_lines(path: &Path) -> Result<(Vec<(usize, Value)>, BadLines)> {
             Err(e) => bad.push((n + 1, format!("not JSON: {e}"))),
         }
     }
-    Ok((ok, bad))
+    (ok, bad)
 }
 
 fn str_field<'a>(v: &'a Value, key: &str) -> std::result::Result<&'a str, String> {
@@ -226,14 +225,13 @@ fn str_field<'a>(v: &'a Value, key: &str) -> std::result::Result<&'a str, String
         .ok_or_else(|| format!("missing string field `{key}`"))
 }
 
-/// Reads (question/problem, answer) generation lines; `solution_key` names the worked
-/// solution used for few-shot exemplars.
+/// Reads (question/problem, answer) generation lines.
 fn generation_lines(
-    path: &Path,
+    text: &str,
     prompt_key: &str,
     answer_key: &str,
-) -> Result<(Vec<(String, String)>, BadLines)> {
-    let (lines, mut bad) = read_json_lines(path)?;
+) -> (Vec<(String, String)>, BadLines) {
+    let (lines, mut bad) = json_lines(text);
     let mut out = Vec::new();
     for (n, v) in lines {
         match (str_field(&v, prompt_key), str_field(&v, answer_key)) {
@@ -241,7 +239,7 @@ fn generation_lines(
             (Err(e), _) | (_, Err(e)) => bad.push((n, e)),
         }
     }
-    Ok((out, bad))
+    (out, bad)
 }
 
 fn no_items(path: &Path, bad: &BadLines) -> Error {
@@ -254,21 +252,60 @@ fn no_items(path: &Path, bad: &BadLines) -> Error {
     }
 }
 
-/// Which format a JSONL file holds, from its first object line.
-fn detect(path: &Path) -> Result<&'static str> {
-    let (lines, bad) = read_json_lines(path)?;
+/// Parses the text of a task JSONL file: the format comes from its first JSON object line
+/// (see the module documentation), every line is read, and malformed lines are returned with
+/// their numbers rather than failing the task. Prompts are zero-shot without a task's answer
+/// cue ([`load`] adds those); `path` names the file in errors. A file with no valid item, or
+/// in no known format, is an error.
+pub fn parse_jsonl(text: &str, path: &Path) -> Result<(TaskData, BadLines)> {
+    let (lines, bad) = json_lines(text);
     let Some((_, v)) = lines.first() else {
         return Err(no_items(path, &bad));
     };
     let has = |k: &str| v.get(k).is_some();
+    let generation = |prompt_key: &str| {
+        let (items, bad) = generation_lines(text, prompt_key, "answer");
+        match items.is_empty() {
+            true => Err(no_items(path, &bad)),
+            false => Ok((items, bad)),
+        }
+    };
     Ok(if has("choices") || has("context_options") {
-        "mc"
+        let (items, bad) = load_mc(text, path)?;
+        (TaskData::MultipleChoice(items), bad)
     } else if has("context") && has("continuation") {
-        "continuation"
+        let mut bad = bad;
+        let mut items = Vec::new();
+        for (n, v) in lines {
+            match (str_field(&v, "context"), str_field(&v, "continuation")) {
+                (Ok(c), Ok(k)) => items.push((c.to_string(), format!(" {k}"))),
+                (Err(e), _) | (_, Err(e)) => bad.push((n, e)),
+            }
+        }
+        if items.is_empty() {
+            return Err(no_items(path, &bad));
+        }
+        (TaskData::Continuation(items), bad)
     } else if has("question") && has("answer") {
-        "gsm8k"
+        let (qs, bad) = generation("question")?;
+        let items = qs
+            .iter()
+            .map(|(q, a)| GenItem {
+                prompt: gsm8k_prompt(q),
+                answer: gsm8k_cot(a).1,
+            })
+            .collect();
+        (TaskData::Generation(items, AnswerStyle::Number), bad)
     } else if has("problem") && has("answer") {
-        "math"
+        let (ps, bad) = generation("problem")?;
+        let items = ps
+            .into_iter()
+            .map(|(p, a)| GenItem {
+                prompt: math_prompt(&p),
+                answer: a,
+            })
+            .collect();
+        (TaskData::Generation(items, AnswerStyle::Boxed), bad)
     } else {
         return Err(Error::Parse {
             file: path.to_path_buf(),
@@ -312,25 +349,29 @@ pub fn load(
     let suffix = builtin.map_or("", |b| b.query_suffix);
     let shots = shots.unwrap_or(builtin.map_or(0, |b| b.default_shots));
     let fname = path.to_string_lossy().to_string();
-    let kind = if fname.ends_with(".bz2") || fname.contains("hellaswag") && fname.ends_with(".txt")
-    {
-        "hellaswag"
-    } else if fname.ends_with(".jsonl") {
-        detect(&path)?
-    } else {
-        "text"
-    };
+    let hellaswag =
+        fname.ends_with(".bz2") || fname.contains("hellaswag") && fname.ends_with(".txt");
     let train = train_file(&path);
     let take = |n: usize| limit.unwrap_or(n).min(n);
-    let (data, skipped, shots) = match kind {
-        "hellaswag" | "mc" => {
-            let (mut items, bad) = if kind == "hellaswag" {
-                hellaswag::load(&path)?
-            } else {
-                load_jsonl(&path)?
-            };
-            let n = take(items.len());
-            items.truncate(n);
+    let (data, skipped) = if hellaswag {
+        let (items, bad) = hellaswag::load(&path)?;
+        (TaskData::MultipleChoice(items), bad)
+    } else if fname.ends_with(".jsonl") {
+        parse_jsonl(&crate::paths::read_text(&path)?, &path)?
+    } else {
+        let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| Error::Parse {
+            file: path.clone(),
+            msg: format!("a perplexity text must be UTF-8: {e}"),
+        })?;
+        (TaskData::Text(text), Vec::new())
+    };
+    let (data, shots) = match data {
+        TaskData::MultipleChoice(mut items) => {
+            items.truncate(take(items.len()));
             for it in &mut items {
                 it.contexts
                     .iter_mut()
@@ -360,94 +401,48 @@ pub fn load(
                 }
                 _ => 0,
             };
-            (TaskData::MultipleChoice(items), bad, shots)
+            (TaskData::MultipleChoice(items), shots)
         }
-        "continuation" => {
-            let (lines, mut bad) = read_json_lines(&path)?;
-            let mut items = Vec::new();
-            for (n, v) in lines {
-                match (str_field(&v, "context"), str_field(&v, "continuation")) {
-                    (Ok(c), Ok(k)) => items.push((c.to_string(), format!(" {k}"))),
-                    (Err(e), _) | (_, Err(e)) => bad.push((n, e)),
-                }
-            }
-            if items.is_empty() {
-                return Err(no_items(&path, &bad));
-            }
+        TaskData::Continuation(mut items) => {
             items.truncate(take(items.len()));
-            (TaskData::Continuation(items), bad, 0)
+            (TaskData::Continuation(items), 0)
         }
-        "gsm8k" => {
-            let (qs, bad) = generation_lines(&path, "question", "answer")?;
+        TaskData::Generation(mut items, style) => {
+            let keys = match style {
+                AnswerStyle::Number => "question",
+                AnswerStyle::Boxed => "problem",
+            };
             let pool = match (&train, shots) {
-                (Some(t), k) if k > 0 => generation_lines(t, "question", "answer")?.0,
+                (Some(t), k) if k > 0 => {
+                    generation_lines(&crate::paths::read_text(t)?, keys, "answer").0
+                }
                 _ => Vec::new(),
             };
             let shots = if pool.is_empty() { 0 } else { shots };
-            let items: Vec<GenItem> = qs
-                .iter()
-                .take(take(qs.len()))
-                .enumerate()
-                .map(|(i, (q, a))| {
-                    let prefix: String = shot_indices(&name, pool.len(), i, shots)
-                        .into_iter()
-                        .map(|j| {
-                            let (eq, ea) = &pool[j];
-                            format!("{} {}\n\n", gsm8k_prompt(eq), gsm8k_cot(ea).0)
-                        })
-                        .collect();
-                    GenItem {
-                        prompt: format!("{prefix}{}", gsm8k_prompt(q)),
-                        answer: gsm8k_cot(a).1,
-                    }
-                })
-                .collect();
+            items.truncate(take(items.len()));
             if items.is_empty() {
-                return Err(no_items(&path, &bad));
+                return Err(no_items(&path, &skipped));
             }
-            (TaskData::Generation(items, AnswerStyle::Number), bad, shots)
-        }
-        "math" => {
-            let (ps, bad) = generation_lines(&path, "problem", "answer")?;
-            let pool = match (&train, shots) {
-                (Some(t), k) if k > 0 => generation_lines(t, "problem", "answer")?.0,
-                _ => Vec::new(),
-            };
-            let shots = if pool.is_empty() { 0 } else { shots };
-            let items: Vec<GenItem> = ps
-                .iter()
-                .take(take(ps.len()))
-                .enumerate()
-                .map(|(i, (p, a))| {
-                    let prefix: String = shot_indices(&name, pool.len(), i, shots)
-                        .into_iter()
-                        .map(|j| {
-                            let (ep, ea) = &pool[j];
-                            format!("{}{}\n\n", math_prompt(ep), math_target(ea))
-                        })
-                        .collect();
-                    GenItem {
-                        prompt: format!("{prefix}{}", math_prompt(p)),
-                        answer: a.clone(),
-                    }
-                })
-                .collect();
-            if items.is_empty() {
-                return Err(no_items(&path, &bad));
+            for (i, it) in items.iter_mut().enumerate() {
+                let prefix: String = shot_indices(&name, pool.len(), i, shots)
+                    .into_iter()
+                    .map(|j| {
+                        let (eq, ea) = &pool[j];
+                        match style {
+                            AnswerStyle::Number => {
+                                format!("{} {}\n\n", gsm8k_prompt(eq), gsm8k_cot(ea).0)
+                            }
+                            AnswerStyle::Boxed => {
+                                format!("{}{}\n\n", math_prompt(eq), math_target(ea))
+                            }
+                        }
+                    })
+                    .collect();
+                it.prompt.insert_str(0, &prefix);
             }
-            (TaskData::Generation(items, AnswerStyle::Boxed), bad, shots)
+            (TaskData::Generation(items, style), shots)
         }
-        _ => {
-            let bytes = std::fs::read(&path).map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let text = String::from_utf8(bytes).map_err(|e| Error::Parse {
-                file: path.clone(),
-                msg: format!("a perplexity text must be UTF-8: {e}"),
-            })?;
-            (TaskData::Text(text), Vec::new(), 0)
-        }
+        text @ TaskData::Text(_) => (text, 0),
     };
     Ok(Task {
         name,

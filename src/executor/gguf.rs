@@ -73,10 +73,23 @@ fn meta_id(c: &Content, key: &str) -> Option<u32> {
     }
 }
 
-/// Inverse of llama.cpp's q/k row permutation for `heads` heads.
-fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
-    let (out, inp) = w.dims2()?;
-    let hd = out / heads;
+/// Inverse of llama.cpp's q/k row permutation for `heads` heads; a tensor that is not a
+/// matrix of `heads` heads of an even size is an error naming `path` and the tensor.
+fn unpermute(w: &Tensor, heads: usize, path: &Path, name: &str) -> Result<Tensor> {
+    let bad = || {
+        parse_err(
+            path,
+            format!(
+                "tensor `{name}` of shape {:?} is not {heads} heads of an even size",
+                w.dims()
+            ),
+        )
+    };
+    let (out, inp) = w.dims2().map_err(|_| bad())?;
+    let hd = out.checked_div(heads).ok_or_else(bad)?;
+    if hd * heads != out || hd % 2 != 0 {
+        return Err(bad());
+    }
     Ok(w.reshape((heads, hd / 2, 2, inp))?
         .transpose(1, 2)?
         .reshape((out, inp))?)
@@ -86,11 +99,28 @@ impl GgufModel {
     /// Reads a GGUF file; only the Llama architecture is supported so far.
     pub fn load(path: &Path, dtype: DType) -> Result<Self> {
         super::gguf_check::check_gguf(path)?;
-        let mut file = std::fs::File::open(path).map_err(|source| Error::Io {
+        let io = |source| Error::Io {
             path: path.to_path_buf(),
             source,
-        })?;
-        let c = Content::read(&mut file)
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        Self::read_checked(&mut file, path, dtype)
+    }
+
+    /// Reads a GGUF from bytes in memory (header, metadata, tokenizer and tensors, with the
+    /// same checks as [`GgufModel::load`]); `path` names it in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path, dtype: DType) -> Result<Self> {
+        super::gguf_check::check_gguf_reader(bytes, bytes.len() as u64, path)?;
+        Self::read_checked(&mut std::io::Cursor::new(bytes), path, dtype)
+    }
+
+    /// Reads a GGUF whose header [`super::gguf_check`] has passed.
+    fn read_checked<R: std::io::Read + std::io::Seek>(
+        file: &mut R,
+        path: &Path,
+        dtype: DType,
+    ) -> Result<Self> {
+        let c = Content::read(file)
             .map_err(|e| parse_err(path, format!("not a valid GGUF file: {e}")))?;
         let arch = match c.metadata.get("general.architecture") {
             Some(Value::String(s)) => s.clone(),
@@ -165,9 +195,11 @@ impl GgufModel {
         let dev = Device::Cpu;
         let mut get = |name: &str| -> Result<Tensor> {
             let q = c
-                .tensor(&mut file, name, &dev)
+                .tensor(file, name, &dev)
                 .map_err(|e| parse_err(path, format!("tensor `{name}`: {e}")))?;
-            Ok(q.dequantize(&dev)?.to_dtype(DType::F32)?)
+            q.dequantize(&dev)
+                .and_then(|t| t.to_dtype(DType::F32))
+                .map_err(|e| parse_err(path, format!("tensor `{name}`: {e}")))
         };
         let mut map: HashMap<String, Tensor> = HashMap::new();
         map.insert(
@@ -183,9 +215,10 @@ impl GgufModel {
             let h = |s: &str| format!("model.layers.{l}.{s}.weight");
             map.insert(
                 h("self_attn.q_proj"),
-                unpermute(&get(&g("attn_q"))?, heads)?,
+                unpermute(&get(&g("attn_q"))?, heads, path, &g("attn_q"))?,
             );
-            map.insert(h("self_attn.k_proj"), unpermute(&get(&g("attn_k"))?, kv)?);
+            let k = unpermute(&get(&g("attn_k"))?, kv, path, &g("attn_k"))?;
+            map.insert(h("self_attn.k_proj"), k);
             for (gg, hh) in [
                 ("attn_v", "self_attn.v_proj"),
                 ("attn_output", "self_attn.o_proj"),

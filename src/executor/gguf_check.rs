@@ -157,14 +157,20 @@ pub fn check_gguf(path: &Path) -> Result<()> {
     };
     let file = std::fs::File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
+    check_gguf_reader(std::io::BufReader::new(file), len, path)
+}
+
+/// [`check_gguf`] over the first `len` bytes of any reader (a file, or bytes in memory);
+/// `file` names them in errors.
+pub fn check_gguf_reader<R: Read>(r: R, len: u64, file: &Path) -> Result<()> {
     let mut c = Cursor {
-        r: std::io::BufReader::new(file),
+        r,
         pos: 0,
         len,
         v1: false,
     };
     check(&mut c).map_err(|msg| Error::Parse {
-        file: path.to_path_buf(),
+        file: file.to_path_buf(),
         msg: format!("not a valid GGUF file: {msg}"),
     })
 }
@@ -214,6 +220,10 @@ fn check<R: Read>(c: &mut Cursor<R>) -> std::result::Result<(), String> {
         let mut elems = 1u64;
         for _ in 0..dims {
             let d = c.count(&name)?;
+            // An empty tensor has no use, and candle reads it from a dangling pointer.
+            if d == 0 {
+                return Err(format!("tensor `{name}` has a dimension of 0"));
+            }
             elems = elems
                 .checked_mul(d)
                 .ok_or_else(|| format!("tensor `{name}`: its element count overflows"))?;

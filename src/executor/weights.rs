@@ -40,41 +40,25 @@ impl Weights {
         let index = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index.exists() {
             let text = crate::paths::read_text(&index)?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Parse {
-                file: index.clone(),
-                msg: e.to_string(),
-            })?;
-            let mut names: Vec<String> = v["weight_map"]
-                .as_object()
-                .ok_or_else(|| Error::Parse {
-                    file: index.clone(),
-                    msg: "no `weight_map` object".into(),
-                })?
-                .values()
-                .filter_map(|f| f.as_str().map(str::to_string))
-                .collect();
-            names.sort();
-            names.dedup();
-            names.into_iter().map(|n| dir.join(n)).collect()
+            parse_shard_index(&text, &index)?
+                .into_iter()
+                .map(|n| dir.join(n))
+                .collect()
         } else {
             vec![dir.join("model.safetensors")]
         };
         let mut tensors = HashMap::new();
         for f in &files {
-            if !f.exists() {
-                return Err(Error::Io {
-                    path: f.clone(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "weights file not found",
-                    ),
-                });
-            }
-            let t = candle_core::safetensors::load(f, dev).map_err(|e| Error::Parse {
-                file: f.clone(),
-                msg: format!("not a valid safetensors file: {e}"),
-            })?;
-            tensors.extend(t);
+            let io = |source| Error::Io {
+                path: f.clone(),
+                source,
+            };
+            let file = std::fs::File::open(f).map_err(io)?;
+            // SAFETY: the map is read-only and dropped before this function returns; a file
+            // changed under it by another process could only give wrong bytes, which the
+            // parser checks like any other bytes.
+            let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+            tensors.extend(parse_safetensors(&bytes, f, dev)?);
         }
         Ok(Weights::new(tensors, dir.to_path_buf(), dtype))
     }
@@ -114,4 +98,48 @@ impl Weights {
         }
         Ok(t.to_dtype(self.dtype)?)
     }
+}
+
+/// Parses the bytes of a safetensors file (header and data) into tensors on `dev`; `file`
+/// names it in errors. The header's offsets and shapes are checked against the bytes given, so
+/// nothing larger than the file is allocated.
+pub fn parse_safetensors(
+    bytes: &[u8],
+    file: &Path,
+    dev: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load_buffer(bytes, dev).map_err(|e| Error::Parse {
+        file: file.to_path_buf(),
+        msg: format!("not a valid safetensors file: {e}"),
+    })
+}
+
+/// The shard files named by `model.safetensors.index.json` text (its `weight_map` values),
+/// sorted and without repeats; `file` names it in errors. Each must be a plain file name in the
+/// model folder: a path with a separator, `..` or nothing is refused.
+pub fn parse_shard_index(text: &str, file: &Path) -> Result<Vec<String>> {
+    let bad = |msg: String| Error::Parse {
+        file: file.to_path_buf(),
+        msg,
+    };
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let map = v
+        .get("weight_map")
+        .and_then(serde_json::Value::as_object)
+        .ok_or_else(|| bad("no `weight_map` object".into()))?;
+    let mut names = Vec::new();
+    for (tensor, f) in map {
+        let name = f
+            .as_str()
+            .ok_or_else(|| bad(format!("`weight_map.{tensor}` is not a file name")))?;
+        if name.is_empty() || name == ".." || name == "." || name.contains(['/', '\\', '\0']) {
+            return Err(bad(format!(
+                "`weight_map.{tensor}` = {name:?} is not a file name in the model folder"
+            )));
+        }
+        names.push(name.to_string());
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
 }

@@ -52,6 +52,9 @@ pub struct SweepFile {
     pub points: Vec<BTreeMap<String, toml::Value>>,
 }
 
+/// The most points one sweep file may expand to (grid combinations plus listed points).
+pub const MAX_POINTS: usize = 100_000;
+
 fn default_seeds() -> usize {
     3
 }
@@ -89,7 +92,14 @@ impl SweepFile {
     /// Reads and checks a sweep file; errors name the file and the field.
     pub fn load(path: &Path) -> Result<Self> {
         let text = crate::paths::read_text(path)?;
-        let s: SweepFile = crate::paths::parse_toml(&text, path)?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks sweep-file text; `file` names it in errors. A sweep whose grid and
+    /// points make more than [`MAX_POINTS`] points is refused before anything is expanded.
+    pub fn parse(text: &str, file: &Path) -> Result<Self> {
+        let path = file;
+        let s: SweepFile = crate::paths::parse_toml(text, path)?;
         let bad = |field: &str, msg: &str| Error::Config {
             file: path.to_path_buf(),
             field: field.into(),
@@ -106,6 +116,20 @@ impl SweepFile {
         }
         if let Some((k, _)) = s.grid.iter().find(|(_, v)| v.is_empty()) {
             return Err(bad(&format!("grid.{k}"), "needs at least one value"));
+        }
+        let grid = match s.grid.is_empty() {
+            true => Some(0),
+            false => s
+                .grid
+                .values()
+                .try_fold(1usize, |n, v| n.checked_mul(v.len())),
+        };
+        let total = grid.and_then(|g| g.checked_add(s.points.len()));
+        if total.is_none_or(|n| n > MAX_POINTS) {
+            return Err(bad(
+                "grid",
+                &format!("the grid and points make more than {MAX_POINTS} points; split the sweep"),
+            ));
         }
         Ok(s)
     }

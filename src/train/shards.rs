@@ -62,10 +62,51 @@ impl DataIndex {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("index.json");
         let text = crate::paths::read_text(&path)?;
-        let idx: DataIndex = serde_json::from_str(&text).map_err(|e| Error::Parse {
+        Self::parse(&text, &path)
+    }
+
+    /// Parses and checks index text; `path` names it in errors. Shard files must be plain
+    /// names in the data folder, and the byte size of every shard must fit in a `usize`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let path = path.to_path_buf();
+        let idx: DataIndex = serde_json::from_str(text).map_err(|e| Error::Parse {
             file: path.clone(),
             msg: e.to_string(),
         })?;
+        let plain = |f: &str| !(f.is_empty() || f == "." || f == ".." || f.contains(['/', '\\']));
+        let entries = idx
+            .shards
+            .iter()
+            .flat_map(|p| std::iter::once(&p.train).chain(p.val.as_ref()));
+        let mut total = Some(0usize);
+        for e in entries {
+            if !plain(&e.file) {
+                return Err(Error::Parse {
+                    file: path,
+                    msg: format!("shard {:?} is not a file name in the data folder", e.file),
+                });
+            }
+            total = total.and_then(|t| t.checked_add(e.rows));
+            if e.rows
+                .checked_mul(idx.seq_len)
+                .and_then(|n| n.checked_mul(4))
+                .is_none()
+            {
+                return Err(Error::Parse {
+                    file: path,
+                    msg: format!(
+                        "shard {}: {} rows of {} tokens overflow",
+                        e.file, e.rows, idx.seq_len
+                    ),
+                });
+            }
+        }
+        if total.is_none() {
+            return Err(Error::Parse {
+                file: path,
+                msg: "the shards' row counts overflow".into(),
+            });
+        }
         if idx.format != 1 || idx.seq_len < 2 || idx.rows_per_shard == 0 {
             return Err(Error::Parse {
                 file: path,

@@ -74,3 +74,52 @@ pub fn json_without_times(path: &std::path::Path) -> serde_json::Value {
     strip(&mut v);
     v
 }
+
+/// tinyshakespeare as byte tokens (tiny-llama's vocabulary is 256): `rows` rows of 64 tokens
+/// in one training shard with its index, as `afm datagen` writes them.
+pub fn shakespeare_data(dir: &std::path::Path, rows: usize) {
+    use afm::train::shards::{write_shard, DataIndex, ShardEntry, ShardPair};
+    const SEQ: usize = 64;
+    let text = std::fs::read(repo("../shared/data/text/tinyshakespeare.txt")).unwrap();
+    let r: Vec<Vec<u32>> = text
+        .chunks_exact(SEQ)
+        .take(rows)
+        .map(|c| c.iter().map(|&b| u32::from(b)).collect())
+        .collect();
+    std::fs::create_dir_all(dir).unwrap();
+    write_shard(&dir.join("train-00000.bin"), &r).unwrap();
+    DataIndex {
+        format: 1,
+        model: "tinyshakespeare bytes".into(),
+        seq_len: SEQ,
+        vocab_size: 256,
+        temperature: 1.0,
+        top_k: 0,
+        seed: 0,
+        target_rows: rows,
+        rows_per_shard: rows,
+        val_every: 100,
+        shards: vec![ShardPair {
+            train: ShardEntry {
+                file: "train-00000.bin".into(),
+                rows,
+            },
+            val: None,
+        }],
+    }
+    .save(dir)
+    .unwrap();
+}
+
+/// A training run's `log.jsonl` without its timing column, which differs between runs.
+pub fn log_without_timing(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("tokens_per_s");
+            v
+        })
+        .collect()
+}

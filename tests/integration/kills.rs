@@ -1,12 +1,14 @@
-//! `afm eval --out` and `afm datagen` killed with SIGKILL 20 times (a seeded 0-3 ms after
-//! each newly finished file, so kills land while the next one is being written) and resumed
-//! each time: no corrupt file, nothing finished is lost, and the final output equals an
-//! uninterrupted run's (byte for byte for datagen; apart from wall times for eval).
+//! Every long-running command killed with SIGKILL at least 20 times at seeded random points and
+//! resumed each time: no corrupt file, nothing finished is lost or rewritten, and the final
+//! output equals an uninterrupted run's. `afm eval --out` and `afm sweep`: every cell and point
+//! file parses and the results are equal apart from wall times; `afm datagen`: the folder is
+//! byte-identical; `afm train --resume`: the loss log and the final model are bit-identical on
+//! the CPU.
 
-use crate::common::{afm_cmd, json_without_times, temp_dir};
-use std::path::Path;
+use crate::common::{afm_cmd, json_without_times, repo, temp_dir};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 fn cmd(args: &[String]) -> Command {
     let mut c = afm_cmd(args);
@@ -14,49 +16,87 @@ fn cmd(args: &[String]) -> Command {
     c
 }
 
-/// Runs `args` with a SIGKILL a random 0-3 ms (seeded) after each newly finished file in
-/// `watch`, re-starting after each, for at most `kills` kills, then to the end. Returns how many
-/// kills landed before a run ended by itself.
-fn kill_and_resume(args: &[String], watch: &Path, kills: usize, seed: u64) -> usize {
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// The SIGKILL harness. Runs `run(i)` (the i-th start) and kills it a seeded random delay in
+/// `0..max_delay` after `progress()` first exceeds its value at the start of that run (or after
+/// 60 s without progress); `after_kill()` then checks the files left behind, and the run starts
+/// again. After `kills` kills, or once a run ends by itself, the command runs to its end.
+/// Returns how many kills landed.
+fn kill_and_resume(
+    run: &dyn Fn(usize) -> Command,
+    progress: &dyn Fn() -> usize,
+    kills: usize,
+    max_delay: Duration,
+    seed: u64,
+    after_kill: &mut dyn FnMut(),
+) -> usize {
     let mut rng = afm::rng::StreamKey::new(seed, 0, 0, afm::rng::Effect::Data).rng(0);
-    let count = || std::fs::read_dir(watch).map_or(0, |d| d.count());
-    let mut landed = 0;
-    for _ in 0..kills {
-        let mut child = cmd(args).spawn().unwrap();
-        let before = count();
+    let max_us = max_delay.as_micros().max(1) as u64;
+    for landed in 0..kills {
+        let mut child = run(landed).spawn().unwrap();
+        let before = progress();
         let t0 = Instant::now();
         loop {
             if let Some(s) = child.try_wait().unwrap() {
-                assert!(s.success(), "a resumed run failed: afm {args:?}");
+                assert!(s.success(), "a resumed run failed: {:?}", run(landed));
+                after_kill();
                 return landed;
             }
-            if count() > before || t0.elapsed() > Duration::from_secs(60) {
-                std::thread::sleep(Duration::from_micros(rng.next_u64() % 3000));
+            if progress() > before || t0.elapsed() > Duration::from_secs(60) {
+                std::thread::sleep(Duration::from_micros(rng.next_u64() % max_us));
                 child.kill().unwrap();
                 child.wait().unwrap();
-                landed += 1;
+                after_kill();
                 break;
             }
             std::thread::sleep(Duration::from_micros(200));
         }
     }
-    assert!(cmd(args).status().unwrap().success(), "final run failed");
-    landed
+    assert!(run(kills).status().unwrap().success(), "final run failed");
+    after_kill();
+    kills
 }
 
+/// Files (not folders) under `dir`, recursively, as (path relative to `dir`, bytes), sorted;
+/// temporary files of atomic writes (`*.tmp*`) left.
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (
-                e.file_name().into_string().unwrap(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.push((rel, bytes));
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(dir, dir, &mut v);
+    v.retain(|(n, _)| !n.contains(".tmp"));
     v.sort();
     v
+}
+
+/// Number of finished files under `dir` (recursively, temporary files not counted).
+fn count(dir: &Path) -> usize {
+    files(dir).len()
+}
+
+/// Asserts that every `.json` file under `dir` parses.
+fn all_json_parses(dir: &Path, what: &str) {
+    for (name, bytes) in files(dir) {
+        assert!(
+            !name.ends_with(".json") || serde_json::from_slice::<serde_json::Value>(&bytes).is_ok(),
+            "{what}: corrupt {name}"
+        );
+    }
 }
 
 #[test]
@@ -67,7 +107,8 @@ fn eval_and_datagen_survive_twenty_random_kills() {
     let t = crate::eval_run::write_tasks(&dir);
     let tasks = format!("{},{},{}", t[0].display(), t[1].display(), t[2].display());
     let eval = |out: &Path| -> Vec<String> {
-        [
+        let o = out.to_str().unwrap();
+        strings(&[
             "eval",
             "--model",
             &m,
@@ -82,15 +123,21 @@ fn eval_and_datagen_survive_twenty_random_kills() {
             "--window",
             "32",
             "--out",
-            out.to_str().unwrap(),
-        ]
-        .map(String::from)
-        .to_vec()
+            o,
+        ])
     };
     let whole = dir.join("eval-whole");
     assert!(cmd(&eval(&whole)).status().unwrap().success());
     let cut = dir.join("eval-cut");
-    let landed = kill_and_resume(&eval(&cut), &cut.join("cells"), 20, 1);
+    let cells = cut.join("cells");
+    let landed = kill_and_resume(
+        &|_| cmd(&eval(&cut)),
+        &|| count(&cells),
+        20,
+        Duration::from_millis(3),
+        1,
+        &mut || all_json_parses(&cells, "eval"),
+    );
     eprintln!("eval: {landed} kills");
     assert!(
         landed >= 10,
@@ -101,15 +148,10 @@ fn eval_and_datagen_survive_twenty_random_kills() {
         json_without_times(&whole.join("results.json")),
         "eval after {landed} kills"
     );
-    for (name, bytes) in files(&cut.join("cells")) {
-        assert!(
-            serde_json::from_slice::<serde_json::Value>(&bytes).is_ok() || !name.ends_with(".json"),
-            "corrupt cell {name}"
-        );
-    }
 
     let datagen = |out: &Path| -> Vec<String> {
-        [
+        let o = out.to_str().unwrap();
+        strings(&[
             "datagen",
             "--model",
             &m,
@@ -122,27 +164,198 @@ fn eval_and_datagen_survive_twenty_random_kills() {
             "--rows-per-shard",
             "4",
             "--out",
-            out.to_str().unwrap(),
-        ]
-        .map(String::from)
-        .to_vec()
+            o,
+        ])
     };
     let whole = dir.join("data-whole");
     assert!(cmd(&datagen(&whole)).status().unwrap().success());
     let cut = dir.join("data-cut");
-    let landed = kill_and_resume(&datagen(&cut), &cut, 20, 2);
+    let landed = kill_and_resume(
+        &|_| cmd(&datagen(&cut)),
+        &|| count(&cut),
+        20,
+        Duration::from_millis(3),
+        2,
+        &mut || all_json_parses(&cut, "datagen"),
+    );
     eprintln!("datagen: {landed} kills");
     assert!(
         landed >= 10,
         "only {landed} kills landed before datagen ended"
     );
-    let keep = |v: Vec<(String, Vec<u8>)>| -> Vec<(String, Vec<u8>)> {
-        v.into_iter().filter(|(n, _)| !n.contains(".tmp")).collect()
+    assert_eq!(files(&cut), files(&whole), "datagen after {landed} kills");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The step of the checkpoint `latest.json` names (0 before the first).
+fn latest_step(out: &Path) -> usize {
+    std::fs::read(out.join("latest.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["step"].as_u64())
+        .map_or(0, |s| s as usize)
+}
+
+/// What a kill may leave of a training run: `latest.json` whole and naming a complete
+/// checkpoint, and every line of the log but a last, cut one parsing.
+fn train_folder_is_whole(out: &Path) {
+    if let Ok(b) = std::fs::read(out.join("latest.json")) {
+        let v: serde_json::Value = serde_json::from_slice(&b).expect("corrupt latest.json");
+        let ckpt = out.join(v["dir"].as_str().expect("latest.json without dir"));
+        for f in ["weights.safetensors", "optim.safetensors", "state.json"] {
+            assert!(ckpt.join(f).exists(), "{} lacks {f}", ckpt.display());
+        }
+        let state = std::fs::read(ckpt.join("state.json")).unwrap();
+        assert!(serde_json::from_slice::<serde_json::Value>(&state).is_ok());
+    }
+    let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    for l in lines.iter().take(lines.len().saturating_sub(1)) {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(l).is_ok(),
+            "corrupt log line {l}"
+        );
+    }
+}
+
+#[test]
+fn train_survives_twenty_random_kills() {
+    const STEPS: usize = 80;
+    let dir = temp_dir("kills-train");
+    let data = dir.join("data");
+    crate::common::shakespeare_data(&data, 128);
+    let cfg = dir.join("train.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[run]\nsteps = {STEPS}\nbatch_size = 4\ncheckpoint_every = 2\n\
+             [optim]\nlr = 1e-3\nwarmup_steps = 5\n[analog]\ntile_rows = 32\n\
+             range_init_batches = 6\n"
+        ),
+    )
+    .unwrap();
+    let teacher = repo("tests/golden/executor/tiny-llama");
+    // Every start passes --resume (a fresh folder starts from step 0) and alternates between
+    // one and two threads: the result must depend on neither.
+    let run = |out: &Path, i: usize| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_afm"));
+        c.args(["train", "--resume", "--teacher"])
+            .arg(&teacher)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(out)
+            .arg("--config")
+            .arg(&cfg)
+            .env("RAYON_NUM_THREADS", if i % 2 == 0 { "2" } else { "1" })
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
     };
-    assert_eq!(
-        keep(files(&cut)),
-        keep(files(&whole)),
-        "datagen after {landed} kills"
+    let whole = dir.join("whole");
+    let t0 = Instant::now();
+    assert!(run(&whole, 0).status().unwrap().success());
+    // Kills land anywhere in the next two steps (a checkpoint's writing included).
+    let step = t0.elapsed() / STEPS as u32;
+    eprintln!("uninterrupted: {:?}, {step:?} per step", t0.elapsed());
+    let cut = dir.join("cut");
+    let landed = kill_and_resume(
+        &|i| run(&cut, i),
+        &|| latest_step(&cut),
+        20,
+        step * 2,
+        3,
+        &mut || train_folder_is_whole(&cut),
     );
+    eprintln!("train: {landed} kills");
+    assert_eq!(landed, 20, "the run ended after {landed} kills");
+    let log = crate::common::log_without_timing;
+    assert_eq!(log(&cut), log(&whole), "log after {landed} kills");
+    assert_eq!(log(&cut).len(), STEPS);
+    for f in ["model.safetensors", "analog.json"] {
+        assert_eq!(
+            std::fs::read(cut.join("final").join(f)).unwrap(),
+            std::fs::read(whole.join("final").join(f)).unwrap(),
+            "final/{f} differs after {landed} kills"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Finished point files of a sweep and their modification times.
+fn finished_points(out: &Path) -> Vec<(PathBuf, SystemTime)> {
+    let Ok(dir) = std::fs::read_dir(out.join("results")) else {
+        return Vec::new();
+    };
+    let mut v: Vec<_> = dir
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            let t = p.metadata().unwrap().modified().unwrap();
+            (p, t)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn sweep_survives_twenty_random_kills() {
+    let dir = temp_dir("kills-sweep");
+    let model = crate::eval_run::tiny_model_with_tokenizer(&dir);
+    let text = dir.join("text.txt");
+    std::fs::write(
+        &text,
+        "a killed sweep goes on where it stopped. ".repeat(20),
+    )
+    .unwrap();
+    let file = dir.join("s.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"k\"\nbase = \"afm-paper\"\nmodel = \"{}\"\ntasks = [\"{}\"]\nseeds = 3\n\
+             text_tokens = 128\nprompt_len = 8\ngen_len = 2\n\
+             [grid]\n\"adc.bits\" = [4, 6, 8, 10]\n\"tile.rows\" = [32, 64, 128]\n",
+            model.display(),
+            text.display()
+        ),
+    )
+    .unwrap();
+    let sweep = |out: &Path| {
+        let (f, o) = (file.to_str().unwrap(), out.to_str().unwrap());
+        cmd(&strings(&["sweep", f, "--out", o, "--jobs", "1"]))
+    };
+    let whole = dir.join("whole");
+    assert!(sweep(&whole).status().unwrap().success());
+    assert_eq!(finished_points(&whole).len(), 12);
+    let cut = dir.join("cut");
+    let mut kept = Vec::new();
+    let landed = kill_and_resume(
+        &|_| sweep(&cut),
+        &|| count(&cut.join("results")) + count(&cut.join("points")),
+        20,
+        Duration::from_millis(3),
+        4,
+        &mut || {
+            // A finished point is never rewritten, and every file parses.
+            let now = finished_points(&cut);
+            for k in &kept {
+                assert!(now.contains(k), "{:?} was rewritten after a kill", k);
+            }
+            kept = now;
+            all_json_parses(&cut, "sweep");
+        },
+    );
+    eprintln!("sweep: {landed} kills");
+    assert_eq!(landed, 20, "the sweep ended after {landed} kills");
+    assert_eq!(kept.len(), 12);
+    for name in ["results.json", "results.csv"] {
+        assert_eq!(
+            std::fs::read(whole.join(name)).unwrap(),
+            std::fs::read(cut.join(name)).unwrap(),
+            "{name} after {landed} kills"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,6 +1,5 @@
 //! Sweep files: parsing, expansion into explicit points, and presets per point.
 
-mod kill;
 mod report;
 
 use crate::common::{repo, temp_dir};
