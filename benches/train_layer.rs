@@ -133,7 +133,14 @@ fn main() {
                         layer.forward(x.as_tensor()).unwrap()
                     };
                     let gy = g.to_dtype(y.dtype()).unwrap();
-                    let grads = (y * gy).unwrap().sum_all().unwrap().backward().unwrap();
+                    let grads = (y * gy)
+                        .unwrap()
+                        .sum(1)
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .backward()
+                        .unwrap();
                     drop(grads);
                 };
                 let mut times: Vec<f64> = (0..a.warmup + a.reps)

@@ -7,7 +7,7 @@
 //! The rounding is straight-through; the input ranges start from the data (a running mean of
 //! kappa * std over the first batches) and then learn by the AFM gradient (see `ops`).
 
-use super::fused::{inv_states, Blocks, FusedOp, Stage};
+use super::fused::{self, inv_states, Blocks, LayerSpec};
 use super::ops::{AdcStage, InputStage};
 use crate::error::{Error, Result};
 use crate::rng::{name_hash, Effect, StreamKey};
@@ -250,8 +250,8 @@ impl AnalogTrainLinear {
         if n < 2 {
             return Ok(());
         }
-        let mean = xs.mean_all()?;
-        let var = (xs.broadcast_sub(&mean)?.sqr()?.sum_all()? / (n as f64 - 1.0))?;
+        let mean = (total(xs)? / n as f64)?;
+        let var = (total(&xs.broadcast_sub(&mean)?.sqr()?)? / (n as f64 - 1.0))?;
         let std = var.sqrt()?.reshape(1)?;
         let r = self.ranges.as_tensor();
         let old = r.narrow(0, s, 1)?;
@@ -314,11 +314,8 @@ impl AnalogTrainLinear {
 
     /// Adds the clipped-input count of row block `s` to the training statistics.
     fn count_clipped(&self, xs: &Tensor, beta: &Tensor) -> Result<()> {
-        let n = xs
-            .abs()?
-            .broadcast_ge(beta)?
-            .to_dtype(DType::F32)?
-            .sum_all()?;
+        let n = xs.abs()?.broadcast_ge(beta)?.to_dtype(DType::F32)?;
+        let n = total(&n)?;
         let mut acc = self
             .clip_stats
             .lock()
@@ -365,42 +362,27 @@ impl AnalogTrainLinear {
                 self.count_clipped(&xs, &beta)?;
             }
         }
-        let ranges = self.ranges.as_tensor();
-        let op = |stage| FusedOp { blocks: g, stage };
-        let xb = x.apply_op2(
-            ranges,
-            op(Stage::Dac {
-                used,
-                inv_states: inv_states(self.cfg.dac_bits),
-                decay: self.cfg.range_decay as f32,
-                min_inside: self.cfg.range_min_inside as f32,
-            }),
-        )?;
-        let w = self.weight_used()?.to_dtype(self.compute)?.contiguous()?;
-        let wmax = w.apply_op1_no_bwd(&op(Stage::AbsMax))?;
-        let gamma = if training { self.cfg.weight_noise } else { 0.0 };
-        let wb = w.apply_op2(
-            &wmax,
-            op(Stage::NoisyWeights {
-                gamma: gamma as f32,
-                seed: self.seed,
-                layer: name_hash(&self.name),
-                call,
-            }),
-        )?;
-        let yb = xb.matmul(&wb.transpose(1, 2)?)?;
-        let out_f = w.dims()[0];
-        let bound = if self.cfg.out_bound > 0.0 && used {
-            (wmax * self.cfg.out_bound)?.broadcast_mul(&ranges.detach().reshape((g.nb, 1))?)?
-        } else {
-            Tensor::zeros((g.nb, out_f), DType::F32, x.device())?
+        let spec = LayerSpec {
+            blocks: g,
+            used,
+            dac: inv_states(self.cfg.dac_bits),
+            adc: inv_states(self.cfg.adc_bits),
+            out_bound: self.cfg.out_bound,
+            decay: self.cfg.range_decay as f32,
+            min_inside: self.cfg.range_min_inside as f32,
+            gamma: if training {
+                self.cfg.weight_noise as f32
+            } else {
+                0.0
+            },
+            seed: self.seed,
+            layer: name_hash(&self.name),
+            call,
+            compute: self.compute,
         };
-        let mut y = yb.apply_op2(
-            &bound,
-            op(Stage::Adc {
-                inv_states: inv_states(self.cfg.adc_bits),
-            }),
-        )?;
+        let w = self.weight_used()?;
+        let out_f = w.dims()[0];
+        let mut y = fused::forward(&spec, &x, &w, self.ranges.as_tensor())?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.as_tensor().to_dtype(self.compute)?)?;
         }
@@ -510,6 +492,15 @@ impl AnalogTrainLinear {
         self.weight.set(&clipped)?;
         Ok(())
     }
+}
+
+/// The sum of all elements of a (rows, cols) tensor, row sums first: one GPU thread block per
+/// row instead of candle's single block for a whole-tensor sum (milliseconds on large inputs).
+fn total(t: &Tensor) -> Result<Tensor> {
+    Ok(match t.rank() {
+        2 => t.sum(1)?.sum_all()?,
+        _ => t.sum_all()?,
+    })
 }
 
 /// A scalar of a one-element tensor as f32 (for host-side decisions on ranges).

@@ -4,7 +4,7 @@
 //! run on a machine with a GPU (the CPU CI compiles none of this).
 
 use crate::train_golden::{assert_mostly_close, ragged_cases, run_case, Run};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("these tests need a CUDA device")
@@ -36,18 +36,23 @@ fn cuda_training_layer_matches_cpu_on_ragged_shapes() {
             &want,
             (1e-4, 0.005, 0.02),
         );
-        // bf16 and f16 compute: rounded inputs and weights, f32 accumulation.
+        // bf16 and f16 compute (inputs and weights rounded, products accumulated in f32)
+        // against the CPU on the same rounded inputs: what is left is the rounding of the
+        // products' outputs, moving a few ADC steps.
         for (dtype, rel) in [(DType::BF16, 2e-2), (DType::F16, 4e-3)] {
+            let round = |t: &Tensor| t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+            let rounded = [round(&t[0]), round(&t[1]), round(&t[2]), t[3].clone()];
+            let want = run_case(&Run::fused(&cpu), &rounded, &cfg);
             let half = Run {
                 compute: dtype,
                 ..Run::fused(&gpu)
             };
-            let got = run_case(&half, &t, &cfg);
+            let got = run_case(&half, &rounded, &cfg);
             assert_mostly_close(
                 &format!("cuda {dtype:?} {label}"),
                 &got,
                 &want,
-                (rel, 0.05, 0.1),
+                (rel, 0.1, 0.15),
             );
         }
     }

@@ -14,7 +14,10 @@ pub mod cpu;
 mod cuda;
 
 use crate::rng::{Effect, StreamKey};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
 
 /// How a layer's inputs split into row blocks (as `tile::mapping::split_sizes`: the first
 /// `extra` blocks hold `base + 1` inputs, the rest `base`), and the padded block length `r`.
@@ -362,6 +365,201 @@ impl CustomOp3 for FusedOp {
         Ok((
             cuda::run(self, &[(s1, l1), (s2, l2), (s3, l3)], &shape)?,
             shape,
+        ))
+    }
+}
+
+/// Settings of one fused forward of the analog layer.
+#[derive(Debug, Clone)]
+pub struct LayerSpec {
+    /// Row blocks of the inputs.
+    pub blocks: Blocks,
+    /// Whether the input ranges are in use (see [`Stage::Dac`]).
+    pub used: bool,
+    /// DAC: 1 / (2^bits - 2), None: inputs exact.
+    pub dac: Option<f32>,
+    /// ADC: 1 / (2^bits - 2), None: no rounding.
+    pub adc: Option<f32>,
+    /// ADC bound lambda in units of w_max * range (0: no ADC at all).
+    pub out_bound: f64,
+    /// Range decay.
+    pub decay: f32,
+    /// Share of inputs inside above which the decay acts.
+    pub min_inside: f32,
+    /// Weight noise relative to the channel's max |w| (0: none).
+    pub gamma: f32,
+    /// Noise stream seed.
+    pub seed: u64,
+    /// Noise stream layer hash.
+    pub layer: u64,
+    /// Forward counter (noise sub-stream).
+    pub call: u64,
+    /// Compute dtype of the stages and products.
+    pub compute: DType,
+}
+
+/// What the layer's forward keeps for its backward.
+#[derive(Debug)]
+struct Saved {
+    spec: LayerSpec,
+    x: Tensor,
+    ranges: Tensor,
+    xb: Tensor,
+    wb: Tensor,
+    yb: Tensor,
+    bound: Tensor,
+    value: Tensor,
+}
+
+/// The whole layer as one autograd node over (x, w, ranges): the forward is computed by the
+/// stages on detached tensors, the backward by their gradient stages and two batched products,
+/// so autograd keeps no per-stage intermediate gradients.
+#[derive(Debug)]
+struct LayerOp(Saved);
+
+/// y (T, out) of the analog layer for x (T, n_in), w (out, n_in) and the ranges (nb), in the
+/// compute dtype, differentiable in all three.
+pub fn forward(spec: &LayerSpec, x: &Tensor, w: &Tensor, ranges: &Tensor) -> Result<Tensor> {
+    let op = |stage| FusedOp {
+        blocks: spec.blocks,
+        stage,
+    };
+    let xc = x.detach().to_dtype(spec.compute)?.contiguous()?;
+    let wc = w.detach().to_dtype(spec.compute)?.contiguous()?;
+    let rd = ranges.detach().contiguous()?;
+    let xb = xc.apply_op2_no_bwd(
+        &rd,
+        &op(Stage::Dac {
+            used: spec.used,
+            inv_states: spec.dac,
+            decay: spec.decay,
+            min_inside: spec.min_inside,
+        }),
+    )?;
+    let wmax = wc.apply_op1_no_bwd(&op(Stage::AbsMax))?;
+    let wb = wc.apply_op2_no_bwd(
+        &wmax,
+        &op(Stage::NoisyWeights {
+            gamma: spec.gamma,
+            seed: spec.seed,
+            layer: spec.layer,
+            call: spec.call,
+        }),
+    )?;
+    let yb = xb.matmul(&wb.transpose(1, 2)?)?;
+    let bound = if spec.out_bound > 0.0 && spec.used {
+        (wmax * spec.out_bound)?.broadcast_mul(&rd.reshape((spec.blocks.nb, 1))?)?
+    } else {
+        Tensor::zeros((spec.blocks.nb, wc.dims()[0]), DType::F32, x.device())?
+    };
+    let value = yb.apply_op2_no_bwd(
+        &bound,
+        &op(Stage::Adc {
+            inv_states: spec.adc,
+        }),
+    )?;
+    x.apply_op3(
+        w,
+        ranges,
+        LayerOp(Saved {
+            spec: spec.clone(),
+            x: xc,
+            ranges: rd,
+            xb,
+            wb,
+            yb,
+            bound,
+            value,
+        }),
+    )
+}
+
+impl LayerOp {
+    fn op(&self, stage: Stage) -> FusedOp {
+        FusedOp {
+            blocks: self.0.spec.blocks,
+            stage,
+        }
+    }
+}
+
+impl CustomOp3 for LayerOp {
+    fn name(&self) -> &'static str {
+        "afm-analog-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (s, l) = self.0.value.storage_and_layout();
+        match &*s {
+            candle_core::Storage::Cpu(c) => Ok((c.try_clone(l)?, l.shape().clone())),
+            _ => candle_core::bail!("analog layer: its value is not on the CPU"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (s, l) = self.0.value.storage_and_layout();
+        match &*s {
+            candle_core::Storage::Cuda(c) => Ok((c.try_clone(l)?, l.shape().clone())),
+            _ => candle_core::bail!("analog layer: its value is not on the GPU"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        ranges: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let sv = &self.0;
+        let spec = &sv.spec;
+        let g = g.to_dtype(spec.compute)?.contiguous()?;
+        let gyb = g.apply_op3_no_bwd(
+            &sv.yb,
+            &sv.bound,
+            &self.op(Stage::AdcGrad {
+                inv_states: spec.adc,
+            }),
+        )?;
+        let gxb = gyb.matmul(&sv.wb)?;
+        let gwb = gyb.transpose(1, 2)?.matmul(&sv.xb)?;
+        let gx = gxb.apply_op3_no_bwd(
+            &sv.x,
+            &sv.ranges,
+            &self.op(Stage::DacGradX { used: spec.used }),
+        )?;
+        let gr = gxb.apply_op3_no_bwd(
+            &sv.x,
+            &sv.ranges,
+            &self.op(Stage::RangeGrad {
+                used: spec.used,
+                decay: spec.decay,
+                min_inside: spec.min_inside,
+            }),
+        )?;
+        let gw = gwb.apply_op1_no_bwd(&self.op(Stage::Unblock))?;
+        Ok((
+            Some(gx.to_dtype(x.dtype())?),
+            Some(gw.to_dtype(w.dtype())?),
+            Some(gr.to_dtype(ranges.dtype())?),
         ))
     }
 }
