@@ -1,8 +1,9 @@
 //! Forward + backward of one analog training layer with the AFM release config (8-bit DAC,
 //! 8-bit ADC with lambda 14, per-channel weight noise 0.03, 512-row tiles, learned ranges):
 //! the fused path against the plain-tensor reference and a plain matmul of the same shape.
-//! The loss is sum(y * g) for a fixed g, the same as `benches/train_layer_gpu.py` uses for
-//! aihwkit-lightning and torch.
+//! Each step is the forward and the backward of a fixed upstream gradient g of y, as
+//! `benches/train_layer_gpu.py` runs aihwkit-lightning and torch (`y.backward(g)`); the
+//! reference goes through candle's autograd (loss sum(y * g)).
 //!
 //! One JSON line per (path, dims, tokens) on stdout, times in ms (median and min over --reps
 //! after --warmup; CUDA events on the GPU):
@@ -126,22 +127,28 @@ fn main() {
                     .unwrap();
                 layer.state.lock().unwrap().training = true;
                 let wp = Var::from_tensor(&w.to_dtype(a.dtype).unwrap()).unwrap();
-                let mut step = || {
-                    let y = if path == "plain" {
-                        x.as_tensor().matmul(&wp.as_tensor().t().unwrap()).unwrap()
-                    } else {
-                        layer.forward(x.as_tensor()).unwrap()
-                    };
-                    let gy = g.to_dtype(y.dtype()).unwrap();
-                    let grads = (y * gy)
-                        .unwrap()
-                        .sum(1)
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .backward()
-                        .unwrap();
-                    drop(grads);
+                // The fused layer and the plain product: forward, then the backward of the
+                // upstream gradient g (as torch's `y.backward(g)`), no autograd bookkeeping.
+                // The reference runs through candle's autograd with the loss sum(y * g).
+                let mut step = || match path.as_str() {
+                    "fused" => {
+                        let pass = layer.pass(x.as_tensor()).unwrap();
+                        let grads = pass.grads(&g).unwrap();
+                        drop((pass.value().clone(), grads));
+                    }
+                    "plain" => {
+                        let w = wp.as_tensor();
+                        let y = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
+                        let gx = g.matmul(w).unwrap();
+                        let gw = g.t().unwrap().matmul(x.as_tensor()).unwrap();
+                        drop((y, gx, gw));
+                    }
+                    _ => {
+                        let y = layer.forward(x.as_tensor()).unwrap();
+                        let gy = g.to_dtype(y.dtype()).unwrap();
+                        let loss = (y * gy).unwrap().sum(1).unwrap().sum_all().unwrap();
+                        drop(loss.backward().unwrap());
+                    }
                 };
                 let mut times: Vec<f64> = (0..a.warmup + a.reps)
                     .map(|_| time_ms(&dev, &mut step))

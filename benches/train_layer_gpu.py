@@ -1,9 +1,11 @@
 """Issue 9's layer benchmark on one GPU, in one run: forward + backward of one analog training
 layer with the AFM release config (8-bit DAC, 8-bit ADC with lambda 14, per-channel weight noise
-0.03, 512-row tiles, learned input ranges, bf16), loss sum(y * g), for d x d weights with d in
+0.03, 512-row tiles, learned input ranges, bf16), y = layer(x) then the backward of a fixed
+upstream gradient g (torch: y.backward(g)), for d x d weights with d in
 --dims and --tokens tokens, by
-  - afm's fused CUDA path, its plain-tensor reference and a plain candle matmul
-    (`benches/train_layer.rs`, built with `--features cuda`; --afm-bench names the binary),
+  - afm's fused CUDA path, its plain-tensor reference (through candle's autograd, loss
+    sum(y * g)) and a plain candle matmul (`benches/train_layer.rs`, built with
+    `--features cuda`; --afm-bench names the binary),
   - aihwkit-lightning 2.1.0's PyTorch path (TorchLinear) and its Triton path
     (AIHWKIT_USE_TRITON=1), installed with --no-deps over the machine's torch,
   - a plain PyTorch bf16 nn.Linear (the floor).
@@ -93,7 +95,7 @@ def torch_rows(dims, tokens, reps, warmup):
                 def step():
                     x.grad = None
                     layer.zero_grad(set_to_none=True)
-                    (layer(x) * g).sum().backward()
+                    layer(x).backward(g)
 
                 try:
                     med, best = time_step(step, reps, warmup)

@@ -124,80 +124,82 @@ __device__ __forceinline__ void normal_pair(uint32_t k0, uint32_t k1, uint32_t n
   *b = r * s;
 }
 
+// Grids: one thread block per row (a token, or a token of one row block: blockIdx.y), threads
+// striding along the row, so no thread divides a 64-bit index.
+
 // ---- DAC: clip to the block's range and round to its levels; blocked and padded ----------
 
+// Grid (tokens, nb).
 template <typename T>
 __device__ void dac_fwd(const T *x, const float *ranges, T *xb, int tokens, int n_in, int base,
-                        int extra, int nb, int r, float inv_states, int used, int dac) {
-  i64 total = (i64)nb * tokens * r;
-  for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total;
-       e += (i64)gridDim.x * blockDim.x) {
-    int j = (int)(e % r);
-    i64 rest = e / r;
-    int t = (int)(rest % tokens);
-    int s = (int)(rest / tokens);
-    if (j >= blk_len(s, base, extra)) {
-      xb[e] = from_f<T>(0.0f);
-      continue;
-    }
-    float v = to_f(x[(i64)t * n_in + blk_start(s, base, extra) + j]);
-    float b = ranges[s];
-    if (used && b > 0.0f) {
-      v = fmaxf(fminf(v, b), -b);
-      if (dac) {
-        float res = (b * 2.0f) * inv_states;
-        v = roundf(v / res) * res;
+                        int extra, int r, float inv_states, int used, int dac) {
+  int t = blockIdx.x, s = blockIdx.y;
+  int start = blk_start(s, base, extra), len = blk_len(s, base, extra);
+  float b = ranges[s];
+  bool act = used && b > 0.0f;
+  float res = (b * 2.0f) * inv_states;
+  const T *row = x + (i64)t * n_in + start;
+  T *o = xb + ((i64)s * tokens + t) * r;
+  for (int j = threadIdx.x; j < r; j += blockDim.x) {
+    float v = 0.0f;
+    if (j < len) {
+      v = to_f(row[j]);
+      if (act) {
+        v = fmaxf(fminf(v, b), -b);
+        if (dac) v = roundf(v / res) * res;
       }
     }
-    xb[e] = from_f<T>(v);
+    o[j] = from_f<T>(v);
   }
 }
 
 // Gradient of x: straight through, zero where the input was clipped (|x| > range).
+// Grid (tokens).
 template <typename T>
 __device__ void dac_grad_x(const T *gxb, const T *x, const float *ranges, T *gx, int tokens,
-                           int n_in, int base, int extra, int r, int used) {
-  i64 total = (i64)tokens * n_in;
-  for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total;
-       e += (i64)gridDim.x * blockDim.x) {
-    int i = (int)(e % n_in);
-    int t = (int)(e / n_in);
-    int s, j;
-    blk_of(i, base, extra, &s, &j);
+                           int n_in, int base, int extra, int nb, int r, int used) {
+  int t = blockIdx.x;
+  for (int s = 0; s < nb; s++) {
+    int start = blk_start(s, base, extra), len = blk_len(s, base, extra);
     float b = ranges[s];
-    float g = to_f(gxb[((i64)s * tokens + t) * r + j]);
-    bool clipped = used && b > 0.0f && fabsf(to_f(x[e])) > b;
-    gx[e] = from_f<T>(clipped ? 0.0f : g);
+    bool act = used && b > 0.0f;
+    const T *g = gxb + ((i64)s * tokens + t) * r;
+    const T *xr = x + (i64)t * n_in + start;
+    T *o = gx + (i64)t * n_in + start;
+    for (int j = threadIdx.x; j < len; j += blockDim.x) {
+      bool clipped = act && fabsf(to_f(xr[j])) > b;
+      o[j] = clipped ? from_f<T>(0.0f) : g[j];
+    }
   }
 }
 
-// Range gradient, stage 1: per (block, chunk) partial sums of the pull and of the clipped
-// count, reduced in shared memory in a fixed order (deterministic).
+// Per (row block, chunk of tokens) sums, reduced in shared memory in a fixed order
+// (deterministic): with g, the range gradient's pull and the clipped count; without, the count
+// of |x| >= range. Grid (chunks, nb); part[(s * chunks + chunk) * 2 + {0, 1}].
 template <typename T>
-__device__ void range_grad_partial(const T *gxb, const T *x, const float *ranges, float *part,
-                                   int tokens, int n_in, int base, int extra, int r,
-                                   int chunks) {
+__device__ void block_partial(const T *gxb, const T *x, const float *ranges, float *part,
+                              int tokens, int n_in, int base, int extra, int r, int chunks) {
   __shared__ float sp[256];
   __shared__ float sc[256];
   int s = blockIdx.y;
   int len = blk_len(s, base, extra);
   int start = blk_start(s, base, extra);
   float b = ranges[s];
-  i64 total = (i64)tokens * len;
   float pull = 0.0f, cnt = 0.0f;
-  for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total;
-       e += (i64)chunks * blockDim.x) {
-    int j = (int)(e % len);
-    int t = (int)(e / len);
-    float xv = to_f(x[(i64)t * n_in + start + j]);
-    float g = to_f(gxb[((i64)s * tokens + t) * r + j]);
-    if (xv >= b) {
-      pull += fminf(g, 0.0f);
-      cnt += 1.0f;
-    }
-    if (xv <= -b) {
-      pull -= fmaxf(g, 0.0f);
-      cnt += 1.0f;
+  for (int t = blockIdx.x; t < tokens; t += chunks) {
+    const T *xr = x + (i64)t * n_in + start;
+    const T *g = gxb ? gxb + ((i64)s * tokens + t) * r : nullptr;
+    for (int j = threadIdx.x; j < len; j += blockDim.x) {
+      float xv = to_f(xr[j]);
+      float gv = g ? to_f(g[j]) : 0.0f;
+      if (xv >= b) {
+        pull += fminf(gv, 0.0f);
+        cnt += 1.0f;
+      }
+      if (xv <= -b) {
+        pull -= fmaxf(gv, 0.0f);
+        cnt += 1.0f;
+      }
     }
   }
   sp[threadIdx.x] = pull;
@@ -216,7 +218,8 @@ __device__ void range_grad_partial(const T *gxb, const T *x, const float *ranges
   }
 }
 
-// Stage 2: one thread per block: range * pull, plus the decay while enough inputs are inside.
+// Range gradient, stage 2: one thread per block: range * pull, plus the decay while enough
+// inputs are inside.
 extern "C" __global__ void range_grad_final(const float *part, const float *ranges, float *gb,
                                             int tokens, int base, int extra, int nb, int chunks,
                                             float decay, float min_inside, int used) {
@@ -241,6 +244,16 @@ extern "C" __global__ void range_grad_final(const float *part, const float *rang
   gb[s] = g;
 }
 
+// Clipped-input count, stage 2: per block, 0 where the range is not in use.
+extern "C" __global__ void clip_count_final(const float *part, const float *ranges, float *cnt,
+                                            int nb, int chunks, int used) {
+  int s = blockIdx.x * blockDim.x + threadIdx.x;
+  if (s >= nb) return;
+  double c = 0.0;
+  for (int k = 0; k < chunks; k++) c += part[((i64)s * chunks + k) * 2 + 1];
+  cnt[s] = (used && ranges[s] > 0.0f) ? (float)c : 0.0f;
+}
+
 // ---- weights: per (block, channel) max |w|, then the noisy blocked copy --------------------
 
 template <typename T>
@@ -261,62 +274,43 @@ __device__ void block_absmax(const T *w, float *wmax, int out, int n_in, int bas
 }
 
 // wb[s, c, j] = w[c, start_s + j] + (wmax[s, c] * gamma) * n, n the element c * len_s + j of
-// block s's counter-based stream; one thread per normal pair.
+// block s's counter-based stream (pair el / 2, component el % 2). Grid (out, nb).
 template <typename T>
 __device__ void noisy_wblocks(const T *w, const float *wmax, T *wb, uint64_t layer_key,
-                              uint64_t tag, uint64_t call, int out, int n_in, int base, int extra, int nb, int r,
-                              float gamma) {
-  // Padding first: every (s, c, j >= len) is zero.
-  i64 pad_total = (i64)nb * out * r;
-  for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < pad_total;
-       e += (i64)gridDim.x * blockDim.x) {
-    int j = (int)(e % r);
-    int s = (int)(e / ((i64)out * r));
-    if (j >= blk_len(s, base, extra)) wb[e] = from_f<T>(0.0f);
-  }
-  // Pairs of each block; block s has ceil(out * len_s / 2) pairs.
-  i64 pairs_big = ((i64)out * (base + 1) + 1) / 2;
-  i64 total = pairs_big * nb;
-  for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total;
-       e += (i64)gridDim.x * blockDim.x) {
-    int s = (int)(e / pairs_big);
-    i64 p = e % pairs_big;
-    int len = blk_len(s, base, extra);
-    i64 n_el = (i64)out * len;
-    if (2 * p >= n_el) continue;
-    int start = blk_start(s, base, extra);
-    float a = 0.0f, b = 0.0f;
-    if (gamma > 0.0f) {
-      uint32_t k0, k1;
-      block_keys(layer_key, tag, call, s, &k0, &k1);
-      normal_pair(k0, k1, (uint32_t)p, &a, &b);
-    }
-    for (int k = 0; k < 2; k++) {
-      i64 el = 2 * p + k;
-      if (el >= n_el) break;
-      int c = (int)(el / len);
-      int j = (int)(el % len);
-      float v = to_f(w[(i64)c * n_in + start + j]);
+                              uint64_t tag, uint64_t call, int out, int n_in, int base, int extra,
+                              int r, float gamma) {
+  int c = blockIdx.x, s = blockIdx.y;
+  int start = blk_start(s, base, extra), len = blk_len(s, base, extra);
+  uint32_t k0 = 0, k1 = 0;
+  if (gamma > 0.0f) block_keys(layer_key, tag, call, s, &k0, &k1);
+  float sc = wmax[(i64)s * out + c] * gamma;
+  const T *row = w + (i64)c * n_in + start;
+  T *o = wb + ((i64)s * out + c) * r;
+  for (int j = threadIdx.x; j < r; j += blockDim.x) {
+    float v = 0.0f;
+    if (j < len) {
+      v = to_f(row[j]);
       if (gamma > 0.0f) {
-        float sc = wmax[(i64)s * out + c] * gamma;
-        v = v + (k == 0 ? a : b) * sc;
+        uint32_t el = (uint32_t)c * (uint32_t)len + (uint32_t)j;
+        float a, b;
+        normal_pair(k0, k1, el >> 1, &a, &b);
+        v = v + ((el & 1u) ? b : a) * sc;
       }
-      wb[((i64)s * out + c) * r + j] = from_f<T>(v);
     }
+    o[j] = from_f<T>(v);
   }
 }
 
-// Gradient of w: the blocked gradient put back in place (the noise is additive).
+// Gradient of w: the blocked gradient put back in place (the noise is additive). Grid (out).
 template <typename T>
-__device__ void unblock_w(const T *gwb, T *gw, int out, int n_in, int base, int extra, int r) {
-  i64 total = (i64)out * n_in;
-  for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total;
-       e += (i64)gridDim.x * blockDim.x) {
-    int i = (int)(e % n_in);
-    int c = (int)(e / n_in);
-    int s, j;
-    blk_of(i, base, extra, &s, &j);
-    gw[e] = gwb[((i64)s * out + c) * r + j];
+__device__ void unblock_w(const T *gwb, T *gw, int out, int n_in, int base, int extra, int nb,
+                          int r) {
+  int c = blockIdx.x;
+  for (int s = 0; s < nb; s++) {
+    int start = blk_start(s, base, extra), len = blk_len(s, base, extra);
+    const T *g = gwb + ((i64)s * out + c) * r;
+    T *o = gw + (i64)c * n_in + start;
+    for (int j = threadIdx.x; j < len; j += blockDim.x) o[j] = g[j];
   }
 }
 
@@ -330,16 +324,17 @@ __device__ __forceinline__ float adc_q(float y, float bd, float inv_states, int 
   return y;
 }
 
+// Grid (tokens).
 template <typename T>
 __device__ void adc_sum(const T *yb, const float *bound, T *y, int tokens, int out, int nb,
                         float inv_states, int adc) {
-  i64 total = (i64)tokens * out;
-  for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total;
-       e += (i64)gridDim.x * blockDim.x) {
-    int c = (int)(e % out);
+  int t = blockIdx.x;
+  i64 plane = (i64)tokens * out;
+  for (int c = threadIdx.x; c < out; c += blockDim.x) {
+    i64 e = (i64)t * out + c;
     float acc = 0.0f;
     for (int s = 0; s < nb; s++) {
-      float v = to_f(yb[(i64)s * total + e]);
+      float v = to_f(yb[(i64)s * plane + e]);
       float bd = bound[(i64)s * out + c];
       if (bd > 0.0f) v = fmaxf(fminf(adc_q(v, bd, inv_states, adc), bd), -bd);
       acc = s == 0 ? v : acc + v;
@@ -348,42 +343,40 @@ __device__ void adc_sum(const T *yb, const float *bound, T *y, int tokens, int o
   }
 }
 
-// Gradient of yb: straight through the rounding, zero where the clamp cut.
+// Gradient of yb: straight through the rounding, zero where the clamp cut. Grid (tokens, nb).
 template <typename T>
 __device__ void adc_grad(const T *g, const T *yb, const float *bound, T *gyb, int tokens, int out,
-                         int nb, float inv_states, int adc) {
-  i64 plane = (i64)tokens * out;
-  i64 total = plane * nb;
-  for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < total;
-       e += (i64)gridDim.x * blockDim.x) {
-    int s = (int)(e / plane);
-    i64 te = e % plane;
-    int c = (int)(te % out);
-    float bd = bound[(i64)s * out + c];
-    float gv = to_f(g[te]);
+                         float inv_states, int adc) {
+  int t = blockIdx.x, s = blockIdx.y;
+  i64 row = ((i64)s * tokens + t) * out;
+  const T *gr = g + (i64)t * out;
+  const float *bs = bound + (i64)s * out;
+  for (int c = threadIdx.x; c < out; c += blockDim.x) {
+    float bd = bs[c];
+    T gv = gr[c];
     if (bd > 0.0f) {
-      float q = adc_q(to_f(yb[e]), bd, inv_states, adc);
-      if (q > bd || q < -bd) gv = 0.0f;
+      float q = adc_q(to_f(yb[row + c]), bd, inv_states, adc);
+      if (q > bd || q < -bd) gv = from_f<T>(0.0f);
     }
-    gyb[e] = from_f<T>(gv);
+    gyb[row + c] = gv;
   }
 }
 
 #define INSTANTIATE(T, SUF)                                                                     \
   extern "C" __global__ void dac_fwd_##SUF(const T *x, const float *ranges, T *xb, int tokens,  \
-                                           int n_in, int base, int extra, int nb, int r,        \
+                                           int n_in, int base, int extra, int r,                \
                                            float inv_states, int used, int dac) {               \
-    dac_fwd<T>(x, ranges, xb, tokens, n_in, base, extra, nb, r, inv_states, used, dac);         \
+    dac_fwd<T>(x, ranges, xb, tokens, n_in, base, extra, r, inv_states, used, dac);             \
   }                                                                                             \
   extern "C" __global__ void dac_grad_x_##SUF(const T *gxb, const T *x, const float *ranges,   \
                                               T *gx, int tokens, int n_in, int base, int extra, \
-                                              int r, int used) {                                \
-    dac_grad_x<T>(gxb, x, ranges, gx, tokens, n_in, base, extra, r, used);                      \
+                                              int nb, int r, int used) {                        \
+    dac_grad_x<T>(gxb, x, ranges, gx, tokens, n_in, base, extra, nb, r, used);                  \
   }                                                                                             \
-  extern "C" __global__ void range_grad_partial_##SUF(                                         \
-      const T *gxb, const T *x, const float *ranges, float *part, int tokens, int n_in,         \
-      int base, int extra, int r, int chunks) {                                                 \
-    range_grad_partial<T>(gxb, x, ranges, part, tokens, n_in, base, extra, r, chunks);          \
+  extern "C" __global__ void block_partial_##SUF(const T *gxb, const T *x, const float *ranges, \
+                                                 float *part, int tokens, int n_in, int base,   \
+                                                 int extra, int r, int chunks) {                \
+    block_partial<T>(gxb, x, ranges, part, tokens, n_in, base, extra, r, chunks);               \
   }                                                                                             \
   extern "C" __global__ void block_absmax_##SUF(const T *w, float *wmax, int out, int n_in,    \
                                                 int base, int extra, int nb) {                  \
@@ -391,21 +384,21 @@ __device__ void adc_grad(const T *g, const T *yb, const float *bound, T *gyb, in
   }                                                                                             \
   extern "C" __global__ void noisy_wblocks_##SUF(                                              \
       const T *w, const float *wmax, T *wb, uint64_t layer_key, uint64_t tag, uint64_t call,    \
-      int out, int n_in, int base, int extra, int nb, int r, float gamma) {                     \
-    noisy_wblocks<T>(w, wmax, wb, layer_key, tag, call, out, n_in, base, extra, nb, r, gamma);  \
+      int out, int n_in, int base, int extra, int r, float gamma) {                             \
+    noisy_wblocks<T>(w, wmax, wb, layer_key, tag, call, out, n_in, base, extra, r, gamma);      \
   }                                                                                             \
   extern "C" __global__ void unblock_w_##SUF(const T *gwb, T *gw, int out, int n_in, int base,  \
-                                             int extra, int r) {                                \
-    unblock_w<T>(gwb, gw, out, n_in, base, extra, r);                                           \
+                                             int extra, int nb, int r) {                        \
+    unblock_w<T>(gwb, gw, out, n_in, base, extra, nb, r);                                       \
   }                                                                                             \
   extern "C" __global__ void adc_sum_##SUF(const T *yb, const float *bound, T *y, int tokens,  \
                                            int out, int nb, float inv_states, int adc) {        \
     adc_sum<T>(yb, bound, y, tokens, out, nb, inv_states, adc);                                 \
   }                                                                                             \
   extern "C" __global__ void adc_grad_##SUF(const T *g, const T *yb, const float *bound,       \
-                                            T *gyb, int tokens, int out, int nb,                \
-                                            float inv_states, int adc) {                        \
-    adc_grad<T>(g, yb, bound, gyb, tokens, out, nb, inv_states, adc);                           \
+                                            T *gyb, int tokens, int out, float inv_states,      \
+                                            int adc) {                                          \
+    adc_grad<T>(g, yb, bound, gyb, tokens, out, inv_states, adc);                               \
   }
 
 INSTANTIATE(float, f32)

@@ -7,7 +7,7 @@
 //! The rounding is straight-through; the input ranges start from the data (a running mean of
 //! kappa * std over the first batches) and then learn by the AFM gradient (see `ops`).
 
-use super::fused::{self, inv_states, Blocks, LayerSpec};
+use super::fused::{self, inv_states, Blocks, FusedOp, LayerSpec, Stage};
 use super::ops::{AdcStage, InputStage};
 use crate::error::{Error, Result};
 use crate::rng::{name_hash, Effect, StreamKey};
@@ -312,17 +312,15 @@ impl AnalogTrainLinear {
         })
     }
 
-    /// Adds the clipped-input count of row block `s` to the training statistics.
-    fn count_clipped(&self, xs: &Tensor, beta: &Tensor) -> Result<()> {
-        let n = xs.abs()?.broadcast_ge(beta)?.to_dtype(DType::F32)?;
-        let n = total(&n)?;
+    /// Adds `n` clipped inputs (a device scalar) out of `k` to the training statistics.
+    fn add_clip_stats(&self, n: Tensor, k: usize) -> Result<()> {
         let mut acc = self
             .clip_stats
             .lock()
             .map_err(|_| Error::Value(format!("layer `{}`: lock poisoned", self.name)))?;
         *acc = Some(match acc.take() {
-            Some((c, k)) => ((c + n)?, k + xs.elem_count()),
-            None => (n, xs.elem_count()),
+            Some((c, k0)) => ((c + n)?, k0 + k),
+            None => (n, k),
         });
         Ok(())
     }
@@ -338,13 +336,42 @@ impl AnalogTrainLinear {
             .reshape((tokens, n_in[0]))?
             .to_dtype(self.compute)?
             .contiguous()?;
-        let g = Blocks::new(n_in[0], self.cfg.tile_rows);
+        let (spec, w) = self.prepare(&x)?;
+        let out_f = w.dims()[0];
+        let mut y = fused::forward(&spec, &x, &w, self.ranges.as_tensor())?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(&b.as_tensor().to_dtype(self.compute)?)?;
+        }
+        let mut shape = lead.to_vec();
+        shape.push(out_f);
+        Ok(y.reshape(shape)?)
+    }
+
+    /// One fused forward pass over x (tokens, in) without autograd, bias excluded: its value
+    /// and, from an upstream gradient, the gradients of x, W and the ranges (benchmarks; the
+    /// same state updates as [`AnalogTrainLinear::forward`]).
+    pub fn pass(&self, x: &Tensor) -> Result<fused::LayerPass> {
+        let x = x.to_dtype(self.compute)?.contiguous()?;
+        let (spec, w) = self.prepare(&x)?;
+        Ok(fused::LayerPass::new(
+            &spec,
+            &x,
+            &w,
+            self.ranges.as_tensor(),
+        )?)
+    }
+
+    /// The state updates of one fused forward over x (tokens, in) (forward counter, range
+    /// initialization, clip statistics) and its settings and weight.
+    fn prepare(&self, x: &Tensor) -> Result<(LayerSpec, Tensor)> {
+        let g = Blocks::new(x.dims()[1], self.cfg.tile_rows);
         let mut state = self.state()?;
         let (training, call) = (state.training, state.calls);
         state.calls += 1;
         let ranges = self.ranges.as_tensor();
         let used =
             self.cfg.dac_bits > 0 || self.cfg.out_bound > 0.0 || self.cfg.range_init_batches > 0;
+        let mut counted = 0;
         for (s, &(start, len)) in self.blocks.iter().enumerate() {
             if !training {
                 continue;
@@ -358,9 +385,16 @@ impl AnalogTrainLinear {
                 self.init_range(s, &xs.to_dtype(DType::F32)?.contiguous()?, &mut state)?;
             }
             if self.block_active(s, &mut state)? {
-                let beta = ranges.narrow(0, s, 1)?.detach().to_dtype(xs.dtype())?;
-                self.count_clipped(&xs, &beta)?;
+                counted += xs.elem_count();
             }
+        }
+        if counted > 0 {
+            let clip = FusedOp {
+                blocks: g,
+                stage: Stage::ClipCount { used },
+            };
+            let n = x.apply_op2_no_bwd(&ranges.detach(), &clip)?.sum_all()?;
+            self.add_clip_stats(n, counted)?;
         }
         let spec = LayerSpec {
             blocks: g,
@@ -380,15 +414,7 @@ impl AnalogTrainLinear {
             call,
             compute: self.compute,
         };
-        let w = self.weight_used()?;
-        let out_f = w.dims()[0];
-        let mut y = fused::forward(&spec, &x, &w, self.ranges.as_tensor())?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(&b.as_tensor().to_dtype(self.compute)?)?;
-        }
-        let mut shape = lead.to_vec();
-        shape.push(out_f);
-        Ok(y.reshape(shape)?)
+        Ok((spec, self.weight_used()?))
     }
 
     /// The plain-tensor layer, block by block (the slow, obvious reference of the fused path;
@@ -430,7 +456,8 @@ impl AnalogTrainLinear {
                 };
                 xin = xs.apply_op3(&beta, &v.contiguous()?, stage)?;
                 if training {
-                    self.count_clipped(&xs.detach(), &bd)?;
+                    let n = xs.detach().abs()?.broadcast_ge(&bd)?.to_dtype(DType::F32)?;
+                    self.add_clip_stats(total(&n)?, xs.elem_count())?;
                 }
             }
             // cuBLAS takes only compact operands: a column block of W is copied out.

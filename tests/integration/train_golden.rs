@@ -330,3 +330,23 @@ fn clipping_ramps_down_to_its_final_alpha() {
     layer.clip_weights(cfg.clip_alpha_at(4)).unwrap();
     assert!(layer.weight.as_tensor().to_vec2::<f32>().unwrap()[0][3] < 5.0);
 }
+
+#[test]
+fn fused_clip_statistics_equal_the_reference() {
+    for (label, t, cfg) in ragged_cases() {
+        let stats = |reference: bool| {
+            let mut layer = AnalogTrainLinear::new(&t[0], Some(&t[1]), &cfg, 3, "l").unwrap();
+            layer.reference = reference;
+            layer.state.lock().unwrap().training = true;
+            // Two forwards: the first initializes the ranges, both count.
+            for _ in 0..2 {
+                layer.forward(&t[2]).unwrap();
+            }
+            let (n, k) = layer.take_clip_stats().unwrap().unwrap();
+            (n.to_scalar::<f32>().unwrap(), k)
+        };
+        let (fused, plain) = (stats(false), stats(true));
+        assert_eq!(fused, plain, "{label}");
+        assert!(fused.1 > 0, "{label}: nothing counted");
+    }
+}

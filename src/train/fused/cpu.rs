@@ -112,6 +112,24 @@ pub fn range_grad(
         .collect()
 }
 
+/// Inputs with |x| >= range per row block, 0 for blocks whose range is not in use.
+pub fn clip_count(x: &[f32], ranges: &[f32], g: &Blocks, tokens: usize, used: bool) -> Vec<f32> {
+    (0..g.nb)
+        .map(|s| {
+            let b = ranges[s];
+            if !(used && b > 0.0) {
+                return 0.0;
+            }
+            let (start, len) = (g.start(s), g.len(s));
+            let n = (0..tokens)
+                .flat_map(|t| &x[t * g.n_in + start..t * g.n_in + start + len])
+                .filter(|v| v.abs() >= b)
+                .count();
+            n as f32
+        })
+        .collect()
+}
+
 /// Max |w| of every (block, channel): (nb, out).
 pub fn block_absmax(w: &[f32], g: &Blocks, out: usize) -> Vec<f32> {
     let mut m = vec![0f32; g.nb * out];

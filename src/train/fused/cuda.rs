@@ -5,7 +5,7 @@ use super::{FusedOp, Stage};
 use crate::rng::{layer_key, Effect};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape};
@@ -61,65 +61,98 @@ fn run_t<T: CudaDType + DeviceRepr>(
     let (base, extra, nb, r, n_in) = (i(g.base), i(g.extra), i(g.nb), i(g.r), i(g.n_in));
     let t = |k: usize| slice::<T>(args[k].0, args[k].1);
     let f32_arg = |k: usize| slice::<f32>(args[k].0, args[k].1);
+    let rows = |x: usize, y: usize| LaunchConfig {
+        grid_dim: (x as u32, y as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let alloc_t = |n: usize| unsafe { dev.alloc::<T>(n) };
+    let wrap_t = |y: CudaSlice<T>| CudaStorage::wrap_cuda_slice(y, dev.clone());
     match &op.stage {
         Stage::Dac {
             used, inv_states, ..
         } => {
             let (x, ranges) = (t(0)?, f32_arg(1)?);
-            let tokens = i(args[0].1.dims()[0]);
-            let y = unsafe { dev.alloc::<T>(n)? };
+            let tokens = args[0].1.dims()[0];
+            let y = alloc_t(n)?;
             let func = f("dac_fwd")?;
             let mut b = func.builder();
             b.arg(&x).arg(&ranges).arg(&y);
-            let (inv, dac, used) = (
-                inv_states.unwrap_or(0.0),
-                i32::from(inv_states.is_some()),
-                i32::from(*used),
-            );
-            candle_core::builder_arg!(b, tokens, n_in, base, extra, nb, r, inv, used, dac);
-            unsafe { b.launch(grid(n)) }.w()?;
-            Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+            let (inv, dac) = (inv_states.unwrap_or(0.0), i32::from(inv_states.is_some()));
+            let (tk, used) = (i(tokens), i32::from(*used));
+            candle_core::builder_arg!(b, tk, n_in, base, extra, r, inv, used, dac);
+            unsafe { b.launch(rows(tokens, g.nb)) }.w()?;
+            Ok(wrap_t(y))
         }
         Stage::DacGradX { used } => {
             let (gxb, x, ranges) = (t(0)?, t(1)?, f32_arg(2)?);
-            let tokens = i(args[1].1.dims()[0]);
-            let y = unsafe { dev.alloc::<T>(n)? };
+            let tokens = args[1].1.dims()[0];
+            let y = alloc_t(n)?;
             let func = f("dac_grad_x")?;
             let mut b = func.builder();
             b.arg(&gxb).arg(&x).arg(&ranges).arg(&y);
-            let used = i32::from(*used);
-            candle_core::builder_arg!(b, tokens, n_in, base, extra, r, used);
-            unsafe { b.launch(grid(n)) }.w()?;
-            Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+            let (tk, used) = (i(tokens), i32::from(*used));
+            candle_core::builder_arg!(b, tk, n_in, base, extra, nb, r, used);
+            unsafe { b.launch(rows(tokens, 1)) }.w()?;
+            Ok(wrap_t(y))
         }
-        Stage::RangeGrad {
-            used,
-            decay,
-            min_inside,
-        } => {
-            let (gxb, x, ranges) = (t(0)?, t(1)?, f32_arg(2)?);
-            let tokens = args[1].1.dims()[0];
-            let chunks = (tokens * g.r).div_ceil(THREADS as usize * 8).clamp(1, 1024);
+        Stage::RangeGrad { .. } | Stage::ClipCount { .. } => {
+            let grad = matches!(op.stage, Stage::RangeGrad { .. });
+            let (x, ranges) = if grad {
+                (t(1)?, f32_arg(2)?)
+            } else {
+                (t(0)?, f32_arg(1)?)
+            };
+            let tokens = args[usize::from(grad)].1.dims()[0];
+            let chunks = tokens.clamp(1, 128);
             let part = unsafe { dev.alloc::<f32>(g.nb * chunks * 2)? };
-            let func = f("range_grad_partial")?;
+            let func = f("block_partial")?;
             let mut b = func.builder();
-            b.arg(&gxb).arg(&x).arg(&ranges).arg(&part);
+            let gxb = if grad { Some(t(0)?) } else { None };
+            let null = 0u64;
+            match &gxb {
+                Some(v) => b.arg(v),
+                None => b.arg(&null),
+            };
+            b.arg(&x).arg(&ranges).arg(&part);
             let (tk, ch) = (i(tokens), i(chunks));
             candle_core::builder_arg!(b, tk, n_in, base, extra, r, ch);
-            let cfg = LaunchConfig {
-                grid_dim: (chunks as u32, g.nb as u32, 1),
-                block_dim: (THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            unsafe { b.launch(cfg) }.w()?;
-            let gb = unsafe { dev.alloc::<f32>(g.nb)? };
-            let func = dev.get_or_load_custom_func("range_grad_final", MODULE, PTX)?;
-            let mut b = func.builder();
-            b.arg(&part).arg(&ranges).arg(&gb);
-            let used = i32::from(*used);
-            candle_core::builder_arg!(b, tk, base, extra, nb, ch, *decay, *min_inside, used);
-            unsafe { b.launch(grid(g.nb)) }.w()?;
-            Ok(CudaStorage::wrap_cuda_slice(gb, dev.clone()))
+            unsafe { b.launch(rows(chunks, g.nb)) }.w()?;
+            let out = unsafe { dev.alloc::<f32>(g.nb)? };
+            match &op.stage {
+                Stage::RangeGrad {
+                    used,
+                    decay,
+                    min_inside,
+                } => {
+                    let func = dev.get_or_load_custom_func("range_grad_final", MODULE, PTX)?;
+                    let mut b = func.builder();
+                    b.arg(&part).arg(&ranges).arg(&out);
+                    let used = i32::from(*used);
+                    candle_core::builder_arg!(
+                        b,
+                        tk,
+                        base,
+                        extra,
+                        nb,
+                        ch,
+                        *decay,
+                        *min_inside,
+                        used
+                    );
+                    unsafe { b.launch(grid(g.nb)) }.w()?;
+                }
+                Stage::ClipCount { used } => {
+                    let func = dev.get_or_load_custom_func("clip_count_final", MODULE, PTX)?;
+                    let mut b = func.builder();
+                    b.arg(&part).arg(&ranges).arg(&out);
+                    let used = i32::from(*used);
+                    candle_core::builder_arg!(b, nb, ch, used);
+                    unsafe { b.launch(grid(g.nb)) }.w()?;
+                }
+                _ => unreachable!("matched above"),
+            }
+            Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
         }
         Stage::AbsMax => {
             let w = t(0)?;
@@ -139,52 +172,53 @@ fn run_t<T: CudaDType + DeviceRepr>(
             call,
         } => {
             let (w, wmax) = (t(0)?, f32_arg(1)?);
-            let out = i(args[0].1.dims()[0]);
-            let y = unsafe { dev.alloc::<T>(n)? };
+            let out = args[0].1.dims()[0];
+            let y = alloc_t(n)?;
             let func = f("noisy_wblocks")?;
             let mut b = func.builder();
             b.arg(&w).arg(&wmax).arg(&y);
-            let (lk, tag) = (layer_key(*seed, *layer), Effect::WeightNoise.tag());
-            candle_core::builder_arg!(b, lk, tag, *call, out, n_in, base, extra, nb, r, *gamma);
-            unsafe { b.launch(grid(n)) }.w()?;
-            Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+            let (lk, tag, o) = (layer_key(*seed, *layer), Effect::WeightNoise.tag(), i(out));
+            candle_core::builder_arg!(b, lk, tag, *call, o, n_in, base, extra, r, *gamma);
+            unsafe { b.launch(rows(out, g.nb)) }.w()?;
+            Ok(wrap_t(y))
         }
         Stage::Unblock => {
             let gwb = t(0)?;
-            let out = i(args[0].1.dims()[1]);
-            let y = unsafe { dev.alloc::<T>(n)? };
+            let out = args[0].1.dims()[1];
+            let y = alloc_t(n)?;
             let func = f("unblock_w")?;
             let mut b = func.builder();
             b.arg(&gwb).arg(&y);
-            candle_core::builder_arg!(b, out, n_in, base, extra, r);
-            unsafe { b.launch(grid(n)) }.w()?;
-            Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+            let o = i(out);
+            candle_core::builder_arg!(b, o, n_in, base, extra, nb, r);
+            unsafe { b.launch(rows(out, 1)) }.w()?;
+            Ok(wrap_t(y))
         }
         Stage::Adc { inv_states } => {
             let (yb, bound) = (t(0)?, f32_arg(1)?);
             let d = args[0].1.dims();
             let (nbk, tokens, out) = (i(d[0]), i(d[1]), i(d[2]));
-            let y = unsafe { dev.alloc::<T>(n)? };
+            let y = alloc_t(n)?;
             let func = f("adc_sum")?;
             let mut b = func.builder();
             b.arg(&yb).arg(&bound).arg(&y);
             let (inv, adc) = (inv_states.unwrap_or(0.0), i32::from(inv_states.is_some()));
             candle_core::builder_arg!(b, tokens, out, nbk, inv, adc);
-            unsafe { b.launch(grid(n)) }.w()?;
-            Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+            unsafe { b.launch(rows(d[1], 1)) }.w()?;
+            Ok(wrap_t(y))
         }
         Stage::AdcGrad { inv_states } => {
             let (gy, yb, bound) = (t(0)?, t(1)?, f32_arg(2)?);
             let d = args[1].1.dims();
-            let (nbk, tokens, out) = (i(d[0]), i(d[1]), i(d[2]));
-            let y = unsafe { dev.alloc::<T>(n)? };
+            let (tokens, out) = (i(d[1]), i(d[2]));
+            let y = alloc_t(n)?;
             let func = f("adc_grad")?;
             let mut b = func.builder();
             b.arg(&gy).arg(&yb).arg(&bound).arg(&y);
             let (inv, adc) = (inv_states.unwrap_or(0.0), i32::from(inv_states.is_some()));
-            candle_core::builder_arg!(b, tokens, out, nbk, inv, adc);
-            unsafe { b.launch(grid(n)) }.w()?;
-            Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+            candle_core::builder_arg!(b, tokens, out, inv, adc);
+            unsafe { b.launch(rows(d[1], d[0])) }.w()?;
+            Ok(wrap_t(y))
         }
     }
 }

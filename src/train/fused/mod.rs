@@ -105,6 +105,12 @@ pub enum Stage {
         /// Share of inputs inside above which the decay acts.
         min_inside: f32,
     },
+    /// (x, ranges) -> inputs with |x| >= range per row block (nb), 0 for blocks whose range is
+    /// not in use; no gradient (training statistics).
+    ClipCount {
+        /// As in [`Stage::Dac`].
+        used: bool,
+    },
     /// w (out, n_in) -> max |w| per (block, channel) (nb, out); no gradient.
     AbsMax,
     /// (w, wmax) -> wb (nb, out, r) with (wmax * gamma) * normals added; backward:
@@ -178,7 +184,7 @@ impl FusedOp {
         Ok(match &self.stage {
             Stage::Dac { .. } => (g.nb, a[0], g.r).into(),
             Stage::DacGradX { .. } => b.to_vec().into(),
-            Stage::RangeGrad { .. } => g.nb.into(),
+            Stage::RangeGrad { .. } | Stage::ClipCount { .. } => g.nb.into(),
             Stage::AbsMax => (g.nb, a[0]).into(),
             Stage::NoisyWeights { .. } => (g.nb, a[0], g.r).into(),
             Stage::Unblock => (a[1], g.n_in).into(),
@@ -252,6 +258,7 @@ impl CustomOp2 for FusedOp {
             Stage::Adc { inv_states } => {
                 out(cpu::adc_sum(a, b, d[0], d[1], d[2], *inv_states), shape)
             }
+            Stage::ClipCount { used } => out(cpu::clip_count(a, b, g, d[0], *used), shape),
             s => candle_core::bail!("fused analog op: {s:?} does not take two arguments"),
         }
     }
@@ -411,57 +418,61 @@ struct Saved {
     value: Tensor,
 }
 
-/// The whole layer as one autograd node over (x, w, ranges): the forward is computed by the
-/// stages on detached tensors, the backward by their gradient stages and two batched products,
-/// so autograd keeps no per-stage intermediate gradients.
+/// One forward pass of the whole layer, kept for its backward: as a custom op over (x, w,
+/// ranges) it is one autograd node (the forward computed by the stages on detached tensors, the
+/// backward by their gradient stages and two batched products), so autograd keeps no
+/// per-stage intermediate gradients.
 #[derive(Debug)]
-struct LayerOp(Saved);
+pub struct LayerPass(Saved);
 
 /// y (T, out) of the analog layer for x (T, n_in), w (out, n_in) and the ranges (nb), in the
 /// compute dtype, differentiable in all three.
 pub fn forward(spec: &LayerSpec, x: &Tensor, w: &Tensor, ranges: &Tensor) -> Result<Tensor> {
-    let op = |stage| FusedOp {
-        blocks: spec.blocks,
-        stage,
-    };
-    let xc = x.detach().to_dtype(spec.compute)?.contiguous()?;
-    let wc = w.detach().to_dtype(spec.compute)?.contiguous()?;
-    let rd = ranges.detach().contiguous()?;
-    let xb = xc.apply_op2_no_bwd(
-        &rd,
-        &op(Stage::Dac {
-            used: spec.used,
-            inv_states: spec.dac,
-            decay: spec.decay,
-            min_inside: spec.min_inside,
-        }),
-    )?;
-    let wmax = wc.apply_op1_no_bwd(&op(Stage::AbsMax))?;
-    let wb = wc.apply_op2_no_bwd(
-        &wmax,
-        &op(Stage::NoisyWeights {
-            gamma: spec.gamma,
-            seed: spec.seed,
-            layer: spec.layer,
-            call: spec.call,
-        }),
-    )?;
-    let yb = xb.matmul(&wb.transpose(1, 2)?)?;
-    let bound = if spec.out_bound > 0.0 && spec.used {
-        (wmax * spec.out_bound)?.broadcast_mul(&rd.reshape((spec.blocks.nb, 1))?)?
-    } else {
-        Tensor::zeros((spec.blocks.nb, wc.dims()[0]), DType::F32, x.device())?
-    };
-    let value = yb.apply_op2_no_bwd(
-        &bound,
-        &op(Stage::Adc {
-            inv_states: spec.adc,
-        }),
-    )?;
-    x.apply_op3(
-        w,
-        ranges,
-        LayerOp(Saved {
+    x.apply_op3(w, ranges, LayerPass::new(spec, x, w, ranges)?)
+}
+
+impl LayerPass {
+    /// Runs the forward stages (no autograd).
+    pub fn new(spec: &LayerSpec, x: &Tensor, w: &Tensor, ranges: &Tensor) -> Result<Self> {
+        let op = |stage| FusedOp {
+            blocks: spec.blocks,
+            stage,
+        };
+        let xc = x.detach().to_dtype(spec.compute)?.contiguous()?;
+        let wc = w.detach().to_dtype(spec.compute)?.contiguous()?;
+        let rd = ranges.detach().contiguous()?;
+        let xb = xc.apply_op2_no_bwd(
+            &rd,
+            &op(Stage::Dac {
+                used: spec.used,
+                inv_states: spec.dac,
+                decay: spec.decay,
+                min_inside: spec.min_inside,
+            }),
+        )?;
+        let wmax = wc.apply_op1_no_bwd(&op(Stage::AbsMax))?;
+        let wb = wc.apply_op2_no_bwd(
+            &wmax,
+            &op(Stage::NoisyWeights {
+                gamma: spec.gamma,
+                seed: spec.seed,
+                layer: spec.layer,
+                call: spec.call,
+            }),
+        )?;
+        let yb = xb.matmul(&wb.transpose(1, 2)?)?;
+        let bound = if spec.out_bound > 0.0 && spec.used {
+            (wmax * spec.out_bound)?.broadcast_mul(&rd.reshape((spec.blocks.nb, 1))?)?
+        } else {
+            Tensor::zeros((spec.blocks.nb, wc.dims()[0]), DType::F32, x.device())?
+        };
+        let value = yb.apply_op2_no_bwd(
+            &bound,
+            &op(Stage::Adc {
+                inv_states: spec.adc,
+            }),
+        )?;
+        Ok(LayerPass(Saved {
             spec: spec.clone(),
             x: xc,
             ranges: rd,
@@ -470,11 +481,46 @@ pub fn forward(spec: &LayerSpec, x: &Tensor, w: &Tensor, ranges: &Tensor) -> Res
             yb,
             bound,
             value,
-        }),
-    )
-}
+        }))
+    }
 
-impl LayerOp {
+    /// The layer's output y (T, out), compute dtype.
+    pub fn value(&self) -> &Tensor {
+        &self.0.value
+    }
+
+    /// Gradients of x, w (compute dtype) and the ranges (f32) for the upstream gradient `g` of y.
+    pub fn grads(&self, g: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let sv = &self.0;
+        let spec = &sv.spec;
+        let g = g.to_dtype(spec.compute)?.contiguous()?;
+        let gyb = g.apply_op3_no_bwd(
+            &sv.yb,
+            &sv.bound,
+            &self.op(Stage::AdcGrad {
+                inv_states: spec.adc,
+            }),
+        )?;
+        let gxb = gyb.matmul(&sv.wb)?;
+        let gwb = gyb.transpose(1, 2)?.matmul(&sv.xb)?;
+        let gx = gxb.apply_op3_no_bwd(
+            &sv.x,
+            &sv.ranges,
+            &self.op(Stage::DacGradX { used: spec.used }),
+        )?;
+        let gr = gxb.apply_op3_no_bwd(
+            &sv.x,
+            &sv.ranges,
+            &self.op(Stage::RangeGrad {
+                used: spec.used,
+                decay: spec.decay,
+                min_inside: spec.min_inside,
+            }),
+        )?;
+        let gw = gwb.apply_op1_no_bwd(&self.op(Stage::Unblock))?;
+        Ok((gx, gw, gr))
+    }
+
     fn op(&self, stage: Stage) -> FusedOp {
         FusedOp {
             blocks: self.0.spec.blocks,
@@ -483,7 +529,7 @@ impl LayerOp {
     }
 }
 
-impl CustomOp3 for LayerOp {
+impl CustomOp3 for LayerPass {
     fn name(&self) -> &'static str {
         "afm-analog-layer"
     }
@@ -529,33 +575,7 @@ impl CustomOp3 for LayerOp {
         _res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let sv = &self.0;
-        let spec = &sv.spec;
-        let g = g.to_dtype(spec.compute)?.contiguous()?;
-        let gyb = g.apply_op3_no_bwd(
-            &sv.yb,
-            &sv.bound,
-            &self.op(Stage::AdcGrad {
-                inv_states: spec.adc,
-            }),
-        )?;
-        let gxb = gyb.matmul(&sv.wb)?;
-        let gwb = gyb.transpose(1, 2)?.matmul(&sv.xb)?;
-        let gx = gxb.apply_op3_no_bwd(
-            &sv.x,
-            &sv.ranges,
-            &self.op(Stage::DacGradX { used: spec.used }),
-        )?;
-        let gr = gxb.apply_op3_no_bwd(
-            &sv.x,
-            &sv.ranges,
-            &self.op(Stage::RangeGrad {
-                used: spec.used,
-                decay: spec.decay,
-                min_inside: spec.min_inside,
-            }),
-        )?;
-        let gw = gwb.apply_op1_no_bwd(&self.op(Stage::Unblock))?;
+        let (gx, gw, gr) = self.grads(g)?;
         Ok((
             Some(gx.to_dtype(x.dtype())?),
             Some(gw.to_dtype(w.dtype())?),
