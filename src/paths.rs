@@ -62,6 +62,10 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> crate::Result<()> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    if let Err(e) = std::fs::write(&tmp, bytes) {
+        // A full disk leaves no half-written temporary file behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(&tmp)(e));
+    }
     std::fs::rename(&tmp, path).map_err(io(path))
 }

@@ -46,7 +46,14 @@ pub fn write_hf_folder(
         source,
     })?;
     let tmp = dir.join("model.safetensors.tmp");
-    candle_core::safetensors::save(tensors, &tmp)?;
+    // A failed write (a full disk) leaves no temporary file behind and names the file.
+    candle_core::safetensors::save(tensors, &tmp).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::Io {
+            path: tmp.clone(),
+            source: std::io::Error::other(e.to_string()),
+        }
+    })?;
     std::fs::rename(&tmp, dir.join("model.safetensors")).map_err(|source| Error::Io {
         path: dir.join("model.safetensors"),
         source,
@@ -54,8 +61,10 @@ pub fn write_hf_folder(
     crate::paths::write_atomic(&dir.join("config.json"), pretty(cfg_json).as_bytes())?;
     if let Some(tok) = tokenizer {
         let tmp = dir.join("tokenizer.json.tmp");
-        tok.save(&tmp, false)
-            .map_err(|e| Error::Value(format!("saving the tokenizer: {e}")))?;
+        tok.save(&tmp, false).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::Value(format!("saving the tokenizer to {}: {e}", tmp.display()))
+        })?;
         std::fs::rename(&tmp, dir.join("tokenizer.json")).map_err(|source| Error::Io {
             path: dir.join("tokenizer.json"),
             source,

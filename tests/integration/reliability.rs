@@ -109,3 +109,78 @@ fn a_nan_input_shows_in_the_output_of_every_projection_kind() {
         );
     }
 }
+
+/// Unmounts a test's tmpfs when the test ends, failed or not.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_and_a_denied_folder_are_named_errors_and_leave_no_temporary_file() {
+    use std::os::unix::process::CommandExt;
+    let dir = temp_dir("disk-full");
+    let model = crate::eval_run::tiny_model_with_tokenizer(&dir.join("m"));
+    let m = model.to_str().unwrap();
+    let run = |out: &std::path::Path, as_nobody: bool| {
+        let mut c = crate::common::afm_cmd(&["quantize", "--model", m, "--out"]);
+        c.arg(out);
+        if as_nobody {
+            c.uid(65534).gid(65534);
+        }
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!err.contains("panicked"), "{err}");
+        (o.status.success(), err)
+    };
+    let leftovers = |d: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(d).map_or(Vec::new(), |rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".tmp"))
+                .collect()
+        })
+    };
+
+    // Disk full: a 16 KiB tmpfs, far smaller than the quantized model. Mounting needs root
+    // (CI and the test machines run as root); elsewhere this part says so and is skipped.
+    let full = dir.join("full");
+    std::fs::create_dir_all(&full).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+        .arg(&full)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if mounted {
+        let _guard = Mount(full.clone());
+        let out = full.join("q");
+        let (ok, e) = run(&out, false);
+        assert!(!ok, "quantize into a full disk succeeded");
+        assert!(
+            e.contains("No space left on device") && e.contains(out.to_str().unwrap()),
+            "{e}"
+        );
+        assert_eq!(leftovers(&out), Vec::<String>::new(), "{e}");
+        assert!(!out.join("model.safetensors").exists());
+    } else {
+        eprintln!("SKIPPED the disk-full case: cannot mount a tmpfs here (not root?)");
+    }
+
+    // Permission denied: root ignores permissions, so the command runs as `nobody` against a
+    // folder only root may write.
+    let locked = dir.join("locked");
+    std::fs::create_dir_all(&locked).unwrap();
+    let out = locked.join("q");
+    let (ok, e) = run(&out, true);
+    assert!(!ok, "quantize as nobody into a root-only folder succeeded");
+    assert!(
+        e.contains("Permission denied") && e.contains(out.to_str().unwrap()),
+        "{e}"
+    );
+    assert!(!out.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
