@@ -329,6 +329,7 @@ impl AnalogTrainLinear {
     /// one batched product, ADC and the sum over blocks; computes in `self.compute` (f32, or
     /// bf16/f16 on CUDA, the master weights staying f32).
     pub fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
         let dims = x.dims().to_vec();
         let (lead, n_in) = dims.split_at(dims.len() - 1);
         let tokens: usize = lead.iter().product();
@@ -344,7 +345,7 @@ impl AnalogTrainLinear {
         }
         let mut shape = lead.to_vec();
         shape.push(out_f);
-        Ok(y.reshape(shape)?)
+        Ok(y.reshape(shape)?.to_dtype(dtype)?)
     }
 
     /// One fused forward pass over x (tokens, in) without autograd, bias excluded: its value

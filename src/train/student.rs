@@ -10,23 +10,26 @@ use super::layer::{AnalogTrainConfig, AnalogTrainLinear, LayerState};
 use crate::error::{Error, Result};
 use crate::executor::decoder::{Decoder, GateUp, Qkv};
 use crate::executor::linear::Projection;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-/// The student from the (digital) teacher.
+/// The student from the (digital) teacher; `compute` is its analog layers' product dtype.
 pub fn build_student(
     teacher: &Decoder,
     cfg: &AnalogTrainConfig,
     seed: u64,
     digital_lm_head: bool,
+    compute: DType,
 ) -> Result<Decoder> {
     teacher.map_projections(|name, p| match p {
         Projection::Digital { .. } if digital_lm_head && name == "lm_head" => p.clone_digital(name),
-        Projection::Digital { weight, bias } => Ok(Projection::Train(Box::new(
-            AnalogTrainLinear::new(weight, bias.as_ref(), cfg, seed, name)?,
-        ))),
+        Projection::Digital { weight, bias } => {
+            let mut layer = AnalogTrainLinear::new(weight, bias.as_ref(), cfg, seed, name)?;
+            layer.compute = compute;
+            Ok(Projection::Train(Box::new(layer)))
+        }
         _ => Err(Error::Value(format!(
             "teacher projection `{name}` is not digital"
         ))),

@@ -55,6 +55,20 @@ pub struct RunConfig {
     /// On CUDA, run f32 matrix products in TF32 on the tensor cores (PyTorch's
     /// `allow_tf32`); no effect on the CPU.
     pub tf32: bool,
+    /// Dtype of the analog layers' products and stages: "f32", or on CUDA "bf16" / "f16"
+    /// (the weights are rounded from the f32 master weights at every forward; the optimizer
+    /// state stays f32) [f32].
+    pub analog_dtype: String,
+}
+
+/// The dtype named by `run.analog_dtype`.
+fn analog_dtype(name: &str) -> Option<DType> {
+    match name {
+        "f32" => Some(DType::F32),
+        "bf16" => Some(DType::BF16),
+        "f16" => Some(DType::F16),
+        _ => None,
+    }
 }
 
 impl Default for RunConfig {
@@ -73,6 +87,7 @@ impl Default for RunConfig {
             digital_lm_head: false,
             max_bad_steps: 10,
             tf32: true,
+            analog_dtype: "f32".into(),
         }
     }
 }
@@ -128,6 +143,12 @@ impl TrainConfig {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(bad(format!("run.{f}"), "must be >= 0".into()));
             }
+        }
+        if analog_dtype(&r.analog_dtype).is_none() {
+            return Err(bad(
+                "run.analog_dtype".into(),
+                format!("must be f32, bf16 or f16, got `{}`", r.analog_dtype),
+            ));
         }
         if r.kl_weight == 0.0 && r.ce_weight == 0.0 {
             return Err(bad(
@@ -285,7 +306,20 @@ pub fn train(
         )));
     }
     std::fs::create_dir_all(out).map_err(io_err(out))?;
-    let student = build_student(teacher, &cfg.analog, cfg.run.seed, cfg.run.digital_lm_head)?;
+    let compute = analog_dtype(&cfg.run.analog_dtype).unwrap_or(DType::F32);
+    if compute != DType::F32 && teacher.device().is_cpu() {
+        return Err(Error::Value(format!(
+            "run.analog_dtype = \"{}\" needs a CUDA device; the CPU trains in f32",
+            cfg.run.analog_dtype
+        )));
+    }
+    let student = build_student(
+        teacher,
+        &cfg.analog,
+        cfg.run.seed,
+        cfg.run.digital_lm_head,
+        compute,
+    )?;
     let vars = trainable(&student);
     let (mut step, mut bad, mut opt) = (0usize, 0usize, AdamW::default());
     match (latest_checkpoint(out)?, resume) {
