@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds every fuzz target (cargo-fuzz, release, no sanitizer, debug assertions and overflow
-# checks on) and runs each in turn for SECONDS with libFuzzer, starting from fuzz/corpus/TARGET
+# checks on) and runs each for SECONDS with libFuzzer (one per core at a time), starting from fuzz/corpus/TARGET
 # (read only: new inputs go to a scratch folder). Fails on any crash, hang (-timeout=10 s per
 # input), RSS over 2 GiB or single allocation over 1 GiB; the failing input is kept in
 # fuzz/artifacts/TARGET/. Usage: fuzz/run.sh SECONDS [TARGET...]
@@ -19,8 +19,10 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo fuzz list)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-failed=()
-for t in "${targets[@]}"; do
+# One target per core at a time (each libFuzzer process is single-threaded).
+jobs=$(nproc)
+run_one() {
+    local t=$1
     mkdir -p "$work/$t" "fuzz/artifacts/$t"
     if "$bin/$t" "$work/$t" "fuzz/corpus/$t" -max_total_time="$secs" -rss_limit_mb=2048 \
         -malloc_limit_mb=1024 -timeout=10 -print_final_stats=1 \
@@ -32,8 +34,17 @@ for t in "${targets[@]}"; do
     else
         echo "fuzz: $t FAILED; the end of its log:"
         tail -40 "$work/$t.log"
-        failed+=("$t")
+        touch "$work/$t.failed"
     fi
+}
+for t in "${targets[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do sleep 1; done
+    run_one "$t" &
+done
+wait
+failed=()
+for t in "${targets[@]}"; do
+    [ -e "$work/$t.failed" ] && failed+=("$t")
 done
 echo "fuzz: total $(($(date +%s) - start)) s"
 if [ ${#failed[@]} -gt 0 ]; then

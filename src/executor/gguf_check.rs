@@ -197,10 +197,26 @@ fn check<R: Read>(c: &mut Cursor<R>) -> std::result::Result<(), String> {
     for _ in 0..kvs {
         let key = String::from_utf8_lossy(&c.string("metadata key")?).into_owned();
         let t = c.u32(&key)?;
-        if let Some(v) = c.value(t, &key, 0)? {
-            if key == "general.alignment" {
+        if key == "general.alignment" {
+            // As candle reads it: 8-, 16- and 32-bit integers (signed ones when >= 0) set the
+            // alignment, any other type leaves the default.
+            let v = match t {
+                0 => Some(u64::from(c.bytes::<1>(&key)?[0])),
+                1 => u64::try_from(i8::from_le_bytes(c.bytes::<1>(&key)?)).ok(),
+                2 => Some(u64::from(u16::from_le_bytes(c.bytes::<2>(&key)?))),
+                3 => u64::try_from(i16::from_le_bytes(c.bytes::<2>(&key)?)).ok(),
+                4 => Some(u64::from(c.u32(&key)?)),
+                5 => u64::try_from(i32::from_le_bytes(c.bytes::<4>(&key)?)).ok(),
+                _ => {
+                    c.value(t, &key, 0)?;
+                    None
+                }
+            };
+            if let Some(v) = v {
                 alignment = v;
             }
+        } else {
+            c.value(t, &key, 0)?;
         }
     }
     if alignment == 0 || !alignment.is_power_of_two() || alignment > 1 << 20 {

@@ -63,6 +63,37 @@ fn gguf_fuzz_findings_are_named_errors() {
         e.contains("f.gguf") && e.contains("`blk.0.attn_q.weight`") && e.contains("32 heads"),
         "{e}"
     );
+
+    // Fuzz finding 3 (the 10-minute device run): `general.alignment` stored as a u8 0 passed
+    // the header check, which read only 32- and 64-bit alignments, and candle divided by it.
+    // Now the check reads it as candle does (8-, 16-, 32-bit integers; negative = default).
+    let header = |t: u32, v: &[u8]| {
+        let key = b"general.alignment";
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+        b.extend((key.len() as u64).to_le_bytes());
+        b.extend(key);
+        b.extend(t.to_le_bytes());
+        b.extend(v);
+        b.extend([0u8; 64]);
+        b
+    };
+    for (t, v) in [
+        (0u32, vec![0u8]),
+        (2, vec![0, 0]),
+        (4, vec![0; 4]),
+        (2, vec![3, 0]),
+    ] {
+        let e = gguf_err(&header(t, &v));
+        assert!(
+            e.contains("f.gguf") && e.contains("general.alignment"),
+            "{e}"
+        );
+    }
+    // A negative signed alignment is ignored, as candle ignores it: no panic either way.
+    let _ = GgufModel::from_bytes(&header(1, &[0xff]), Path::new("f.gguf"), DType::F32);
 }
 
 #[test]
