@@ -25,8 +25,8 @@ import sys
 import torch
 
 
-def lightning_layer(d, dtype):
-    from aihwkit_lightning.nn import AnalogLinear
+def release_rpu_config(init_from_data=0):
+    """aihwkit-lightning's config for the AFM release recipe (also used by train_step_gpu.py)."""
     from aihwkit_lightning.simulator.configs import (
         TorchInferenceRPUConfig,
         WeightClipType,
@@ -48,8 +48,16 @@ def lightning_layer(d, dtype):
     ir.learn_input_range = True
     ir.decay = 0.01
     ir.input_min_percentage = 0.95
-    ir.init_from_data = 0
-    layer = AnalogLinear(d, d, bias=False, rpu_config=rpu, dtype=dtype, device="cuda")
+    ir.init_from_data = init_from_data
+    ir.init_std_alpha = 18.0
+    return rpu
+
+
+def lightning_layer(d, dtype):
+    from aihwkit_lightning.nn import AnalogLinear
+
+    layer = AnalogLinear(d, d, bias=False, rpu_config=release_rpu_config(), dtype=dtype,
+                         device="cuda")
     with torch.no_grad():
         layer.weight.normal_(0.0, d**-0.5)
         layer.input_range.fill_(3.0)

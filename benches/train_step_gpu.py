@@ -22,32 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-
-def rpu_config():
-    from aihwkit_lightning.simulator.configs import (
-        TorchInferenceRPUConfig,
-        WeightClipType,
-        WeightNoiseInjectionType,
-    )
-
-    rpu = TorchInferenceRPUConfig()
-    rpu.forward.inp_res = 254
-    rpu.forward.out_res = 254
-    rpu.forward.out_bound = 14.0
-    rpu.forward.out_noise = 0.0
-    rpu.clip.type = WeightClipType.LAYER_GAUSSIAN_PER_CHANNEL
-    rpu.clip.sigma = 2.5
-    rpu.modifier.noise_type = WeightNoiseInjectionType.ADD_NORMAL_PER_CHANNEL
-    rpu.modifier.std_dev = 0.03
-    rpu.mapping.max_input_size = 512
-    ir = rpu.pre_post.input_range
-    ir.enable = True
-    ir.learn_input_range = True
-    ir.decay = 0.01
-    ir.input_min_percentage = 0.95
-    ir.init_from_data = 5
-    ir.init_std_alpha = 18.0
-    return rpu
+from train_layer_gpu import release_rpu_config
 
 
 def main():
@@ -70,7 +45,7 @@ def main():
     if student.config.tie_word_embeddings:
         # An analog lm_head is its own matrix, as on a chip (afm train does the same).
         student.lm_head.weight = torch.nn.Parameter(student.lm_head.weight.detach().clone())
-    student = convert_to_analog(student, rpu_config())
+    student = convert_to_analog(student, release_rpu_config(init_from_data=5))
     student.train()
     for n, p in student.named_parameters():
         p.requires_grad_("embed_tokens" not in n and "norm" not in n)
