@@ -405,13 +405,6 @@ pub fn train(
         let skipped = !loss_sum.is_finite() || !norm.is_finite();
         if skipped {
             bad += 1;
-            if bad >= cfg.run.max_bad_steps.max(1) {
-                return Err(Error::Value(format!(
-                    "training stopped: {bad} consecutive steps with a non-finite loss or \
-                     gradient (last at step {}); lower optim.lr or check the data",
-                    step + 1
-                )));
-            }
         } else {
             bad = 0;
             if cfg.optim.grad_clip > 0.0 && norm > cfg.optim.grad_clip {
@@ -461,6 +454,13 @@ pub fn train(
         };
         append_log(&out.join("log.jsonl"), &line)?;
         progress(&line);
+        if skipped && bad >= cfg.run.max_bad_steps.max(1) {
+            // Stopped after the step is logged, so the log shows every skipped step.
+            return Err(Error::Value(format!(
+                "training stopped: {bad} consecutive steps with a non-finite loss or gradient \
+                 (last at step {step}); lower optim.lr or check the data"
+            )));
+        }
         let every = cfg.run.checkpoint_every;
         if step == cfg.run.steps || (every > 0 && step % every == 0) {
             save_checkpoint(out, &student, &opt, step, bad, cfg)?;

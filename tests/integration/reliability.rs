@@ -57,6 +57,49 @@ fn nan_weights_missing_tokenizer_and_unwritable_output_are_named() {
         "{e}"
     );
 
+    // Training from it: every step's loss is NaN, each is skipped and logged, and the run stops
+    // after `max_bad_steps` of them in a row with a message saying so.
+    let data = dir.join("data");
+    let (ok, e) = afm(&[
+        "datagen",
+        "--model",
+        m,
+        "--text",
+        t,
+        "--seq-len",
+        "16",
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok, "{e}");
+    let cfg = dir.join("train.toml");
+    std::fs::write(
+        &cfg,
+        "[run]\nbatch_size = 2\ncheckpoint_every = 0\nmax_bad_steps = 3\n",
+    )
+    .unwrap();
+    let out = dir.join("train");
+    let (ok, e) = afm(&[
+        "train",
+        "--teacher",
+        m,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "10",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(!ok && e.contains("3 consecutive steps"), "{e}");
+    let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+    let skipped = log
+        .lines()
+        .filter(|l| l.contains("\"skipped\":true"))
+        .count();
+    assert_eq!(skipped, 3, "{log}");
+
     // No tokenizer.json: named, before any work.
     std::fs::remove_file(model.join("tokenizer.json")).unwrap();
     let (ok, e) = afm(&["eval", "--model", m, "--tasks", t]);
