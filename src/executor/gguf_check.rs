@@ -195,7 +195,10 @@ fn check<R: Read>(c: &mut Cursor<R>) -> std::result::Result<(), String> {
     }
     let mut alignment = 32u64;
     for _ in 0..kvs {
-        let key = String::from_utf8_lossy(&c.string("metadata key")?).into_owned();
+        // candle drops trailing NUL bytes from strings: the key it sees is the trimmed one.
+        let key = String::from_utf8_lossy(&c.string("metadata key")?)
+            .trim_end_matches('\0')
+            .to_string();
         let t = c.u32(&key)?;
         if key == "general.alignment" {
             // As candle reads it: 8-, 16- and 32-bit integers (signed ones when >= 0) set the

@@ -92,6 +92,13 @@ fn gguf_fuzz_findings_are_named_errors() {
             "{e}"
         );
     }
+    // Fuzz finding 4 (CI): the same key padded with NUL bytes, which candle trims off.
+    let mut padded = header(0, &[0]);
+    let at = find(&padded, b"general.alignment");
+    padded[at - 8..at].copy_from_slice(&20u64.to_le_bytes());
+    padded.splice(at + 17..at + 17, [0u8; 3]);
+    let e = gguf_err(&padded);
+    assert!(e.contains("general.alignment"), "{e}");
     // A negative signed alignment is ignored, as candle ignores it: no panic either way.
     let _ = GgufModel::from_bytes(&header(1, &[0xff]), Path::new("f.gguf"), DType::F32);
 }
