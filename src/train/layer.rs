@@ -131,6 +131,11 @@ impl AnalogTrainConfig {
         self.clip_alpha_start + (self.clip_alpha - self.clip_alpha_start) * f
     }
 
+    /// Whether the input ranges are in use: a DAC, an ADC bound or their data initialization.
+    fn ranges_used(&self) -> bool {
+        self.dac_bits > 0 || self.out_bound > 0.0 || self.range_init_batches > 0
+    }
+
     /// Quantization states of `bits` (lightning's 2^bits - 2: levels -(2^(b-1)-1)..2^(b-1)-1).
     fn states(bits: u32) -> f64 {
         (1u64 << bits) as f64 - 2.0
@@ -270,9 +275,7 @@ impl AnalogTrainLinear {
     /// data initialization configured) and range `s` is positive (read from the device until
     /// it first is).
     fn block_active(&self, s: usize, state: &mut LayerState) -> Result<bool> {
-        let used =
-            self.cfg.dac_bits > 0 || self.cfg.out_bound > 0.0 || self.cfg.range_init_batches > 0;
-        if !used {
+        if !self.cfg.ranges_used() {
             return Ok(false);
         }
         if state.active.len() != self.blocks.len() {
@@ -369,33 +372,30 @@ impl AnalogTrainLinear {
         let mut state = self.state()?;
         let (training, call) = (state.training, state.calls);
         state.calls += 1;
-        let ranges = self.ranges.as_tensor();
-        let used =
-            self.cfg.dac_bits > 0 || self.cfg.out_bound > 0.0 || self.cfg.range_init_batches > 0;
-        let mut counted = 0;
-        for (s, &(start, len)) in self.blocks.iter().enumerate() {
-            if !training {
-                continue;
+        let used = self.cfg.ranges_used();
+        if training {
+            let mut counted = 0;
+            for (s, &(start, len)) in self.blocks.iter().enumerate() {
+                if state
+                    .seen
+                    .get(s)
+                    .is_some_and(|&k| k < self.cfg.range_init_batches)
+                {
+                    let xs = x.narrow(1, start, len)?.detach().to_dtype(DType::F32)?;
+                    self.init_range(s, &xs.contiguous()?, &mut state)?;
+                }
+                if self.block_active(s, &mut state)? {
+                    counted += x.dims()[0] * len;
+                }
             }
-            let xs = x.narrow(1, start, len)?.detach();
-            if state
-                .seen
-                .get(s)
-                .is_some_and(|&k| k < self.cfg.range_init_batches)
-            {
-                self.init_range(s, &xs.to_dtype(DType::F32)?.contiguous()?, &mut state)?;
+            if counted > 0 {
+                let clip = FusedOp {
+                    blocks: g,
+                    stage: Stage::ClipCount { used },
+                };
+                let n = x.apply_op2_no_bwd(&self.ranges.as_tensor().detach(), &clip)?;
+                self.add_clip_stats(n.sum_all()?, counted)?;
             }
-            if self.block_active(s, &mut state)? {
-                counted += xs.elem_count();
-            }
-        }
-        if counted > 0 {
-            let clip = FusedOp {
-                blocks: g,
-                stage: Stage::ClipCount { used },
-            };
-            let n = x.apply_op2_no_bwd(&ranges.detach(), &clip)?.sum_all()?;
-            self.add_clip_stats(n, counted)?;
         }
         let spec = LayerSpec {
             blocks: g,

@@ -6,12 +6,18 @@ use super::Blocks;
 use crate::rng::normal_pair;
 use rayon::prelude::*;
 
-/// One rounding step of a `bits`-level quantizer over ±bound (lightning's (2 * bound) / states,
-/// as candle's scalar division: times the f32 reciprocal).
+/// `v` rounded to the levels of a quantizer over ±bound with 1 / states `inv_states`
+/// (lightning's step (2 * bound) / states, as candle's scalar division: times the f32
+/// reciprocal); None: `v` unchanged. The kernels' `adc_q`.
 #[inline]
-fn quantize(v: f32, bound: f32, inv_states: f32) -> f32 {
-    let res = (bound * 2.0) * inv_states;
-    (v / res).round() * res
+fn quantize(v: f32, bound: f32, inv_states: Option<f32>) -> f32 {
+    match inv_states {
+        Some(inv) => {
+            let res = (bound * 2.0) * inv;
+            (v / res).round() * res
+        }
+        None => v,
+    }
 }
 
 /// DAC: xb (nb, tokens, r) from x (tokens, n_in).
@@ -31,10 +37,7 @@ pub fn dac_fwd(
         for (j, o) in out[..len].iter_mut().enumerate() {
             let mut v = x[t * g.n_in + start + j];
             if used && b > 0.0 {
-                v = v.min(b).max(-b);
-                if let Some(inv) = inv_states {
-                    v = quantize(v, b, inv);
-                }
+                v = quantize(v.min(b).max(-b), b, inv_states);
             }
             *o = v;
         }
@@ -211,10 +214,7 @@ pub fn adc_sum(
                 let mut v = yb[s * plane + t * out + c];
                 let bd = bound[s * out + c];
                 if bd > 0.0 {
-                    if let Some(inv) = inv_states {
-                        v = quantize(v, bd, inv);
-                    }
-                    v = v.min(bd).max(-bd);
+                    v = quantize(v, bd, inv_states).min(bd).max(-bd);
                 }
                 acc = if s == 0 { v } else { acc + v };
             }
@@ -242,10 +242,7 @@ pub fn adc_grad(
             let bd = bound[s * out + c];
             let mut gv = gy[t * out + c];
             if bd > 0.0 {
-                let mut q = yb[s * plane + t * out + c];
-                if let Some(inv) = inv_states {
-                    q = quantize(q, bd, inv);
-                }
+                let q = quantize(yb[s * plane + t * out + c], bd, inv_states);
                 if q > bd || q < -bd {
                     gv = 0.0;
                 }

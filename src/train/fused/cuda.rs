@@ -16,13 +16,18 @@ const MODULE: &str = "afm_analog_train";
 /// Threads per block of every kernel (the range reduction's shared arrays hold 256).
 const THREADS: u32 = 256;
 
-fn grid(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(THREADS as usize).clamp(1, 65_535 * 16) as u32;
+/// A grid of (x, y) blocks of [`THREADS`] threads.
+fn rows(x: usize, y: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (blocks, 1, 1),
+        grid_dim: (x as u32, y as u32, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// Enough blocks for `n` threads.
+fn grid(n: usize) -> LaunchConfig {
+    rows(n.div_ceil(THREADS as usize).clamp(1, 65_535 * 16), 1)
 }
 
 fn slice<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
@@ -61,17 +66,10 @@ fn run_t<T: CudaDType + DeviceRepr>(
     let (base, extra, nb, r, n_in) = (i(g.base), i(g.extra), i(g.nb), i(g.r), i(g.n_in));
     let t = |k: usize| slice::<T>(args[k].0, args[k].1);
     let f32_arg = |k: usize| slice::<f32>(args[k].0, args[k].1);
-    let rows = |x: usize, y: usize| LaunchConfig {
-        grid_dim: (x as u32, y as u32, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
     let alloc_t = |n: usize| unsafe { dev.alloc::<T>(n) };
     let wrap_t = |y: CudaSlice<T>| CudaStorage::wrap_cuda_slice(y, dev.clone());
     match &op.stage {
-        Stage::Dac {
-            used, inv_states, ..
-        } => {
+        Stage::Dac { used, inv_states } => {
             let (x, ranges) = (t(0)?, f32_arg(1)?);
             let tokens = args[0].1.dims()[0];
             let y = alloc_t(n)?;

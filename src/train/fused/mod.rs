@@ -80,16 +80,12 @@ impl Blocks {
 #[derive(Debug, Clone)]
 pub enum Stage {
     /// (x (T, n_in), ranges (nb)) -> xb (nb, T, r): clip to the range and round to the DAC's
-    /// levels; backward: [`Stage::DacGradX`] and [`Stage::RangeGrad`].
+    /// levels; its gradients are [`Stage::DacGradX`] and [`Stage::RangeGrad`].
     Dac {
         /// Whether the ranges are in use (a block with range 0 is not yet initialized: exact).
         used: bool,
         /// 1 / (2^bits - 2) of the DAC, None: no rounding.
         inv_states: Option<f32>,
-        /// Range decay.
-        decay: f32,
-        /// Share of inputs inside above which the decay acts.
-        min_inside: f32,
     },
     /// (gxb, x, ranges) -> gx (T, n_in).
     DacGradX {
@@ -129,7 +125,7 @@ pub enum Stage {
     /// gwb (nb, out, r) -> gw (out, n_in).
     Unblock,
     /// (yb (nb, T, out), bound (nb, out)) -> y (T, out): ADC per block, summed; bound 0: exact.
-    /// Backward: [`Stage::AdcGrad`].
+    /// Its gradient is [`Stage::AdcGrad`].
     Adc {
         /// 1 / (2^bits - 2) of the ADC, None: no rounding (clamp only).
         inv_states: Option<f32>,
@@ -171,13 +167,6 @@ fn out(v: Vec<f32>, shape: impl Into<Shape>) -> Result<(CpuStorage, Shape)> {
 }
 
 impl FusedOp {
-    fn with(&self, stage: Stage) -> FusedOp {
-        FusedOp {
-            blocks: self.blocks,
-            stage,
-        }
-    }
-
     /// Output shape of the stage for its first argument's dims (and the second's, if any).
     fn shape(&self, a: &[usize], b: &[usize]) -> Result<Shape> {
         let g = &self.blocks;
@@ -238,9 +227,9 @@ impl CustomOp2 for FusedOp {
         let shape = self.shape(l1.dims(), l2.dims())?;
         let d = l1.dims();
         match &self.stage {
-            Stage::Dac {
-                used, inv_states, ..
-            } => out(cpu::dac_fwd(a, b, g, d[0], *inv_states, *used), shape),
+            Stage::Dac { used, inv_states } => {
+                out(cpu::dac_fwd(a, b, g, d[0], *inv_states, *used), shape)
+            }
             Stage::NoisyWeights {
                 gamma,
                 seed,
@@ -273,50 +262,6 @@ impl CustomOp2 for FusedOp {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let shape = self.shape(l1.dims(), l2.dims())?;
         Ok((cuda::run(self, &[(s1, l1), (s2, l2)], &shape)?, shape))
-    }
-
-    fn bwd(
-        &self,
-        a: &Tensor,
-        b: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = g.contiguous()?;
-        match &self.stage {
-            Stage::Dac {
-                used,
-                decay,
-                min_inside,
-                ..
-            } => {
-                let gx = g.apply_op3_no_bwd(a, b, &self.with(Stage::DacGradX { used: *used }))?;
-                let gr = g.apply_op3_no_bwd(
-                    a,
-                    b,
-                    &self.with(Stage::RangeGrad {
-                        used: *used,
-                        decay: *decay,
-                        min_inside: *min_inside,
-                    }),
-                )?;
-                Ok((Some(gx), Some(gr.to_dtype(b.dtype())?)))
-            }
-            Stage::NoisyWeights { .. } => {
-                Ok((Some(g.apply_op1_no_bwd(&self.with(Stage::Unblock))?), None))
-            }
-            Stage::Adc { inv_states } => {
-                let gy = g.apply_op3_no_bwd(
-                    a,
-                    b,
-                    &self.with(Stage::AdcGrad {
-                        inv_states: *inv_states,
-                    }),
-                )?;
-                Ok((Some(gy), None))
-            }
-            s => candle_core::bail!("fused analog op: {s:?} has no backward"),
-        }
     }
 }
 
@@ -446,8 +391,6 @@ impl LayerPass {
             &op(Stage::Dac {
                 used: spec.used,
                 inv_states: spec.dac,
-                decay: spec.decay,
-                min_inside: spec.min_inside,
             }),
         )?;
         let wmax = wc.apply_op1_no_bwd(&op(Stage::AbsMax))?;
