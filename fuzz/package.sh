@@ -1,18 +1,16 @@
 #!/usr/bin/env bash
-# Packs the fuzz targets for a long run on a machine without Rust: builds them as fuzz/run.sh
-# does, then writes DIR/bin/TARGET.xz (stripped), DIR/corpus.tar.xz (the seed corpus),
+# Packs the fuzz targets for a long run on a machine without Rust: builds them (fuzz/build.sh),
+# then writes DIR/bin/TARGET.xz (stripped), DIR/corpus.tar.xz (the seed corpus),
 # DIR/lib/libstdc++.so.6.xz (this machine's, for hosts with an older one) and DIR/run-device.sh.
 # There: `OUT=/results DIR/run-device.sh 600` runs every target in parallel for 600 s.
 # Usage: fuzz/package.sh DIR
 set -euo pipefail
 dir=${1:?usage: fuzz/package.sh DIR}
 cd "$(dirname "$0")/.."
-export RUSTC_BOOTSTRAP=1
-command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-cargo fuzz build -O -a -s none
+fuzz/build.sh
 bin=fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release
 mkdir -p "$dir/bin" "$dir/lib"
-for t in $(cargo fuzz list); do
+for t in $(RUSTC_BOOTSTRAP=1 cargo fuzz list); do
     strip -o "$dir/bin/$t" "$bin/$t"
     xz -f -6 "$dir/bin/$t"
 done

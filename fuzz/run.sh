@@ -1,22 +1,19 @@
 #!/usr/bin/env bash
-# Builds every fuzz target (cargo-fuzz, release, no sanitizer, debug assertions and overflow
-# checks on) and runs each for SECONDS with libFuzzer (one per core at a time), starting from fuzz/corpus/TARGET
-# (read only: new inputs go to a scratch folder). Fails on any crash, hang (-timeout=10 s per
+# Builds every fuzz target (fuzz/build.sh) and runs each for SECONDS with libFuzzer (one per
+# core at a time), starting from fuzz/corpus/TARGET (read only: new inputs go to a scratch
+# folder). Fails on any crash, hang (-timeout=10 s per
 # input), RSS over 2 GiB or single allocation over 1 GiB; the failing input is kept in
 # fuzz/artifacts/TARGET/. Usage: fuzz/run.sh SECONDS [TARGET...]
 set -euo pipefail
 secs=${1:?usage: fuzz/run.sh SECONDS [TARGET...]}
 shift
 cd "$(dirname "$0")/.."
-# libFuzzer's instrumentation flags are unstable-only; the stable toolchain accepts them so.
-export RUSTC_BOOTSTRAP=1
-command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 start=$(date +%s)
-cargo fuzz build -O -a -s none
+fuzz/build.sh
 echo "fuzz: build $(($(date +%s) - start)) s"
 bin=fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo fuzz list)
+[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(RUSTC_BOOTSTRAP=1 cargo fuzz list)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # One target per core at a time (each libFuzzer process is single-threaded).
