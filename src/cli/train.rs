@@ -1,7 +1,8 @@
 //! `afm train`: hardware-aware distillation of a teacher into an analog foundation model.
 
 use afm::tile::{resolve_preset_path, TilePreset};
-use afm::train::trainer::{train, TrainConfig};
+use afm::train::parallel::{Collective, HostGroup};
+use afm::train::trainer::{train, train_rank, LogLine, TrainConfig};
 use anyhow::bail;
 use candle_core::DType;
 use clap::Args;
@@ -40,6 +41,12 @@ pub struct TrainArgs {
     /// Where to run: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Data-parallel ranks, each on its share of every batch ([run] batch_size is the global
+    /// batch). On CUDA one rank per GPU from --device's ordinal up, gradients summed with NCCL
+    /// (a build with --features nccl); on the CPU in-process ranks that sum in host memory (the
+    /// same arithmetic, for checks; no speed-up).
+    #[arg(long, default_value_t = 1)]
+    ranks: usize,
 }
 
 /// Runs `afm train`.
@@ -74,18 +81,18 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
             g.clip_alpha_start,
         ) = (0.0, 0.0, 0.0, 0.0);
     }
+    if a.ranks == 0 {
+        bail!("--ranks must be >= 1");
+    }
+    if a.ranks > 1 {
+        return run_ranks(&a, &cfg);
+    }
     let m = afm::executor::load::load_model_on(
         &a.teacher,
         DType::F32,
         &super::open_device(&a.device)?,
     )?;
-    let bar = indicatif::ProgressBar::new(cfg.run.steps as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} step {pos}/{len}  {elapsed_precise} ETA {eta_precise}  {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(cfg.run.steps);
     let student = train(
         &m.decoder,
         m.tokenizer.as_ref(),
@@ -93,23 +100,133 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         &a.out,
         &cfg,
         a.resume,
-        &mut |l| {
-            bar.set_position(l.step as u64);
-            bar.set_message(format!(
-                "loss {:.4}  lr {:.2e}  clip {:.3}%  {:.0} tok/s{}",
-                l.loss,
-                l.lr,
-                100.0 * l.clip_frac,
-                l.tokens_per_s,
-                if l.skipped { "  (skipped)" } else { "" }
-            ));
-        },
+        &mut |l| show(&bar, l),
     )?;
     bar.finish_and_clear();
     drop(student);
     eprintln!(
         "{}: final model in {}/final (log: log.jsonl)",
         a.out.display(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn progress_bar(steps: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} step {pos}/{len}  {elapsed_precise} ETA {eta_precise}  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn show(bar: &indicatif::ProgressBar, l: &LogLine) {
+    bar.set_position(l.step as u64);
+    bar.set_message(format!(
+        "loss {:.4}  lr {:.2e}  clip {:.3}%  {:.0} tok/s{}",
+        l.loss,
+        l.lr,
+        100.0 * l.clip_frac,
+        l.tokens_per_s,
+        if l.skipped { "  (skipped)" } else { "" }
+    ));
+}
+
+/// The devices of `--ranks` ranks: the CPU for each, or consecutive GPUs.
+fn rank_devices(a: &TrainArgs) -> anyhow::Result<Vec<candle_core::Device>> {
+    let first = super::open_device(&a.device)?;
+    let Some(base) = (match first.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => Some(gpu_id),
+        _ => None,
+    }) else {
+        return Ok(vec![candle_core::Device::Cpu; a.ranks]);
+    };
+    if !cfg!(feature = "nccl") {
+        bail!(
+            "--ranks {} on CUDA needs a build with --features nccl",
+            a.ranks
+        );
+    }
+    (base..base + a.ranks)
+        .map(|g| super::open_device(&format!("cuda:{g}")))
+        .collect()
+}
+
+/// The group of rank `rank`: NCCL on CUDA, host memory on the CPU.
+fn join(
+    dev: &candle_core::Device,
+    rank: usize,
+    host: &[HostGroup],
+    #[cfg(feature = "nccl")] id: afm::train::parallel::NcclId,
+) -> anyhow::Result<Box<dyn Collective>> {
+    #[cfg(feature = "nccl")]
+    if dev.is_cuda() {
+        let g = afm::train::parallel::NcclGroup::join(dev, rank, host.len(), id)?;
+        return Ok(Box::new(g));
+    }
+    let _ = dev;
+    Ok(Box::new(host[rank].clone()))
+}
+
+/// `--ranks N`: one thread per rank, each with its own copy of the teacher on its device.
+/// The first rank to fail ends the command (NCCL peers cannot be released from a collective).
+fn run_ranks(a: &TrainArgs, cfg: &TrainConfig) -> anyhow::Result<()> {
+    let devices = rank_devices(a)?;
+    let host = HostGroup::new(a.ranks);
+    #[cfg(feature = "nccl")]
+    let id = afm::train::parallel::NcclId::new()?;
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, anyhow::Result<()>)>();
+    let started = std::time::Instant::now();
+    let bar = &progress_bar(cfg.run.steps);
+    std::thread::scope(|scope| {
+        for (rank, dev) in devices.iter().enumerate() {
+            let (tx, host) = (tx.clone(), &host);
+            scope.spawn(move || {
+                let result = (|| -> anyhow::Result<()> {
+                    let group = join(
+                        dev,
+                        rank,
+                        host,
+                        #[cfg(feature = "nccl")]
+                        id,
+                    )?;
+                    let m = afm::executor::load::load_model_on(&a.teacher, DType::F32, dev)?;
+                    train_rank(
+                        &m.decoder,
+                        m.tokenizer.as_ref(),
+                        &a.data,
+                        &a.out,
+                        cfg,
+                        a.resume,
+                        &mut |l| show(bar, l),
+                        group.as_ref(),
+                    )?;
+                    Ok(())
+                })();
+                if result.is_err() {
+                    host[rank].abandon();
+                }
+                let _ = tx.send((rank, result));
+            });
+        }
+        drop(tx);
+        for (rank, result) in rx {
+            if let Err(e) = result {
+                bar.abandon();
+                eprintln!("error: rank {rank}: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    });
+    bar.finish_and_clear();
+    eprintln!(
+        "{}: {} ranks, {:.1} s; final model in {}/final (log: log.jsonl)",
+        a.out.display(),
+        a.ranks,
+        started.elapsed().as_secs_f64(),
         a.out.display()
     );
     Ok(())

@@ -6,6 +6,7 @@ pub mod fused;
 pub mod layer;
 pub mod ops;
 pub mod optim;
+pub mod parallel;
 pub mod shards;
 pub mod student;
 pub mod trainer;

@@ -11,6 +11,7 @@
 
 use super::layer::AnalogTrainConfig;
 use super::optim::{grad_norm, AdamW, OptimConfig};
+use super::parallel::{average, Collective, Solo};
 use super::shards::read_split;
 use super::student::{
     build_student, layer_states, save_model, set_layer_states, set_training, trainable,
@@ -18,7 +19,7 @@ use super::student::{
 use crate::error::{Error, Result};
 use crate::executor::decoder::{Decoder, KvCache};
 use crate::rng::{Effect, StreamKey};
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
@@ -280,7 +281,36 @@ pub fn train(
     resume: bool,
     progress: &mut dyn FnMut(&LogLine),
 ) -> Result<Decoder> {
+    train_rank(teacher, tokenizer, data, out, cfg, resume, progress, &Solo)
+}
+
+/// [`train`] as one rank of a data-parallel group: this rank takes its contiguous share of
+/// every micro-batch (`run.batch_size` is the global batch and must divide by the ranks),
+/// gradients and the logged loss are averaged over the group before each step, and the input
+/// ranges are averaged once their data initialization window ends, so every rank holds the
+/// same model. Only rank 0 writes the log, checkpoints and final model; every rank resumes
+/// from the same checkpoint.
+#[allow(clippy::too_many_arguments)]
+pub fn train_rank(
+    teacher: &Decoder,
+    tokenizer: Option<&tokenizers::Tokenizer>,
+    data: &Path,
+    out: &Path,
+    cfg: &TrainConfig,
+    resume: bool,
+    progress: &mut dyn FnMut(&LogLine),
+    group: &dyn Collective,
+) -> Result<Decoder> {
     cfg.check(Path::new("(train config)"))?;
+    let (rank, world) = (group.rank(), group.world());
+    if cfg.run.batch_size % world != 0 {
+        return Err(Error::Value(format!(
+            "run.batch_size = {} does not divide over {world} data-parallel ranks",
+            cfg.run.batch_size
+        )));
+    }
+    let share = cfg.run.batch_size / world;
+    let lead = rank == 0;
     let rows = read_split(data, false)?;
     if rows.is_empty() {
         return Err(Error::Value(format!(
@@ -349,7 +379,9 @@ pub fn train(
             opt = AdamW::from_tensors(st.step as u64, o)?;
             set_layer_states(&student, &st.layers)?;
             (step, bad) = (st.step, st.bad_steps);
-            truncate_log(&out.join("log.jsonl"), step)?;
+            if lead {
+                truncate_log(&out.join("log.jsonl"), step)?;
+            }
         }
         (Some(_), false) => {
             return Err(Error::Value(format!(
@@ -358,7 +390,9 @@ pub fn train(
             )))
         }
         (None, _) => {
-            let _ = std::fs::remove_file(out.join("log.jsonl"));
+            if lead {
+                let _ = std::fs::remove_file(out.join("log.jsonl"));
+            }
         }
     }
     let dev = teacher.device().clone();
@@ -370,13 +404,17 @@ pub fn train(
     while step < cfg.run.steps {
         let t0 = std::time::Instant::now();
         set_training(&student, true)?;
+        let initializing = in_init_window(&student, &cfg.analog)?;
         let mut sums: HashMap<String, Tensor> = HashMap::new();
         let (mut loss_sum, mut kl_sum) = (0f64, 0f64);
         for micro in 0..cfg.run.grad_accum {
             let first = (step * cfg.run.grad_accum + micro) * cfg.run.batch_size;
             let idx = batch_rows(rows.len(), cfg.run.seed, first, cfg.run.batch_size);
-            let flat: Vec<u32> = idx.iter().flat_map(|&r| rows[r][..seq].to_vec()).collect();
-            let ids = Tensor::from_vec(flat, (cfg.run.batch_size, seq), &dev)?;
+            let flat: Vec<u32> = idx[rank * share..(rank + 1) * share]
+                .iter()
+                .flat_map(|&r| rows[r][..seq].to_vec())
+                .collect();
+            let ids = Tensor::from_vec(flat, (share, seq), &dev)?;
             let s_logits = student.forward(&ids, &mut KvCache::default())?;
             let t_logits = if cfg.run.kl_weight > 0.0 {
                 teacher.forward(&ids, &mut KvCache::default())?.detach()
@@ -399,6 +437,10 @@ pub fn train(
                     sums.insert(name.clone(), acc);
                 }
             }
+        }
+        if world > 1 {
+            (loss_sum, kl_sum) = average_step(group, &mut sums, loss_sum, kl_sum)?;
+            average_finished_ranges(group, &student, &cfg.analog, &initializing)?;
         }
         let norm = grad_norm(&sums)?;
         let lr = cfg.optim.lr_at(step, cfg.run.steps);
@@ -452,8 +494,10 @@ pub fn train(
             skipped,
             tokens_per_s: tokens_per_step as f64 / t0.elapsed().as_secs_f64(),
         };
-        append_log(&out.join("log.jsonl"), &line)?;
-        progress(&line);
+        if lead {
+            append_log(&out.join("log.jsonl"), &line)?;
+            progress(&line);
+        }
         if skipped && bad >= cfg.run.max_bad_steps.max(1) {
             // Stopped after the step is logged, so the log shows every skipped step.
             return Err(Error::Value(format!(
@@ -462,13 +506,77 @@ pub fn train(
             )));
         }
         let every = cfg.run.checkpoint_every;
-        if step == cfg.run.steps || (every > 0 && step % every == 0) {
+        if lead && (step == cfg.run.steps || (every > 0 && step % every == 0)) {
             save_checkpoint(out, &student, &opt, step, bad, cfg)?;
         }
     }
     set_training(&student, false)?;
-    save_model(&student, &cfg.analog, tokenizer, &out.join("final"))?;
+    if lead {
+        save_model(&student, &cfg.analog, tokenizer, &out.join("final"))?;
+    }
     Ok(student)
+}
+
+/// Averages the summed gradients (in name order, the same on every rank) and the step's loss
+/// and KL over the group; returns the averaged (loss, KL).
+fn average_step(
+    group: &dyn Collective,
+    sums: &mut HashMap<String, Tensor>,
+    loss: f64,
+    kl: f64,
+) -> Result<(f64, f64)> {
+    let mut names: Vec<String> = sums.keys().cloned().collect();
+    names.sort();
+    let mut parts: Vec<Tensor> = names.iter().map(|n| sums[n].clone()).collect();
+    let dev = parts.first().map_or(Device::Cpu, |t| t.device().clone());
+    parts.push(Tensor::new(&[loss as f32, kl as f32], &dev)?);
+    let mut mean = average(group, &parts)?;
+    let lk = mean.pop().map(|t| t.to_vec1::<f32>()).transpose()?;
+    for (n, g) in names.into_iter().zip(mean) {
+        sums.insert(n, g);
+    }
+    Ok(lk.map_or((loss, kl), |v| (f64::from(v[0]), f64::from(v[1]))))
+}
+
+/// Per analog layer (in model order): whether some input range is still in its data
+/// initialization window.
+fn in_init_window(student: &Decoder, cfg: &AnalogTrainConfig) -> Result<Vec<bool>> {
+    let states = layer_states(student)?;
+    Ok(super::student::train_layers(student)
+        .iter()
+        .map(|(name, _)| {
+            states[name]
+                .seen
+                .iter()
+                .any(|&k| k < cfg.range_init_batches)
+        })
+        .collect())
+}
+
+/// Averages over the group the input ranges of the layers whose initialization window ended
+/// in this step (each rank initialized them from its own share of the data).
+fn average_finished_ranges(
+    group: &dyn Collective,
+    student: &Decoder,
+    cfg: &AnalogTrainConfig,
+    before: &[bool],
+) -> Result<()> {
+    let after = in_init_window(student, cfg)?;
+    let layers = super::student::train_layers(student);
+    let done: Vec<_> = layers
+        .iter()
+        .zip(before.iter().zip(&after))
+        .filter(|(_, (&b, &a))| b && !a)
+        .map(|(l, _)| l.1)
+        .collect();
+    if done.is_empty() {
+        return Ok(());
+    }
+    let ranges: Vec<Tensor> = done.iter().map(|l| l.ranges.as_tensor().clone()).collect();
+    for (l, r) in done.iter().zip(average(group, &ranges)?) {
+        l.ranges.set(&r)?;
+    }
+    Ok(())
 }
 
 fn append_log(path: &Path, line: &LogLine) -> Result<()> {

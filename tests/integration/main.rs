@@ -19,6 +19,7 @@ mod golden;
 mod golden_executor;
 mod kills;
 mod models;
+mod parallel;
 mod parsers;
 mod presets;
 mod quant;
