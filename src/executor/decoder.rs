@@ -58,44 +58,7 @@ pub struct Block {
     pub down: Projection,
 }
 
-/// Keys and values of the tokens seen so far, per layer.
-#[derive(Debug, Clone, Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    len: usize,
-}
-
-impl KvCache {
-    /// Tokens in the cache.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether nothing has been cached.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// A cache whose batch rows are rows `rows` of this one (repeats allowed), so that several
-    /// continuations can follow each cached context.
-    pub fn select(&self, rows: &[u32]) -> Result<KvCache> {
-        let idx = Tensor::from_slice(rows, rows.len(), &Device::Cpu)?;
-        let rep =
-            |t: &Tensor| -> Result<Tensor> { Ok(t.index_select(&idx.to_device(t.device())?, 0)?) };
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| match l {
-                Some((k, v)) => Ok(Some((rep(k)?, rep(v)?))),
-                None => Ok(None),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache {
-            layers,
-            len: self.len,
-        })
-    }
-}
+pub use super::kv_cache::KvCache;
 
 /// A decoder-only transformer.
 #[derive(Debug)]
@@ -236,9 +199,7 @@ impl Decoder {
         let (b, t) = ids.dims2()?;
         let c = &self.cfg;
         let start = cache.len;
-        if cache.layers.len() != self.blocks.len() {
-            cache.layers = vec![None; self.blocks.len()];
-        }
+        cache.ensure_layers(self.blocks.len());
         let (cos, sin) = self.rope.tables(start, t, start + t, self.device())?;
         let dtype = self.embed.dtype();
         let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
@@ -257,9 +218,9 @@ impl Decoder {
         } else {
             causal_mask(t, start, self.device(), dtype)?
         };
-        for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+        for (i, block) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &block.input_norm, c.rms_norm_eps as f32)?;
-            let a = self.attention(block, &h, &cos, &sin, mask.as_ref(), slot)?;
+            let a = self.attention(block, &h, &cos, &sin, mask.as_ref(), cache, i)?;
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &block.post_norm, c.rms_norm_eps as f32)?;
             x = (x + self.mlp(block, &h)?)?;
@@ -303,7 +264,8 @@ impl Decoder {
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        slot: &mut Option<(Tensor, Tensor)>,
+        cache: &mut KvCache,
+        layer: usize,
     ) -> Result<Tensor> {
         let c = &self.cfg;
         let (b, t, _) = h.dims3()?;
@@ -323,13 +285,8 @@ impl Decoder {
             Ok(x.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
         };
         let q = candle_nn::rotary_emb::rope(&heads(q, nh)?, cos, sin)?;
-        let mut k = candle_nn::rotary_emb::rope(&heads(k, nkv)?, cos, sin)?;
-        let mut v = heads(v, nkv)?;
-        if let Some((pk, pv)) = slot.as_ref() {
-            k = Tensor::cat(&[pk, &k], 2)?;
-            v = Tensor::cat(&[pv, &v], 2)?;
-        }
-        *slot = Some((k.clone(), v.clone()));
+        let k = candle_nn::rotary_emb::rope(&heads(k, nkv)?, cos, sin)?;
+        let (k, v) = cache.append(layer, k, heads(v, nkv)?)?;
         let s = k.dims()[2];
         // Grouped-query attention without copying the keys and values per query head: the
         // query heads that share a key/value head become rows of one product (heads are laid

@@ -10,6 +10,7 @@ pub mod decoder;
 pub mod fetch;
 pub mod gguf;
 pub mod gguf_check;
+pub mod kv_cache;
 pub mod linear;
 pub mod llama;
 pub mod load;

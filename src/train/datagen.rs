@@ -55,7 +55,7 @@ pub fn sample_rows(
     let key = StreamKey::new(cfg.seed, 0, 0, Effect::Data);
     let mut rngs: Vec<_> = (first..first + n).map(|r| key.rng(r as u64)).collect();
     let mut rows: Vec<Vec<u32>> = vec![vec![bos]; n];
-    let mut cache = KvCache::default();
+    let mut cache = KvCache::with_capacity(cfg.seq_len);
     let dev = model.device().clone();
     if !dev.is_cpu() {
         // The device's generator, seeded per batch so that a resumed run redraws the same rows

@@ -87,22 +87,37 @@ fn kv_cache_matches_full_prefill() {
         let ids: Vec<u32> = (0..n_tokens as u32).map(|k| (k * 7 + 3) % 64).collect();
         let full = logits(&dec, &ids, &mut KvCache::default());
         let v = cfg.vocab_size;
-        let mut cache = KvCache::default();
-        let split = n_tokens / 2;
-        let first = logits(&dec, &ids[..split], &mut cache);
-        assert_close("prefill part", &first, &full[..split * v], 1e-4, 1e-4);
-        for (k, id) in ids[split..].iter().enumerate() {
-            let step = logits(&dec, &[*id], &mut cache);
-            let pos = split + k;
-            assert_close(
-                "decode step",
-                &step,
-                &full[pos * v..(pos + 1) * v],
-                1e-4,
-                1e-4,
-            );
+        // Growing buffers (a one-token prefill grows them several times) and a reserved one.
+        for (split, reserve) in [(n_tokens / 2, 0), (1, 0), (1, n_tokens)] {
+            let mut cache = KvCache::with_capacity(reserve);
+            let first = logits(&dec, &ids[..split], &mut cache);
+            assert_close("prefill part", &first, &full[..split * v], 1e-4, 1e-4);
+            let mut fork = None;
+            for (k, id) in ids[split..].iter().enumerate() {
+                let pos = split + k;
+                if k == 2 {
+                    // A clone is a cache of its own: it goes on with other tokens below.
+                    let mut other = cache.clone();
+                    logits(&dec, &[63], &mut other);
+                    fork = Some((other, pos));
+                }
+                let step = logits(&dec, &[*id], &mut cache);
+                assert_close(
+                    "decode step",
+                    &step,
+                    &full[pos * v..(pos + 1) * v],
+                    1e-4,
+                    1e-4,
+                );
+            }
+            assert_eq!(cache.len(), n_tokens);
+            let (mut other, pos) = fork.unwrap();
+            let mut own: Vec<u32> = ids[..pos].to_vec();
+            own.extend([63, 62]);
+            let want = logits(&dec, &own, &mut KvCache::default());
+            let got = logits(&dec, &[62], &mut other);
+            assert_close("fork", &got, &want[(pos + 1) * v..], 1e-4, 1e-4);
         }
-        assert_eq!(cache.len(), n_tokens);
     }
 }
 

@@ -1,0 +1,159 @@
+//! The keys and values of the tokens seen so far, per layer, for decoding one token at a time.
+//!
+//! Appending by concatenation copies the whole cache at every token (quadratic in the length;
+//! it was most of the time of long batched sampling), so from the second forward on the keys
+//! and values live in a buffer with spare room along the sequence and each new token is written
+//! into it in place. The first forward's keys and values are kept as they are: a forward with
+//! an empty cache (training, scoring) copies nothing and stays differentiable.
+
+use crate::error::Result;
+use candle_core::{Device, Tensor};
+
+/// One layer's keys and values, (batch, kv heads, tokens, head dim) each.
+#[derive(Debug)]
+enum LayerKv {
+    /// Only the first forward's keys and values, as computed.
+    First(Tensor, Tensor),
+    /// Buffers of `capacity` positions of which the first `len` hold tokens.
+    Buffered { k: Tensor, v: Tensor, len: usize },
+}
+
+impl Clone for LayerKv {
+    /// A deep copy for buffers: appends write in place, so two caches must never share one.
+    fn clone(&self) -> Self {
+        match self {
+            LayerKv::First(k, v) => LayerKv::First(k.clone(), v.clone()),
+            LayerKv::Buffered { k, v, len } => LayerKv::Buffered {
+                k: k.copy().unwrap_or_else(|_| k.clone()),
+                v: v.copy().unwrap_or_else(|_| v.clone()),
+                len: *len,
+            },
+        }
+    }
+}
+
+impl LayerKv {
+    /// The keys and values held, views of `len` positions.
+    fn view(&self) -> Result<(Tensor, Tensor)> {
+        Ok(match self {
+            LayerKv::First(k, v) => (k.clone(), v.clone()),
+            LayerKv::Buffered { k, v, len } => (k.narrow(2, 0, *len)?, v.narrow(2, 0, *len)?),
+        })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            LayerKv::First(k, _) => k.dims()[2],
+            LayerKv::Buffered { len, .. } => *len,
+        }
+    }
+
+    /// Appends `k`, `v` (contiguous) and returns the views of everything held.
+    fn append(&mut self, k: &Tensor, v: &Tensor, reserve: usize) -> Result<(Tensor, Tensor)> {
+        let (len, t) = (self.len(), k.dims()[2]);
+        let room = match self {
+            LayerKv::Buffered { k, .. } => k.dims()[2],
+            LayerKv::First(..) => 0,
+        };
+        if len + t > room {
+            // Twice what is needed (amortized growth) unless the caller reserved enough.
+            let cap = reserve.max(2 * (len + t));
+            let (pk, pv) = self.view()?;
+            let grow = |old: &Tensor| -> Result<Tensor> {
+                let mut dims = old.dims().to_vec();
+                dims[2] = cap;
+                let buf = Tensor::zeros(dims, old.dtype(), old.device())?;
+                buf.slice_set(&old.contiguous()?, 2, 0)?;
+                Ok(buf)
+            };
+            *self = LayerKv::Buffered {
+                k: grow(&pk)?,
+                v: grow(&pv)?,
+                len,
+            };
+        }
+        if let LayerKv::Buffered { k: bk, v: bv, len } = self {
+            bk.slice_set(k, 2, *len)?;
+            bv.slice_set(v, 2, *len)?;
+            *len += t;
+        }
+        self.view()
+    }
+}
+
+/// Keys and values of the tokens seen so far, per layer.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<LayerKv>>,
+    pub(crate) len: usize,
+    /// Positions to reserve when the buffers are first made (0: grow by doubling).
+    reserve: usize,
+}
+
+impl KvCache {
+    /// An empty cache that will hold up to `tokens` positions without growing (a sampler that
+    /// knows its row length avoids the doubling's spare memory and copies).
+    pub fn with_capacity(tokens: usize) -> Self {
+        KvCache {
+            reserve: tokens,
+            ..KvCache::default()
+        }
+    }
+
+    /// Tokens in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing has been cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Makes room for `n` layers (a no-op once done).
+    pub(crate) fn ensure_layers(&mut self, n: usize) {
+        if self.layers.len() != n {
+            self.layers = vec![None; n];
+        }
+    }
+
+    /// Appends layer `i`'s new keys and values (batch, kv heads, t, head dim), contiguous;
+    /// returns all of that layer's keys and values so far.
+    pub(crate) fn append(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let reserve = self.reserve;
+        let slot = &mut self.layers[i];
+        match slot {
+            None => {
+                *slot = Some(LayerKv::First(k.clone(), v.clone()));
+                Ok((k, v))
+            }
+            Some(l) => l.append(&k, &v, reserve),
+        }
+    }
+
+    /// A cache whose batch rows are rows `rows` of this one (repeats allowed), so that several
+    /// continuations can follow each cached context.
+    pub fn select(&self, rows: &[u32]) -> Result<KvCache> {
+        let idx = Tensor::from_slice(rows, rows.len(), &Device::Cpu)?;
+        let rep = |t: &Tensor| -> Result<Tensor> {
+            Ok(t.contiguous()?
+                .index_select(&idx.to_device(t.device())?, 0)?)
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some(l) => {
+                    let (k, v) = l.view()?;
+                    Ok(Some(LayerKv::First(rep(&k)?, rep(&v)?)))
+                }
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache {
+            layers,
+            len: self.len,
+            reserve: self.reserve,
+        })
+    }
+}
