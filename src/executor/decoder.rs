@@ -220,7 +220,7 @@ impl Decoder {
         };
         for (i, block) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &block.input_norm, c.rms_norm_eps as f32)?;
-            let a = self.attention(block, &h, &cos, &sin, mask.as_ref(), cache, i)?;
+            let a = self.attention(i, &h, &cos, &sin, mask.as_ref(), cache)?;
             x = (x + a)?;
             let h = candle_nn::ops::rms_norm(&x, &block.post_norm, c.rms_norm_eps as f32)?;
             x = (x + self.mlp(block, &h)?)?;
@@ -259,15 +259,15 @@ impl Decoder {
 
     fn attention(
         &self,
-        block: &Block,
+        layer: usize,
         h: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
         cache: &mut KvCache,
-        layer: usize,
     ) -> Result<Tensor> {
         let c = &self.cfg;
+        let block = &self.blocks[layer];
         let (b, t, _) = h.dims3()?;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let (q, k, v) = match &block.qkv {
