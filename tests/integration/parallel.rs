@@ -208,3 +208,93 @@ fn ranks_must_divide_the_batch_and_the_cli_runs_them() {
     assert!(err.contains("does not divide over 3"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// NCCL on GPUs: sums across ranks, and two GPUs training the model one GPU trains (needs two
+/// GPUs for the second part; with one, the group of one is checked).
+#[cfg(feature = "nccl")]
+mod nccl {
+    use super::{config, values};
+    use crate::common::{assert_close, repo, shakespeare_data, temp_dir};
+    use afm::executor::load::load_model_on;
+    use afm::train::parallel::{Collective, NcclGroup, NcclId};
+    use afm::train::trainer::{train, train_rank};
+    use candle_core::{DType, Device, Tensor};
+
+    #[test]
+    fn nccl_ranks_sum_and_train_the_model_one_gpu_trains() {
+        let gpus = candle_core::cuda_backend::cudarc::driver::CudaContext::device_count()
+            .expect("these tests need a CUDA device") as usize;
+        let world = gpus.min(2);
+        let id = NcclId::new().unwrap();
+        let sums: Vec<Vec<f32>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..world)
+                .map(|r| {
+                    s.spawn(move || {
+                        let dev = Device::new_cuda(r).unwrap();
+                        let g = NcclGroup::join(&dev, r, world, id).unwrap();
+                        assert_eq!((g.rank(), g.world()), (r, world));
+                        let t = Tensor::new(&[1.0 + r as f32, 2.0, 3.0], &dev).unwrap();
+                        g.sum(&t).unwrap().to_vec1::<f32>().unwrap()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let w = world as f32;
+        let want = [w + (w - 1.0) * w / 2.0, 2.0 * w, 3.0 * w];
+        assert!(sums.iter().all(|s| s[..] == want), "{sums:?}");
+        if world < 2 {
+            eprintln!("one GPU: the two-GPU training comparison is skipped");
+            return;
+        }
+        let dir = temp_dir("dp-nccl");
+        let data = dir.join("data");
+        shakespeare_data(&data, 48);
+        let tiny = repo("tests/golden/executor/tiny-llama");
+        let mut cfg = config(0);
+        cfg.run.tf32 = false;
+        let t0 = load_model_on(
+            tiny.to_str().unwrap(),
+            DType::F32,
+            &Device::new_cuda(0).unwrap(),
+        )
+        .unwrap()
+        .decoder;
+        let solo = values(
+            &train(
+                &t0,
+                None,
+                &data,
+                &dir.join("solo"),
+                &cfg,
+                false,
+                &mut |_| {},
+            )
+            .unwrap(),
+        );
+        let id = NcclId::new().unwrap();
+        let ranks: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2)
+                .map(|r| {
+                    let (data, out, cfg, tiny) = (&data, dir.join("two"), &cfg, &tiny);
+                    s.spawn(move || {
+                        let dev = Device::new_cuda(r).unwrap();
+                        let g = NcclGroup::join(&dev, r, 2, id).unwrap();
+                        let t = load_model_on(tiny.to_str().unwrap(), DType::F32, &dev)
+                            .unwrap()
+                            .decoder;
+                        let d =
+                            train_rank(&t, None, data, &out, cfg, false, &mut |_| {}, &g).unwrap();
+                        values(&d)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(ranks[0], ranks[1], "both GPUs hold the same bits");
+        for ((name, a), (_, b)) in ranks[0].iter().zip(&solo) {
+            assert_close(name, a, b, 1e-5, 1e-4);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
