@@ -2,27 +2,29 @@
 //! result files name the code that produced them even where the binary runs without the repo;
 //! with the `cuda` feature, compiles the fused analog-layer kernels to PTX.
 
-/// nvcc `kernels/analog_train.cu` -> `$OUT_DIR/analog_train.ptx` (compute 8.0 PTX, which the
-/// driver compiles for Ampere, Hopper and later). `--fmad=false` keeps every multiply and add
-/// separately rounded, as on the CPU, so the noise and rounding match it bit for bit.
+/// nvcc `kernels/NAME.cu` -> `$OUT_DIR/NAME.ptx` for each kernel file (compute 8.0 PTX, which
+/// the driver compiles for Ampere, Hopper and later). `--fmad=false` keeps every multiply and
+/// add separately rounded, as on the CPU, so the noise and rounding match it bit for bit.
 fn compile_kernels() {
     println!("cargo:rerun-if-changed=kernels");
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".into());
-    let status = std::process::Command::new(&nvcc)
-        .args([
-            "--ptx",
-            "-O3",
-            "--fmad=false",
-            "-arch=compute_80",
-            "-std=c++17",
-        ])
-        .arg("kernels/analog_train.cu")
-        .arg("-o")
-        .arg(out.join("analog_train.ptx"))
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run `{nvcc}` for the cuda feature: {e}"));
-    assert!(status.success(), "nvcc failed on kernels/analog_train.cu");
+    for name in ["analog_train", "sampling"] {
+        let status = std::process::Command::new(&nvcc)
+            .args([
+                "--ptx",
+                "-O3",
+                "--fmad=false",
+                "-arch=compute_80",
+                "-std=c++17",
+            ])
+            .arg(format!("kernels/{name}.cu"))
+            .arg("-o")
+            .arg(out.join(format!("{name}.ptx")))
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run `{nvcc}` for the cuda feature: {e}"));
+        assert!(status.success(), "nvcc failed on kernels/{name}.cu");
+    }
 }
 
 fn main() {

@@ -105,13 +105,7 @@ pub fn pick_on_device(logits: &Tensor, s: &Sampling) -> candle_core::Result<(Ten
     let vocab = l.dim(D::Minus1)?;
     let neg_inf = Tensor::full(f32::NEG_INFINITY, l.shape(), l.device())?;
     let kept = if s.top_k > 0 && s.top_k < vocab {
-        // The k-th largest value of each row, by taking out the maximum k times (k is small).
-        let mut rest = l.clone();
-        let mut kth = rest.max_keepdim(D::Minus1)?;
-        for _ in 1..s.top_k {
-            rest = rest.broadcast_ge(&kth)?.where_cond(&neg_inf, &rest)?;
-            kth = rest.max_keepdim(D::Minus1)?;
-        }
+        let kth = kth_largest(&l, s.top_k)?;
         l.broadcast_ge(&kth)?.where_cond(&l, &neg_inf)?
     } else {
         l
@@ -119,6 +113,86 @@ pub fn pick_on_device(logits: &Tensor, s: &Sampling) -> candle_core::Result<(Ten
     let u = Tensor::rand(1e-20f32, 1f32, kept.shape(), kept.device())?;
     let gumbel = u.log()?.neg()?.log()?.neg()?;
     Ok(((kept + gumbel)?.argmax(D::Minus1)?, nan_rows))
+}
+
+/// The `k`-th largest value (1-based, ties counted) of each row of a (rows, cols) f32 tensor, as
+/// (rows, 1): values `>=` it are the row's top k (more only where values tie with it). On CUDA
+/// one radix-selection kernel (`kernels/sampling.cu`); on the CPU a partial sort per row, the
+/// reference the kernel is tested against.
+pub fn kth_largest(x: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+    let (_, cols) = x.dims2()?;
+    if k == 0 || k > cols {
+        candle_core::bail!("kth_largest: k = {k} for rows of {cols}");
+    }
+    x.to_dtype(DType::F32)?
+        .contiguous()?
+        .apply_op1_no_bwd(&KthLargest { k })
+}
+
+struct KthLargest {
+    k: usize,
+}
+
+impl candle_core::CustomOp1 for KthLargest {
+    fn name(&self) -> &'static str {
+        "kth-largest"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (rows, cols) = l.shape().dims2()?;
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("kth_largest: input must be contiguous")
+        };
+        let v = &s.as_slice::<f32>()?[a..b];
+        let out: Vec<f32> = v
+            .chunks_exact(cols)
+            .map(|row| {
+                let mut r = row.to_vec();
+                *r.select_nth_unstable_by(self.k - 1, |x, y| y.total_cmp(x))
+                    .1
+            })
+            .collect();
+        Ok((candle_core::CpuStorage::F32(out), (rows, 1).into()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::WrapErr;
+        const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sampling.ptx"));
+        let (rows, cols) = l.shape().dims2()?;
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("kth_largest: input must be contiguous")
+        };
+        let dev = s.device();
+        let x = s.as_cuda_slice::<f32>()?.slice(a..b);
+        // SAFETY: the kernel writes every row's value.
+        let out = unsafe { dev.alloc::<f32>(rows)? };
+        let func = dev.get_or_load_custom_func("row_kth_largest_f32", "afm_sampling", PTX)?;
+        let (cols_i, k_i) = (cols as i32, self.k as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = func.builder();
+        launch.arg(&x).arg(&out).arg(&cols_i).arg(&k_i);
+        // SAFETY: arguments match the kernel's signature; one block per row.
+        unsafe { launch.launch(cfg) }.w()?;
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            (rows, 1).into(),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -67,3 +67,14 @@ fn cuda_training_layer_matches_lightning_golden() {
 fn cuda_sampling_follows_softmax_and_top_k() {
     crate::executor::check_device_sampling(&gpu(), 200_000, 0.005);
 }
+
+#[test]
+fn cuda_kth_largest_equals_the_cpu() {
+    use afm::executor::sampling::kth_largest;
+    for (v, rows, k, want) in crate::executor::kth_cases() {
+        let cols = v.len() / rows;
+        let t = Tensor::from_vec(v, (rows, cols), &gpu()).unwrap();
+        let got = kth_largest(&t, k).unwrap().flatten_all().unwrap();
+        assert_eq!(got.to_vec1::<f32>().unwrap(), want, "{rows}x{cols}, k {k}");
+    }
+}

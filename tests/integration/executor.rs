@@ -387,6 +387,54 @@ pub fn check_device_sampling(dev: &Device, n: usize, tol: f64) -> (Tensor, Vec<u
     (t, tok)
 }
 
+/// Rows of random values with ties (some values rounded to a coarse grid) and infinities, for
+/// the k-th largest selection, with the answer of a full sort.
+pub fn kth_cases() -> Vec<(Vec<f32>, usize, usize, Vec<f32>)> {
+    let mut out = Vec::new();
+    for (seed, (rows, cols)) in [(1, 1), (3, 7), (5, 256), (2, 1000), (4, 49_152)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut v = normals(seed as u64 + 11, rows * cols, 4.0);
+        for (i, x) in v.iter_mut().enumerate() {
+            match i % 17 {
+                0 => *x = (*x * 2.0).round() / 2.0,
+                5 => *x = -*x,
+                9 if i % 3 == 0 => *x = f32::NEG_INFINITY,
+                _ => {}
+            }
+        }
+        let mut ks = vec![1, 2, cols.div_ceil(3), 50, cols];
+        ks.retain(|&k| k <= cols);
+        ks.dedup();
+        for k in ks {
+            let want: Vec<f32> = v
+                .chunks(cols)
+                .map(|r| {
+                    let mut s = r.to_vec();
+                    s.sort_by(|a, b| b.total_cmp(a));
+                    s[k - 1]
+                })
+                .collect();
+            out.push((v.clone(), rows, k, want));
+        }
+    }
+    out
+}
+
+#[test]
+fn kth_largest_matches_a_full_sort_with_ties() {
+    use afm::executor::sampling::kth_largest;
+    for (v, rows, k, want) in kth_cases() {
+        let cols = v.len() / rows;
+        let t = Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap();
+        let got = kth_largest(&t, k).unwrap().flatten_all().unwrap();
+        assert_eq!(got.to_vec1::<f32>().unwrap(), want, "{rows}x{cols}, k {k}");
+    }
+    let t = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+    assert!(kth_largest(&t, 4).is_err() && kth_largest(&t, 0).is_err());
+}
+
 #[test]
 fn device_sampling_follows_softmax_and_top_k() {
     use afm::executor::sampling::{pick_on_device, Sampling};
