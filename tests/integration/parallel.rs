@@ -9,7 +9,7 @@ use afm::train::parallel::{Collective, HostGroup};
 use afm::train::student::trainable;
 use afm::train::trainer::{train, train_rank, TrainConfig};
 use candle_core::DType;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn teacher() -> Decoder {
     load_model(
@@ -18,6 +18,14 @@ fn teacher() -> Decoder {
     )
     .unwrap()
     .decoder
+}
+
+/// A temp folder `name` with 48 rows of Shakespeare in `data/`; returns (folder, data).
+fn workspace(name: &str) -> (PathBuf, PathBuf) {
+    let dir = temp_dir(name);
+    let data = dir.join("data");
+    shakespeare_data(&data, 48);
+    (dir, data)
 }
 
 /// The release recipe on tiny-llama at a test size: noise, clipping, 8-bit DAC/ADC.
@@ -100,9 +108,7 @@ fn run_ranks(
 
 #[test]
 fn two_ranks_train_the_model_one_rank_trains() {
-    let dir = temp_dir("dp-equal");
-    let data = dir.join("data");
-    shakespeare_data(&data, 48);
+    let (dir, data) = workspace("dp-equal");
     let t = teacher();
     // Without range initialization the ranks see the same ranges, so two half batches with
     // averaged gradients are one whole batch up to float summation order.
@@ -128,9 +134,7 @@ fn two_ranks_train_the_model_one_rank_trains() {
 
 #[test]
 fn ranges_initialized_per_rank_are_averaged_when_the_window_ends_and_runs_repeat() {
-    let dir = temp_dir("dp-ranges");
-    let data = dir.join("data");
-    shakespeare_data(&data, 48);
+    let (dir, data) = workspace("dp-ranges");
     let t = teacher();
     // A window of 3 micro-batches ends inside step 2 (2 per step).
     let cfg = config(3);
@@ -158,9 +162,7 @@ fn ranges_initialized_per_rank_are_averaged_when_the_window_ends_and_runs_repeat
 
 #[test]
 fn ranks_must_divide_the_batch_and_the_cli_runs_them() {
-    let dir = temp_dir("dp-cli");
-    let data = dir.join("data");
-    shakespeare_data(&data, 48);
+    let (dir, data) = workspace("dp-cli");
     let mut cfg = config(0);
     cfg.run.batch_size = 3;
     let groups = HostGroup::new(2);
@@ -213,8 +215,8 @@ fn ranks_must_divide_the_batch_and_the_cli_runs_them() {
 /// GPUs for the second part; with one, the group of one is checked).
 #[cfg(feature = "nccl")]
 mod nccl {
-    use super::{config, values};
-    use crate::common::{assert_close, repo, shakespeare_data, temp_dir};
+    use super::{config, values, workspace};
+    use crate::common::{assert_close, repo};
     use afm::executor::load::load_model_on;
     use afm::train::parallel::{Collective, NcclGroup, NcclId};
     use afm::train::trainer::{train, train_rank};
@@ -247,9 +249,7 @@ mod nccl {
             eprintln!("one GPU: the two-GPU training comparison is skipped");
             return;
         }
-        let dir = temp_dir("dp-nccl");
-        let data = dir.join("data");
-        shakespeare_data(&data, 48);
+        let (dir, data) = workspace("dp-nccl");
         let tiny = repo("tests/golden/executor/tiny-llama");
         let mut cfg = config(0);
         cfg.run.tf32 = false;
