@@ -287,9 +287,9 @@ pub fn train(
 /// [`train`] as one rank of a data-parallel group: this rank takes its contiguous share of
 /// every micro-batch (`run.batch_size` is the global batch and must divide by the ranks),
 /// gradients and the logged loss are averaged over the group before each step, and the input
-/// ranges are averaged once their data initialization window ends, so every rank holds the
-/// same model. Only rank 0 writes the log, checkpoints and final model; every rank resumes
-/// from the same checkpoint.
+/// ranges are averaged after every step of their data initialization window (through its
+/// end), so every rank holds the same model after every step. Only rank 0 writes the log,
+/// checkpoints and final model; every rank resumes from the same checkpoint.
 #[allow(clippy::too_many_arguments)]
 pub fn train_rank(
     teacher: &Decoder,
@@ -440,7 +440,7 @@ pub fn train_rank(
         }
         if world > 1 {
             (loss_sum, kl_sum) = average_step(group, &mut sums, loss_sum, kl_sum)?;
-            average_finished_ranges(group, &student, &cfg.analog, &initializing)?;
+            average_initializing_ranges(group, &student, &initializing)?;
         }
         let norm = grad_norm(&sums)?;
         let lr = cfg.optim.lr_at(step, cfg.run.steps);
@@ -553,27 +553,28 @@ fn in_init_window(student: &Decoder, cfg: &AnalogTrainConfig) -> Result<Vec<bool
         .collect())
 }
 
-/// Averages over the group the input ranges of the layers whose initialization window ended
-/// in this step (each rank initialized them from its own share of the data).
-fn average_finished_ranges(
+/// Averages over the group the input ranges of the layers that were in their data
+/// initialization window during this step (each rank initializes from its own share of the
+/// data). Doing it after every such step, not only the last, keeps every rank's model identical
+/// after every step, so that rank 0's checkpoint is the whole state; the running mean of the
+/// initialization is linear, so the averaged ranges are the mean of the ranks' own.
+fn average_initializing_ranges(
     group: &dyn Collective,
     student: &Decoder,
-    cfg: &AnalogTrainConfig,
-    before: &[bool],
+    initializing: &[bool],
 ) -> Result<()> {
-    let after = in_init_window(student, cfg)?;
     let layers = super::student::train_layers(student);
-    let done: Vec<_> = layers
+    let live: Vec<_> = layers
         .iter()
-        .zip(before.iter().zip(&after))
-        .filter(|(_, (&b, &a))| b && !a)
+        .zip(initializing)
+        .filter(|(_, &on)| on)
         .map(|(l, _)| l.1)
         .collect();
-    if done.is_empty() {
+    if live.is_empty() {
         return Ok(());
     }
-    let ranges: Vec<Tensor> = done.iter().map(|l| l.ranges.as_tensor().clone()).collect();
-    for (l, r) in done.iter().zip(average(group, &ranges)?) {
+    let ranges: Vec<Tensor> = live.iter().map(|l| l.ranges.as_tensor().clone()).collect();
+    for (l, r) in live.iter().zip(average(group, &ranges)?) {
         l.ranges.set(&r)?;
     }
     Ok(())

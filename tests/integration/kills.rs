@@ -220,15 +220,26 @@ fn train_folder_is_whole(out: &Path) {
 
 #[test]
 fn train_survives_twenty_random_kills() {
-    const STEPS: usize = 80;
-    let dir = temp_dir("kills-train");
+    train_kills("kills-train", 1, 20, 80);
+}
+
+#[test]
+fn data_parallel_train_survives_random_kills() {
+    // Two in-process ranks (host-memory sums): a kill takes both, the resume restarts both.
+    train_kills("kills-train-dp", 2, 8, 40);
+}
+
+/// Kills `afm train --ranks RANKS` `kills` times over `steps` steps (checkpoints every 2) and
+/// checks the log and the final model against an uninterrupted run's, byte for byte.
+fn train_kills(name: &str, ranks: usize, kills: usize, steps: usize) {
+    let dir = temp_dir(name);
     let data = dir.join("data");
     crate::common::shakespeare_data(&data, 128);
     let cfg = dir.join("train.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[run]\nsteps = {STEPS}\nbatch_size = 4\ncheckpoint_every = 2\n\
+            "[run]\nsteps = {steps}\nbatch_size = 4\ncheckpoint_every = 2\n\
              [optim]\nlr = 1e-3\nwarmup_steps = 5\n[analog]\ntile_rows = 32\n\
              range_init_batches = 6\n"
         ),
@@ -239,39 +250,45 @@ fn train_survives_twenty_random_kills() {
     // one and two threads: the result must depend on neither.
     let run = |out: &Path, i: usize| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_afm"));
-        c.args(["train", "--resume", "--teacher"])
-            .arg(&teacher)
-            .arg("--data")
-            .arg(&data)
-            .arg("--out")
-            .arg(out)
-            .arg("--config")
-            .arg(&cfg)
-            .env("RAYON_NUM_THREADS", if i % 2 == 0 { "2" } else { "1" })
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        c.args([
+            "train",
+            "--resume",
+            "--ranks",
+            &ranks.to_string(),
+            "--teacher",
+        ])
+        .arg(&teacher)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(out)
+        .arg("--config")
+        .arg(&cfg)
+        .env("RAYON_NUM_THREADS", if i % 2 == 0 { "2" } else { "1" })
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         c
     };
     let whole = dir.join("whole");
     let t0 = Instant::now();
     assert!(run(&whole, 0).status().unwrap().success());
     // Kills land anywhere in the next two steps (a checkpoint's writing included).
-    let step = t0.elapsed() / STEPS as u32;
+    let step = t0.elapsed() / steps as u32;
     eprintln!("uninterrupted: {:?}, {step:?} per step", t0.elapsed());
     let cut = dir.join("cut");
     let landed = kill_and_resume(
         &|i| run(&cut, i),
         &|| latest_step(&cut),
-        20,
+        kills,
         step * 2,
         3,
         &mut || train_folder_is_whole(&cut),
     );
-    eprintln!("train: {landed} kills");
-    assert_eq!(landed, 20, "the run ended after {landed} kills");
+    eprintln!("train, {ranks} rank(s): {landed} kills");
+    assert_eq!(landed, kills, "the run ended after {landed} kills");
     let log = crate::common::log_without_timing;
     assert_eq!(log(&cut), log(&whole), "log after {landed} kills");
-    assert_eq!(log(&cut).len(), STEPS);
+    assert_eq!(log(&cut).len(), steps);
     for f in ["model.safetensors", "analog.json"] {
         assert_eq!(
             std::fs::read(cut.join("final").join(f)).unwrap(),

@@ -133,7 +133,7 @@ fn two_ranks_train_the_model_one_rank_trains() {
 }
 
 #[test]
-fn ranges_initialized_per_rank_are_averaged_when_the_window_ends_and_runs_repeat() {
+fn ranges_initialized_per_rank_are_averaged_and_runs_repeat() {
     let (dir, data) = workspace("dp-ranges");
     let t = teacher();
     // A window of 3 micro-batches ends inside step 2 (2 per step).
