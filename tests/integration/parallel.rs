@@ -211,6 +211,36 @@ fn ranks_must_divide_the_batch_and_the_cli_runs_them() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn a_failed_rank_releases_the_others_instead_of_hanging() {
+    let g = HostGroup::new(2);
+    let t = candle_core::Tensor::new(&[1f32, 2.0], &candle_core::Device::Cpu).unwrap();
+    let ok = std::thread::scope(|s| {
+        let waiting = s.spawn(|| g[0].sum(&t));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        g[1].abandon();
+        waiting.join().unwrap()
+    });
+    let e = ok.unwrap_err().to_string();
+    assert!(e.contains("rank 1 stopped"), "{e}");
+    // Later calls fail at once too.
+    assert!(g[0].sum(&t).is_err());
+    // Sums of different lengths are refused, not mixed.
+    let g = HostGroup::new(2);
+    let u = candle_core::Tensor::new(&[1f32], &candle_core::Device::Cpu).unwrap();
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| g[0].sum(&t));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let b = g[1].sum(&u);
+        (a.join().unwrap(), b)
+    });
+    assert!(b
+        .unwrap_err()
+        .to_string()
+        .contains("other ranks sent another count"));
+    assert!(a.is_err());
+}
+
 /// NCCL on GPUs: sums across ranks, and two GPUs training the model one GPU trains (needs two
 /// GPUs for the second part; with one, the group of one is checked).
 #[cfg(feature = "nccl")]
