@@ -287,6 +287,12 @@ impl AnalogTrainLinear {
         Ok(state.active[s])
     }
 
+    /// Whether some input range of this layer is still in its data initialization window.
+    pub fn initializing(&self) -> Result<bool> {
+        let n = self.cfg.range_init_batches;
+        Ok(self.state()?.seen.iter().any(|&k| k < n))
+    }
+
     /// Share of inputs clipped by the ranges in the training forwards since the last call (and
     /// how many inputs), as a device scalar; resets the count.
     pub fn take_clip_stats(&self) -> Result<Option<(Tensor, usize)>> {

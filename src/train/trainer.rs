@@ -404,7 +404,15 @@ pub fn train_rank(
     while step < cfg.run.steps {
         let t0 = std::time::Instant::now();
         set_training(&student, true)?;
-        let initializing = in_init_window(&student, &cfg.analog)?;
+        // Per analog layer, whether its ranges initialize in this step (only ranks need it).
+        let initializing = if world > 1 {
+            super::student::train_layers(&student)
+                .iter()
+                .map(|(_, l)| l.initializing())
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         let mut sums: HashMap<String, Tensor> = HashMap::new();
         let (mut loss_sum, mut kl_sum) = (0f64, 0f64);
         for micro in 0..cfg.run.grad_accum {
@@ -439,7 +447,7 @@ pub fn train_rank(
             }
         }
         if world > 1 {
-            (loss_sum, kl_sum) = average_step(group, &mut sums, loss_sum, kl_sum)?;
+            (loss_sum, kl_sum) = average_step(group, &mut sums, loss_sum, kl_sum, &dev)?;
             average_initializing_ranges(group, &student, &initializing)?;
         }
         let norm = grad_norm(&sums)?;
@@ -524,33 +532,21 @@ fn average_step(
     sums: &mut HashMap<String, Tensor>,
     loss: f64,
     kl: f64,
+    dev: &Device,
 ) -> Result<(f64, f64)> {
     let mut names: Vec<String> = sums.keys().cloned().collect();
     names.sort();
     let mut parts: Vec<Tensor> = names.iter().map(|n| sums[n].clone()).collect();
-    let dev = parts.first().map_or(Device::Cpu, |t| t.device().clone());
-    parts.push(Tensor::new(&[loss as f32, kl as f32], &dev)?);
+    parts.push(Tensor::new(&[loss as f32, kl as f32], dev)?);
     let mut mean = average(group, &parts)?;
-    let lk = mean.pop().map(|t| t.to_vec1::<f32>()).transpose()?;
+    let lk = match mean.pop() {
+        Some(t) => t.to_vec1::<f32>()?,
+        None => vec![loss as f32, kl as f32],
+    };
     for (n, g) in names.into_iter().zip(mean) {
         sums.insert(n, g);
     }
-    Ok(lk.map_or((loss, kl), |v| (f64::from(v[0]), f64::from(v[1]))))
-}
-
-/// Per analog layer (in model order): whether some input range is still in its data
-/// initialization window.
-fn in_init_window(student: &Decoder, cfg: &AnalogTrainConfig) -> Result<Vec<bool>> {
-    let states = layer_states(student)?;
-    Ok(super::student::train_layers(student)
-        .iter()
-        .map(|(name, _)| {
-            states[name]
-                .seen
-                .iter()
-                .any(|&k| k < cfg.range_init_batches)
-        })
-        .collect())
+    Ok((f64::from(lk[0]), f64::from(lk[1])))
 }
 
 /// Averages over the group the input ranges of the layers that were in their data
