@@ -14,19 +14,27 @@ use candle_core::{Device, Tensor};
 enum LayerKv {
     /// Only the first forward's keys and values, as computed.
     First(Tensor, Tensor),
-    /// Buffers of `capacity` positions of which the first `len` hold tokens.
-    Buffered { k: Tensor, v: Tensor, len: usize },
+    /// Buffers along the sequence of which the first `len` positions hold tokens; `owned`:
+    /// this cache may write past `len` (a clone shares its original's buffers, read-only).
+    Buffered {
+        k: Tensor,
+        v: Tensor,
+        len: usize,
+        owned: bool,
+    },
 }
 
 impl Clone for LayerKv {
-    /// A deep copy for buffers: appends write in place, so two caches must never share one.
+    /// Shares the buffers without copying: the original only ever writes past the clone's
+    /// `len`, and the clone makes buffers of its own before its first write.
     fn clone(&self) -> Self {
         match self {
             LayerKv::First(k, v) => LayerKv::First(k.clone(), v.clone()),
-            LayerKv::Buffered { k, v, len } => LayerKv::Buffered {
-                k: k.copy().unwrap_or_else(|_| k.clone()),
-                v: v.copy().unwrap_or_else(|_| v.clone()),
+            LayerKv::Buffered { k, v, len, .. } => LayerKv::Buffered {
+                k: k.clone(),
+                v: v.clone(),
                 len: *len,
+                owned: false,
             },
         }
     }
@@ -37,7 +45,7 @@ impl LayerKv {
     fn view(&self) -> Result<(Tensor, Tensor)> {
         Ok(match self {
             LayerKv::First(k, v) => (k.clone(), v.clone()),
-            LayerKv::Buffered { k, v, len } => (k.narrow(2, 0, *len)?, v.narrow(2, 0, *len)?),
+            LayerKv::Buffered { k, v, len, .. } => (k.narrow(2, 0, *len)?, v.narrow(2, 0, *len)?),
         })
     }
 
@@ -52,11 +60,12 @@ impl LayerKv {
     fn append(&mut self, k: &Tensor, v: &Tensor, reserve: usize) -> Result<(Tensor, Tensor)> {
         let (len, t) = (self.len(), k.dims()[2]);
         let room = match self {
-            LayerKv::Buffered { k, .. } => k.dims()[2],
-            LayerKv::First(..) => 0,
+            LayerKv::Buffered { k, owned: true, .. } => k.dims()[2],
+            _ => 0,
         };
         if len + t > room {
-            // Twice what is needed (amortized growth) unless the caller reserved enough.
+            // Twice what is needed (amortized growth) unless the caller reserved enough; also
+            // the first write of a clone.
             let cap = reserve.max(2 * (len + t));
             let (pk, pv) = self.view()?;
             let grow = |old: &Tensor| -> Result<Tensor> {
@@ -70,9 +79,13 @@ impl LayerKv {
                 k: grow(&pk)?,
                 v: grow(&pv)?,
                 len,
+                owned: true,
             };
         }
-        if let LayerKv::Buffered { k: bk, v: bv, len } = self {
+        if let LayerKv::Buffered {
+            k: bk, v: bv, len, ..
+        } = self
+        {
             bk.slice_set(k, 2, *len)?;
             bv.slice_set(v, 2, *len)?;
             *len += t;
