@@ -150,8 +150,8 @@ fn rank_devices(a: &TrainArgs) -> anyhow::Result<Vec<candle_core::Device>> {
             a.ranks
         );
     }
-    (base..base + a.ranks)
-        .map(|g| super::open_device(&format!("cuda:{g}")))
+    std::iter::once(Ok(first))
+        .chain((base + 1..base + a.ranks).map(|g| super::open_device(&format!("cuda:{g}"))))
         .collect()
 }
 
