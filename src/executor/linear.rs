@@ -38,6 +38,20 @@ pub enum Projection {
     Train(Box<crate::train::layer::AnalogTrainLinear>),
     /// Digital matmul with integer weights (stored dequantized) and static integer inputs.
     Quant(Box<QuantProjection>),
+    /// Exact digital matmul that records the abs-max of every input column it sees
+    /// (calibration statistics for activation smoothing).
+    Probe(Box<ProbeProjection>),
+}
+
+/// A digital projection that keeps, per input column, the largest |x| seen so far.
+#[derive(Debug)]
+pub struct ProbeProjection {
+    /// out x in.
+    pub weight: Tensor,
+    /// Optional bias.
+    pub bias: Option<Tensor>,
+    /// Largest |x| per input column (empty before the first forward).
+    pub abs_max: std::sync::Mutex<Vec<f32>>,
 }
 
 /// A digitally quantized projection: RTN weights (`afm quantize`) and a static input quantizer.
@@ -65,12 +79,13 @@ impl Projection {
                 weight: weight.clone(),
                 bias: bias.clone(),
             }),
-            Projection::Analog(_) | Projection::Train(_) | Projection::Quant(_) => {
-                Err(crate::Error::Value(format!(
-                    "projection `{name}` is analog or quantized; load the digital model again \
-                     instead"
-                )))
-            }
+            Projection::Analog(_)
+            | Projection::Train(_)
+            | Projection::Quant(_)
+            | Projection::Probe(_) => Err(crate::Error::Value(format!(
+                "projection `{name}` is analog, quantized or a probe; load the digital model \
+                 again instead"
+            ))),
         }
     }
 
@@ -95,6 +110,7 @@ impl Projection {
             Projection::Analog(a) => a.layer.out_features(),
             Projection::Train(t) => t.weight.as_tensor().dims()[0],
             Projection::Quant(q) => q.weight.dims()[0],
+            Projection::Probe(p) => p.weight.dims()[0],
         }
     }
 
@@ -117,6 +133,9 @@ impl Projection {
             }
             Projection::Analog(_) | Projection::Train(_) => Err(crate::Error::Value(format!(
                 "projection `{name}` is already analog"
+            ))),
+            Projection::Probe(_) => Err(crate::Error::Value(format!(
+                "projection `{name}` is a calibration probe; load the digital model again"
             ))),
             Projection::Quant(_) => Err(crate::Error::Value(format!(
                 "projection `{name}` is quantized for a digital chip; put the model it came \
@@ -155,6 +174,25 @@ impl Projection {
                 Ok(y.to_dtype(dtype)?)
             }
             Projection::Train(t) => Ok(t.forward(x)?.to_dtype(x.dtype())?),
+            Projection::Probe(p) => {
+                let n_in = *x.dims().last().unwrap_or(&0);
+                let seen = x
+                    .to_dtype(DType::F32)?
+                    .reshape(((), n_in))?
+                    .abs()?
+                    .max(0)?
+                    .to_vec1::<f32>()?;
+                let mut m = p
+                    .abs_max
+                    .lock()
+                    .map_err(|_| crate::Error::Value("probe statistics lock poisoned".into()))?;
+                if m.is_empty() {
+                    *m = seen;
+                } else {
+                    m.iter_mut().zip(seen).for_each(|(a, b)| *a = a.max(b));
+                }
+                matmul(x, &p.weight, p.bias.as_ref())
+            }
         }
     }
 }

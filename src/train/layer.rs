@@ -52,6 +52,13 @@ pub struct AnalogTrainConfig {
     /// round-to-nearest per output channel as `afm quantize --per-channel` does it, with a
     /// straight-through gradient (LLM-QAT style); `afm train --mode qat-w4a8` sets 4.
     pub weight_bits: u32,
+    /// Activation smoothing before training (0: off) [0]: input column i of every projection
+    /// is divided by max|x_i|^alpha / max|w_i|^(1 - alpha) and its weight column multiplied by
+    /// it, the division folded into the norm gain or the projection before (see
+    /// `train::smooth`), so that one DAC range per row block need not cover outlier columns.
+    pub smooth_alpha: f64,
+    /// Training batches whose inputs give the smoothing statistics [8].
+    pub smooth_batches: usize,
 }
 
 impl Default for AnalogTrainConfig {
@@ -71,6 +78,8 @@ impl Default for AnalogTrainConfig {
             range_decay: 0.01,
             range_min_inside: 0.95,
             weight_bits: 0,
+            smooth_alpha: 0.0,
+            smooth_batches: 8,
         }
     }
 }
@@ -105,6 +114,12 @@ impl AnalogTrainConfig {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(f, format!("must be a finite number >= 0, got {v}"));
             }
+        }
+        if !(0.0..=1.0).contains(&self.smooth_alpha) {
+            return bad("smooth_alpha", "must be in 0..=1 (0: off)".into());
+        }
+        if self.smooth_alpha > 0.0 && self.smooth_batches == 0 {
+            return bad("smooth_batches", "must be >= 1 when smoothing".into());
         }
         if !(0.0..=1.0).contains(&self.range_min_inside) {
             return bad("range_min_inside", "must be in 0..=1".into());

@@ -8,5 +8,6 @@ pub mod ops;
 pub mod optim;
 pub mod parallel;
 pub mod shards;
+pub mod smooth;
 pub mod student;
 pub mod trainer;

@@ -161,9 +161,12 @@ pub fn save_model(
                 ranges.insert(name.to_string(), l.ranges.as_tensor().to_vec1::<f32>()?);
                 Ok(())
             }
-            Projection::Analog(_) | Projection::Quant(_) => Err(Error::Value(format!(
-                "`{name}` is programmed on tiles or quantized; save the trained model instead"
-            ))),
+            Projection::Analog(_) | Projection::Quant(_) | Projection::Probe(_) => {
+                Err(Error::Value(format!(
+                "`{name}` is programmed on tiles, quantized or a probe; save the trained model \
+                 instead"
+                )))
+            }
         }
     };
     for (i, b) in model.blocks.iter().enumerate() {

@@ -343,13 +343,37 @@ pub fn train_rank(
             cfg.run.analog_dtype
         )));
     }
+    // Smoothing statistics come from the first global batches, the same on every rank and on
+    // a resume, so a resumed run rebuilds the same norms (they are not checkpointed).
+    let smoothed = if cfg.analog.smooth_alpha > 0.0 {
+        let bs = cfg.run.batch_size;
+        let batches = (0..cfg.analog.smooth_batches)
+            .map(|i| {
+                let flat: Vec<u32> = batch_rows(rows.len(), cfg.run.seed, i * bs, bs)
+                    .iter()
+                    .flat_map(|&r| rows[r][..seq].to_vec())
+                    .collect();
+                Tensor::from_vec(flat, (bs, seq), teacher.device())
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let stats = super::smooth::input_abs_max(teacher, &batches)?;
+        Some(super::smooth::smooth(
+            teacher,
+            &stats,
+            cfg.analog.smooth_alpha,
+            !cfg.run.digital_lm_head,
+        )?)
+    } else {
+        None
+    };
     let student = build_student(
-        teacher,
+        smoothed.as_ref().unwrap_or(teacher),
         &cfg.analog,
         cfg.run.seed,
         cfg.run.digital_lm_head,
         compute,
     )?;
+    drop(smoothed);
     let vars = trainable(&student);
     let (mut step, mut bad, mut opt) = (0usize, 0usize, AdamW::default());
     match (latest_checkpoint(out)?, resume) {

@@ -457,3 +457,45 @@ fn device_sampling_follows_softmax_and_top_k() {
     let nan = pick_on_device(&bad, &s).unwrap().1;
     assert_eq!(nan.to_scalar::<f32>().unwrap(), 1.0);
 }
+
+/// Activation smoothing computes the same function, and with alpha = 1 every projection's
+/// input columns end with abs-max 1 (o_proj's per value row, the max over its query heads), on
+/// a grouped-query Llama and a fused Phi-3.
+#[test]
+fn smoothing_keeps_the_function_and_flattens_inputs() {
+    use afm::train::smooth::{input_abs_max, smooth};
+    for text in [TINY_LLAMA, TINY_PHI3] {
+        let cfg = HfConfig::parse(text, Path::new("config.json")).unwrap();
+        let dec = llama::build(cfg.clone(), &random_weights(&cfg, 3)).unwrap();
+        let ids: Vec<u32> = (0..24u32).map(|k| (k * 11 + 5) % 64).collect();
+        let batch = Tensor::from_slice(&ids, (2, 12), &Device::Cpu).unwrap();
+        let stats = input_abs_max(&dec, std::slice::from_ref(&batch)).unwrap();
+        assert_eq!(
+            stats.len(),
+            dec.blocks.len() * if cfg.model_type == "phi3" { 4 } else { 7 } + 1
+        );
+        let before = logits(&dec, &ids, &mut KvCache::default());
+        for alpha in [0.5, 1.0] {
+            let s = smooth(&dec, &stats, alpha, true).unwrap();
+            let after = logits(&s, &ids, &mut KvCache::default());
+            assert_close(
+                &format!("{} alpha {alpha}", cfg.model_type),
+                &after,
+                &before,
+                1e-4,
+                1e-3,
+            );
+            if alpha < 1.0 {
+                continue;
+            }
+            for (name, m) in input_abs_max(&s, std::slice::from_ref(&batch)).unwrap() {
+                let top = m.iter().fold(0f32, |a, &b| a.max(b));
+                assert!((top - 1.0).abs() < 1e-4, "{name}: largest column {top}");
+                if !name.ends_with("o_proj") {
+                    let low = m.iter().fold(f32::MAX, |a, &b| a.min(b));
+                    assert!((low - 1.0).abs() < 1e-4, "{name}: smallest column {low}");
+                }
+            }
+        }
+    }
+}
