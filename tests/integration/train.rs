@@ -445,4 +445,12 @@ fn smoothed_training_resumes_to_the_same_model() {
         .unwrap();
     let t = m.decoder.blocks[0].input_norm.to_vec1::<f32>().unwrap();
     assert!(g.iter().zip(&t).any(|(a, b)| (a - b).abs() > 1e-3));
+    for (alpha, batches, field) in [(1.5, 8, "smooth_alpha"), (0.5, 0, "smooth_batches")] {
+        let bad = afm::train::layer::AnalogTrainConfig {
+            smooth_alpha: alpha,
+            smooth_batches: batches,
+            ..Default::default()
+        };
+        assert_eq!(bad.check().unwrap_err().0, field);
+    }
 }
