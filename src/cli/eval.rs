@@ -54,9 +54,13 @@ pub struct EvalArgs {
     #[arg(long)]
     digital_lm_head: bool,
     /// Text whose first --calib-tokens tokens set the static input ranges of each chip
-    /// (abs-max per row block); default: the first batch of each task.
+    /// (abs-max per row block, or --calib-kappa); default: the first batch of each task.
     #[arg(long)]
     calib_text: Option<PathBuf>,
+    /// Calibrate each static input range to K times the std of its row block's inputs (the AFM
+    /// recipe's range initialization, kappa 18) instead of their abs-max.
+    #[arg(long, value_name = "K")]
+    calib_kappa: Option<f64>,
     /// Tokens of --calib-text used for calibration.
     #[arg(long, default_value_t = 512)]
     calib_tokens: usize,
@@ -155,6 +159,11 @@ fn locked_version(name: &str) -> String {
 
 /// Runs `afm eval`.
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
+    if let Some(k) = a.calib_kappa {
+        if !(k.is_finite() && k > 0.0) {
+            bail!("--calib-kappa: expected a finite number > 0, got {k}");
+        }
+    }
     if a.samples > 1 && !(a.temperature > 0.0 && a.temperature.is_finite()) {
         bail!(
             "--temperature {} with --samples {}: sampling needs a temperature > 0",
@@ -238,6 +247,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         Some(p) => Some(super::model_args::calibration_ids(&tok, p, a.calib_tokens)?),
         None => None,
     };
+
     let plan = Plan {
         model: a.model.clone(),
         dtype: format!("{:?}", a.dtype).to_lowercase(),
@@ -255,6 +265,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         },
         digital_lm_head: a.digital_lm_head,
         calibration,
+        calib_kappa: a.calib_kappa,
         learned_ranges: learned.as_ref().map(|m| m.input_ranges.clone()),
     };
     let (out, temporary) = match &a.out {

@@ -48,6 +48,9 @@ pub struct Plan {
     /// Token ids whose abs-max sets each analog layer's static input ranges once per chip;
     /// None: the first batch of each task sets them.
     pub calibration: Option<Vec<u32>>,
+    /// Calibration rule: Some(kappa) sets each range to kappa * std of its block's inputs, None
+    /// to their abs-max.
+    pub calib_kappa: Option<f64>,
     /// Learned input ranges by projection (an analog model's `analog.json`): they replace
     /// calibration where present.
     pub learned_ranges: Option<std::collections::BTreeMap<String, Vec<f32>>>,
@@ -104,6 +107,10 @@ fn fingerprint(plan: &Plan, row: &Row, task: &Task, seed: Option<u64>) -> String
         plan.options
     ));
     put(&format!("{} {:?}", plan.digital_lm_head, plan.calibration));
+    // Hashed only when set, so abs-max cells keep their identity.
+    if let Some(k) = plan.calib_kappa {
+        put(&format!("calib kappa {k}"));
+    }
     // Hashed only when present, so cells of runs without learned ranges keep their identity.
     if let Some(r) = &plan.learned_ranges {
         put(&format!("{r:?}"));
@@ -201,6 +208,7 @@ pub fn run(
                 if chip.as_ref().map(|c| c.0) != Some((ri, Some(s))) {
                     drop(chip.take());
                     let mut dec = program_chip(model, preset, s, plan.digital_lm_head)?;
+                    dec.set_calib_kappa(plan.calib_kappa.unwrap_or(0.0) as f32);
                     if let Some(ids) = &plan.calibration {
                         calibrate(&dec, ids)?;
                     }

@@ -240,21 +240,31 @@ impl Decoder {
 
     /// Resets every analog projection (see [`Projection::reset`]).
     pub fn reset_analog(&self, clear_ranges: bool) {
+        self.for_each_projection(|p| p.reset(clear_ranges));
+    }
+
+    /// Sets the calibration rule of every analog projection (see
+    /// [`Projection::set_calib_kappa`]): kappa > 0 calibrates empty ranges to kappa * std, 0 to
+    /// the abs-max.
+    pub fn set_calib_kappa(&self, kappa: f32) {
+        self.for_each_projection(|p| p.set_calib_kappa(kappa));
+    }
+
+    /// Calls `f` on every projection, blocks in order, then lm_head.
+    fn for_each_projection(&self, f: impl Fn(&Projection)) {
         for b in &self.blocks {
             match &b.qkv {
-                Qkv::Separate { q, k, v } => [q, k, v].iter().for_each(|p| p.reset(clear_ranges)),
-                Qkv::Fused(f) => f.reset(clear_ranges),
+                Qkv::Separate { q, k, v } => [q, k, v].iter().for_each(|p| f(p)),
+                Qkv::Fused(p) => f(p),
             }
             match &b.gate_up {
-                GateUp::Separate { gate, up } => {
-                    [gate, up].iter().for_each(|p| p.reset(clear_ranges))
-                }
-                GateUp::Fused(f) => f.reset(clear_ranges),
+                GateUp::Separate { gate, up } => [gate, up].iter().for_each(|p| f(p)),
+                GateUp::Fused(p) => f(p),
             }
-            b.o.reset(clear_ranges);
-            b.down.reset(clear_ranges);
+            f(&b.o);
+            f(&b.down);
         }
-        self.lm_head.reset(clear_ranges);
+        f(&self.lm_head);
     }
 
     fn attention(

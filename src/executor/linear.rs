@@ -1,13 +1,16 @@
 //! A projection of a transformer: a digital matmul or an analog layer on tiles.
 //!
 //! Analog projections keep static input ranges, one per row block. A model converted from a
-//! plain checkpoint has none yet: the first batch it sees sets them to the abs-max of its inputs
-//! per row block (calibration), after which they stay fixed like a real chip's DAC ranges.
+//! plain checkpoint has none yet: the first batch it sees sets them (calibration), after which
+//! they stay fixed like a real chip's DAC ranges. Calibration takes the abs-max of each row
+//! block's inputs, or kappa times their std as the AFM recipe initializes its learned ranges: an
+//! LLM's few outlier inputs make the abs-max range so wide that the DAC leaves the typical input
+//! a few levels and the ADC, whose bound grows with the range, a few steps.
 
 use crate::error::Result;
 use crate::tile::{AnalogLayer, TilePreset};
 use candle_core::{DType, Tensor};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::RwLock;
 
 /// One analog projection.
@@ -20,6 +23,9 @@ pub struct AnalogProjection {
     /// Optional bias, added digitally.
     pub bias: Option<Tensor>,
     calls: AtomicU64,
+    /// Calibration rule as f32 bits: kappa > 0 sets a range to kappa * std of the block's
+    /// inputs, 0 to their abs-max.
+    calib_kappa: AtomicU32,
 }
 
 /// A projection y = x W^T (+ b).
@@ -103,6 +109,14 @@ impl Projection {
         }
     }
 
+    /// Sets how an analog projection calibrates its empty ranges: kappa > 0 gives kappa * std
+    /// of each row block's inputs, 0 their abs-max (the default).
+    pub fn set_calib_kappa(&self, kappa: f32) {
+        if let Projection::Analog(a) = self {
+            a.calib_kappa.store(kappa.to_bits(), Ordering::Relaxed);
+        }
+    }
+
     /// Output features.
     pub fn out_features(&self) -> usize {
         match self {
@@ -129,6 +143,7 @@ impl Projection {
                     ranges: RwLock::new(Vec::new()),
                     bias: bias.clone(),
                     calls: AtomicU64::new(0),
+                    calib_kappa: AtomicU32::new(0),
                 })))
             }
             Projection::Analog(_) | Projection::Train(_) => Err(crate::Error::Value(format!(
@@ -157,7 +172,15 @@ impl Projection {
                 let x32 = x.to_dtype(DType::F32)?;
                 if a.ranges.read().map(|r| r.is_empty()).unwrap_or(true) {
                     let blocks = a.layer.blocks.iter().map(|b| (b.start, b.len));
-                    let ranges = block_abs_max(&x32, blocks)?;
+                    let kappa = f32::from_bits(a.calib_kappa.load(Ordering::Relaxed));
+                    let ranges = if kappa > 0.0 {
+                        block_std(&x32, blocks)?
+                            .into_iter()
+                            .map(|s| (s * kappa).max(1e-6))
+                            .collect()
+                    } else {
+                        block_abs_max(&x32, blocks)?
+                    };
                     if let Ok(mut w) = a.ranges.write() {
                         if w.is_empty() {
                             *w = ranges;
@@ -223,6 +246,28 @@ pub fn block_abs_max(x: &Tensor, blocks: impl Iterator<Item = (usize, usize)>) -
                 .flat_map(|r| &r[start..start + len])
                 .fold(0f32, |m, v| m.max(v.abs()))
                 .max(1e-6)
+        })
+        .collect())
+}
+
+/// The sample std (n - 1) of x (..., in) over each block (start, len) of its inputs, all rows
+/// together, as the training layer's range initialization takes it (0 for fewer than 2 values).
+pub fn block_std(x: &Tensor, blocks: impl Iterator<Item = (usize, usize)>) -> Result<Vec<f32>> {
+    let n_in = *x.dims().last().unwrap_or(&0);
+    let flat = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(blocks
+        .map(|(start, len)| {
+            let vals = || {
+                flat.chunks(n_in.max(1))
+                    .flat_map(move |r| &r[start..start + len])
+            };
+            let n = vals().count();
+            if n < 2 {
+                return 0.0;
+            }
+            let mean = vals().map(|&v| v as f64).sum::<f64>() / n as f64;
+            let var = vals().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0);
+            var.sqrt() as f32
         })
         .collect())
 }

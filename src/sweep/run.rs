@@ -112,6 +112,7 @@ fn plan(cx: &Context, preset: TilePreset, point: &Point, seeds: Vec<u64>) -> Pla
         },
         digital_lm_head: false,
         calibration: cx.calibration.clone(),
+        calib_kappa: cx.sweep.calib_kappa,
         learned_ranges: None,
     }
 }

@@ -38,6 +38,10 @@ pub struct SweepFile {
     /// sweep file's folder (None: the first batch of each task).
     #[serde(default)]
     pub calib_text: Option<PathBuf>,
+    /// Calibrate each range to kappa * std of its block's inputs instead of their abs-max
+    /// (None: abs-max), as `afm eval --calib-kappa`.
+    #[serde(default)]
+    pub calib_kappa: Option<f64>,
     /// Prompt tokens of the chip simulation [512].
     #[serde(default = "default_prompt_len")]
     pub prompt_len: usize,
@@ -110,6 +114,9 @@ impl SweepFile {
         }
         if s.seeds == 0 {
             return Err(bad("seeds", "must be >= 1"));
+        }
+        if s.calib_kappa.is_some_and(|k| !(k.is_finite() && k > 0.0)) {
+            return Err(bad("calib_kappa", "must be a finite number > 0"));
         }
         if s.grid.is_empty() && s.points.is_empty() {
             return Err(bad("grid", "give a [grid] or [[points]] to sweep over"));

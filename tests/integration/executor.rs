@@ -499,3 +499,45 @@ fn smoothing_keeps_the_function_and_flattens_inputs() {
         }
     }
 }
+
+#[test]
+fn kappa_calibration_sets_ranges_to_kappa_times_the_block_std() {
+    use afm::executor::linear::Projection;
+    let preset = TilePreset::load(&repo("tiles/afm-paper.toml")).unwrap();
+    // 600 inputs on 512-row tiles: two blocks of 300.
+    let (out, inp, tokens) = (8, 600, 5);
+    let w = Tensor::from_vec(normals(31, out * inp, 0.1), (out, inp), &Device::Cpu).unwrap();
+    let mut xv = normals(32, tokens * inp, 1.0);
+    // One outlier input in the first block: its abs-max range is 40, its std barely moves.
+    xv[7] = 40.0;
+    let x = Tensor::from_vec(xv.clone(), (tokens, inp), &Device::Cpu).unwrap();
+    let ranges = |kappa: Option<f32>| {
+        let p = Projection::digital(w.clone(), None)
+            .to_analog(&preset, 0, "p")
+            .unwrap();
+        if let Some(k) = kappa {
+            p.set_calib_kappa(k);
+        }
+        p.forward(&x).unwrap();
+        match &p {
+            Projection::Analog(a) => a.ranges.read().unwrap().clone(),
+            _ => unreachable!(),
+        }
+    };
+    let by_hand = |start: usize| {
+        let v: Vec<f64> = (0..tokens)
+            .flat_map(|t| xv[t * inp + start..t * inp + start + 300].to_vec())
+            .map(f64::from)
+            .collect();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64;
+        var.sqrt() as f32
+    };
+    let want: Vec<f32> = [0, 300].iter().map(|&s| 3.0 * by_hand(s)).collect();
+    assert_close("kappa 3 ranges", &ranges(Some(3.0)), &want, 0.0, 1e-5);
+    assert_eq!(ranges(None)[0], 40.0, "abs-max stays the default");
+    assert!(
+        want[0] < 10.0,
+        "the outlier is clipped at kappa 3: {want:?}"
+    );
+}

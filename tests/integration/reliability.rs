@@ -227,3 +227,26 @@ fn a_full_disk_and_a_denied_folder_are_named_errors_and_leave_no_temporary_file(
     assert!(!out.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_calibration_kappa_that_is_not_positive_is_refused_by_eval_and_sweep() {
+    for k in ["0", "-2", "nan"] {
+        let flag = format!("--calib-kappa={k}");
+        let (ok, e) = afm(&[
+            "eval",
+            "--model",
+            "no-such-model",
+            "--tasks",
+            "wikitext2",
+            &flag,
+        ]);
+        assert!(
+            !ok && e.contains("--calib-kappa") && e.contains("> 0"),
+            "{e}"
+        );
+    }
+    let text = "name = \"s\"\nbase = \"ideal\"\nmodel = \"m\"\ntasks = [\"wikitext2\"]\n\
+                calib_kappa = 0.0\n[grid]\n\"adc.bits\" = [8]\n";
+    let e = afm::sweep::spec::SweepFile::parse(text, std::path::Path::new("k.toml")).unwrap_err();
+    assert!(e.to_string().contains("calib_kappa"), "{e}");
+}
