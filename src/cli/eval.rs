@@ -307,6 +307,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             "calibration": a.calib_text.as_ref().map(|p| serde_json::json!({
                 "file": p, "tokens": plan.calibration.as_ref().map(Vec::len),
             })),
+            "calib_kappa": a.calib_kappa,
         },
         "versions": {
             "afm": env!("CARGO_PKG_VERSION"), "git_commit": git_commit(),
