@@ -247,7 +247,6 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         Some(p) => Some(super::model_args::calibration_ids(&tok, p, a.calib_tokens)?),
         None => None,
     };
-
     let plan = Plan {
         model: a.model.clone(),
         dtype: format!("{:?}", a.dtype).to_lowercase(),

@@ -45,8 +45,8 @@ pub struct Plan {
     pub options: HarnessOptions,
     /// lm_head stays digital on the chip.
     pub digital_lm_head: bool,
-    /// Token ids whose abs-max sets each analog layer's static input ranges once per chip;
-    /// None: the first batch of each task sets them.
+    /// Token ids whose forward sets each analog layer's static input ranges once per chip (by
+    /// `calib_kappa`'s rule); None: the first batch of each task sets them.
     pub calibration: Option<Vec<u32>>,
     /// Calibration rule: Some(kappa) sets each range to kappa * std of its block's inputs, None
     /// to their abs-max.

@@ -235,39 +235,48 @@ fn matmul(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> 
     })
 }
 
-/// The abs-max of x (..., in) over each block (start, len) of its inputs, at least 1e-6: the
-/// static input ranges that a calibration batch sets.
-pub fn block_abs_max(x: &Tensor, blocks: impl Iterator<Item = (usize, usize)>) -> Result<Vec<f32>> {
+/// `f` of each block (start, len) of the inputs of x (..., in), given that block's slice of
+/// every row.
+fn per_block<T>(
+    x: &Tensor,
+    blocks: impl Iterator<Item = (usize, usize)>,
+    f: impl Fn(&[&[f32]]) -> T,
+) -> Result<Vec<T>> {
     let n_in = *x.dims().last().unwrap_or(&0);
     let flat = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     Ok(blocks
         .map(|(start, len)| {
-            flat.chunks(n_in.max(1))
-                .flat_map(|r| &r[start..start + len])
-                .fold(0f32, |m, v| m.max(v.abs()))
-                .max(1e-6)
+            let rows: Vec<&[f32]> = flat
+                .chunks(n_in.max(1))
+                .map(|r| &r[start..start + len])
+                .collect();
+            f(&rows)
         })
         .collect())
+}
+
+/// The abs-max of x (..., in) over each block (start, len) of its inputs, at least 1e-6: the
+/// static input ranges that a calibration batch sets.
+pub fn block_abs_max(x: &Tensor, blocks: impl Iterator<Item = (usize, usize)>) -> Result<Vec<f32>> {
+    per_block(x, blocks, |rows| {
+        rows.iter()
+            .flat_map(|r| r.iter())
+            .fold(0f32, |m, v| m.max(v.abs()))
+            .max(1e-6)
+    })
 }
 
 /// The sample std (n - 1) of x (..., in) over each block (start, len) of its inputs, all rows
 /// together, as the training layer's range initialization takes it (0 for fewer than 2 values).
 pub fn block_std(x: &Tensor, blocks: impl Iterator<Item = (usize, usize)>) -> Result<Vec<f32>> {
-    let n_in = *x.dims().last().unwrap_or(&0);
-    let flat = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    Ok(blocks
-        .map(|(start, len)| {
-            let vals = || {
-                flat.chunks(n_in.max(1))
-                    .flat_map(move |r| &r[start..start + len])
-            };
-            let n = vals().count();
-            if n < 2 {
-                return 0.0;
-            }
-            let mean = vals().map(|&v| v as f64).sum::<f64>() / n as f64;
-            let var = vals().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0);
-            var.sqrt() as f32
-        })
-        .collect())
+    per_block(x, blocks, |rows| {
+        let vals = || rows.iter().flat_map(|r| r.iter()).map(|&v| f64::from(v));
+        let n = rows.iter().map(|r| r.len()).sum::<usize>();
+        if n < 2 {
+            return 0.0;
+        }
+        let mean = vals().sum::<f64>() / n as f64;
+        let var = vals().map(|v| (v - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0);
+        var.sqrt() as f32
+    })
 }
