@@ -59,6 +59,12 @@ pub struct AnalogTrainConfig {
     pub smooth_alpha: f64,
     /// Training batches whose inputs give the smoothing statistics [8].
     pub smooth_batches: usize,
+    /// Gradient through the ADC bound lambda * w_max[c] * range [false: lightning detaches the
+    /// bound]. On, the bound gets the straight-through step-size gradient of LSQ (Esser et al.,
+    /// ICLR 2020): (q - y) / bound inside, the sign of y where clamped; it reaches the range and
+    /// the channel's largest |w|, so training can trade input clipping and large weights
+    /// against ADC resolution per row block (the limit our SmolLM2 runs measured).
+    pub adc_bound_grad: bool,
 }
 
 impl Default for AnalogTrainConfig {
@@ -80,6 +86,7 @@ impl Default for AnalogTrainConfig {
             weight_bits: 0,
             smooth_alpha: 0.0,
             smooth_batches: 8,
+            adc_bound_grad: false,
         }
     }
 }
@@ -435,6 +442,7 @@ impl AnalogTrainLinear {
             layer: name_hash(&self.name),
             call,
             compute: self.compute,
+            bound_grad: self.cfg.adc_bound_grad,
         };
         Ok((spec, self.weight_used()?))
     }
@@ -500,17 +508,26 @@ impl AnalogTrainLinear {
             }
             if self.cfg.out_bound > 0.0 && active {
                 // lightning's op order: (lambda * w_max) * range, without gradient (its
-                // `no_grad` block): neither W nor the range learn through the ADC bound.
-                let bdt = (wmax.t()? * self.cfg.out_bound)?
-                    .broadcast_mul(&bd)?
-                    .detach();
+                // `no_grad` block): neither W nor the range learn through the ADC bound, unless
+                // `adc_bound_grad` asks for it.
+                let bdt = (wmax.t()? * self.cfg.out_bound)?.broadcast_mul(&beta)?;
+                let bdt = if self.cfg.adc_bound_grad {
+                    bdt
+                } else {
+                    bdt.detach()
+                };
+                let bdd = bdt.detach();
                 let mut q = ys.detach();
                 if self.cfg.adc_bits > 0 {
-                    let res = ((&bdt * 2.0)? / AnalogTrainConfig::states(self.cfg.adc_bits))?;
+                    let res = ((&bdd * 2.0)? / AnalogTrainConfig::states(self.cfg.adc_bits))?;
                     q = q.broadcast_div(&res)?.round()?.broadcast_mul(&res)?;
                 }
-                let v = q.broadcast_minimum(&bdt)?.broadcast_maximum(&bdt.neg()?)?;
-                ys = ys.apply_op3(&bdt, &v.contiguous()?, AdcStage { q })?;
+                let v = q.broadcast_minimum(&bdd)?.broadcast_maximum(&bdd.neg()?)?;
+                let stage = AdcStage {
+                    q,
+                    bound_grad: self.cfg.adc_bound_grad,
+                };
+                ys = ys.apply_op3(&bdt, &v.contiguous()?, stage)?;
             }
             y = Some(match y {
                 Some(acc) => (acc + ys)?,

@@ -5,7 +5,8 @@
 //! and only supplies the backward: the input stage clips and quantizes with a straight-through
 //! estimator and gives the input range the AFM gradient (pull the range out where clipped inputs
 //! want to grow, shrink it by `decay` while enough inputs sit inside); the ADC stage passes the
-//! gradient through its rounding and gives the output bound the clamp's own gradient.
+//! gradient through its rounding and, when asked, gives the output bound LSQ's step-size
+//! gradient (none in lightning).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -120,6 +121,25 @@ impl CustomOp3 for InputStage {
 pub struct AdcStage {
     /// The quantized outputs, exactly as they reach the clamp (its masks are taken on them).
     pub q: Tensor,
+    /// Whether the bound gets a gradient (see [`bound_grad_factor`]); lightning's: none.
+    pub bound_grad: bool,
+}
+
+/// d(ADC output)/d(bound) per element, straight through the rounding (LSQ's step-size
+/// gradient, the step being proportional to the bound): (q - y) / bound where the quantized
+/// output q lies inside ±bound, +1 above it, -1 below it, 0 where the bound is 0 (no ADC).
+/// `y`, `q` (.., out) and `bound` (broadcastable) in f32.
+pub fn bound_grad_factor(y: &Tensor, q: &Tensor, bound: &Tensor) -> Result<Tensor> {
+    let above = q.broadcast_gt(bound)?;
+    let below = q.broadcast_lt(&bound.neg()?)?;
+    let off = bound.eq(0f64)?.broadcast_as(y.shape())?;
+    let ones = y.ones_like()?;
+    let zeros = y.zeros_like()?;
+    // A bound of 0 would divide by zero: those elements take 0 below, whatever this gives.
+    let safe = off.where_cond(&ones, &bound.broadcast_as(y.shape())?)?;
+    let inside = (q - y)?.div(&safe)?;
+    let d = above.where_cond(&ones, &below.where_cond(&ones.neg()?, &inside)?)?;
+    off.where_cond(&zeros, &d)
 }
 
 impl CustomOp3 for AdcStage {
@@ -154,17 +174,24 @@ impl CustomOp3 for AdcStage {
 
     fn bwd(
         &self,
-        _y: &Tensor,
+        y: &Tensor,
         bound: &Tensor,
         _value: &Tensor,
         _res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // torch.clamp(q, -bound, bound): q gets the gradient where -bound <= q <= bound. The
-        // bound is a constant (lightning computes it under `no_grad`), so it gets none.
+        // bound is a constant (lightning computes it under `no_grad`), so it gets none unless
+        // `bound_grad` asks for it.
         let above = self.q.broadcast_gt(bound)?.to_dtype(g.dtype())?;
         let below = self.q.broadcast_lt(&bound.neg()?)?.to_dtype(g.dtype())?;
         let gy = (g * (1.0 - (&above + &below)?)?)?;
-        Ok((Some(gy), None, None))
+        let gb = if self.bound_grad {
+            let d = bound_grad_factor(y, &self.q, bound)?;
+            Some((g * d)?.sum_keepdim(0)?)
+        } else {
+            None
+        };
+        Ok((Some(gy), gb, None))
     }
 }

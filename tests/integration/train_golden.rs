@@ -162,6 +162,7 @@ pub fn ragged_cases() -> Vec<(String, [Tensor; 4], AnalogTrainConfig)> {
         (33, 700, 96, 256),
         (64, 1100, 300, 512),
         (5, 1030, 17, 512),
+        (40, 600, 70, 256),
     ];
     cases
         .iter()
@@ -184,6 +185,18 @@ pub fn ragged_cases() -> Vec<(String, [Tensor; 4], AnalogTrainConfig)> {
                 range_init_batches: 2,
                 tile_rows: rows,
                 ..AnalogTrainConfig::default()
+            };
+            // The last case also learns through the ADC bound, with ranges and a bound tight
+            // enough that inputs and outputs clip.
+            let cfg = if i == cases.len() - 1 {
+                AnalogTrainConfig {
+                    adc_bound_grad: true,
+                    range_init_kappa: 2.0,
+                    out_bound: 3.0,
+                    ..cfg
+                }
+            } else {
+                cfg
             };
             (
                 format!("case {i} ({tokens}x{n_in}->{n_out}, rows {rows})"),
@@ -215,6 +228,21 @@ fn fused_layer_matches_the_reference_on_ragged_shapes_with_noise() {
         let fused = run_case(&Run::fused(&cpu), &t, &cfg);
         let plain = run_case(&reference, &t, &cfg);
         assert_mostly_close(&label, &fused, &plain, (1e-5, 0.005, 0.02));
+        if cfg.adc_bound_grad {
+            // The case exercises the bound's gradient: without it the ranges' gradients differ.
+            let off = AnalogTrainConfig {
+                adc_bound_grad: false,
+                ..cfg.clone()
+            };
+            let without = run_case(&Run::fused(&cpu), &t, &off);
+            let gap = fused[4].1.iter().zip(&without[4].1);
+            assert!(
+                gap.map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) > 1e-2,
+                "{label}: {:?} vs {:?}",
+                fused[4].1,
+                without[4].1
+            );
+        }
         // Without noise and rounding the two agree everywhere to float tolerance.
         let exact = AnalogTrainConfig {
             dac_bits: 0,
@@ -225,6 +253,48 @@ fn fused_layer_matches_the_reference_on_ragged_shapes_with_noise() {
         let fused = run_case(&Run::fused(&cpu), &t, &exact);
         let plain = run_case(&reference, &t, &exact);
         assert_mostly_close(&label, &fused, &plain, (1e-5, 0.0, 1e-5));
+    }
+}
+
+/// y = x W^T with one block, W = [[1, 0.5]], range 1 and an ADC bound of 0.5 * 1 * 1, no
+/// rounding or noise; the loss is sum(y). Token 1 ([1, 1], y = 1.5) is clamped at the bound,
+/// token 2 ([0.2, 0], y = 0.2) is not. Through the bound, the clamped token's gradient 1 reaches
+/// the range as lambda * w_max = 0.5 and the largest weight as lambda * range = 0.5; without
+/// it only token 2 reaches W (0.2 on w[0, 0]) and nothing the range.
+#[test]
+fn adc_bound_gradient_reaches_the_range_and_the_largest_weight_by_hand() {
+    let cpu = Device::Cpu;
+    let w = Tensor::new(&[[1f32, 0.5]], &cpu).unwrap();
+    let x = Tensor::new(&[[1f32, 1.0], [0.2, 0.0]], &cpu).unwrap();
+    let g = Tensor::ones((2, 1), DType::F32, &cpu).unwrap();
+    let ranges = Tensor::new(&[1f32], &cpu).unwrap();
+    for (bound_grad, d_range, d_w) in [(true, 0.5, [0.7, 0.0]), (false, 0.0, [0.2, 0.0])] {
+        let cfg = AnalogTrainConfig {
+            dac_bits: 0,
+            adc_bits: 0,
+            out_bound: 0.5,
+            weight_noise: 0.0,
+            range_init_batches: 0,
+            adc_bound_grad: bound_grad,
+            ..AnalogTrainConfig::default()
+        };
+        for reference in [false, true] {
+            let run = Run {
+                reference,
+                ..Run::fused(&cpu)
+            };
+            let got = run_layer(&run, &w, None, &x, &g, Some(&ranges), &cfg);
+            let label = format!("bound grad {bound_grad}, reference {reference}");
+            assert_close(&format!("{label} y"), &got[0].1, &[0.5, 0.2], 1e-6, 0.0);
+            assert_close(&format!("{label} dW"), &got[3].1, &d_w, 1e-6, 0.0);
+            assert_close(
+                &format!("{label} d range"),
+                &got[4].1,
+                &[d_range],
+                1e-6,
+                0.0,
+            );
+        }
     }
 }
 

@@ -348,6 +348,9 @@ pub struct LayerSpec {
     pub call: u64,
     /// Compute dtype of the stages and products.
     pub compute: DType,
+    /// Whether the ADC bound passes a gradient to the ranges and the channels' max |w| (see
+    /// `AnalogTrainConfig::adc_bound_grad`).
+    pub bound_grad: bool,
 }
 
 /// What the layer's forward keeps for its backward.
@@ -355,8 +358,10 @@ pub struct LayerSpec {
 struct Saved {
     spec: LayerSpec,
     x: Tensor,
+    w: Tensor,
     ranges: Tensor,
     xb: Tensor,
+    wmax: Tensor,
     wb: Tensor,
     yb: Tensor,
     bound: Tensor,
@@ -405,7 +410,7 @@ impl LayerPass {
         )?;
         let yb = xb.matmul(&wb.transpose(1, 2)?)?;
         let bound = if spec.out_bound > 0.0 && spec.used {
-            (wmax * spec.out_bound)?.broadcast_mul(&rd.reshape((spec.blocks.nb, 1))?)?
+            (&wmax * spec.out_bound)?.broadcast_mul(&rd.reshape((spec.blocks.nb, 1))?)?
         } else {
             Tensor::zeros((spec.blocks.nb, wc.dims()[0]), DType::F32, x.device())?
         };
@@ -418,8 +423,10 @@ impl LayerPass {
         Ok(LayerPass(Saved {
             spec: spec.clone(),
             x: xc,
+            w: wc,
             ranges: rd,
             xb,
+            wmax,
             wb,
             yb,
             bound,
@@ -461,7 +468,47 @@ impl LayerPass {
             }),
         )?;
         let gw = gwb.apply_op1_no_bwd(&self.op(Stage::Unblock))?;
+        if spec.bound_grad && spec.out_bound > 0.0 && spec.used {
+            let (gw_b, gr_b) = self.bound_grads(&g)?;
+            return Ok((gx, (gw + gw_b)?, (gr + gr_b)?));
+        }
         Ok((gx, gw, gr))
+    }
+
+    /// The gradients of W and the ranges through the ADC bound lambda * w_max[s, c] *
+    /// range[s] (plain tensor ops on either device; f32): the bound's gradient per (block,
+    /// channel) goes to the range of the block and to the channel's largest |w| in the block
+    /// (to every tied maximum, as autograd's max does it).
+    fn bound_grads(&self, g: &Tensor) -> Result<(Tensor, Tensor)> {
+        let sv = &self.0;
+        let (spec, gb) = (&sv.spec, &sv.spec.blocks);
+        let y = sv.yb.to_dtype(DType::F32)?;
+        let bound = sv.bound.to_dtype(DType::F32)?.unsqueeze(1)?;
+        let q = match spec.adc {
+            Some(inv) => {
+                let res = ((&bound * 2.0)? * inv as f64)?;
+                y.broadcast_div(&res)?.round()?.broadcast_mul(&res)?
+            }
+            None => y.clone(),
+        };
+        let d = crate::train::ops::bound_grad_factor(&y, &q, &bound)?;
+        let g = g.to_dtype(DType::F32)?.unsqueeze(0)?;
+        let g_bound = d.broadcast_mul(&g)?.sum(1)?;
+        let lambda = spec.out_bound;
+        let wmax = sv.wmax.to_dtype(DType::F32)?;
+        let gr = ((&g_bound * &wmax)? * lambda)?.sum(1)?;
+        let per_wmax = (g_bound.broadcast_mul(&sv.ranges.reshape((gb.nb, 1))?)? * lambda)?;
+        let mut parts = Vec::with_capacity(gb.nb);
+        for s in 0..gb.nb {
+            let ws = sv.w.narrow(1, gb.start(s), gb.len(s))?;
+            let m = sv.wmax.narrow(0, s, 1)?.t()?;
+            let at_max = ws.abs()?.broadcast_eq(&m)?.to_dtype(DType::F32)?;
+            let sign = ws.ge(0f64)?.to_dtype(DType::F32)?.affine(2.0, -1.0)?;
+            let coef = per_wmax.narrow(0, s, 1)?.t()?;
+            parts.push((at_max * sign)?.broadcast_mul(&coef)?);
+        }
+        let gw = Tensor::cat(&parts, 1)?.to_dtype(spec.compute)?;
+        Ok((gw, gr))
     }
 
     fn op(&self, stage: Stage) -> FusedOp {
