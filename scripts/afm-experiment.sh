@@ -6,18 +6,21 @@
 # Usage: scripts/afm-experiment.sh AFM_BINARY WORK_DIR TOKENS STEPS [PARALLEL_JOBS]
 #   SKIP_DATAGEN=1  train on the shards already complete in WORK_DIR/data (a datagen stopped by a
 #                   time limit) instead of resuming datagen up to TOKENS;
-#   STOP_AFTER=datagen|train  end after that stage.
+#   STOP_AFTER=datagen|train  end after that stage;
+#   CONFIG=FILE     the training configuration (default scripts/smollm2-afm-train.toml, run 4's);
+#   DATAGEN_BATCH=N rows generated at once (default 1024).
 set -euo pipefail
 afm=$1 work=$2 tokens=$3 steps=$4 jobs=${5:-14}
 seq=512
+config=${CONFIG:-scripts/smollm2-afm-train.toml}
 if [ -z "${SKIP_DATAGEN:-}" ]; then
-  $afm datagen --model smollm2-135m-instruct --tokens "$tokens" --seq-len $seq --batch 1024 \
-    --rows-per-shard 1024 --out "$work/data" --device cuda
+  $afm datagen --model smollm2-135m-instruct --tokens "$tokens" --seq-len $seq \
+    --batch "${DATAGEN_BATCH:-1024}" --rows-per-shard 1024 --out "$work/data" --device cuda
 fi
 [ "${STOP_AFTER:-}" = datagen ] && exit 0
 resume=""; [ -f "$work/train/latest.json" ] && resume="--resume"
 [ -d "$work/train/final" ] || $afm train --teacher smollm2-135m-instruct --data "$work/data" \
-  --out "$work/train" --tiles afm-paper --config scripts/smollm2-afm-train.toml \
+  --out "$work/train" --tiles afm-paper --config "$config" \
   --steps "$steps" --device cuda $resume
 [ "${STOP_AFTER:-}" = train ] && exit 0
 common="--model $work/train/final --limit 100 --text-tokens 4096 --out $work/eval --no-baseline"
