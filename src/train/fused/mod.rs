@@ -500,8 +500,10 @@ impl LayerPass {
         let per_wmax = (g_bound.broadcast_mul(&sv.ranges.reshape((gb.nb, 1))?)? * lambda)?;
         let mut parts = Vec::with_capacity(gb.nb);
         for s in 0..gb.nb {
-            let ws = sv.w.narrow(1, gb.start(s), gb.len(s))?;
-            let m = sv.wmax.narrow(0, s, 1)?.t()?;
+            // In f32: the weights may be bf16/f16 while their maxima are f32 (exactly the
+            // same values, so the comparison finds them).
+            let ws = sv.w.narrow(1, gb.start(s), gb.len(s))?.to_dtype(DType::F32)?;
+            let m = wmax.narrow(0, s, 1)?.t()?;
             let at_max = ws.abs()?.broadcast_eq(&m)?.to_dtype(DType::F32)?;
             let sign = ws.ge(0f64)?.to_dtype(DType::F32)?.affine(2.0, -1.0)?;
             let coef = per_wmax.narrow(0, s, 1)?.t()?;
