@@ -502,7 +502,9 @@ impl LayerPass {
         for s in 0..gb.nb {
             // In f32: the weights may be bf16/f16 while their maxima are f32 (exactly the
             // same values, so the comparison finds them).
-            let ws = sv.w.narrow(1, gb.start(s), gb.len(s))?.to_dtype(DType::F32)?;
+            let ws =
+                sv.w.narrow(1, gb.start(s), gb.len(s))?
+                    .to_dtype(DType::F32)?;
             let m = wmax.narrow(0, s, 1)?.t()?;
             let at_max = ws.abs()?.broadcast_eq(&m)?.to_dtype(DType::F32)?;
             let sign = ws.ge(0f64)?.to_dtype(DType::F32)?.affine(2.0, -1.0)?;
