@@ -54,13 +54,19 @@ pub struct EvalArgs {
     #[arg(long)]
     digital_lm_head: bool,
     /// Text whose first --calib-tokens tokens set the static input ranges of each chip
-    /// (abs-max per row block, or --calib-kappa); default: the first batch of each task.
+    /// (abs-max per row block, --calib-kappa or --calib-mse); default: the first batch of each
+    /// task.
     #[arg(long)]
     calib_text: Option<PathBuf>,
     /// Calibrate each static input range to K times the std of its row block's inputs (the AFM
     /// recipe's range initialization, kappa 18) instead of their abs-max.
     #[arg(long, value_name = "K")]
     calib_kappa: Option<f64>,
+    /// Calibrate each static input range to the one, among its row block's abs-max divided by
+    /// 2^(k/2) for k = 0..12, whose digitized output is closest (squared error) to the block's
+    /// exact product on the calibration batch.
+    #[arg(long, conflicts_with = "calib_kappa")]
+    calib_mse: bool,
     /// Tokens of --calib-text used for calibration.
     #[arg(long, default_value_t = 512)]
     calib_tokens: usize,
@@ -265,6 +271,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         digital_lm_head: a.digital_lm_head,
         calibration,
         calib_kappa: a.calib_kappa,
+        calib_mse: a.calib_mse,
         learned_ranges: learned.as_ref().map(|m| m.input_ranges.clone()),
     };
     let (out, temporary) = match &a.out {
@@ -307,6 +314,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
                 "file": p, "tokens": plan.calibration.as_ref().map(Vec::len),
             })),
             "calib_kappa": a.calib_kappa,
+            "calib_mse": a.calib_mse,
         },
         "versions": {
             "afm": env!("CARGO_PKG_VERSION"), "git_commit": git_commit(),

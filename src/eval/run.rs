@@ -11,6 +11,7 @@ use super::harness::{evaluate, headline, units, HarnessOptions, Metrics};
 use super::tasks::Task;
 use crate::error::{Error, Result};
 use crate::executor::decoder::{Decoder, KvCache};
+use crate::executor::linear::Calibration;
 use crate::executor::load::program_chip;
 use crate::tile::TilePreset;
 use candle_core::{Device, Tensor};
@@ -51,6 +52,9 @@ pub struct Plan {
     /// Calibration rule: Some(kappa) sets each range to kappa * std of its block's inputs, None
     /// to their abs-max.
     pub calib_kappa: Option<f64>,
+    /// Calibration rule: each range minimizes its block's squared output error instead
+    /// (`tile::calibrate`; excludes `calib_kappa`).
+    pub calib_mse: bool,
     /// Learned input ranges by projection (an analog model's `analog.json`): they replace
     /// calibration where present.
     pub learned_ranges: Option<std::collections::BTreeMap<String, Vec<f32>>>,
@@ -110,6 +114,9 @@ fn fingerprint(plan: &Plan, row: &Row, task: &Task, seed: Option<u64>) -> String
     // Hashed only when set, so abs-max cells keep their identity.
     if let Some(k) = plan.calib_kappa {
         put(&format!("calib kappa {k}"));
+    }
+    if plan.calib_mse {
+        put("calib mse");
     }
     // Hashed only when present, so cells of runs without learned ranges keep their identity.
     if let Some(r) = &plan.learned_ranges {
@@ -208,7 +215,11 @@ pub fn run(
                 if chip.as_ref().map(|c| c.0) != Some((ri, Some(s))) {
                     drop(chip.take());
                     let mut dec = program_chip(model, preset, s, plan.digital_lm_head)?;
-                    dec.set_calib_kappa(plan.calib_kappa.unwrap_or(0.0) as f32);
+                    dec.set_calibration(match (plan.calib_mse, plan.calib_kappa) {
+                        (true, _) => Calibration::Mse,
+                        (false, Some(k)) => Calibration::Kappa(k as f32),
+                        (false, None) => Calibration::AbsMax,
+                    });
                     if let Some(ids) = &plan.calibration {
                         calibrate(&dec, ids)?;
                     }

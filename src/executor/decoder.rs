@@ -244,10 +244,9 @@ impl Decoder {
     }
 
     /// Sets the calibration rule of every analog projection (see
-    /// [`Projection::set_calib_kappa`]): kappa > 0 calibrates empty ranges to kappa * std, 0 to
-    /// the abs-max.
-    pub fn set_calib_kappa(&self, kappa: f32) {
-        self.for_each_projection(|p| p.set_calib_kappa(kappa));
+    /// [`Projection::set_calibration`]).
+    pub fn set_calibration(&self, rule: super::linear::Calibration) {
+        self.for_each_projection(|p| p.set_calibration(rule));
     }
 
     /// Calls `f` on every projection, blocks in order, then lm_head.

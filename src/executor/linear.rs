@@ -3,14 +3,15 @@
 //! Analog projections keep static input ranges, one per row block. A model converted from a
 //! plain checkpoint has none yet: the first batch it sees sets them (calibration), after which
 //! they stay fixed like a real chip's DAC ranges. Calibration takes the abs-max of each row
-//! block's inputs, or kappa times their std as the AFM recipe initializes its learned ranges: an
-//! LLM's few outlier inputs make the abs-max range so wide that the DAC leaves the typical input
-//! a few levels and the ADC, whose bound grows with the range, a few steps.
+//! block's inputs, kappa times their std as the AFM recipe initializes its learned ranges, or
+//! the range with the least output error: an LLM's few outlier inputs make the abs-max range so
+//! wide that the DAC leaves the typical input a few levels and the ADC, whose bound grows with
+//! the range, a few steps.
 
 use crate::error::Result;
 use crate::tile::{AnalogLayer, TilePreset};
 use candle_core::{DType, Tensor};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 /// One analog projection.
@@ -23,9 +24,21 @@ pub struct AnalogProjection {
     /// Optional bias, added digitally.
     pub bias: Option<Tensor>,
     calls: AtomicU64,
-    /// Calibration rule as f32 bits: kappa > 0 sets a range to kappa * std of the block's
-    /// inputs, 0 to their abs-max.
-    calib_kappa: AtomicU32,
+    /// How the first batch sets empty ranges.
+    calib: RwLock<Calibration>,
+}
+
+/// How an analog projection calibrates its empty input ranges from the first batch it sees.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Calibration {
+    /// The abs-max of each row block's inputs.
+    #[default]
+    AbsMax,
+    /// kappa times their std, as the AFM recipe initializes its learned ranges.
+    Kappa(f32),
+    /// The range with the least squared error of the block's digitized output against its
+    /// exact product (`tile::calibrate`).
+    Mse,
 }
 
 /// A projection y = x W^T (+ b).
@@ -109,11 +122,12 @@ impl Projection {
         }
     }
 
-    /// Sets how an analog projection calibrates its empty ranges: kappa > 0 gives kappa * std
-    /// of each row block's inputs, 0 their abs-max (the default).
-    pub fn set_calib_kappa(&self, kappa: f32) {
+    /// Sets how an analog projection calibrates its empty ranges (default: abs-max).
+    pub fn set_calibration(&self, rule: Calibration) {
         if let Projection::Analog(a) = self {
-            a.calib_kappa.store(kappa.to_bits(), Ordering::Relaxed);
+            if let Ok(mut c) = a.calib.write() {
+                *c = rule;
+            }
         }
     }
 
@@ -143,7 +157,7 @@ impl Projection {
                     ranges: RwLock::new(Vec::new()),
                     bias: bias.clone(),
                     calls: AtomicU64::new(0),
-                    calib_kappa: AtomicU32::new(0),
+                    calib: RwLock::new(Calibration::AbsMax),
                 })))
             }
             Projection::Analog(_) | Projection::Train(_) => Err(crate::Error::Value(format!(
@@ -172,14 +186,19 @@ impl Projection {
                 let x32 = x.to_dtype(DType::F32)?;
                 if a.ranges.read().map(|r| r.is_empty()).unwrap_or(true) {
                     let blocks = a.layer.blocks.iter().map(|b| (b.start, b.len));
-                    let kappa = f32::from_bits(a.calib_kappa.load(Ordering::Relaxed));
-                    let ranges = if kappa > 0.0 {
-                        block_std(&x32, blocks)?
+                    let rule = a.calib.read().map(|c| *c).unwrap_or_default();
+                    let ranges = match rule {
+                        Calibration::AbsMax => block_abs_max(&x32, blocks)?,
+                        Calibration::Kappa(kappa) => block_std(&x32, blocks)?
                             .into_iter()
                             .map(|s| (s * kappa).max(1e-6))
-                            .collect()
-                    } else {
-                        block_abs_max(&x32, blocks)?
+                            .collect(),
+                        Calibration::Mse => {
+                            let n_in = a.layer.in_features();
+                            let flat = x32.flatten_all()?.to_vec1::<f32>()?;
+                            let tokens = flat.len() / n_in.max(1);
+                            crate::tile::calibrate::mse_ranges(&a.layer, &flat, tokens)
+                        }
                     };
                     if let Ok(mut w) = a.ranges.write() {
                         if w.is_empty() {

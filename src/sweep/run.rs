@@ -113,6 +113,7 @@ fn plan(cx: &Context, preset: TilePreset, point: &Point, seeds: Vec<u64>) -> Pla
         digital_lm_head: false,
         calibration: cx.calibration.clone(),
         calib_kappa: cx.sweep.calib_kappa,
+        calib_mse: cx.sweep.calib_mse,
         learned_ranges: None,
     }
 }

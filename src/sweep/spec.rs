@@ -42,6 +42,10 @@ pub struct SweepFile {
     /// (None: abs-max), as `afm eval --calib-kappa`.
     #[serde(default)]
     pub calib_kappa: Option<f64>,
+    /// Calibrate each range for the least squared output error of its block instead, as
+    /// `afm eval --calib-mse` [false].
+    #[serde(default)]
+    pub calib_mse: bool,
     /// Prompt tokens of the chip simulation [512].
     #[serde(default = "default_prompt_len")]
     pub prompt_len: usize,
@@ -117,6 +121,12 @@ impl SweepFile {
         }
         if s.calib_kappa.is_some_and(|k| !(k.is_finite() && k > 0.0)) {
             return Err(bad("calib_kappa", "must be a finite number > 0"));
+        }
+        if s.calib_mse && s.calib_kappa.is_some() {
+            return Err(bad(
+                "calib_mse",
+                "choose one rule: calib_kappa or calib_mse",
+            ));
         }
         if s.grid.is_empty() && s.points.is_empty() {
             return Err(bad("grid", "give a [grid] or [[points]] to sweep over"));

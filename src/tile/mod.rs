@@ -5,6 +5,7 @@
 //! products in the analog domain, and an ADC with a fixed per-column bound digitizes them; the
 //! partial results of a layer's row blocks are summed digitally.
 
+pub mod calibrate;
 pub mod cost;
 pub mod mapping;
 pub mod mvm;

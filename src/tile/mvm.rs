@@ -54,7 +54,7 @@ pub fn quantize(v: f32, bound: f32, bits: u32) -> f32 {
 /// The ADC of one column: quantization first, then clipping, in aihwkit-lightning's order.
 /// Pre-clipping the level to +-(half + 1) changes nothing but keeps the rounding trick exact.
 #[inline(always)]
-fn adc(v: f32, bound: f32, step: f32, half: f32) -> f32 {
+pub(super) fn adc(v: f32, bound: f32, step: f32, half: f32) -> f32 {
     let level = round_even(clip(v / step, -half - 1.0, half + 1.0));
     let q = clip(level * step, -bound, bound);
     if bound > 0.0 {
@@ -66,7 +66,15 @@ fn adc(v: f32, bound: f32, step: f32, half: f32) -> f32 {
 
 /// C (m x n, row-major) = A (m x k, row stride `lda`) * B^T where B is n x k row-major.
 /// Single-threaded: parallelism lives one level up, over token and column chunks.
-fn gemm_abt(m: usize, n: usize, k: usize, a: &[f32], lda: usize, b: &[f32], c: &mut [f32]) {
+pub(super) fn gemm_abt(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    c: &mut [f32],
+) {
     assert!(
         m == 0 || a.len() >= (m - 1) * lda + k,
         "gemm: lhs too short"

@@ -502,7 +502,7 @@ fn smoothing_keeps_the_function_and_flattens_inputs() {
 
 #[test]
 fn kappa_calibration_sets_ranges_to_kappa_times_the_block_std() {
-    use afm::executor::linear::Projection;
+    use afm::executor::linear::{Calibration, Projection};
     let preset = TilePreset::load(&repo("tiles/afm-paper.toml")).unwrap();
     // 600 inputs on 512-row tiles: two blocks of 300.
     let (out, inp, tokens) = (8, 600, 5);
@@ -516,7 +516,7 @@ fn kappa_calibration_sets_ranges_to_kappa_times_the_block_std() {
             .to_analog(&preset, 0, "p")
             .unwrap();
         if let Some(k) = kappa {
-            p.set_calib_kappa(k);
+            p.set_calibration(Calibration::Kappa(k));
         }
         p.forward(&x).unwrap();
         match &p {
@@ -539,5 +539,60 @@ fn kappa_calibration_sets_ranges_to_kappa_times_the_block_std() {
     assert!(
         want[0] < 10.0,
         "the outlier is clipped at kappa 3: {want:?}"
+    );
+}
+
+/// MSE calibration on a layer whose first block has one outlier input: every range is one of
+/// the candidates (abs-max / 2^(k/2)), the outlier block's is narrower than its abs-max, and the
+/// chip's whole output (noise-free tiles) is closer to the digital product than with abs-max
+/// ranges.
+#[test]
+fn mse_calibration_picks_ranges_with_less_output_error() {
+    use afm::executor::linear::{Calibration, Projection};
+    let preset = TilePreset::load(&repo("tiles/ideal.toml")).unwrap();
+    let (out, inp, tokens) = (64, 600, 32);
+    let w = Tensor::from_vec(normals(41, out * inp, 0.1), (out, inp), &Device::Cpu).unwrap();
+    let mut xv = normals(42, tokens * inp, 1.0);
+    xv[7] = 40.0;
+    let x = Tensor::from_vec(xv.clone(), (tokens, inp), &Device::Cpu).unwrap();
+    let exact = x.matmul(&w.t().unwrap()).unwrap();
+    let run = |rule: Calibration| {
+        let p = Projection::digital(w.clone(), None)
+            .to_analog(&preset, 0, "p")
+            .unwrap();
+        p.set_calibration(rule);
+        let y = p.forward(&x).unwrap();
+        let err = (y - &exact)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let ranges = match &p {
+            Projection::Analog(a) => a.ranges.read().unwrap().clone(),
+            _ => unreachable!(),
+        };
+        (ranges, err)
+    };
+    let (abs_max, err_abs_max) = run(Calibration::AbsMax);
+    let (mse, err_mse) = run(Calibration::Mse);
+    for (s, (&m, &a)) in mse.iter().zip(&abs_max).enumerate() {
+        let k = 2.0 * (a / m).log2();
+        assert!(
+            (k - k.round()).abs() < 1e-3 && (0.0..=12.0).contains(&k.round()),
+            "block {s}: range {m} is not abs-max {a} / 2^(k/2)"
+        );
+    }
+    assert_eq!(abs_max[0], 40.0);
+    assert!(
+        mse[0] < 40.0,
+        "the outlier block keeps its abs-max: {mse:?}"
+    );
+    // Measured: 268 against 385 (0.70).
+    assert!(
+        err_mse < 0.8 * err_abs_max,
+        "output error: mse ranges {err_mse}, abs-max ranges {err_abs_max}"
     );
 }

@@ -249,4 +249,22 @@ fn a_calibration_kappa_that_is_not_positive_is_refused_by_eval_and_sweep() {
                 calib_kappa = 0.0\n[grid]\n\"adc.bits\" = [8]\n";
     let e = afm::sweep::spec::SweepFile::parse(text, std::path::Path::new("k.toml")).unwrap_err();
     assert!(e.to_string().contains("calib_kappa"), "{e}");
+    // Two calibration rules at once are refused, on the command line and in a sweep file.
+    let (ok, e) = afm(&[
+        "eval",
+        "--model",
+        "no-such-model",
+        "--tasks",
+        "wikitext2",
+        "--calib-kappa",
+        "18",
+        "--calib-mse",
+    ]);
+    assert!(
+        !ok && e.contains("--calib-mse") && e.contains("--calib-kappa"),
+        "{e}"
+    );
+    let both = text.replace("calib_kappa = 0.0", "calib_kappa = 18.0\ncalib_mse = true");
+    let e = afm::sweep::spec::SweepFile::parse(&both, std::path::Path::new("k.toml")).unwrap_err();
+    assert!(e.to_string().contains("calib_mse"), "{e}");
 }
