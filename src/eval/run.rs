@@ -154,7 +154,10 @@ fn load_cell(path: &Path, fp: &str) -> Option<Cell> {
 fn calibrate(chip: &Decoder, ids: &[u32]) -> Result<()> {
     chip.reset_analog(true);
     let x = Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu)?;
-    chip.forward_hidden(&x, &mut KvCache::default())?;
+    // The whole forward, lm_head included: a head left uncalibrated here would take its
+    // ranges from the first batch of whichever task runs first on the chip, and a cell's value
+    // would depend on the tasks run before it.
+    chip.forward(&x, &mut KvCache::default())?;
     Ok(())
 }
 

@@ -180,6 +180,61 @@ fn two_seed_eval_of_tiny_llama_end_to_end_and_resume() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// With --calib-text every analog layer's ranges, lm_head's included, come from the text: a
+/// cell has the same value whether its task runs alone or after another task on the same chip
+/// (lm_head once took its ranges from the first task's first batch).
+#[test]
+fn a_calibrated_cell_does_not_depend_on_the_tasks_before_it() {
+    let dir = temp_dir("eval-calib-order");
+    let model = tiny_model_with_tokenizer(&dir);
+    let t = write_tasks(&dir);
+    let calib = dir.join("calib.txt");
+    std::fs::write(
+        &calib,
+        "Zebras quietly jog past the vexed wizard. ".repeat(8),
+    )
+    .unwrap();
+    let story = |tasks: String, out: &str| {
+        let out = dir.join(out);
+        let o = afm(&[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--tasks",
+            &tasks,
+            "--tiles",
+            "ideal",
+            "--no-baseline",
+            "--text-tokens",
+            "200",
+            "--window",
+            "64",
+            "--calib-text",
+            calib.to_str().unwrap(),
+            "--calib-tokens",
+            "64",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
+                .unwrap();
+        r["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["task"] == "story")
+            .unwrap()["metrics"]["ppl"]
+            .as_f64()
+            .unwrap()
+    };
+    let alone = story(t[2].display().to_string(), "alone");
+    let after = story(format!("{},{}", t[1].display(), t[2].display()), "after");
+    assert_eq!(alone, after, "story alone {alone}, after lamb {after}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn batched_logliks_equal_plain_forwards() {
     let m = load_model(
