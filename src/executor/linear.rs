@@ -194,10 +194,11 @@ impl Projection {
                             .map(|s| (s * kappa).max(1e-6))
                             .collect(),
                         Calibration::Mse => {
+                            let abs_max = block_abs_max(&x32, blocks)?;
                             let n_in = a.layer.in_features();
                             let flat = x32.flatten_all()?.to_vec1::<f32>()?;
                             let tokens = flat.len() / n_in.max(1);
-                            crate::tile::calibrate::mse_ranges(&a.layer, &flat, tokens)
+                            crate::tile::calibrate::mse_ranges(&a.layer, &flat, tokens, &abs_max)
                         }
                     };
                     if let Ok(mut w) = a.ranges.write() {

@@ -85,22 +85,20 @@ pub fn block_errors(
         .collect()
 }
 
-/// Per row block of `layer`, the range among abs-max x 2^(-k/2) (k < [`CANDIDATES`]) with the
-/// least squared output error on the calibration batch x (tokens x n_in); the widest wins ties.
-/// A block whose inputs are all 0 gets 1e-6, as abs-max calibration gives it.
-pub fn mse_ranges(layer: &AnalogLayer, x: &[f32], tokens: usize) -> Vec<f32> {
-    let n_in = layer.in_features();
-    (0..layer.blocks.len())
-        .map(|s| {
-            let b = &layer.blocks[s];
-            let abs_max = (0..tokens)
-                .flat_map(|t| &x[t * n_in + b.start..t * n_in + b.start + b.len])
-                .fold(0f32, |m, v| m.max(v.abs()));
-            if abs_max <= 1e-6 {
-                return 1e-6;
+/// Per row block of `layer`, the range among abs_max[s] x 2^(-k/2) (k < [`CANDIDATES`]) with
+/// the least squared output error on the calibration batch x (tokens x n_in); the widest wins
+/// ties. `abs_max` is each block's input abs-max as abs-max calibration takes it (at least
+/// 1e-6); a block at that floor keeps it.
+pub fn mse_ranges(layer: &AnalogLayer, x: &[f32], tokens: usize, abs_max: &[f32]) -> Vec<f32> {
+    abs_max
+        .iter()
+        .enumerate()
+        .map(|(s, &a)| {
+            if a <= 1e-6 {
+                return a;
             }
             let ranges: Vec<f32> = (0..CANDIDATES)
-                .map(|k| abs_max * 0.5f32.powf(k as f32 / 2.0))
+                .map(|k| a * 0.5f32.powf(k as f32 / 2.0))
                 .collect();
             let errors = block_errors(layer, s, x, tokens, &ranges);
             let best = errors

@@ -500,9 +500,31 @@ fn smoothing_keeps_the_function_and_flattens_inputs() {
     }
 }
 
+/// W (out, in) programmed as chip 0 of `preset`, calibrated by `rule` (None: the default) on
+/// x: its ranges and its output for x.
+fn calibrated(
+    preset: &TilePreset,
+    w: &Tensor,
+    x: &Tensor,
+    rule: Option<afm::executor::linear::Calibration>,
+) -> (Vec<f32>, Tensor) {
+    use afm::executor::linear::Projection;
+    let p = Projection::digital(w.clone(), None)
+        .to_analog(preset, 0, "p")
+        .unwrap();
+    if let Some(r) = rule {
+        p.set_calibration(r);
+    }
+    let y = p.forward(x).unwrap();
+    match &p {
+        Projection::Analog(a) => (a.ranges.read().unwrap().clone(), y),
+        _ => unreachable!(),
+    }
+}
+
 #[test]
 fn kappa_calibration_sets_ranges_to_kappa_times_the_block_std() {
-    use afm::executor::linear::{Calibration, Projection};
+    use afm::executor::linear::Calibration;
     let preset = TilePreset::load(&repo("tiles/afm-paper.toml")).unwrap();
     // 600 inputs on 512-row tiles: two blocks of 300.
     let (out, inp, tokens) = (8, 600, 5);
@@ -511,19 +533,7 @@ fn kappa_calibration_sets_ranges_to_kappa_times_the_block_std() {
     // One outlier input in the first block: its abs-max range is 40, its std barely moves.
     xv[7] = 40.0;
     let x = Tensor::from_vec(xv.clone(), (tokens, inp), &Device::Cpu).unwrap();
-    let ranges = |kappa: Option<f32>| {
-        let p = Projection::digital(w.clone(), None)
-            .to_analog(&preset, 0, "p")
-            .unwrap();
-        if let Some(k) = kappa {
-            p.set_calibration(Calibration::Kappa(k));
-        }
-        p.forward(&x).unwrap();
-        match &p {
-            Projection::Analog(a) => a.ranges.read().unwrap().clone(),
-            _ => unreachable!(),
-        }
-    };
+    let ranges = |kappa: Option<f32>| calibrated(&preset, &w, &x, kappa.map(Calibration::Kappa)).0;
     let by_hand = |start: usize| {
         let v: Vec<f64> = (0..tokens)
             .flat_map(|t| xv[t * inp + start..t * inp + start + 300].to_vec())
@@ -548,7 +558,7 @@ fn kappa_calibration_sets_ranges_to_kappa_times_the_block_std() {
 /// ranges.
 #[test]
 fn mse_calibration_picks_ranges_with_less_output_error() {
-    use afm::executor::linear::{Calibration, Projection};
+    use afm::executor::linear::Calibration;
     let preset = TilePreset::load(&repo("tiles/ideal.toml")).unwrap();
     let (out, inp, tokens) = (64, 600, 32);
     let w = Tensor::from_vec(normals(41, out * inp, 0.1), (out, inp), &Device::Cpu).unwrap();
@@ -557,11 +567,7 @@ fn mse_calibration_picks_ranges_with_less_output_error() {
     let x = Tensor::from_vec(xv.clone(), (tokens, inp), &Device::Cpu).unwrap();
     let exact = x.matmul(&w.t().unwrap()).unwrap();
     let run = |rule: Calibration| {
-        let p = Projection::digital(w.clone(), None)
-            .to_analog(&preset, 0, "p")
-            .unwrap();
-        p.set_calibration(rule);
-        let y = p.forward(&x).unwrap();
+        let (ranges, y) = calibrated(&preset, &w, &x, Some(rule));
         let err = (y - &exact)
             .unwrap()
             .sqr()
@@ -570,10 +576,6 @@ fn mse_calibration_picks_ranges_with_less_output_error() {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        let ranges = match &p {
-            Projection::Analog(a) => a.ranges.read().unwrap().clone(),
-            _ => unreachable!(),
-        };
         (ranges, err)
     };
     let (abs_max, err_abs_max) = run(Calibration::AbsMax);
