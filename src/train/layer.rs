@@ -9,6 +9,7 @@
 
 use super::fused::{self, inv_states, Blocks, FusedOp, LayerSpec, Stage};
 use super::ops::{AdcStage, InputStage};
+use super::range_search;
 use crate::error::{Error, Result};
 use crate::rng::{name_hash, Effect, StreamKey};
 use crate::tile::mapping::split_sizes;
@@ -44,6 +45,11 @@ pub struct AnalogTrainConfig {
     pub range_init_batches: usize,
     /// kappa: initial range = kappa * std of the inputs [18].
     pub range_init_kappa: f64,
+    /// Initialize each range on the first training batch by the least-output-error rule of
+    /// `afm eval --calib-mse` (abs-max / 2^(k/2), k < 13, against the exact product with the
+    /// weights, no noise) instead of the kappa * std running mean; the window of
+    /// `range_init_batches` then ends after that batch [false: the release's kappa rule].
+    pub range_init_mse: bool,
     /// Range decay [0.01].
     pub range_decay: f64,
     /// Share of inputs inside the range above which the decay acts [0.95].
@@ -81,6 +87,7 @@ impl Default for AnalogTrainConfig {
             clip_ramp_steps: 0,
             range_init_batches: 500,
             range_init_kappa: 18.0,
+            range_init_mse: false,
             range_decay: 0.01,
             range_min_inside: 0.95,
             weight_bits: 0,
@@ -139,6 +146,12 @@ impl AnalogTrainConfig {
         }
         if self.adc_bits > 0 && self.out_bound == 0.0 {
             return bad("out_bound", "must be > 0 when adc_bits > 0".into());
+        }
+        if self.range_init_mse && self.range_init_batches == 0 {
+            return bad(
+                "range_init_mse",
+                "needs range_init_batches >= 1 (the search runs on the first batch)".into(),
+            );
         }
         Ok(())
     }
@@ -269,8 +282,27 @@ impl AnalogTrainLinear {
     /// Updates range `s` from the std of its inputs during the initialization window: the
     /// running mean of kappa * std (n - 1), computed on the device. lightning skips a batch whose
     /// std is 0; here such a batch leaves the range as it is but still counts.
-    fn init_range(&self, s: usize, xs: &Tensor, state: &mut LayerState) -> Result<()> {
+    /// With `range_init_mse`, the first batch sets the range by the output-error search over
+    /// the block's weights `ws` (out, len) and closes the window.
+    fn init_range(&self, s: usize, xs: &Tensor, ws: &Tensor, state: &mut LayerState) -> Result<()> {
         if state.seen[s] >= self.cfg.range_init_batches {
+            return Ok(());
+        }
+        if self.cfg.range_init_mse {
+            let conv = range_search::Converters {
+                dac_bits: self.cfg.dac_bits,
+                adc_bits: self.cfg.adc_bits,
+                out_bound: self.cfg.out_bound,
+            };
+            let ws = ws.detach().to_dtype(DType::F32)?.contiguous()?;
+            if let Some(r) = range_search::mse_range(xs, &ws, conv)? {
+                let r = Tensor::new(&[r], xs.device())?;
+                let block = s..s + 1;
+                let all = self.ranges.as_tensor();
+                self.ranges
+                    .set(&all.slice_assign(std::slice::from_ref(&block), &r)?)?;
+            }
+            state.seen[s] = self.cfg.range_init_batches;
             return Ok(());
         }
         let n = xs.elem_count();
@@ -401,6 +433,7 @@ impl AnalogTrainLinear {
         let (training, call) = (state.training, state.calls);
         state.calls += 1;
         let used = self.cfg.ranges_used();
+        let w = self.weight_used()?;
         if training {
             let mut counted = 0;
             for (s, &(start, len)) in self.blocks.iter().enumerate() {
@@ -410,7 +443,8 @@ impl AnalogTrainLinear {
                     .is_some_and(|&k| k < self.cfg.range_init_batches)
                 {
                     let xs = x.narrow(1, start, len)?.detach().to_dtype(DType::F32)?;
-                    self.init_range(s, &xs.contiguous()?, &mut state)?;
+                    let ws = w.narrow(1, start, len)?;
+                    self.init_range(s, &xs.contiguous()?, &ws, &mut state)?;
                 }
                 if self.block_active(s, &mut state)? {
                     counted += x.dims()[0] * len;
@@ -444,7 +478,7 @@ impl AnalogTrainLinear {
             compute: self.compute,
             bound_grad: self.cfg.adc_bound_grad,
         };
-        Ok((spec, self.weight_used()?))
+        Ok((spec, w))
     }
 
     /// The plain-tensor layer, block by block (the slow, obvious reference of the fused path;
@@ -464,7 +498,7 @@ impl AnalogTrainLinear {
         for (s, &(start, len)) in self.blocks.iter().enumerate() {
             let xs = x.narrow(1, start, len)?.contiguous()?;
             if training {
-                self.init_range(s, &xs.detach(), &mut state)?;
+                self.init_range(s, &xs.detach(), &w.narrow(1, start, len)?, &mut state)?;
             }
             let beta = self.ranges.as_tensor().narrow(0, s, 1)?;
             let bd = beta.detach();

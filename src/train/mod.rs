@@ -7,6 +7,7 @@ pub mod layer;
 pub mod ops;
 pub mod optim;
 pub mod parallel;
+pub mod range_search;
 pub mod shards;
 pub mod smooth;
 pub mod student;

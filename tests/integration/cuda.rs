@@ -61,6 +61,7 @@ fn cuda_training_layer_matches_cpu_on_ragged_shapes() {
 #[test]
 fn cuda_training_layer_matches_lightning_golden() {
     crate::train_golden::check_lightning_golden(&gpu(), "cuda");
+    crate::train_golden::check_mse_range_init(&gpu(), "cuda");
 }
 
 #[test]

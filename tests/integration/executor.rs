@@ -502,7 +502,7 @@ fn smoothing_keeps_the_function_and_flattens_inputs() {
 
 /// W (out, in) programmed as chip 0 of `preset`, calibrated by `rule` (None: the default) on
 /// x: its ranges and its output for x.
-fn calibrated(
+pub fn calibrated(
     preset: &TilePreset,
     w: &Tensor,
     x: &Tensor,

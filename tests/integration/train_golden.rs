@@ -420,3 +420,60 @@ fn fused_clip_statistics_equal_the_reference() {
         assert!(fused.1 > 0, "{label}: nothing counted");
     }
 }
+
+/// `range_init_mse` on `dev`: the first training batch sets every range to what
+/// `afm eval --calib-mse` picks on a noise-free chip for the same inputs (the eval's own CPU
+/// search, `tile::calibrate`), and closes the init window so a second batch leaves them.
+pub fn check_mse_range_init(dev: &Device, label: &str) {
+    use afm::executor::linear::Calibration;
+    use afm::tile::TilePreset;
+    let preset = TilePreset::load(&repo("tiles/ideal.toml")).unwrap();
+    // 1100 inputs on 512-row tiles: three ragged blocks of 367 / 367 / 366.
+    let (out, inp, tokens) = (48, 1100, 24);
+    let w = Tensor::from_vec(normals(61, out * inp, 0.05), (out, inp), &Device::Cpu).unwrap();
+    let mut xv = normals(62, tokens * inp, 1.0);
+    // Outliers in the first and last blocks: abs-max would leave their ADC steps coarse.
+    xv[5] = 30.0;
+    xv[3 * inp + 1000] = -45.0;
+    let x = Tensor::from_vec(xv, (tokens, inp), &Device::Cpu).unwrap();
+    let want = crate::executor::calibrated(&preset, &w, &x, Some(Calibration::Mse)).0;
+    let x2 = Tensor::from_vec(normals(63, tokens * inp, 3.0), (tokens, inp), &Device::Cpu).unwrap();
+    for reference in [false, true] {
+        let cfg = AnalogTrainConfig {
+            range_init_batches: 3,
+            range_init_mse: true,
+            ..AnalogTrainConfig::default()
+        };
+        let mut layer =
+            AnalogTrainLinear::new(&w.to_device(dev).unwrap(), None, &cfg, 3, "l").unwrap();
+        layer.reference = reference;
+        layer.state.lock().unwrap().training = true;
+        layer.forward(&x.to_device(dev).unwrap()).unwrap();
+        let got = vec_of(layer.ranges.as_tensor());
+        let what = format!("{label} reference={reference} mse-initialized ranges");
+        assert_close(&what, &got, &want, 0.0, 1e-6);
+        assert!(!layer.initializing().unwrap(), "{what}: window still open");
+        layer.forward(&x2.to_device(dev).unwrap()).unwrap();
+        assert_close(&what, &vec_of(layer.ranges.as_tensor()), &want, 0.0, 0.0);
+    }
+    assert!(
+        want[0] < 30.0 && want[2] < 45.0,
+        "the outlier blocks keep their abs-max: {want:?}"
+    );
+}
+
+#[test]
+fn mse_range_init_equals_the_eval_calibration() {
+    check_mse_range_init(&Device::Cpu, "cpu");
+}
+
+#[test]
+fn mse_range_init_needs_an_init_window() {
+    let cfg = AnalogTrainConfig {
+        range_init_batches: 0,
+        range_init_mse: true,
+        ..AnalogTrainConfig::default()
+    };
+    let (field, msg) = cfg.check().unwrap_err();
+    assert_eq!(field, "range_init_mse", "{msg}");
+}
