@@ -7,6 +7,8 @@
 # 2. Those ranges scaled by F (one analog.json per F), smoothing (alpha 0.25, 0.5) before the
 #    same initialization, a 16-bit ADC or DAC (`ideal` with one converter widened) and a digital
 #    lm_head; wikitext2 perplexity over its first 1024 tokens, one window.
+# 3. (session 10) Ranges initialized by the least-output-error search on the first batch
+#    (`range_init_mse`) instead of kappa 18.
 # Usage: scripts/range-diagnosis.sh AFM_BINARY WORK_DIR   (AFM_DATA as for afm eval)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,3 +54,5 @@ ppl k18/final eval-dac16 --tiles ideal-dac16.toml
 ppl k18/final eval-digital-lm-head --tiles ideal --digital-lm-head
 ppl smollm2-135m-instruct eval-absmax --tiles ideal --calib-text "$data/text/tinyshakespeare.txt"
 ppl smollm2-135m-instruct eval-kappa18-512 --tiles ideal --calib-text "$data/text/tinyshakespeare.txt" --calib-kappa 18
+init mse "range_init_mse = true"
+ppl mse/final eval-mse-init --tiles ideal
