@@ -3,7 +3,10 @@
 # initialized student its task accuracy. The student is the FP model with the input ranges run 6
 # initialized on its synthetic data (docs/results/smollm2-afm-run6/init-analog.json); it is
 # evaluated on `ideal` with the ADC widened to 16 bits, with both converters widened (only the
-# ranges' clipping left), and on `afm-paper` with the ADC widened (chips 0 and 1).
+# ranges' clipping left), and on `afm-paper` with the ADC widened (chips 0 and 1). Then where
+# the clipping costs: on `ideal-both16`, one layer kind's ranges x 100 (no clipping there) at a
+# time; and on `ideal` (8-bit converters), down_proj's ranges x 2, 4, 10 and 30 (lambada and
+# wikitext2 only).
 # Usage: scripts/converter-accuracy.sh AFM_BINARY WORK_DIR [JOBS]   (AFM_DATA as for afm eval)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,3 +48,29 @@ for row in ideal-adc16:1 ideal-both16:1 afm-paper-adc16:2; do
   cp eval/results.md "results-${row%:*}.md"; cp eval/results.json "results-${row%:*}.json"
 done
 cat results-*.md
+# One layer kind's ranges scaled by F in a copy of the student: ranged KIND F.
+ranged() {
+  local d="$PWD/ranged-$1-$2"
+  mkdir -p "$d"
+  for x in config.json model.safetensors tokenizer.json; do ln -sf "$PWD/fp/final/$x" "$d/$x"; done
+  python3 -c "import json,sys; a=json.load(open('init6/analog.json')); k,f=sys.argv[1],float(sys.argv[2]); \
+a['input_ranges']={n:([v*f for v in r] if k=='all' or n.split('.')[-1]==k else r) for n,r in a['input_ranges'].items()}; \
+json.dump(a,open(sys.argv[3]+'/analog.json','w'))" "$1" "$2" "$d"
+  echo "$d"
+}
+{ for k in all down_proj o_proj lm_head gate_proj up_proj v_proj q_proj k_proj; do
+    echo "$(ranged $k 100) ideal-both16.toml"
+  done
+  for f in 2 4 10 30; do echo "$(ranged down_proj $f) ideal"; done
+} > ranged.txt
+while read -r d tiles; do
+  for t in lambada_openai wikitext2; do echo "--model $d --out $d-eval-${tiles%.toml} --tasks $t --tiles $tiles"; done
+done < ranged.txt | RAYON_NUM_THREADS=1 xargs -P "$jobs" -I{} sh -c \
+  "$afm eval {} --limit 100 --text-tokens 4096 --no-baseline --seed 0 --seeds 1 > /dev/null"
+while read -r d tiles; do
+  "$afm" eval --model "$d" --out "$d-eval-${tiles%.toml}" --tasks lambada_openai,wikitext2 --tiles "$tiles" \
+    --limit 100 --text-tokens 4096 --no-baseline --seed 0 --seeds 1 > /dev/null
+  python3 -c "import json,sys; m={c['task']:c['metrics'] for c in json.load(open(sys.argv[1]+'/results.json'))['cells']}; \
+print(sys.argv[2], 'lambada', m['lambada_openai']['acc'], 'wikitext2', round(m['wikitext2']['ppl'], 2))" \
+    "$d-eval-${tiles%.toml}" "$(basename "$d") on $tiles"
+done < ranged.txt
