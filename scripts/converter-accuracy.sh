@@ -6,7 +6,9 @@
 # ranges' clipping left), and on `afm-paper` with the ADC widened (chips 0 and 1). Then where
 # the clipping costs: on `ideal-both16`, one layer kind's ranges x 100 (no clipping there) at a
 # time; and on `ideal` (8-bit converters), down_proj's ranges x 2, 4, 10 and 30 (lambada and
-# wikitext2 only).
+# wikitext2 only). Last, smoothing (`analog.smooth_alpha` 0.5 and 0.8, ranges initialized on 4
+# batches of 4 x 128 tinyshakespeare tokens, as scripts/range-diagnosis.sh does; alpha 0 is the
+# control) on `ideal` and `ideal-both16`.
 # Usage: scripts/converter-accuracy.sh AFM_BINARY WORK_DIR [JOBS]   (AFM_DATA as for afm eval)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -74,3 +76,19 @@ while read -r d tiles; do
 print(sys.argv[2], 'lambada', m['lambada_openai']['acc'], 'wikitext2', round(m['wikitext2']['ppl'], 2))" \
     "$d-eval-${tiles%.toml}" "$(basename "$d") on $tiles"
 done < ranged.txt
+for a in 0 0.5 0.8; do
+  printf '[run]\nbatch_size = 4\ncheckpoint_every = 0\n[analog]\nrange_init_batches = 4\nweight_noise = 0.0\nclip_alpha = 0.0\nsmooth_alpha = %s\nsmooth_batches = 4\n[optim]\nlr = 0.0\nwarmup_steps = 0\n' "$a" > "smooth$a.toml"
+  [ -d "smooth$a/final" ] || "$afm" train --teacher smollm2-135m-instruct --data ts --out "smooth$a" \
+    --tiles afm-paper --steps 4 --config "smooth$a.toml" > /dev/null
+done
+for a in 0 0.5 0.8; do for tiles in ideal ideal-both16.toml; do for t in lambada_openai wikitext2; do
+  echo "--model smooth$a/final --out smooth$a-eval-${tiles%.toml} --tasks $t --tiles $tiles"
+done; done; done | RAYON_NUM_THREADS=1 xargs -P "$jobs" -I{} sh -c \
+  "$afm eval {} --limit 100 --text-tokens 4096 --no-baseline --seed 0 --seeds 1 > /dev/null"
+for a in 0 0.5 0.8; do for tiles in ideal ideal-both16.toml; do
+  "$afm" eval --model "smooth$a/final" --out "smooth$a-eval-${tiles%.toml}" --tasks lambada_openai,wikitext2 \
+    --tiles "$tiles" --limit 100 --text-tokens 4096 --no-baseline --seed 0 --seeds 1 > /dev/null
+  python3 -c "import json,sys; m={c['task']:c['metrics'] for c in json.load(open(sys.argv[1]+'/results.json'))['cells']}; \
+print(sys.argv[2], 'lambada', m['lambada_openai']['acc'], 'wikitext2', round(m['wikitext2']['ppl'], 2))" \
+    "smooth$a-eval-${tiles%.toml}" "smoothing $a on $tiles"
+done; done
