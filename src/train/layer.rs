@@ -172,7 +172,7 @@ impl AnalogTrainConfig {
     }
 
     /// Quantization states of `bits` (lightning's 2^bits - 2: levels -(2^(b-1)-1)..2^(b-1)-1).
-    fn states(bits: u32) -> f64 {
+    pub(crate) fn states(bits: u32) -> f64 {
         (1u64 << bits) as f64 - 2.0
     }
 }
@@ -288,40 +288,36 @@ impl AnalogTrainLinear {
         if state.seen[s] >= self.cfg.range_init_batches {
             return Ok(());
         }
-        if self.cfg.range_init_mse {
-            let conv = range_search::Converters {
-                dac_bits: self.cfg.dac_bits,
-                adc_bits: self.cfg.adc_bits,
-                out_bound: self.cfg.out_bound,
-            };
-            let ws = ws.detach().to_dtype(DType::F32)?.contiguous()?;
-            if let Some(r) = range_search::mse_range(xs, &ws, conv)? {
-                let r = Tensor::new(&[r], xs.device())?;
-                let block = s..s + 1;
-                let all = self.ranges.as_tensor();
-                self.ranges
-                    .set(&all.slice_assign(std::slice::from_ref(&block), &r)?)?;
-            }
-            state.seen[s] = self.cfg.range_init_batches;
-            return Ok(());
-        }
         let n = xs.elem_count();
         if n < 2 {
+            return Ok(());
+        }
+        if self.cfg.range_init_mse {
+            let ws = ws.detach().to_dtype(DType::F32)?.contiguous()?;
+            if let Some(r) = range_search::mse_range(xs, &ws, &self.cfg)? {
+                self.set_range(s, &Tensor::new(&[r], xs.device())?)?;
+            }
+            state.seen[s] = self.cfg.range_init_batches;
             return Ok(());
         }
         let mean = (total(xs)? / n as f64)?;
         let var = (total(&xs.broadcast_sub(&mean)?.sqr()?)? / (n as f64 - 1.0))?;
         let std = var.sqrt()?.reshape(1)?;
-        let r = self.ranges.as_tensor();
-        let old = r.narrow(0, s, 1)?;
+        let old = self.ranges.as_tensor().narrow(0, s, 1)?;
         let k = state.seen[s] as f64;
         let new = (((&old * k)? + (&std * self.cfg.range_init_kappa)?)? / (k + 1.0))?.abs()?;
         let zero = std.eq(&Tensor::zeros(1, DType::F32, std.device())?)?;
-        let new = zero.where_cond(&old, &new)?;
-        let block = s..s + 1;
-        self.ranges
-            .set(&r.slice_assign(std::slice::from_ref(&block), &new)?)?;
+        self.set_range(s, &zero.where_cond(&old, &new)?)?;
         state.seen[s] += 1;
+        Ok(())
+    }
+
+    /// Sets range `s` to the one-element tensor `r` (on the ranges' device).
+    fn set_range(&self, s: usize, r: &Tensor) -> Result<()> {
+        let block = s..s + 1;
+        let all = self.ranges.as_tensor();
+        self.ranges
+            .set(&all.slice_assign(std::slice::from_ref(&block), r)?)?;
         Ok(())
     }
 

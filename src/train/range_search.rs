@@ -6,31 +6,16 @@
 //! Here a block tries its inputs' abs-max down by factors of sqrt(2) and keeps the range whose
 //! DAC- and ADC-quantized output (no weight noise) is closest to the exact product.
 
+use super::layer::AnalogTrainConfig;
 use crate::error::Result;
 use crate::tile::calibrate::CANDIDATES;
 use candle_core::Tensor;
 
-/// The converters of a row block, as the training layer applies them.
-#[derive(Debug, Clone, Copy)]
-pub struct Converters {
-    /// DAC bits (0: inputs only clipped).
-    pub dac_bits: u32,
-    /// ADC bits (0: outputs only clamped to the bound).
-    pub adc_bits: u32,
-    /// ADC bound lambda in units of w_max * range (0: no bound).
-    pub out_bound: f64,
-}
-
-/// Steps of a symmetric `bits`-bit converter (lightning's 2^bits - 2).
-fn states(bits: u32) -> f64 {
-    (1u64 << bits) as f64 - 2.0
-}
-
 /// The range among abs-max(xs) x 2^(-k/2), k < [`CANDIDATES`], whose digitized output of the
-/// block has the least squared error against xs . ws^T; the widest wins ties. xs (tokens, len)
-/// and ws (out, len) are f32; `None` when the inputs are all (near) zero, as abs-max
-/// calibration leaves such a block alone.
-pub fn mse_range(xs: &Tensor, ws: &Tensor, conv: Converters) -> Result<Option<f32>> {
+/// block (the converters of `cfg`) has the least squared error against xs . ws^T; the widest
+/// wins ties. xs (tokens, len) and ws (out, len) are f32; `None` when the inputs are all (near)
+/// zero, as abs-max calibration leaves such a block alone.
+pub fn mse_range(xs: &Tensor, ws: &Tensor, cfg: &AnalogTrainConfig) -> Result<Option<f32>> {
     let abs_max = xs.abs()?.max(1)?.max(0)?.to_scalar::<f32>()?;
     if abs_max <= 1e-6 {
         return Ok(None);
@@ -46,15 +31,16 @@ pub fn mse_range(xs: &Tensor, ws: &Tensor, conv: Converters) -> Result<Option<f3
         .map(|&r| {
             let r64 = f64::from(r);
             let mut xq = xs.clamp(-r, r)?;
-            if conv.dac_bits > 0 {
-                let res = (2.0 * r64) / states(conv.dac_bits);
+            if cfg.dac_bits > 0 {
+                let res = (2.0 * r64) / AnalogTrainConfig::states(cfg.dac_bits);
                 xq = ((xq / res)?.round()? * res)?;
             }
             let mut y = xq.matmul(&wt)?;
-            if conv.out_bound > 0.0 {
-                let bound = ((&w_max * conv.out_bound)? * r64)?;
-                if conv.adc_bits > 0 {
-                    let res = ((&bound * 2.0)? / states(conv.adc_bits))?.maximum(1e-30)?;
+            if cfg.out_bound > 0.0 {
+                let bound = ((&w_max * cfg.out_bound)? * r64)?;
+                if cfg.adc_bits > 0 {
+                    let res = ((&bound * 2.0)? / AnalogTrainConfig::states(cfg.adc_bits))?
+                        .maximum(1e-30)?;
                     y = y.broadcast_div(&res)?.round()?.broadcast_mul(&res)?;
                 }
                 y = y

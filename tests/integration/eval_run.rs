@@ -80,6 +80,11 @@ pub fn write_tasks(dir: &Path) -> Vec<PathBuf> {
     vec![mc, cont, text]
 }
 
+/// The `results.json` of an `afm eval --out` folder.
+fn results_json(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+}
+
 #[test]
 fn two_seed_eval_of_tiny_llama_end_to_end_and_resume() {
     let dir = temp_dir("eval-e2e");
@@ -108,9 +113,7 @@ fn two_seed_eval_of_tiny_llama_end_to_end_and_resume() {
     let err = String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{err}");
     assert!(err.contains("qa.jsonl:4"), "bad line reported: {err}");
-    let read = || -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
-    };
+    let read = || results_json(&out);
     let r = read();
     let cells = r["cells"].as_array().unwrap();
     // 3 tasks x (FP + 2 seeds).
@@ -217,10 +220,7 @@ fn a_calibrated_cell_does_not_depend_on_the_tasks_before_it() {
             out.to_str().unwrap(),
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let r: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
-                .unwrap();
-        r["cells"]
+        results_json(&out)["cells"]
             .as_array()
             .unwrap()
             .iter()
