@@ -67,6 +67,11 @@ pub struct EvalArgs {
     /// exact product on the calibration batch.
     #[arg(long, conflicts_with = "calib_kappa")]
     calib_mse: bool,
+    /// Put down_proj's K inputs with the largest |value| on the calibration text (--calib-text)
+    /// in a row block of their own: the MLP's intermediate channels are permuted (exact) so
+    /// that they come first, and that block gets its own range and ADC bound.
+    #[arg(long, value_name = "K", requires = "calib_text")]
+    isolate_outliers: Option<usize>,
     /// Tokens of --calib-text used for calibration.
     #[arg(long, default_value_t = 512)]
     calib_tokens: usize,
@@ -237,7 +242,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     if rows.is_empty() {
         bail!("nothing to evaluate: give --tiles or drop --no-baseline");
     }
-    let (m, tok) = super::model_args::open_digital(&a.model, a.dtype)?;
+    let (mut m, tok) = super::model_args::open_digital(&a.model, a.dtype)?;
     let learned = if m.path.is_dir() {
         afm::train::student::load_meta(&m.path)?
     } else {
@@ -253,6 +258,11 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         Some(p) => Some(super::model_args::calibration_ids(&tok, p, a.calib_tokens)?),
         None => None,
     };
+    if let (Some(k), Some(ids)) = (a.isolate_outliers, &calibration) {
+        let x = candle_core::Tensor::from_slice(ids, (1, ids.len()), m.decoder.device())?;
+        let stats = afm::train::smooth::input_abs_max(&m.decoder, &[x])?;
+        m.decoder = afm::train::outliers::isolate_mlp_outliers(&m.decoder, &stats, k)?;
+    }
     let plan = Plan {
         model: a.model.clone(),
         dtype: format!("{:?}", a.dtype).to_lowercase(),
@@ -273,6 +283,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         calib_kappa: a.calib_kappa,
         calib_mse: a.calib_mse,
         learned_ranges: learned.as_ref().map(|m| m.input_ranges.clone()),
+        isolated: m.decoder.isolated.clone(),
     };
     let (out, temporary) = match &a.out {
         Some(d) => (d.clone(), false),
@@ -315,6 +326,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             })),
             "calib_kappa": a.calib_kappa,
             "calib_mse": a.calib_mse,
+            "isolate_outliers": a.isolate_outliers,
         },
         "versions": {
             "afm": env!("CARGO_PKG_VERSION"), "git_commit": git_commit(),

@@ -58,6 +58,9 @@ pub struct Plan {
     /// Learned input ranges by projection (an analog model's `analog.json`): they replace
     /// calibration where present.
     pub learned_ranges: Option<std::collections::BTreeMap<String, Vec<f32>>>,
+    /// The model's isolated outlier inputs per projection ([`Decoder::isolated`]), for the
+    /// cells' identity: the same name with another mapping is another run.
+    pub isolated: std::collections::BTreeMap<String, usize>,
 }
 
 /// The result of one (task, row, seed) cell.
@@ -121,6 +124,9 @@ fn fingerprint(plan: &Plan, row: &Row, task: &Task, seed: Option<u64>) -> String
     // Hashed only when present, so cells of runs without learned ranges keep their identity.
     if let Some(r) = &plan.learned_ranges {
         put(&format!("{r:?}"));
+    }
+    if !plan.isolated.is_empty() {
+        put(&format!("isolated {:?}", plan.isolated));
     }
     format!("{:x}", h.finalize())
 }

@@ -73,6 +73,9 @@ pub struct Decoder {
     pub norm: Tensor,
     /// Language-model head.
     pub lm_head: Projection,
+    /// Per projection (HF name), how many of its first inputs sit in a row block of their own
+    /// when it is put on tiles (`executor::outliers`); absent: the plain near-equal split.
+    pub isolated: std::collections::BTreeMap<String, usize>,
     rope: Rope,
 }
 
@@ -92,6 +95,7 @@ impl Decoder {
             blocks,
             norm,
             lm_head,
+            isolated: Default::default(),
             rope,
         }
     }
@@ -143,6 +147,7 @@ impl Decoder {
             blocks,
             norm: self.norm.clone(),
             lm_head,
+            isolated: self.isolated.clone(),
             rope: self.rope.clone(),
         })
     }

@@ -142,8 +142,15 @@ impl Projection {
         }
     }
 
-    /// Programs this projection onto tiles of `preset` for chip `seed`.
-    pub fn to_analog(&self, preset: &TilePreset, seed: u64, name: &str) -> Result<Self> {
+    /// Programs this projection onto tiles of `preset` for chip `seed`, its first `head` inputs
+    /// in a row block of their own (0: the plain split).
+    pub fn to_analog(
+        &self,
+        preset: &TilePreset,
+        seed: u64,
+        name: &str,
+        head: usize,
+    ) -> Result<Self> {
         match self {
             Projection::Digital { weight, bias } => {
                 let (out, inp) = weight.dims2()?;
@@ -151,7 +158,7 @@ impl Projection {
                     .to_dtype(DType::F32)?
                     .flatten_all()?
                     .to_vec1::<f32>()?;
-                let layer = AnalogLayer::program(&w, out, inp, preset, seed, name)?;
+                let layer = AnalogLayer::program_with_head(&w, out, inp, head, preset, seed, name)?;
                 Ok(Projection::Analog(Box::new(AnalogProjection {
                     layer,
                     ranges: RwLock::new(Vec::new()),

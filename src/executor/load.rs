@@ -115,7 +115,12 @@ pub fn program_chip(
         if digital_lm_head && name == "lm_head" {
             p.clone_digital(name)
         } else {
-            p.to_analog(preset, seed, name)
+            p.to_analog(
+                preset,
+                seed,
+                name,
+                dec.isolated.get(name).copied().unwrap_or(0),
+            )
         }
     })
 }
@@ -127,11 +132,13 @@ pub fn map_to_tiles(
     seed: u64,
     digital_lm_head: bool,
 ) -> Result<()> {
+    let isolated = dec.isolated.clone();
     for (name, p) in dec.projections_mut() {
         if digital_lm_head && name == "lm_head" {
             continue;
         }
-        *p = p.to_analog(preset, seed, &name)?;
+        let head = isolated.get(&name).copied().unwrap_or(0);
+        *p = p.to_analog(preset, seed, &name, head)?;
     }
     Ok(())
 }

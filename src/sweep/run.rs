@@ -115,6 +115,7 @@ fn plan(cx: &Context, preset: TilePreset, point: &Point, seeds: Vec<u64>) -> Pla
         calib_kappa: cx.sweep.calib_kappa,
         calib_mse: cx.sweep.calib_mse,
         learned_ranges: None,
+        isolated: Default::default(),
     }
 }
 

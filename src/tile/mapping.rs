@@ -3,7 +3,8 @@
 //! The input dimension is split into near-equal row blocks of at most `rows` (as
 //! aihwkit-lightning's `max_input_size` split: n = ceil(in / rows) blocks, the first `in % n`
 //! one longer), the output dimension likewise into column blocks of at most `cols`. Near-equal
-//! blocks keep every block's DAC range and ADC bound statistically alike.
+//! blocks keep every block's DAC range and ADC bound statistically alike. A layer whose few
+//! outlier inputs would set its blocks' ranges can have them first, in a short block of their own.
 
 use serde::Serialize;
 
@@ -23,6 +24,22 @@ pub fn split_sizes(size: usize, max: usize) -> Vec<(usize, usize)> {
             part
         })
         .collect()
+}
+
+/// [`split_sizes`] of the inputs after the first `head`, which sit in a row block of their own
+/// (a layer's outlier inputs, isolated so that the other blocks keep tight ranges); `head` 0 is
+/// the plain split. `head` must not exceed `max`.
+pub fn split_with_head(size: usize, head: usize, max: usize) -> Vec<(usize, usize)> {
+    if head == 0 || head >= size {
+        return split_sizes(size, max);
+    }
+    let mut v = vec![(0, head)];
+    v.extend(
+        split_sizes(size - head, max)
+            .into_iter()
+            .map(|(s, l)| (s + head, l)),
+    );
+    v
 }
 
 /// How one layer sits on tiles.
@@ -60,6 +77,21 @@ impl TileMap {
         }
     }
 
+    /// [`TileMap::new`] with the first `head` inputs in a row block of their own
+    /// ([`split_with_head`]).
+    pub fn with_head(
+        in_features: usize,
+        out_features: usize,
+        head: usize,
+        tile_rows: usize,
+        tile_cols: usize,
+    ) -> Self {
+        TileMap {
+            row_blocks: split_with_head(in_features, head, tile_rows),
+            ..TileMap::new(in_features, out_features, tile_rows, tile_cols)
+        }
+    }
+
     /// Number of tiles used.
     pub fn tiles(&self) -> usize {
         self.row_blocks.len() * self.col_blocks.len()
@@ -94,6 +126,18 @@ mod tests {
         assert_eq!(split_sizes(1024, 512), vec![(0, 512), (512, 512)]);
         assert_eq!(split_sizes(300, 512), vec![(0, 300)]);
         assert!(split_sizes(0, 512).is_empty());
+    }
+
+    #[test]
+    fn head_block_then_near_equal() {
+        assert_eq!(
+            split_with_head(1536, 16, 512),
+            vec![(0, 16), (16, 507), (523, 507), (1030, 506)]
+        );
+        assert_eq!(split_with_head(1024, 0, 512), split_sizes(1024, 512));
+        assert_eq!(split_with_head(100, 100, 512), vec![(0, 100)]);
+        let m = TileMap::with_head(1536, 576, 16, 512, 512);
+        assert_eq!(m.tiles(), 4 * 2);
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod program;
 pub mod reference;
 
 pub use cost::{array_energy_pj, MvmCost, TileCostModel};
-pub use mapping::{split_sizes, TileMap};
+pub use mapping::{split_sizes, split_with_head, TileMap};
 pub use mvm::{analog_mvm, quantize};
 pub use op::AnalogMvm;
 pub use preset::{resolve_preset_path, TilePreset};

@@ -87,6 +87,35 @@ impl AnalogLayer {
         seed: u64,
         layer_name: &str,
     ) -> Result<Self> {
+        Self::program_with_head(
+            weight,
+            out_features,
+            in_features,
+            0,
+            preset,
+            seed,
+            layer_name,
+        )
+    }
+
+    /// [`AnalogLayer::program`] with the first `head` inputs in a row block of their own
+    /// ([`TileMap::with_head`]; 0: the plain split).
+    pub fn program_with_head(
+        weight: &[f32],
+        out_features: usize,
+        in_features: usize,
+        head: usize,
+        preset: &TilePreset,
+        seed: u64,
+        layer_name: &str,
+    ) -> Result<Self> {
+        if head > preset.rows() || head > in_features {
+            return Err(Error::Shape(format!(
+                "layer `{layer_name}`: an isolated block of {head} inputs does not fit \
+                 {in_features} inputs on tiles of {} rows",
+                preset.rows()
+            )));
+        }
         if weight.len() != out_features * in_features {
             return Err(Error::Shape(format!(
                 "weight of layer `{layer_name}` has {} values, expected {out_features} x {in_features}",
@@ -100,7 +129,13 @@ impl AnalogLayer {
                 i % in_features
             )));
         }
-        let map = TileMap::new(in_features, out_features, preset.rows(), preset.cols());
+        let map = TileMap::with_head(
+            in_features,
+            out_features,
+            head,
+            preset.rows(),
+            preset.cols(),
+        );
         let device = preset.device.build();
         let cfg = MvmConfig::from_preset(preset);
         let layer = name_hash(layer_name);

@@ -6,6 +6,7 @@ pub mod fused;
 pub mod layer;
 pub mod ops;
 pub mod optim;
+pub mod outliers;
 pub mod parallel;
 pub mod range_search;
 pub mod shards;

@@ -500,6 +500,67 @@ fn smoothing_keeps_the_function_and_flattens_inputs() {
     }
 }
 
+/// Isolating down_proj's outlier inputs permutes the MLP's intermediate channels without
+/// changing the function, puts the k largest first, and maps them onto a row block of their own,
+/// on a grouped-query Llama and a fused Phi-3.
+#[test]
+fn isolating_outliers_keeps_the_function_and_maps_a_head_block() {
+    use afm::executor::linear::Projection;
+    use afm::executor::load::program_chip;
+    use afm::train::outliers::isolate_mlp_outliers;
+    use afm::train::smooth::input_abs_max;
+    let preset = TilePreset::load(&repo("tiles/ideal.toml")).unwrap();
+    for text in [TINY_LLAMA, TINY_PHI3] {
+        let cfg = HfConfig::parse(text, Path::new("config.json")).unwrap();
+        let dec = llama::build(cfg.clone(), &random_weights(&cfg, 5)).unwrap();
+        let ids: Vec<u32> = (0..24u32).map(|k| (k * 7 + 3) % 64).collect();
+        let batch = Tensor::from_slice(&ids, (2, 12), &Device::Cpu).unwrap();
+        let stats = input_abs_max(&dec, std::slice::from_ref(&batch)).unwrap();
+        let k = 3;
+        let iso = isolate_mlp_outliers(&dec, &stats, k).unwrap();
+        let before = logits(&dec, &ids, &mut KvCache::default());
+        let after = logits(&iso, &ids, &mut KvCache::default());
+        assert_close(&cfg.model_type, &after, &before, 1e-5, 1e-4);
+        let moved = input_abs_max(&iso, std::slice::from_ref(&batch)).unwrap();
+        for i in 0..cfg.num_hidden_layers {
+            let name = format!("model.layers.{i}.mlp.down_proj");
+            let (a, b) = (&stats[&name], &moved[&name]);
+            let mut sorted = a.clone();
+            sorted.sort_by(|x, y| y.total_cmp(x));
+            let head_min = b[..k].iter().fold(f32::MAX, |m, &v| m.min(v));
+            let rest_max = b[k..].iter().fold(0f32, |m, &v| m.max(v));
+            // Later layers see their inputs through permuted sums: equal up to rounding.
+            assert!(
+                head_min >= rest_max * (1.0 - 1e-4),
+                "{name}: {head_min} < {rest_max}"
+            );
+            assert!(
+                (head_min - sorted[k - 1]).abs() <= 1e-4 * sorted[k - 1],
+                "{name}: {head_min} vs {}",
+                sorted[k - 1]
+            );
+            assert_eq!(iso.isolated[&name], k);
+        }
+        let chip = program_chip(&iso, &preset, 0, false).unwrap();
+        let Projection::Analog(a) = &chip.blocks[0].down else {
+            panic!("down_proj not analog")
+        };
+        let n = cfg.intermediate_size;
+        assert_eq!(a.layer.map.row_blocks[0], (0, k));
+        assert_eq!(a.layer.map.row_blocks.iter().map(|b| b.1).sum::<usize>(), n);
+        let Projection::Analog(o) = &chip.blocks[0].o else {
+            panic!("o_proj not analog")
+        };
+        assert_ne!(o.layer.map.row_blocks[0], (0, k));
+    }
+    let dec = {
+        let cfg = HfConfig::parse(TINY_LLAMA, Path::new("config.json")).unwrap();
+        llama::build(cfg.clone(), &random_weights(&cfg, 5)).unwrap()
+    };
+    let err = isolate_mlp_outliers(&dec, &Default::default(), 2).unwrap_err();
+    assert!(err.to_string().contains("no input statistics"), "{err}");
+}
+
 /// W (out, in) programmed as chip 0 of `preset`, calibrated by `rule` (None: the default) on
 /// x: its ranges and its output for x.
 pub fn calibrated(
@@ -510,7 +571,7 @@ pub fn calibrated(
 ) -> (Vec<f32>, Tensor) {
     use afm::executor::linear::Projection;
     let p = Projection::digital(w.clone(), None)
-        .to_analog(preset, 0, "p")
+        .to_analog(preset, 0, "p", 0)
         .unwrap();
     if let Some(r) = rule {
         p.set_calibration(r);

@@ -1,0 +1,129 @@
+//! Isolating the MLP's outlier channels in a row block of their own.
+//!
+//! On some tokens a few of down_proj's inputs (SwiGLU products) are hundreds of times larger
+//! than the rest. One static DAC range per row block either clips them, and the model loses what
+//! it depends on, or covers them, and the block's other inputs get a few of the DAC's levels.
+//! Permuting the intermediate channels is exact (gate/up rows and down_proj's columns move
+//! together), so the mapping can put the outliers first, in a short row block with its own
+//! range and ADC bound, and leave the other blocks tight ranges. It costs one more row of tiles
+//! per down_proj.
+
+use crate::error::{Error, Result};
+use crate::executor::decoder::{Block, Decoder, GateUp};
+use crate::executor::linear::Projection;
+use candle_core::Tensor;
+use std::collections::BTreeMap;
+
+/// The indices of the `k` largest values of `x_max` (ties to the lower index), ascending.
+pub fn top_channels(x_max: &[f32], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..x_max.len()).collect();
+    order.sort_by(|&a, &b| x_max[b].total_cmp(&x_max[a]).then(a.cmp(&b)));
+    order.truncate(k.min(x_max.len()));
+    order.sort_unstable();
+    order
+}
+
+/// The permutation that puts `first` (ascending, distinct, < n) in front of the other
+/// channels, both groups in their original order.
+fn front_permutation(n: usize, first: &[usize]) -> Vec<u32> {
+    let mut chosen = vec![false; n];
+    first.iter().for_each(|&i| chosen[i] = true);
+    first
+        .iter()
+        .copied()
+        .chain((0..n).filter(|&i| !chosen[i]))
+        .map(|i| i as u32)
+        .collect()
+}
+
+/// A copy of `model` whose MLPs have the `k` intermediate channels with the largest |input| of
+/// down_proj (in the statistics `stats` of [`crate::train::smooth::input_abs_max`]) moved to the
+/// front, and down_proj marked to map them onto a row block of their own
+/// ([`Decoder::isolated`]). The function is unchanged: every product stays exact.
+pub fn isolate_mlp_outliers(
+    model: &Decoder,
+    stats: &BTreeMap<String, Vec<f32>>,
+    k: usize,
+) -> Result<Decoder> {
+    let n = model.cfg.intermediate_size;
+    if k == 0 || k >= n {
+        return Err(Error::Value(format!(
+            "isolating {k} outlier channels of an MLP with {n}: expected 1..{n}"
+        )));
+    }
+    let mut out = model.map_projections(|name, p| p.clone_digital(name))?;
+    for (i, b) in out.blocks.iter_mut().enumerate() {
+        let name = format!("model.layers.{i}.mlp.down_proj");
+        let x_max = stats
+            .get(&name)
+            .ok_or_else(|| Error::Value(format!("no input statistics for `{name}`")))?;
+        if x_max.len() != n {
+            return Err(Error::Shape(format!(
+                "`{name}`: statistics for {} inputs, the MLP has {n}",
+                x_max.len()
+            )));
+        }
+        let perm = front_permutation(n, &top_channels(x_max, k));
+        permute(b, &perm, n)?;
+        out.isolated.insert(name, k);
+    }
+    Ok(out)
+}
+
+/// Applies the intermediate-channel permutation `perm` to one block's MLP.
+fn permute(b: &mut Block, perm: &[u32], n: usize) -> Result<()> {
+    let dev = b.post_norm.device().clone();
+    let idx = Tensor::from_slice(perm, perm.len(), &dev)?;
+    b.down = select(&b.down, &idx, 1)?;
+    b.gate_up = match &b.gate_up {
+        GateUp::Separate { gate, up } => GateUp::Separate {
+            gate: select(gate, &idx, 0)?,
+            up: select(up, &idx, 0)?,
+        },
+        GateUp::Fused(f) => {
+            // Rows are gate then up: the same permutation in both halves.
+            let both: Vec<u32> = perm
+                .iter()
+                .copied()
+                .chain(perm.iter().map(|&i| i + n as u32))
+                .collect();
+            let idx2 = Tensor::from_slice(&both, both.len(), &dev)?;
+            GateUp::Fused(select(f, &idx2, 0)?)
+        }
+    };
+    Ok(())
+}
+
+/// A digital projection with its weight's rows (`dim` 0, with the bias) or columns (`dim` 1)
+/// taken in the order `idx`.
+fn select(p: &Projection, idx: &Tensor, dim: usize) -> Result<Projection> {
+    let Projection::Digital { weight, bias } = p else {
+        return Err(Error::Value(
+            "isolating outliers needs digital projections".into(),
+        ));
+    };
+    let bias = match (bias, dim) {
+        (Some(b), 0) => Some(b.index_select(idx, 0)?),
+        (b, _) => b.clone(),
+    };
+    Ok(Projection::digital(
+        weight.index_select(idx, dim)?.contiguous()?,
+        bias,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_channels_ascending() {
+        assert_eq!(top_channels(&[1.0, 9.0, 3.0, 9.0, 0.5], 3), vec![1, 2, 3]);
+        assert_eq!(top_channels(&[1.0, 2.0], 5), vec![0, 1]);
+    }
+
+    #[test]
+    fn front_permutation_keeps_order() {
+        assert_eq!(front_permutation(6, &[1, 4]), vec![1, 4, 0, 2, 3, 5]);
+    }
+}
