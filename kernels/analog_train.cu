@@ -2,8 +2,9 @@
 // around the matrix products, which stay with cuBLAS. The CPU twins are in
 // src/train/fused/cpu.rs; tests compare the two.
 //
-// Layouts: row blocks split the inputs as `split_sizes` does (the first `extra` blocks hold
-// `base + 1` inputs, the others `base`); blocked tensors are padded to R = max block length with
+// Layouts: row blocks split the inputs as `split_with_head` does (an optional head block of
+// `head` inputs, then the first `extra` blocks hold `base + 1` inputs, the others `base`);
+// blocked tensors are padded to R = max block length with
 // zeros, so one strided-batched GEMM covers all blocks: xb (nb, T, R), wb (nb, out, R),
 // yb (nb, T, out). Compiled with --fmad=false so the noise and the rounding match the CPU bit
 // for bit (no fused multiply-add where the CPU has none).
@@ -24,22 +25,21 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 }
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half(v); }
 
-__device__ __forceinline__ int blk_start(int s, int base, int extra) {
-  return s * base + min(s, extra);
-}
-__device__ __forceinline__ int blk_len(int s, int base, int extra) {
-  return base + (s < extra ? 1 : 0);
-}
-// Block and offset of input column i.
-__device__ __forceinline__ void blk_of(int i, int base, int extra, int *s, int *j) {
-  int big = extra * (base + 1);
-  if (i < big) {
-    *s = i / (base + 1);
-    *j = i - *s * (base + 1);
-  } else {
-    *s = extra + (i - big) / base;
-    *j = i - blk_start(*s, base, extra);
+// With a head block (head > 0) block 0 holds the first `head` inputs and blocks 1.. split the
+// rest; head = 0 is the plain split.
+__device__ __forceinline__ int blk_start(int s, int base, int extra, int head) {
+  if (head > 0) {
+    if (s == 0) return 0;
+    s -= 1;
   }
+  return head + s * base + min(s, extra);
+}
+__device__ __forceinline__ int blk_len(int s, int base, int extra, int head) {
+  if (head > 0) {
+    if (s == 0) return head;
+    s -= 1;
+  }
+  return base + (s < extra ? 1 : 0);
 }
 
 // ---- counter-based normals: a line-by-line port of src/rng/fast.rs -------------------------
@@ -132,9 +132,9 @@ __device__ __forceinline__ void normal_pair(uint32_t k0, uint32_t k1, uint32_t n
 // Grid (tokens, nb).
 template <typename T>
 __device__ void dac_fwd(const T *x, const float *ranges, T *xb, int tokens, int n_in, int base,
-                        int extra, int r, float inv_states, int used, int dac) {
+                        int extra, int head, int r, float inv_states, int used, int dac) {
   int t = blockIdx.x, s = blockIdx.y;
-  int start = blk_start(s, base, extra), len = blk_len(s, base, extra);
+  int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
   float b = ranges[s];
   bool act = used && b > 0.0f;
   float res = (b * 2.0f) * inv_states;
@@ -157,10 +157,10 @@ __device__ void dac_fwd(const T *x, const float *ranges, T *xb, int tokens, int 
 // Grid (tokens).
 template <typename T>
 __device__ void dac_grad_x(const T *gxb, const T *x, const float *ranges, T *gx, int tokens,
-                           int n_in, int base, int extra, int nb, int r, int used) {
+                           int n_in, int base, int extra, int head, int nb, int r, int used) {
   int t = blockIdx.x;
   for (int s = 0; s < nb; s++) {
-    int start = blk_start(s, base, extra), len = blk_len(s, base, extra);
+    int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
     float b = ranges[s];
     bool act = used && b > 0.0f;
     const T *g = gxb + ((i64)s * tokens + t) * r;
@@ -178,12 +178,12 @@ __device__ void dac_grad_x(const T *gxb, const T *x, const float *ranges, T *gx,
 // of |x| >= range. Grid (chunks, nb); part[(s * chunks + chunk) * 2 + {0, 1}].
 template <typename T>
 __device__ void block_partial(const T *gxb, const T *x, const float *ranges, float *part,
-                              int tokens, int n_in, int base, int extra, int r, int chunks) {
+                              int tokens, int n_in, int base, int extra, int head, int r, int chunks) {
   __shared__ float sp[256];
   __shared__ float sc[256];
   int s = blockIdx.y;
-  int len = blk_len(s, base, extra);
-  int start = blk_start(s, base, extra);
+  int len = blk_len(s, base, extra, head);
+  int start = blk_start(s, base, extra, head);
   float b = ranges[s];
   float pull = 0.0f, cnt = 0.0f;
   for (int t = blockIdx.x; t < tokens; t += chunks) {
@@ -221,7 +221,7 @@ __device__ void block_partial(const T *gxb, const T *x, const float *ranges, flo
 // Range gradient, stage 2: one thread per block: range * pull, plus the decay while enough
 // inputs are inside.
 extern "C" __global__ void range_grad_final(const float *part, const float *ranges, float *gb,
-                                            int tokens, int base, int extra, int nb, int chunks,
+                                            int tokens, int base, int extra, int head, int nb, int chunks,
                                             float decay, float min_inside, int used) {
   int s = blockIdx.x * blockDim.x + threadIdx.x;
   if (s >= nb) return;
@@ -237,7 +237,7 @@ extern "C" __global__ void range_grad_final(const float *part, const float *rang
   }
   float g = (float)pull * b;
   if (decay > 0.0f) {
-    float n = (float)((double)tokens * blk_len(s, base, extra));
+    float n = (float)((double)tokens * blk_len(s, base, extra, head));
     float inside = 1.0f - (float)cnt / n;
     if (inside > min_inside) g += b * decay;
   }
@@ -257,7 +257,7 @@ extern "C" __global__ void clip_count_final(const float *part, const float *rang
 // ---- weights: per (block, channel) max |w|, then the noisy blocked copy --------------------
 
 template <typename T>
-__device__ void block_absmax(const T *w, float *wmax, int out, int n_in, int base, int extra,
+__device__ void block_absmax(const T *w, float *wmax, int out, int n_in, int base, int extra, int head,
                              int nb) {
   // One warp per (block, channel).
   int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
@@ -265,7 +265,7 @@ __device__ void block_absmax(const T *w, float *wmax, int out, int n_in, int bas
   if (warp >= nb * out) return;
   int s = warp / out;
   int c = warp % out;
-  int start = blk_start(s, base, extra), len = blk_len(s, base, extra);
+  int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
   const T *row = w + (i64)c * n_in + start;
   float m = 0.0f;
   for (int j = lane; j < len; j += 32) m = fmaxf(m, fabsf(to_f(row[j])));
@@ -277,10 +277,10 @@ __device__ void block_absmax(const T *w, float *wmax, int out, int n_in, int bas
 // block s's counter-based stream (pair el / 2, component el % 2). Grid (out, nb).
 template <typename T>
 __device__ void noisy_wblocks(const T *w, const float *wmax, T *wb, uint64_t layer_key,
-                              uint64_t tag, uint64_t call, int out, int n_in, int base, int extra,
+                              uint64_t tag, uint64_t call, int out, int n_in, int base, int extra, int head,
                               int r, float gamma) {
   int c = blockIdx.x, s = blockIdx.y;
-  int start = blk_start(s, base, extra), len = blk_len(s, base, extra);
+  int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
   uint32_t k0 = 0, k1 = 0;
   if (gamma > 0.0f) block_keys(layer_key, tag, call, s, &k0, &k1);
   float sc = wmax[(i64)s * out + c] * gamma;
@@ -303,11 +303,11 @@ __device__ void noisy_wblocks(const T *w, const float *wmax, T *wb, uint64_t lay
 
 // Gradient of w: the blocked gradient put back in place (the noise is additive). Grid (out).
 template <typename T>
-__device__ void unblock_w(const T *gwb, T *gw, int out, int n_in, int base, int extra, int nb,
+__device__ void unblock_w(const T *gwb, T *gw, int out, int n_in, int base, int extra, int head, int nb,
                           int r) {
   int c = blockIdx.x;
   for (int s = 0; s < nb; s++) {
-    int start = blk_start(s, base, extra), len = blk_len(s, base, extra);
+    int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
     const T *g = gwb + ((i64)s * out + c) * r;
     T *o = gw + (i64)c * n_in + start;
     for (int j = threadIdx.x; j < len; j += blockDim.x) o[j] = g[j];
@@ -364,32 +364,32 @@ __device__ void adc_grad(const T *g, const T *yb, const float *bound, T *gyb, in
 
 #define INSTANTIATE(T, SUF)                                                                     \
   extern "C" __global__ void dac_fwd_##SUF(const T *x, const float *ranges, T *xb, int tokens,  \
-                                           int n_in, int base, int extra, int r,                \
+                                           int n_in, int base, int extra, int head, int r,                \
                                            float inv_states, int used, int dac) {               \
-    dac_fwd<T>(x, ranges, xb, tokens, n_in, base, extra, r, inv_states, used, dac);             \
+    dac_fwd<T>(x, ranges, xb, tokens, n_in, base, extra, head, r, inv_states, used, dac);             \
   }                                                                                             \
   extern "C" __global__ void dac_grad_x_##SUF(const T *gxb, const T *x, const float *ranges,   \
-                                              T *gx, int tokens, int n_in, int base, int extra, \
+                                              T *gx, int tokens, int n_in, int base, int extra, int head, \
                                               int nb, int r, int used) {                        \
-    dac_grad_x<T>(gxb, x, ranges, gx, tokens, n_in, base, extra, nb, r, used);                  \
+    dac_grad_x<T>(gxb, x, ranges, gx, tokens, n_in, base, extra, head, nb, r, used);                  \
   }                                                                                             \
   extern "C" __global__ void block_partial_##SUF(const T *gxb, const T *x, const float *ranges, \
                                                  float *part, int tokens, int n_in, int base,   \
-                                                 int extra, int r, int chunks) {                \
-    block_partial<T>(gxb, x, ranges, part, tokens, n_in, base, extra, r, chunks);               \
+                                                 int extra, int head, int r, int chunks) {                \
+    block_partial<T>(gxb, x, ranges, part, tokens, n_in, base, extra, head, r, chunks);               \
   }                                                                                             \
   extern "C" __global__ void block_absmax_##SUF(const T *w, float *wmax, int out, int n_in,    \
-                                                int base, int extra, int nb) {                  \
-    block_absmax<T>(w, wmax, out, n_in, base, extra, nb);                                       \
+                                                int base, int extra, int head, int nb) {                  \
+    block_absmax<T>(w, wmax, out, n_in, base, extra, head, nb);                                       \
   }                                                                                             \
   extern "C" __global__ void noisy_wblocks_##SUF(                                              \
       const T *w, const float *wmax, T *wb, uint64_t layer_key, uint64_t tag, uint64_t call,    \
-      int out, int n_in, int base, int extra, int r, float gamma) {                             \
-    noisy_wblocks<T>(w, wmax, wb, layer_key, tag, call, out, n_in, base, extra, r, gamma);      \
+      int out, int n_in, int base, int extra, int head, int r, float gamma) {                             \
+    noisy_wblocks<T>(w, wmax, wb, layer_key, tag, call, out, n_in, base, extra, head, r, gamma);      \
   }                                                                                             \
   extern "C" __global__ void unblock_w_##SUF(const T *gwb, T *gw, int out, int n_in, int base,  \
-                                             int extra, int nb, int r) {                        \
-    unblock_w<T>(gwb, gw, out, n_in, base, extra, nb, r);                                       \
+                                             int extra, int head, int nb, int r) {                        \
+    unblock_w<T>(gwb, gw, out, n_in, base, extra, head, nb, r);                                       \
   }                                                                                             \
   extern "C" __global__ void adc_sum_##SUF(const T *yb, const float *bound, T *y, int tokens,  \
                                            int out, int nb, float inv_states, int adc) {        \

@@ -50,6 +50,12 @@ pub fn open_digital(model: &str, dtype: DType) -> anyhow::Result<(LoadedModel, T
     let Some(tok) = m.tokenizer.take() else {
         bail!("{} has no tokenizer", m.path.display());
     };
+    // A trained model with isolated outliers keeps its mapping on any chip it is put on.
+    if m.path.is_dir() {
+        if let Some(meta) = afm::train::student::load_meta(&m.path)? {
+            m.decoder.isolated = meta.isolated;
+        }
+    }
     Ok((m, tok))
 }
 

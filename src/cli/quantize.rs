@@ -87,6 +87,11 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
                 label: text.display().to_string(),
             },
         )),
+        (Some(_), Some(meta), None) if !meta.isolated.is_empty() => bail!(
+            "--inputs: {} maps isolated outlier inputs onto row blocks of their own, which a \
+             digital chip's static input blocks do not model; give --calib-text FILE",
+            m.path.display()
+        ),
         (Some(bits), Some(meta), None) => Some((
             bits,
             RangeSource::Learned {

@@ -12,7 +12,7 @@ use super::ops::{AdcStage, InputStage};
 use super::range_search;
 use crate::error::{Error, Result};
 use crate::rng::{name_hash, Effect, StreamKey};
-use crate::tile::mapping::split_sizes;
+use crate::tile::mapping::split_with_head;
 use candle_core::{DType, Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
@@ -63,8 +63,13 @@ pub struct AnalogTrainConfig {
     /// it, the division folded into the norm gain or the projection before (see
     /// `train::smooth`), so that one DAC range per row block need not cover outlier columns.
     pub smooth_alpha: f64,
-    /// Training batches whose inputs give the smoothing statistics [8].
+    /// Training batches whose inputs give the smoothing and outlier statistics [8].
     pub smooth_batches: usize,
+    /// down_proj's inputs with the largest |x| over the statistics batches that get a row block
+    /// of their own (0: off) [0]: the MLP's intermediate channels are permuted so that they
+    /// come first (exact; `train::outliers`), and that block has its own range and ADC bound.
+    /// Its own tiles on a chip; the other blocks need not cover the outliers.
+    pub isolate_outliers: usize,
     /// Gradient through the ADC bound lambda * w_max[c] * range [false: lightning detaches the
     /// bound]. On, the bound gets the straight-through step-size gradient of LSQ (Esser et al.,
     /// ICLR 2020): (q - y) / bound inside, the sign of y where clamped; it reaches the range and
@@ -93,6 +98,7 @@ impl Default for AnalogTrainConfig {
             weight_bits: 0,
             smooth_alpha: 0.0,
             smooth_batches: 8,
+            isolate_outliers: 0,
             adc_bound_grad: false,
         }
     }
@@ -132,8 +138,20 @@ impl AnalogTrainConfig {
         if !(0.0..=1.0).contains(&self.smooth_alpha) {
             return bad("smooth_alpha", "must be in 0..=1 (0: off)".into());
         }
-        if self.smooth_alpha > 0.0 && self.smooth_batches == 0 {
-            return bad("smooth_batches", "must be >= 1 when smoothing".into());
+        if (self.smooth_alpha > 0.0 || self.isolate_outliers > 0) && self.smooth_batches == 0 {
+            return bad(
+                "smooth_batches",
+                "must be >= 1 when smoothing or isolating outliers".into(),
+            );
+        }
+        if self.isolate_outliers > self.tile_rows {
+            return bad(
+                "isolate_outliers",
+                format!(
+                    "{} inputs do not fit one row block of tile_rows = {}",
+                    self.isolate_outliers, self.tile_rows
+                ),
+            );
         }
         if !(0.0..=1.0).contains(&self.range_min_inside) {
             return bad("range_min_inside", "must be in 0..=1".into());
@@ -204,6 +222,9 @@ pub struct AnalogTrainLinear {
     pub ranges: Var,
     /// Row blocks (start, length) over the inputs.
     pub blocks: Vec<(usize, usize)>,
+    /// Inputs of the first row block when they sit in a block of their own (isolated
+    /// outliers; 0: the plain split).
+    pub head: usize,
     /// Settings.
     pub cfg: AnalogTrainConfig,
     /// Seed of the noise streams.
@@ -231,8 +252,27 @@ impl AnalogTrainLinear {
         seed: u64,
         name: &str,
     ) -> Result<Self> {
+        Self::with_head(weight, bias, cfg, seed, name, 0)
+    }
+
+    /// [`AnalogTrainLinear::new`] with the first `head` inputs in a row block of their own.
+    pub fn with_head(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        cfg: &AnalogTrainConfig,
+        seed: u64,
+        name: &str,
+        head: usize,
+    ) -> Result<Self> {
         let (_, n_in) = weight.dims2()?;
-        let blocks = split_sizes(n_in, cfg.tile_rows);
+        if head > cfg.tile_rows {
+            return Err(Error::Value(format!(
+                "layer `{name}`: an isolated block of {head} inputs on tiles of {} rows",
+                cfg.tile_rows
+            )));
+        }
+        let head = if head >= n_in { 0 } else { head };
+        let blocks = split_with_head(n_in, head, cfg.tile_rows);
         let dev = weight.device();
         Ok(AnalogTrainLinear {
             weight: Var::from_tensor(&weight.to_dtype(DType::F32)?)?,
@@ -251,6 +291,7 @@ impl AnalogTrainLinear {
             compute: DType::F32,
             reference: false,
             blocks,
+            head,
             cfg: cfg.clone(),
             seed,
             name: name.to_string(),
@@ -424,7 +465,7 @@ impl AnalogTrainLinear {
     /// The state updates of one fused forward over x (tokens, in) (forward counter, range
     /// initialization, clip statistics) and its settings and weight.
     fn prepare(&self, x: &Tensor) -> Result<(LayerSpec, Tensor)> {
-        let g = Blocks::new(x.dims()[1], self.cfg.tile_rows);
+        let g = Blocks::with_head(x.dims()[1], self.cfg.tile_rows, self.head);
         let mut state = self.state()?;
         let (training, call) = (state.training, state.calls);
         state.calls += 1;

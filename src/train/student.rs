@@ -26,7 +26,9 @@ pub fn build_student(
     teacher.map_projections(|name, p| match p {
         Projection::Digital { .. } if digital_lm_head && name == "lm_head" => p.clone_digital(name),
         Projection::Digital { weight, bias } => {
-            let mut layer = AnalogTrainLinear::new(weight, bias.as_ref(), cfg, seed, name)?;
+            let head = teacher.isolated.get(name).copied().unwrap_or(0);
+            let mut layer =
+                AnalogTrainLinear::with_head(weight, bias.as_ref(), cfg, seed, name, head)?;
             layer.compute = compute;
             Ok(Projection::Train(Box::new(layer)))
         }
@@ -130,6 +132,10 @@ pub struct AnalogMeta {
     pub analog: AnalogTrainConfig,
     /// Input ranges per projection (HF name), one per row block.
     pub input_ranges: BTreeMap<String, Vec<f32>>,
+    /// Projections (HF name) whose first inputs sit in a row block of their own, and how many
+    /// ([`Decoder::isolated`]; the saved weights are already permuted).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub isolated: BTreeMap<String, usize>,
 }
 
 /// Saves the student as an HF folder: config.json, model.safetensors (every weight, trained
@@ -200,6 +206,7 @@ pub fn save_model(
     let meta = AnalogMeta {
         analog: cfg.clone(),
         input_ranges: ranges,
+        isolated: model.isolated.clone(),
     };
     let meta = serde_json::to_value(&meta).map_err(|e| Error::Value(e.to_string()))?;
     crate::paths::write_atomic(

@@ -343,11 +343,12 @@ pub fn train_rank(
             cfg.run.analog_dtype
         )));
     }
-    // Smoothing statistics come from the first global batches, the same on every rank and on
-    // a resume, so a resumed run rebuilds the same norms (they are not checkpointed).
-    let smoothed = if cfg.analog.smooth_alpha > 0.0 {
+    // Smoothing and outlier statistics come from the first global batches, the same on every
+    // rank and on a resume, so a resumed run rebuilds the same model (it is not checkpointed).
+    let a = &cfg.analog;
+    let stats_batches = || {
         let bs = cfg.run.batch_size;
-        let batches = (0..cfg.analog.smooth_batches)
+        (0..a.smooth_batches)
             .map(|i| {
                 let flat: Vec<u32> = batch_rows(rows.len(), cfg.run.seed, i * bs, bs)
                     .iter()
@@ -355,17 +356,27 @@ pub fn train_rank(
                     .collect();
                 Tensor::from_vec(flat, (bs, seq), teacher.device())
             })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let stats = super::smooth::input_abs_max(teacher, &batches)?;
-        Some(super::smooth::smooth(
+            .collect::<candle_core::Result<Vec<_>>>()
+    };
+    let mut smoothed = None;
+    if a.smooth_alpha > 0.0 {
+        let stats = super::smooth::input_abs_max(teacher, &stats_batches()?)?;
+        smoothed = Some(super::smooth::smooth(
             teacher,
             &stats,
-            cfg.analog.smooth_alpha,
+            a.smooth_alpha,
             !cfg.run.digital_lm_head,
-        )?)
-    } else {
-        None
-    };
+        )?);
+    }
+    if a.isolate_outliers > 0 {
+        let base = smoothed.as_ref().unwrap_or(teacher);
+        let stats = super::smooth::input_abs_max(base, &stats_batches()?)?;
+        smoothed = Some(super::outliers::isolate_mlp_outliers(
+            base,
+            &stats,
+            a.isolate_outliers,
+        )?);
+    }
     let student = build_student(
         smoothed.as_ref().unwrap_or(teacher),
         &cfg.analog,

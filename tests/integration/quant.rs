@@ -200,6 +200,7 @@ fn quantized_tiny_model_saves_loads_and_runs() {
             ..Default::default()
         },
         input_ranges: ranges.clone(),
+        isolated: Default::default(),
     };
     std::fs::write(
         analog.join("analog.json"),

@@ -391,10 +391,11 @@ fn text_data_cuts_bos_rows_and_holds_out() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A smoothed run stopped after a checkpoint and resumed (which smooths the teacher again from
-/// the same first batches) ends with the same bytes as the run that was not stopped.
+/// A smoothed run with isolated outliers stopped after a checkpoint and resumed (which smooths
+/// and permutes the teacher again from the same first batches) ends with the same bytes as the
+/// run that was not stopped, and the saved model maps its outliers as it was trained.
 #[test]
-fn smoothed_training_resumes_to_the_same_model() {
+fn smoothed_isolated_training_resumes_to_the_same_model() {
     use afm::train::trainer::{train, TrainConfig};
     let dir = temp_dir("smooth-resume");
     let _ = std::fs::remove_dir_all(&dir);
@@ -410,6 +411,7 @@ fn smoothed_training_resumes_to_the_same_model() {
     c.analog.clip_alpha = 0.0;
     c.analog.smooth_alpha = 0.5;
     c.analog.smooth_batches = 2;
+    c.analog.isolate_outliers = 3;
     let run = |out: &str, stop_at: Option<usize>| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             train(
@@ -434,6 +436,28 @@ fn smoothed_training_resumes_to_the_same_model() {
         .unwrap()
         .unwrap();
     assert_eq!(meta.analog.smooth_alpha, 0.5);
+    let n = m.decoder.cfg.intermediate_size;
+    let layers = m.decoder.blocks.len();
+    assert_eq!(meta.isolated.len(), layers);
+    for (name, &k) in &meta.isolated {
+        assert!(name.ends_with("mlp.down_proj") && k == 3, "{name}: {k}");
+        let blocks = afm::tile::split_with_head(n, 3, 32);
+        assert_eq!(meta.input_ranges[name].len(), blocks.len(), "{name}");
+    }
+    // The saved folder, put on tiles with its mapping, takes every learned range.
+    let mut saved_model =
+        load_model(dir.join("whole/final").to_str().unwrap(), DType::F32).unwrap();
+    saved_model.decoder.isolated = meta.isolated.clone();
+    let mut preset = afm::tile::TilePreset::load(&repo("tiles/ideal.toml")).unwrap();
+    preset.tile.rows = 32;
+    let mut chip =
+        afm::executor::load::program_chip(&saved_model.decoder, &preset, 0, false).unwrap();
+    let set = afm::executor::load::apply_ranges(&mut chip, &meta.input_ranges);
+    assert!(set.is_ok(), "{set:?}");
+    saved_model.decoder.isolated.clear();
+    let mut plain =
+        afm::executor::load::program_chip(&saved_model.decoder, &preset, 0, false).unwrap();
+    assert!(afm::executor::load::apply_ranges(&mut plain, &meta.input_ranges).is_err());
     // The smoothing moved the norms: the saved gains are not the teacher's.
     let saved = candle_core::safetensors::load(
         dir.join("whole/final/model.safetensors"),
@@ -445,10 +469,16 @@ fn smoothed_training_resumes_to_the_same_model() {
         .unwrap();
     let t = m.decoder.blocks[0].input_norm.to_vec1::<f32>().unwrap();
     assert!(g.iter().zip(&t).any(|(a, b)| (a - b).abs() > 1e-3));
-    for (alpha, batches, field) in [(1.5, 8, "smooth_alpha"), (0.5, 0, "smooth_batches")] {
+    for (alpha, batches, isolate, field) in [
+        (1.5, 8, 0, "smooth_alpha"),
+        (0.5, 0, 0, "smooth_batches"),
+        (0.0, 0, 4, "smooth_batches"),
+        (0.0, 8, 513, "isolate_outliers"),
+    ] {
         let bad = afm::train::layer::AnalogTrainConfig {
             smooth_alpha: alpha,
             smooth_batches: batches,
+            isolate_outliers: isolate,
             ..Default::default()
         };
         assert_eq!(bad.check().unwrap_err().0, field);

@@ -46,7 +46,8 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Output, ranges after the forward, and gradients (x, W, bias, ranges) of sum(y * g).
+/// Output, ranges after the forward, and gradients (x, W, bias, ranges) of sum(y * g). The
+/// layer's first `cfg.isolate_outliers` inputs get a row block of their own, as down_proj's do.
 pub fn run_layer(
     run: &Run,
     w: &Tensor,
@@ -57,14 +58,19 @@ pub fn run_layer(
     cfg: &AnalogTrainConfig,
 ) -> Vec<(String, Vec<f32>)> {
     let dev = run.dev;
-    let mut layer = AnalogTrainLinear::new(
+    let mut layer = AnalogTrainLinear::with_head(
         &w.to_device(dev).unwrap(),
         b.map(|b| b.to_device(dev).unwrap()).as_ref(),
         cfg,
         3,
         "l",
+        cfg.isolate_outliers,
     )
     .unwrap();
+    assert_eq!(
+        layer.blocks[0].1 == cfg.isolate_outliers,
+        cfg.isolate_outliers > 0
+    );
     layer.reference = run.reference;
     layer.compute = run.compute;
     if let Some(r) = ranges {
@@ -157,17 +163,18 @@ pub fn assert_mostly_close(
 
 /// Random ragged layer cases (tokens, inputs, outputs, tile rows) with their tensors.
 pub fn ragged_cases() -> Vec<(String, [Tensor; 4], AnalogTrainConfig)> {
+    // (tokens, inputs, outputs, tile rows, isolated head block)
     let cases = [
-        (7, 13, 5, 4),
-        (33, 700, 96, 256),
-        (64, 1100, 300, 512),
-        (5, 1030, 17, 512),
-        (40, 600, 70, 256),
+        (7, 13, 5, 4, 2),
+        (33, 700, 96, 256, 0),
+        (64, 1100, 300, 512, 7),
+        (5, 1030, 17, 512, 0),
+        (40, 600, 70, 256, 0),
     ];
     cases
         .iter()
         .enumerate()
-        .map(|(i, &(tokens, n_in, n_out, rows))| {
+        .map(|(i, &(tokens, n_in, n_out, rows, head))| {
             let seed = 40 + i as u64;
             let t = |s: u64, shape: (usize, usize), scale: f32| {
                 Tensor::from_vec(normals(s, shape.0 * shape.1, scale), shape, &Device::Cpu).unwrap()
@@ -184,6 +191,7 @@ pub fn ragged_cases() -> Vec<(String, [Tensor; 4], AnalogTrainConfig)> {
             let cfg = AnalogTrainConfig {
                 range_init_batches: 2,
                 tile_rows: rows,
+                isolate_outliers: head,
                 ..AnalogTrainConfig::default()
             };
             // The last case also learns through the ADC bound, with ranges and a bound tight
@@ -199,7 +207,7 @@ pub fn ragged_cases() -> Vec<(String, [Tensor; 4], AnalogTrainConfig)> {
                 cfg
             };
             (
-                format!("case {i} ({tokens}x{n_in}->{n_out}, rows {rows})"),
+                format!("case {i} ({tokens}x{n_in}->{n_out}, rows {rows}, head {head})"),
                 tensors,
                 cfg,
             )

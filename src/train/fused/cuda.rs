@@ -64,6 +64,7 @@ fn run_t<T: CudaDType + DeviceRepr>(
     let f = |name: &str| dev.get_or_load_custom_func(&format!("{name}_{suf}"), MODULE, PTX);
     let n = shape.elem_count();
     let (base, extra, nb, r, n_in) = (i(g.base), i(g.extra), i(g.nb), i(g.r), i(g.n_in));
+    let head = i(g.head);
     let t = |k: usize| slice::<T>(args[k].0, args[k].1);
     let f32_arg = |k: usize| slice::<f32>(args[k].0, args[k].1);
     let alloc_t = |n: usize| unsafe { dev.alloc::<T>(n) };
@@ -78,7 +79,7 @@ fn run_t<T: CudaDType + DeviceRepr>(
             b.arg(&x).arg(&ranges).arg(&y);
             let (inv, dac) = (inv_states.unwrap_or(0.0), i32::from(inv_states.is_some()));
             let (tk, used) = (i(tokens), i32::from(*used));
-            candle_core::builder_arg!(b, tk, n_in, base, extra, r, inv, used, dac);
+            candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, inv, used, dac);
             unsafe { b.launch(rows(tokens, g.nb)) }.w()?;
             Ok(wrap_t(y))
         }
@@ -90,7 +91,7 @@ fn run_t<T: CudaDType + DeviceRepr>(
             let mut b = func.builder();
             b.arg(&gxb).arg(&x).arg(&ranges).arg(&y);
             let (tk, used) = (i(tokens), i32::from(*used));
-            candle_core::builder_arg!(b, tk, n_in, base, extra, nb, r, used);
+            candle_core::builder_arg!(b, tk, n_in, base, extra, head, nb, r, used);
             unsafe { b.launch(rows(tokens, 1)) }.w()?;
             Ok(wrap_t(y))
         }
@@ -114,7 +115,7 @@ fn run_t<T: CudaDType + DeviceRepr>(
             };
             b.arg(&x).arg(&ranges).arg(&part);
             let (tk, ch) = (i(tokens), i(chunks));
-            candle_core::builder_arg!(b, tk, n_in, base, extra, r, ch);
+            candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, ch);
             unsafe { b.launch(rows(chunks, g.nb)) }.w()?;
             let out = unsafe { dev.alloc::<f32>(g.nb)? };
             match &op.stage {
@@ -132,6 +133,7 @@ fn run_t<T: CudaDType + DeviceRepr>(
                         tk,
                         base,
                         extra,
+                        head,
                         nb,
                         ch,
                         *decay,
@@ -159,7 +161,7 @@ fn run_t<T: CudaDType + DeviceRepr>(
             let func = f("block_absmax")?;
             let mut b = func.builder();
             b.arg(&w).arg(&m);
-            candle_core::builder_arg!(b, out, n_in, base, extra, nb);
+            candle_core::builder_arg!(b, out, n_in, base, extra, head, nb);
             unsafe { b.launch(grid(n * 32)) }.w()?;
             Ok(CudaStorage::wrap_cuda_slice(m, dev.clone()))
         }
@@ -176,7 +178,7 @@ fn run_t<T: CudaDType + DeviceRepr>(
             let mut b = func.builder();
             b.arg(&w).arg(&wmax).arg(&y);
             let (lk, tag, o) = (layer_key(*seed, *layer), Effect::WeightNoise.tag(), i(out));
-            candle_core::builder_arg!(b, lk, tag, *call, o, n_in, base, extra, r, *gamma);
+            candle_core::builder_arg!(b, lk, tag, *call, o, n_in, base, extra, head, r, *gamma);
             unsafe { b.launch(rows(out, g.nb)) }.w()?;
             Ok(wrap_t(y))
         }
@@ -188,7 +190,7 @@ fn run_t<T: CudaDType + DeviceRepr>(
             let mut b = func.builder();
             b.arg(&gwb).arg(&y);
             let o = i(out);
-            candle_core::builder_arg!(b, o, n_in, base, extra, nb, r);
+            candle_core::builder_arg!(b, o, n_in, base, extra, head, nb, r);
             unsafe { b.launch(rows(out, 1)) }.w()?;
             Ok(wrap_t(y))
         }

@@ -19,18 +19,22 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
 
-/// How a layer's inputs split into row blocks (as `tile::mapping::split_sizes`: the first
-/// `extra` blocks hold `base + 1` inputs, the rest `base`), and the padded block length `r`.
+/// How a layer's inputs split into row blocks (as `tile::mapping::split_with_head`: an optional
+/// head block of the first `head` inputs, then the rest as `split_sizes` splits it: the first
+/// `extra` of those blocks hold `base + 1` inputs, the others `base`), and the padded block
+/// length `r`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Blocks {
     /// Inputs of the layer.
     pub n_in: usize,
     /// Row blocks.
     pub nb: usize,
-    /// Inputs of the shorter blocks.
+    /// Inputs of the shorter blocks after the head.
     pub base: usize,
-    /// Blocks holding one input more than `base`.
+    /// Blocks after the head holding one input more than `base`.
     pub extra: usize,
+    /// Inputs of the head block (0: none).
+    pub head: usize,
     /// Padded block length (the longest block).
     pub r: usize,
 }
@@ -38,25 +42,45 @@ pub struct Blocks {
 impl Blocks {
     /// The blocks of `n_in` inputs on tiles of `rows` rows.
     pub fn new(n_in: usize, rows: usize) -> Self {
-        let nb = n_in.div_ceil(rows.max(1)).max(1);
-        let (base, extra) = (n_in / nb, n_in % nb);
+        Self::with_head(n_in, rows, 0)
+    }
+
+    /// The blocks of `n_in` inputs on tiles of `rows` rows, the first `head` in a block of
+    /// their own (0, or `head` >= `n_in`: the plain split).
+    pub fn with_head(n_in: usize, rows: usize, head: usize) -> Self {
+        let head = if head >= n_in { 0 } else { head };
+        let rest = n_in - head;
+        let nr = rest.div_ceil(rows.max(1)).max(1);
+        let (base, extra) = (rest / nr, rest % nr);
         Blocks {
             n_in,
-            nb,
+            nb: nr + usize::from(head > 0),
             base,
             extra,
-            r: base + usize::from(extra > 0),
+            head,
+            r: (base + usize::from(extra > 0)).max(head),
         }
+    }
+
+    /// 1 with a head block, else 0: the index of the first block of the plain split.
+    fn o(&self) -> usize {
+        usize::from(self.head > 0)
     }
 
     /// First input of block `s`.
     pub fn start(&self, s: usize) -> usize {
-        s * self.base + s.min(self.extra)
+        match s.checked_sub(self.o()) {
+            Some(t) => self.head + t * self.base + t.min(self.extra),
+            None => 0,
+        }
     }
 
     /// Inputs of block `s`.
     pub fn len(&self, s: usize) -> usize {
-        self.base + usize::from(s < self.extra)
+        match s.checked_sub(self.o()) {
+            Some(t) => self.base + usize::from(t < self.extra),
+            None => self.head,
+        }
     }
 
     /// Whether the layer has no inputs.
@@ -66,12 +90,17 @@ impl Blocks {
 
     /// (block, offset in the block) of input `i`.
     pub fn of(&self, i: usize) -> (usize, usize) {
+        if i < self.head {
+            return (0, i);
+        }
+        let k = i - self.head;
         let big = self.extra * (self.base + 1);
-        let s = if i < big {
-            i / (self.base + 1)
+        let t = if k < big {
+            k / (self.base + 1)
         } else {
-            self.extra + (i - big) / self.base
+            self.extra + (k - big) / self.base
         };
+        let s = t + self.o();
         (s, i - self.start(s))
     }
 }
@@ -581,17 +610,32 @@ impl CustomOp3 for LayerPass {
 #[cfg(test)]
 mod tests {
     use super::Blocks;
-    use crate::tile::mapping::split_sizes;
+    use crate::tile::mapping::split_with_head;
 
     #[test]
     fn blocks_split_like_the_tile_mapping_and_invert() {
         for n in 1..600 {
-            for rows in [1, 3, 4, 64, 100, 512] {
-                let g = Blocks::new(n, rows);
-                let parts = split_sizes(n, rows);
+            for (rows, head) in [
+                (1, 0),
+                (3, 0),
+                (4, 0),
+                (64, 0),
+                (100, 0),
+                (512, 0),
+                (4, 1),
+                (64, 3),
+                (100, 100),
+                (512, 16),
+            ] {
+                let g = Blocks::with_head(n, rows, head);
+                let parts = split_with_head(n, head, rows);
                 assert_eq!(g.nb, parts.len(), "{n} {rows}");
                 for (s, &(start, len)) in parts.iter().enumerate() {
-                    assert_eq!((g.start(s), g.len(s)), (start, len), "{n} {rows} {s}");
+                    assert_eq!(
+                        (g.start(s), g.len(s)),
+                        (start, len),
+                        "{n} {rows} {head} {s}"
+                    );
                     assert!(len <= g.r);
                     for j in 0..len {
                         assert_eq!(g.of(start + j), (s, j));
