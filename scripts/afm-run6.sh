@@ -5,7 +5,8 @@
 # row again with the calibration fix of session 9, then the initialized student's table, then
 # the trained AFM's (scripts/afm-experiment.sh's 48 cells each).
 # Usage: scripts/afm-run6.sh AFM_BINARY WORK_DIR TOKENS STEPS [JOBS]
-#   CONFIG=FILE  training configuration (default scripts/smollm2-afm-run6.toml)
+#   CONFIG=FILE    training configuration (default scripts/smollm2-afm-run6.toml)
+#   FP_EXTRA=FLAGS more `afm eval` flags for the FP + noise row (run 7: --isolate-outliers 16)
 # Every stage resumes from what is on disk; WORK_DIR/done marks the end.
 set -euo pipefail
 afm=$1 work=$2 tokens=$3 steps=$4 jobs=${5:-16}
@@ -19,7 +20,7 @@ sed -e 's/^lr = .*/lr = 0.0/' -e 's/^warmup_steps = .*/warmup_steps = 0/' "$CONF
   SKIP_DATAGEN=1 STOP_AFTER=train scripts/afm-experiment.sh "$afm" "$work" "$tokens" "$steps"
 } > "$work/gpu.log" 2>&1 &
 gpu=$!
-PRESETS=afm-paper NO_BASELINE=1 scripts/eval-table.sh "$afm" "$work/fp-noise" $((jobs - 2)) 1 \
+EXTRA=${FP_EXTRA:-} PRESETS=afm-paper NO_BASELINE=1 scripts/eval-table.sh "$afm" "$work/fp-noise" $((jobs - 2)) 1 \
   > "$work/fp-noise.log" 2>&1
 while [ ! -d "$work/init/train/final" ]; do
   kill -0 $gpu 2> /dev/null || { echo "GPU stage failed: see $work/gpu.log" >&2; exit 1; }
