@@ -125,7 +125,8 @@ fn combine(a: &mut MvmCost, b: &MvmCost) {
 
 impl ChipMap {
     /// Places every static-weight projection of `config` (lm_head too unless
-    /// `digital_lm_head`) onto tiles of `cost` and chips of `chip`.
+    /// `digital_lm_head`) onto tiles of `cost` and chips of `chip`; a projection named in
+    /// `isolated` (HF name) has its first inputs in a row block of their own.
     pub fn new(
         config: &ModelConfig,
         cost: &TileCostModel,
@@ -133,6 +134,7 @@ impl ChipMap {
         rows: usize,
         cols: usize,
         digital_lm_head: bool,
+        isolated: &std::collections::BTreeMap<String, usize>,
     ) -> Self {
         let n_layers = config.num_hidden_layers as usize;
         let tpc = chip.tiles_per_chip as usize;
@@ -147,7 +149,13 @@ impl ChipMap {
                 if is_head != (layer == n_layers) || (is_head && digital_lm_head) {
                     continue;
                 }
-                let map = TileMap::new(s.in_features, s.out_features, rows, cols);
+                let full = if is_head {
+                    s.name.to_string()
+                } else {
+                    format!("model.layers.{layer}.{}", s.name)
+                };
+                let head = isolated.get(&full).copied().unwrap_or(0).min(rows);
+                let map = TileMap::with_head(s.in_features, s.out_features, head, rows, cols);
                 let tiles = map.tiles();
                 projections.push(Projection {
                     layer,

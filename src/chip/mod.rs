@@ -35,6 +35,9 @@ pub struct RunSpec {
     pub gen_len: usize,
     /// Keep lm_head digital (on the attention units) instead of on tiles.
     pub digital_lm_head: bool,
+    /// Projections (HF name) whose first inputs sit in a row block of their own, and how many
+    /// (an analog model's isolated outliers; `Decoder::isolated`).
+    pub isolated: std::collections::BTreeMap<String, usize>,
 }
 
 /// Most tokens one run may simulate (the operation graph grows linearly with them).
@@ -58,6 +61,7 @@ pub fn simulate(
         preset.rows(),
         preset.cols(),
         spec.digital_lm_head,
+        &spec.isolated,
     );
     simulate_mapped(config, preset, file, &map, spec, progress)
 }

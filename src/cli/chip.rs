@@ -54,6 +54,7 @@ pub fn run(cmd: ChipCommand) -> anyhow::Result<()> {
         prompt_len,
         gen_len,
         digital_lm_head,
+        isolated: super::model::isolated_of(&model)?,
     };
     let bar = ProgressBar::new(0);
     bar.set_style(

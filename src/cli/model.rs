@@ -41,6 +41,17 @@ pub fn model_config(model: &str) -> anyhow::Result<(String, ModelConfig)> {
     })
 }
 
+/// The isolated outlier blocks of an analog model folder (its `analog.json`); empty otherwise.
+pub fn isolated_of(model: &str) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
+    let dir = std::path::Path::new(model);
+    Ok(match dir.is_dir() {
+        true => afm::train::student::load_meta(dir)?
+            .map(|m| m.isolated)
+            .unwrap_or_default(),
+        false => Default::default(),
+    })
+}
+
 /// Runs a model subcommand.
 pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
     let (model, tiles, digital_lm_head) = match cmd {
@@ -58,6 +69,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
     };
     let p = TilePreset::load(&resolve_preset_path(&tiles))?;
     let (name, config) = model_config(&model)?;
+    let isolated = isolated_of(&model)?;
     let c = &config;
     println!("model         {name} ({:?})", c.architecture);
     println!(
@@ -92,7 +104,13 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
             );
             continue;
         }
-        let map = TileMap::new(l.in_features, l.out_features, p.rows(), p.cols());
+        // Every layer isolates as many outliers as the first (train::outliers does).
+        let head = isolated
+            .get(&format!("model.layers.0.{}", l.name))
+            .copied()
+            .unwrap_or(0)
+            .min(p.rows());
+        let map = TileMap::with_head(l.in_features, l.out_features, head, p.rows(), p.cols());
         total += map.tiles() * l.count;
         weights += l.out_features * l.in_features * l.count;
         println!(

@@ -167,7 +167,16 @@ fn array_energy_from_programmed_conductances() {
 fn tiles_and_chips(model_name: &str, preset_name: &str) -> (usize, usize) {
     let (p, _) = preset(preset_name);
     let (cost, chip) = p.cost_sections(Path::new("test")).unwrap();
-    let m = ChipMap::new(&model(model_name), &cost, chip, p.rows(), p.cols(), false);
+    let none = Default::default();
+    let m = ChipMap::new(
+        &model(model_name),
+        &cost,
+        chip,
+        p.rows(),
+        p.cols(),
+        false,
+        &none,
+    );
     (m.tiles, m.chips)
 }
 
@@ -200,6 +209,16 @@ fn tile_and_chip_counts_by_hand() {
     // On 512: qkv 6x18 = 108; o 6x6 = 36; gate_up 6x32 = 192; down 16x6 = 96 -> 432; lm_head
     // 6 x 63 = 378. 32 x 432 + 378 = 14202 tiles; / 128 = 110.95 -> 111 chips.
     assert_eq!(tiles_and_chips("phi-3-mini-4k", "afm-paper"), (14202, 111));
+    // Isolating 16 of down_proj's 1536 inputs on 512 x 512 gives it a fourth row block of
+    // tiles: 2 more per layer, 30 x 32 + 192 = 1152 tiles, 9 chips still (1152 / 128 = 9).
+    let (p, _) = preset("afm-paper");
+    let (cost, chip) = p.cost_sections(Path::new("test")).unwrap();
+    let isolated = (0..30)
+        .map(|l| (format!("model.layers.{l}.mlp.down_proj"), 16))
+        .collect();
+    let cfg = model("smollm2-135m-instruct");
+    let m = ChipMap::new(&cfg, &cost, chip, 512, 512, false, &isolated);
+    assert_eq!((m.tiles, m.chips, m.layer_tiles(0)), (1152, 9, 32));
 }
 
 #[test]
@@ -213,6 +232,7 @@ fn mapping_area_and_utilization() {
         256,
         256,
         false,
+        &Default::default(),
     );
     assert_eq!(m.layer_tiles(0), 78);
     assert_eq!(m.layer_tiles(30), 576);
@@ -235,6 +255,7 @@ fn run(model_name: &str, preset_name: &str, p_len: usize, d_len: usize) -> afm::
         prompt_len: p_len,
         gen_len: d_len,
         digital_lm_head: false,
+        isolated: Default::default(),
     };
     simulate(&model(model_name), &p, &file, &spec, &mut |_, _| {})
         .unwrap()
@@ -246,7 +267,7 @@ fn schedule_respects_dependencies_and_exclusive_resources() {
     let (p, _) = preset("hermes");
     let (cost, chip) = p.cost_sections(Path::new("test")).unwrap();
     let cfg = model("tiny-llama");
-    let map = ChipMap::new(&cfg, &cost, chip, 256, 256, false);
+    let map = ChipMap::new(&cfg, &cost, chip, 256, 256, false, &Default::default());
     let g = graph::build(&cfg, &cost, chip, &map, 6, 3);
     let s = schedule::simulate(&g, &mut |_, _| {});
     let mut by_res: Vec<Vec<(u64, u64)>> = vec![Vec::new(); g.resources.len()];
@@ -313,6 +334,7 @@ fn contention_on_a_slower_kv_cache_shows() {
         prompt_len: 64,
         gen_len: 2,
         digital_lm_head: false,
+        isolated: Default::default(),
     };
     let cfg = model("tiny-llama");
     let fast = simulate(&cfg, &p, &file, &spec, &mut |_, _| {}).unwrap().0;
@@ -410,8 +432,9 @@ fn measured_array_energy_replaces_the_average() {
         prompt_len: 2,
         gen_len: 1,
         digital_lm_head: false,
+        isolated: Default::default(),
     };
-    let mut map = ChipMap::new(&cfg, &cost, chip, 256, 256, false);
+    let mut map = ChipMap::new(&cfg, &cost, chip, 256, 256, false, &Default::default());
     let base = afm::chip::simulate_mapped(&cfg, &p, &file, &map, &spec, &mut |_, _| {})
         .unwrap()
         .0;
