@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The CPU table of docs/results/smollm2-afm.md, session 11: isolating down_proj's largest inputs
+# in a row block of their own (`afm eval --isolate-outliers K`), with the FP model and static
+# ranges set on tinyshakespeare's first 512 tokens (kappa 18 x std per row block unless the row
+# says otherwise), LAMBADA (100 items) and wikitext2 (4096 tokens), one chip, on `ideal` and on
+# `ideal` with the ADC or both converters widened to 16 bits.
+# Usage: scripts/isolation-diagnosis.sh AFM_BINARY WORK_DIR [JOBS]   (AFM_DATA as for afm eval)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+afm=$(readlink -f "$1") work=$2 jobs=${3:-2}
+data=$(readlink -f "${AFM_DATA:-$root/../shared/data}")
+mkdir -p "$work" && cd "$work"
+python3 - "$root/tiles" <<'PY'
+import re, sys
+def widen(base, convs, name):
+    s = open(f"{sys.argv[1]}/{base}.toml").read()
+    for conv in convs:
+        t = re.sub(r"(\[" + conv + r"\]\n(?:#[^\n]*\n)*bits = )8", r"\g<1>16", s, count=1)
+        assert t != s, conv
+        s = t
+    open(f"{name}.toml", "w").write(s.replace(f'name = "{base}"', f'name = "{name}"'))
+widen("ideal", ["adc"], "ideal-adc16")
+widen("ideal", ["adc", "dac"], "ideal-both16")
+PY
+# name | tiles | flags
+cat > rows.txt <<ROWS
+k0|ideal|--calib-kappa 18
+k4|ideal|--calib-kappa 18 --isolate-outliers 4
+k16|ideal|--calib-kappa 18 --isolate-outliers 16
+k64|ideal|--calib-kappa 18 --isolate-outliers 64
+k16-kappa8|ideal|--calib-kappa 8 --isolate-outliers 16
+k16-kappa12|ideal|--calib-kappa 12 --isolate-outliers 16
+k0-mse|ideal|--calib-mse
+k16-mse|ideal|--calib-mse --isolate-outliers 16
+adc16-k0|$PWD/ideal-adc16.toml|--calib-kappa 18
+adc16-k16|$PWD/ideal-adc16.toml|--calib-kappa 18 --isolate-outliers 16
+both16-k0|$PWD/ideal-both16.toml|--calib-kappa 18
+both16-k16|$PWD/ideal-both16.toml|--calib-kappa 18 --isolate-outliers 16
+ROWS
+while IFS='|' read -r name tiles flags; do
+  echo "--out $PWD/$name --tiles $tiles $flags"
+done < rows.txt | RAYON_NUM_THREADS=1 xargs -P "$jobs" -I{} sh -c "$afm eval --model smollm2-135m-instruct \
+  --tasks lambada_openai,wikitext2 --limit 100 --text-tokens 4096 --no-baseline --seed 0 --seeds 1 \
+  --calib-text $data/text/tinyshakespeare.txt {} > /dev/null 2>&1"
+while IFS='|' read -r name tiles flags; do
+  python3 -c "import json,sys; m={c['task']:c['metrics'] for c in json.load(open(sys.argv[1]+'/results.json'))['cells']}; \
+print(sys.argv[2], 'lambada', m['lambada_openai']['acc'], 'wikitext2', round(m['wikitext2']['ppl'], 2))" "$name" "$name"
+done < rows.txt
