@@ -258,6 +258,13 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         Some(p) => Some(super::model_args::calibration_ids(&tok, p, a.calib_tokens)?),
         None => None,
     };
+    if a.isolate_outliers.is_some() && learned.is_some() {
+        bail!(
+            "--isolate-outliers: {} is an analog model; its mapping and ranges come from its \
+             analog.json",
+            m.path.display()
+        );
+    }
     if let (Some(k), Some(ids)) = (a.isolate_outliers, &calibration) {
         let x = candle_core::Tensor::from_slice(ids, (1, ids.len()), m.decoder.device())?;
         let stats = afm::train::smooth::input_abs_max(&m.decoder, &[x])?;

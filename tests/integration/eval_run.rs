@@ -197,9 +197,9 @@ fn a_calibrated_cell_does_not_depend_on_the_tasks_before_it() {
         "Zebras quietly jog past the vexed wizard. ".repeat(8),
     )
     .unwrap();
-    let story = |tasks: String, out: &str| {
+    let story = |tasks: String, out: &str, extra: &[&str]| {
         let out = dir.join(out);
-        let o = afm(&[
+        let mut args = vec![
             "eval",
             "--model",
             model.to_str().unwrap(),
@@ -218,7 +218,9 @@ fn a_calibrated_cell_does_not_depend_on_the_tasks_before_it() {
             "64",
             "--out",
             out.to_str().unwrap(),
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let o = afm(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         results_json(&out)["cells"]
             .as_array()
@@ -229,9 +231,25 @@ fn a_calibrated_cell_does_not_depend_on_the_tasks_before_it() {
             .as_f64()
             .unwrap()
     };
-    let alone = story(t[2].display().to_string(), "alone");
-    let after = story(format!("{},{}", t[1].display(), t[2].display()), "after");
+    let alone = story(t[2].display().to_string(), "alone", &[]);
+    let after = story(
+        format!("{},{}", t[1].display(), t[2].display()),
+        "after",
+        &[],
+    );
     assert_eq!(alone, after, "story alone {alone}, after lamb {after}");
+    // Isolated outliers are another mapping: the cell in the same folder is computed again,
+    // with other row blocks and so another value.
+    let isolated = story(
+        t[2].display().to_string(),
+        "alone",
+        &["--isolate-outliers", "4"],
+    );
+    assert_ne!(alone, isolated, "isolating 4 outliers changed nothing");
+    assert_eq!(
+        results_json(&dir.join("alone"))["config"]["isolate_outliers"],
+        4
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

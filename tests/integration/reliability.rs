@@ -267,4 +267,18 @@ fn a_calibration_kappa_that_is_not_positive_is_refused_by_eval_and_sweep() {
     let both = text.replace("calib_kappa = 0.0", "calib_kappa = 18.0\ncalib_mse = true");
     let e = afm::sweep::spec::SweepFile::parse(&both, std::path::Path::new("k.toml")).unwrap_err();
     assert!(e.to_string().contains("calib_mse"), "{e}");
+    // Isolated outliers need the text their statistics come from.
+    let (ok, e) = afm(&[
+        "eval",
+        "--model",
+        "no-such-model",
+        "--tasks",
+        "wikitext2",
+        "--isolate-outliers",
+        "16",
+    ]);
+    assert!(
+        !ok && e.contains("--isolate-outliers") && e.contains("--calib-text"),
+        "{e}"
+    );
 }
