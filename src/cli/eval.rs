@@ -5,6 +5,7 @@ use afm::eval::harness::{HarnessOptions, Select};
 use afm::eval::run::{self, Plan, Progress, Row};
 use afm::eval::{report, tasks};
 use afm::tile::{resolve_preset_path, TilePreset};
+use afm::train::outliers::Isolate;
 use anyhow::bail;
 use candle_core::DType;
 use clap::Args;
@@ -72,6 +73,10 @@ pub struct EvalArgs {
     /// that they come first, and that block gets its own range and ADC bound.
     #[arg(long, value_name = "K", requires = "calib_text")]
     isolate_outliers: Option<usize>,
+    /// With --isolate-outliers K as the cap: each layer isolates the fewest of its largest
+    /// inputs that leave none above kappa (--calib-kappa, else 18) x the rms of the rest.
+    #[arg(long, requires = "isolate_outliers")]
+    isolate_auto: bool,
     /// Tokens of --calib-text used for calibration.
     #[arg(long, default_value_t = 512)]
     calib_tokens: usize,
@@ -267,8 +272,15 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     }
     if let (Some(k), Some(ids)) = (a.isolate_outliers, &calibration) {
         let x = candle_core::Tensor::from_slice(ids, (1, ids.len()), m.decoder.device())?;
-        let stats = afm::train::smooth::input_abs_max(&m.decoder, &[x])?;
-        m.decoder = afm::train::outliers::isolate_mlp_outliers(&m.decoder, &stats, k)?;
+        let stats = afm::train::smooth::input_stats(&m.decoder, &[x])?;
+        let rule = match a.isolate_auto {
+            true => Isolate::Auto {
+                cap: k,
+                kappa: a.calib_kappa.unwrap_or(18.0),
+            },
+            false => Isolate::Fixed(k),
+        };
+        m.decoder = afm::train::outliers::isolate_mlp_outliers(&m.decoder, &stats, rule)?;
     }
     let plan = Plan {
         model: a.model.clone(),
@@ -334,6 +346,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             "calib_kappa": a.calib_kappa,
             "calib_mse": a.calib_mse,
             "isolate_outliers": a.isolate_outliers,
+            "isolate_auto": a.isolate_auto,
+            "isolated": plan.isolated,
         },
         "versions": {
             "afm": env!("CARGO_PKG_VERSION"), "git_commit": git_commit(),

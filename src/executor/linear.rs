@@ -62,15 +62,52 @@ pub enum Projection {
     Probe(Box<ProbeProjection>),
 }
 
-/// A digital projection that keeps, per input column, the largest |x| seen so far.
+/// A digital projection that keeps statistics of every input column it sees.
 #[derive(Debug)]
 pub struct ProbeProjection {
     /// out x in.
     pub weight: Tensor,
     /// Optional bias.
     pub bias: Option<Tensor>,
-    /// Largest |x| per input column (empty before the first forward).
-    pub abs_max: std::sync::Mutex<Vec<f32>>,
+    /// What it has seen so far.
+    pub stats: std::sync::Mutex<ColumnStats>,
+}
+
+/// Per input column: the largest |x| and the sum of x^2 over the rows seen.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ColumnStats {
+    /// Largest |x| per column (empty before the first row).
+    pub abs_max: Vec<f32>,
+    /// Sum of x^2 per column.
+    pub sum_sq: Vec<f64>,
+    /// Rows seen.
+    pub rows: usize,
+}
+
+impl ColumnStats {
+    /// Mean x^2 per column (0 before the first row).
+    pub fn mean_sq(&self) -> Vec<f64> {
+        let n = self.rows.max(1) as f64;
+        self.sum_sq.iter().map(|s| s / n).collect()
+    }
+
+    /// Adds the rows of x (rows, columns).
+    fn add(&mut self, x: &Tensor) -> Result<()> {
+        let (rows, _) = x.dims2()?;
+        let seen = x.abs()?.max(0)?.to_vec1::<f32>()?;
+        let sq = x.sqr()?.to_dtype(DType::F64)?.sum(0)?.to_vec1::<f64>()?;
+        if self.abs_max.is_empty() {
+            (self.abs_max, self.sum_sq) = (seen, sq);
+        } else {
+            self.abs_max
+                .iter_mut()
+                .zip(seen)
+                .for_each(|(a, b)| *a = a.max(b));
+            self.sum_sq.iter_mut().zip(sq).for_each(|(a, b)| *a += b);
+        }
+        self.rows += rows;
+        Ok(())
+    }
 }
 
 /// A digitally quantized projection: RTN weights (`afm quantize`) and a static input quantizer.
@@ -226,21 +263,10 @@ impl Projection {
             Projection::Train(t) => Ok(t.forward(x)?.to_dtype(x.dtype())?),
             Projection::Probe(p) => {
                 let n_in = *x.dims().last().unwrap_or(&0);
-                let seen = x
-                    .to_dtype(DType::F32)?
-                    .reshape(((), n_in))?
-                    .abs()?
-                    .max(0)?
-                    .to_vec1::<f32>()?;
-                let mut m = p
-                    .abs_max
+                p.stats
                     .lock()
-                    .map_err(|_| crate::Error::Value("probe statistics lock poisoned".into()))?;
-                if m.is_empty() {
-                    *m = seen;
-                } else {
-                    m.iter_mut().zip(seen).for_each(|(a, b)| *a = a.max(b));
-                }
+                    .map_err(|_| crate::Error::Value("probe statistics lock poisoned".into()))?
+                    .add(&x.to_dtype(DType::F32)?.reshape(((), n_in))?)?;
                 matmul(x, &p.weight, p.bias.as_ref())
             }
         }

@@ -70,6 +70,10 @@ pub struct AnalogTrainConfig {
     /// come first (exact; `train::outliers`), and that block has its own range and ADC bound.
     /// Its own tiles on a chip; the other blocks need not cover the outliers.
     pub isolate_outliers: usize,
+    /// With `isolate_outliers` as the cap, each layer isolates the fewest of its largest
+    /// inputs that leave none above `range_init_kappa` x the rms of the rest (what a kappa
+    /// range would clip) [false: every layer isolates `isolate_outliers`].
+    pub isolate_auto: bool,
     /// Gradient through the ADC bound lambda * w_max[c] * range [false: lightning detaches the
     /// bound]. On, the bound gets the straight-through step-size gradient of LSQ (Esser et al.,
     /// ICLR 2020): (q - y) / bound inside, the sign of y where clamped; it reaches the range and
@@ -99,6 +103,7 @@ impl Default for AnalogTrainConfig {
             smooth_alpha: 0.0,
             smooth_batches: 8,
             isolate_outliers: 0,
+            isolate_auto: false,
             adc_bound_grad: false,
         }
     }
@@ -142,6 +147,12 @@ impl AnalogTrainConfig {
             return bad(
                 "smooth_batches",
                 "must be >= 1 when smoothing or isolating outliers".into(),
+            );
+        }
+        if self.isolate_auto && self.isolate_outliers == 0 {
+            return bad(
+                "isolate_auto",
+                "needs isolate_outliers >= 1 (the most inputs a layer isolates)".into(),
             );
         }
         if self.isolate_outliers > self.tile_rows {

@@ -10,14 +10,13 @@
 
 use crate::error::{Error, Result};
 use crate::executor::decoder::{Block, Decoder, GateUp};
-use crate::executor::linear::Projection;
+use crate::executor::linear::{ColumnStats, Projection};
 use candle_core::Tensor;
 use std::collections::BTreeMap;
 
 /// The indices of the `k` largest values of `x_max` (ties to the lower index), ascending.
 pub fn top_channels(x_max: &[f32], k: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..x_max.len()).collect();
-    order.sort_by(|&a, &b| x_max[b].total_cmp(&x_max[a]).then(a.cmp(&b)));
+    let mut order = top_channels_by_size(x_max);
     order.truncate(k.min(x_max.len()));
     order.sort_unstable();
     order
@@ -36,34 +35,89 @@ fn front_permutation(n: usize, first: &[usize]) -> Vec<u32> {
         .collect()
 }
 
-/// A copy of `model` whose MLPs have the `k` intermediate channels with the largest |input| of
-/// down_proj (in the statistics `stats` of [`crate::train::smooth::input_abs_max`]) moved to the
-/// front, and down_proj marked to map them onto a row block of their own
-/// ([`Decoder::isolated`]). The function is unchanged: every product stays exact.
+/// How many of down_proj's inputs each layer isolates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Isolate {
+    /// The same K in every layer.
+    Fixed(usize),
+    /// Per layer, the fewest of the largest inputs, at most `cap`, such that none of those left
+    /// exceeds `kappa` times their rms: whatever a kappa range of the rest would clip.
+    Auto {
+        /// Most inputs isolated per layer.
+        cap: usize,
+        /// The ranges' kappa.
+        kappa: f64,
+    },
+}
+
+/// [`Isolate::Auto`]'s count: the inputs sorted by `abs_max` (descending), the smallest k <=
+/// `cap` with abs_max[k-th largest] <= kappa * sqrt(mean of `mean_sq` over all but the k
+/// largest); `cap` when there is none.
+pub fn auto_count(abs_max: &[f32], mean_sq: &[f64], kappa: f64, cap: usize) -> usize {
+    let n = abs_max.len();
+    let order = top_channels_by_size(abs_max);
+    let mut rest: f64 = mean_sq.iter().sum();
+    for (k, &i) in order
+        .iter()
+        .enumerate()
+        .take(cap.min(n.saturating_sub(1)) + 1)
+    {
+        let range = kappa * (rest / (n - k) as f64).sqrt();
+        if f64::from(abs_max[i]) <= range {
+            return k;
+        }
+        rest -= mean_sq[i];
+    }
+    cap.min(n.saturating_sub(1))
+}
+
+/// Column indices by decreasing value (ties to the lower index).
+fn top_channels_by_size(x: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..x.len()).collect();
+    order.sort_by(|&a, &b| x[b].total_cmp(&x[a]).then(a.cmp(&b)));
+    order
+}
+
+/// A copy of `model` whose MLPs have down_proj's largest inputs (by abs-max in the statistics
+/// `stats` of [`crate::train::smooth::input_stats`], as many as `rule` says per layer) moved to
+/// the front, and down_proj marked to map them onto a row block of their own
+/// ([`Decoder::isolated`]; a layer with none isolated keeps the plain split). The function is
+/// unchanged: every product stays exact.
 pub fn isolate_mlp_outliers(
     model: &Decoder,
-    stats: &BTreeMap<String, Vec<f32>>,
-    k: usize,
+    stats: &BTreeMap<String, ColumnStats>,
+    rule: Isolate,
 ) -> Result<Decoder> {
     let n = model.cfg.intermediate_size;
-    if k == 0 || k >= n {
+    let cap = match rule {
+        Isolate::Fixed(k) => k,
+        Isolate::Auto { cap, .. } => cap,
+    };
+    if cap == 0 || cap >= n {
         return Err(Error::Value(format!(
-            "isolating {k} outlier channels of an MLP with {n}: expected 1..{n}"
+            "isolating {cap} outlier channels of an MLP with {n}: expected 1..{n}"
         )));
     }
     let mut out = model.map_projections(|name, p| p.clone_digital(name))?;
     for (i, b) in out.blocks.iter_mut().enumerate() {
         let name = format!("model.layers.{i}.mlp.down_proj");
-        let x_max = stats
+        let st = stats
             .get(&name)
             .ok_or_else(|| Error::Value(format!("no input statistics for `{name}`")))?;
-        if x_max.len() != n {
+        if st.abs_max.len() != n || st.sum_sq.len() != n {
             return Err(Error::Shape(format!(
                 "`{name}`: statistics for {} inputs, the MLP has {n}",
-                x_max.len()
+                st.abs_max.len()
             )));
         }
-        let perm = front_permutation(n, &top_channels(x_max, k));
+        let k = match rule {
+            Isolate::Fixed(k) => k,
+            Isolate::Auto { cap, kappa } => auto_count(&st.abs_max, &st.mean_sq(), kappa, cap),
+        };
+        if k == 0 {
+            continue;
+        }
+        let perm = front_permutation(n, &top_channels(&st.abs_max, k));
         permute(b, &perm, n)?;
         out.isolated.insert(name, k);
     }
@@ -120,6 +174,20 @@ mod tests {
     fn top_channels_ascending() {
         assert_eq!(top_channels(&[1.0, 9.0, 3.0, 9.0, 0.5], 3), vec![1, 2, 3]);
         assert_eq!(top_channels(&[1.0, 2.0], 5), vec![0, 1]);
+    }
+
+    #[test]
+    fn auto_count_isolates_what_the_rest_would_clip() {
+        // 100 inputs of rms 1 and abs-max 3, two of abs-max 50 and 30 (rms 5).
+        let mut m = vec![3f32; 100];
+        let mut q = vec![1f64; 100];
+        (m[7], m[40], q[7], q[40]) = (50.0, 30.0, 25.0, 25.0);
+        // kappa 4: rest rms sqrt((98 + 50) / 100) = 1.22 -> 4.9 < 50; without 7: 1.11 -> 4.5
+        // < 30; without both: 1 -> 4 >= 3.
+        assert_eq!(auto_count(&m, &q, 4.0, 16), 2);
+        assert_eq!(auto_count(&m, &q, 4.0, 1), 1);
+        // kappa 50: even the largest fits the rest's range.
+        assert_eq!(auto_count(&m, &q, 50.0, 16), 0);
     }
 
     #[test]

@@ -10,21 +10,21 @@
 
 use crate::error::{Error, Result};
 use crate::executor::decoder::{Block, Decoder, GateUp, KvCache, Qkv};
-use crate::executor::linear::{ProbeProjection, Projection};
+use crate::executor::linear::{ColumnStats, ProbeProjection, Projection};
 use candle_core::{DType, Tensor};
 use std::collections::BTreeMap;
 
-/// The largest |x| per input column of every projection (HF name) of `model` over the token
-/// batches `batches` (each batch x tokens), from an exact digital forward.
-pub fn input_abs_max(model: &Decoder, batches: &[Tensor]) -> Result<BTreeMap<String, Vec<f32>>> {
+/// The statistics of every input column of every projection (HF name) of `model` over the
+/// token batches `batches` (each batch x tokens), from an exact digital forward.
+pub fn input_stats(model: &Decoder, batches: &[Tensor]) -> Result<BTreeMap<String, ColumnStats>> {
     let mut probes = model.map_projections(|name, p| match p {
         Projection::Digital { weight, bias } => Ok(Projection::Probe(Box::new(ProbeProjection {
             weight: weight.clone(),
             bias: bias.clone(),
-            abs_max: std::sync::Mutex::new(Vec::new()),
+            stats: Default::default(),
         }))),
         _ => Err(Error::Value(format!(
-            "projection `{name}` is not digital; smoothing statistics need the plain model"
+            "projection `{name}` is not digital; input statistics need the plain model"
         ))),
     })?;
     for ids in batches {
@@ -34,13 +34,21 @@ pub fn input_abs_max(model: &Decoder, batches: &[Tensor]) -> Result<BTreeMap<Str
     for (name, p) in probes.projections_mut() {
         if let Projection::Probe(p) = p {
             let m = p
-                .abs_max
+                .stats
                 .lock()
                 .map_err(|_| Error::Value(format!("probe `{name}`: lock poisoned")))?;
             out.insert(name, m.clone());
         }
     }
     Ok(out)
+}
+
+/// The largest |x| per input column of every projection ([`input_stats`]).
+pub fn input_abs_max(model: &Decoder, batches: &[Tensor]) -> Result<BTreeMap<String, Vec<f32>>> {
+    Ok(input_stats(model, batches)?
+        .into_iter()
+        .map(|(k, v)| (k, v.abs_max))
+        .collect())
 }
 
 /// The smoothing factor per column: max|x|^alpha / max|w|^(1 - alpha), 1 where either is 0.

@@ -11,6 +11,7 @@
 
 use super::layer::AnalogTrainConfig;
 use super::optim::{grad_norm, AdamW, OptimConfig};
+use super::outliers::Isolate;
 use super::parallel::{average, Collective, Solo};
 use super::shards::read_split;
 use super::student::{
@@ -370,12 +371,15 @@ pub fn train_rank(
     }
     if a.isolate_outliers > 0 {
         let base = smoothed.as_ref().unwrap_or(teacher);
-        let stats = super::smooth::input_abs_max(base, &stats_batches()?)?;
-        smoothed = Some(super::outliers::isolate_mlp_outliers(
-            base,
-            &stats,
-            a.isolate_outliers,
-        )?);
+        let stats = super::smooth::input_stats(base, &stats_batches()?)?;
+        let rule = match a.isolate_auto {
+            true => Isolate::Auto {
+                cap: a.isolate_outliers,
+                kappa: a.range_init_kappa,
+            },
+            false => Isolate::Fixed(a.isolate_outliers),
+        };
+        smoothed = Some(super::outliers::isolate_mlp_outliers(base, &stats, rule)?);
     }
     let student = build_student(
         smoothed.as_ref().unwrap_or(teacher),

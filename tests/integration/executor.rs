@@ -507,17 +507,18 @@ fn smoothing_keeps_the_function_and_flattens_inputs() {
 fn isolating_outliers_keeps_the_function_and_maps_a_head_block() {
     use afm::executor::linear::Projection;
     use afm::executor::load::program_chip;
-    use afm::train::outliers::isolate_mlp_outliers;
-    use afm::train::smooth::input_abs_max;
+    use afm::train::outliers::{isolate_mlp_outliers, Isolate};
+    use afm::train::smooth::{input_abs_max, input_stats};
     let preset = TilePreset::load(&repo("tiles/ideal.toml")).unwrap();
     for text in [TINY_LLAMA, TINY_PHI3] {
         let cfg = HfConfig::parse(text, Path::new("config.json")).unwrap();
         let dec = llama::build(cfg.clone(), &random_weights(&cfg, 5)).unwrap();
         let ids: Vec<u32> = (0..24u32).map(|k| (k * 7 + 3) % 64).collect();
         let batch = Tensor::from_slice(&ids, (2, 12), &Device::Cpu).unwrap();
+        let full = input_stats(&dec, std::slice::from_ref(&batch)).unwrap();
         let stats = input_abs_max(&dec, std::slice::from_ref(&batch)).unwrap();
         let k = 3;
-        let iso = isolate_mlp_outliers(&dec, &stats, k).unwrap();
+        let iso = isolate_mlp_outliers(&dec, &full, Isolate::Fixed(k)).unwrap();
         let before = logits(&dec, &ids, &mut KvCache::default());
         let after = logits(&iso, &ids, &mut KvCache::default());
         assert_close(&cfg.model_type, &after, &before, 1e-5, 1e-4);
@@ -541,6 +542,22 @@ fn isolating_outliers_keeps_the_function_and_maps_a_head_block() {
             );
             assert_eq!(iso.isolated[&name], k);
         }
+        // The automatic rule isolates per layer what a kappa range of the rest would clip.
+        let rule = Isolate::Auto { cap: 8, kappa: 2.0 };
+        let auto = isolate_mlp_outliers(&dec, &full, rule).unwrap();
+        let after = logits(&auto, &ids, &mut KvCache::default());
+        assert_close(&cfg.model_type, &after, &before, 1e-5, 1e-4);
+        for i in 0..cfg.num_hidden_layers {
+            let name = format!("model.layers.{i}.mlp.down_proj");
+            let st = &full[&name];
+            let want = afm::train::outliers::auto_count(&st.abs_max, &st.mean_sq(), 2.0, 8);
+            assert_eq!(
+                auto.isolated.get(&name).copied().unwrap_or(0),
+                want,
+                "{name}"
+            );
+        }
+        assert!(!auto.isolated.is_empty(), "kappa 2 isolated nothing");
         let chip = program_chip(&iso, &preset, 0, false).unwrap();
         let Projection::Analog(a) = &chip.blocks[0].down else {
             panic!("down_proj not analog")
@@ -557,7 +574,7 @@ fn isolating_outliers_keeps_the_function_and_maps_a_head_block() {
         let cfg = HfConfig::parse(TINY_LLAMA, Path::new("config.json")).unwrap();
         llama::build(cfg.clone(), &random_weights(&cfg, 5)).unwrap()
     };
-    let err = isolate_mlp_outliers(&dec, &Default::default(), 2).unwrap_err();
+    let err = isolate_mlp_outliers(&dec, &Default::default(), Isolate::Fixed(2)).unwrap_err();
     assert!(err.to_string().contains("no input statistics"), "{err}");
 }
 
