@@ -3,7 +3,8 @@
 # in a row block of their own (`afm eval --isolate-outliers K`), with the FP model and static
 # ranges set on tinyshakespeare's first 512 tokens (kappa 18 x std per row block unless the row
 # says otherwise), LAMBADA (100 items) and wikitext2 (4096 tokens), one chip, on `ideal` and on
-# `ideal` with the ADC or both converters widened to 16 bits.
+# `ideal` with the ADC or both converters widened to 16 bits. The `auto` rows let each layer pick
+# how many to isolate (`--isolate-auto`, at most 64 or 512). Cells already in WORK_DIR are reused.
 # Usage: scripts/isolation-diagnosis.sh AFM_BINARY WORK_DIR [JOBS]   (AFM_DATA as for afm eval)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,6 +33,8 @@ k16-kappa8|ideal|--calib-kappa 8 --isolate-outliers 16
 k16-kappa12|ideal|--calib-kappa 12 --isolate-outliers 16
 k0-mse|ideal|--calib-mse
 k16-mse|ideal|--calib-mse --isolate-outliers 16
+auto64|ideal|--calib-kappa 18 --isolate-outliers 64 --isolate-auto
+auto512|ideal|--calib-kappa 18 --isolate-outliers 512 --isolate-auto
 adc16-k0|$PWD/ideal-adc16.toml|--calib-kappa 18
 adc16-k16|$PWD/ideal-adc16.toml|--calib-kappa 18 --isolate-outliers 16
 both16-k0|$PWD/ideal-both16.toml|--calib-kappa 18
