@@ -27,7 +27,9 @@ PY
 cat > rows.txt <<ROWS
 k0|ideal|--calib-kappa 18
 k4|ideal|--calib-kappa 18 --isolate-outliers 4
+k8|ideal|--calib-kappa 18 --isolate-outliers 8
 k16|ideal|--calib-kappa 18 --isolate-outliers 16
+k32|ideal|--calib-kappa 18 --isolate-outliers 32
 k64|ideal|--calib-kappa 18 --isolate-outliers 64
 k16-kappa8|ideal|--calib-kappa 8 --isolate-outliers 16
 k16-kappa12|ideal|--calib-kappa 12 --isolate-outliers 16
