@@ -173,6 +173,15 @@ fn locked_version(name: &str) -> String {
         .to_string()
 }
 
+/// Removes a folder when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Runs `afm eval`.
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     if let Some(k) = a.calib_kappa {
@@ -311,6 +320,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             true,
         ),
     };
+    // A run without --out keeps its cells in a temporary folder, gone however the run ends.
+    let _cleanup = temporary.then(|| RemoveOnDrop(out.clone()));
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -360,7 +371,6 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     });
     println!("{table}");
     if temporary {
-        let _ = std::fs::remove_dir_all(&out);
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
         afm::paths::write_atomic(

@@ -1,7 +1,7 @@
 //! The evaluation pipeline end to end on tiny-llama (with a byte-level tokenizer written here),
 //! the batched log-likelihood paths against plain forwards, and the task formats.
 
-use crate::common::{afm, repo, temp_dir};
+use crate::common::{afm, afm_cmd, repo, temp_dir};
 use afm::eval::generation::{extract_number, gsm8k_cot, is_correct, normalize_math, AnswerStyle};
 use afm::eval::hellaswag::{capitalize_last_fragment, preprocess};
 use afm::eval::loglik;
@@ -507,5 +507,43 @@ fn drift_times_reread_the_same_chip() {
         early.is_finite() && late.is_finite() && late != early,
         "{early} vs {late}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A run without --out that fails on the chip (learned ranges that do not fit the preset's row
+/// blocks) says so and leaves no temporary results folder behind.
+#[test]
+fn a_failed_run_without_out_leaves_no_temporary_folder() {
+    let dir = temp_dir("eval-temp-cleanup");
+    let model = tiny_model_with_tokenizer(&dir);
+    let t = write_tasks(&dir);
+    std::fs::write(
+        model.join("analog.json"),
+        r#"{"analog": {}, "input_ranges": {"model.layers.0.mlp.down_proj": [1.0, 2.0, 3.0]}}"#,
+    )
+    .unwrap();
+    let child = afm_cmd(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--tasks",
+        t[2].to_str().unwrap(),
+        "--tiles",
+        "ideal",
+        "--no-baseline",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let pid = child.id();
+    let o = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("3 learned input ranges"),
+        "{e}"
+    );
+    let temp = std::env::temp_dir().join(format!("afm-eval-{pid}"));
+    assert!(!temp.exists(), "{} left behind", temp.display());
     let _ = std::fs::remove_dir_all(&dir);
 }
