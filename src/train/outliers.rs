@@ -50,9 +50,9 @@ pub enum Isolate {
     },
 }
 
-/// [`Isolate::Auto`]'s count: the inputs sorted by `abs_max` (descending), the smallest k <=
-/// `cap` with abs_max[k-th largest] <= kappa * sqrt(mean of `mean_sq` over all but the k
-/// largest); `cap` when there is none.
+/// [`Isolate::Auto`]'s count: the smallest k <= `cap` such that, with the k largest inputs (by
+/// `abs_max`) taken out, the largest one left is at most kappa * sqrt(mean of `mean_sq` over
+/// those left); `cap` when there is none.
 pub fn auto_count(abs_max: &[f32], mean_sq: &[f64], kappa: f64, cap: usize) -> usize {
     let n = abs_max.len();
     let order = top_channels_by_size(abs_max);
