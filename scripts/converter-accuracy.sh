@@ -24,19 +24,7 @@ printf '[run]\nbatch_size = 1\ncheckpoint_every = 0\n[analog]\nrange_init_batche
 mkdir -p init6
 for x in config.json model.safetensors tokenizer.json; do ln -sf "$PWD/fp/final/$x" "init6/$x"; done
 cp "$root/docs/results/smollm2-afm-run6/init-analog.json" init6/analog.json
-python3 - "$root/tiles" <<'PY'
-import re, sys
-def widen(base, convs, name):
-    s = open(f"{sys.argv[1]}/{base}.toml").read()
-    for conv in convs:
-        t = re.sub(r"(\[" + conv + r"\]\n(?:#[^\n]*\n)*bits = )8", r"\g<1>16", s, count=1)
-        assert t != s, conv
-        s = t
-    open(f"{name}.toml", "w").write(s.replace(f'name = "{base}"', f'name = "{name}"'))
-widen("ideal", ["adc"], "ideal-adc16")
-widen("ideal", ["adc", "dac"], "ideal-both16")
-widen("afm-paper", ["adc"], "afm-paper-adc16")
-PY
+python3 "$root/scripts/widened-presets.py" "$root/tiles"
 common="--model $PWD/init6 --limit 100 --text-tokens 4096 --out $PWD/eval --no-baseline"
 tasks="hellaswag lambada_openai wikitext2 arc_challenge arc_easy piqa boolq winogrande"
 for t in $tasks; do

@@ -11,18 +11,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 afm=$(readlink -f "$1") work=$2 jobs=${3:-2}
 data=$(readlink -f "${AFM_DATA:-$root/../shared/data}")
 mkdir -p "$work" && cd "$work"
-python3 - "$root/tiles" <<'PY'
-import re, sys
-def widen(base, convs, name):
-    s = open(f"{sys.argv[1]}/{base}.toml").read()
-    for conv in convs:
-        t = re.sub(r"(\[" + conv + r"\]\n(?:#[^\n]*\n)*bits = )8", r"\g<1>16", s, count=1)
-        assert t != s, conv
-        s = t
-    open(f"{name}.toml", "w").write(s.replace(f'name = "{base}"', f'name = "{name}"'))
-widen("ideal", ["adc"], "ideal-adc16")
-widen("ideal", ["adc", "dac"], "ideal-both16")
-PY
+python3 "$root/scripts/widened-presets.py" "$root/tiles"
 # name | tiles | flags
 cat > rows.txt <<ROWS
 k0|ideal|--calib-kappa 18

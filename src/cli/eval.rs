@@ -282,13 +282,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     if let (Some(k), Some(ids)) = (a.isolate_outliers, &calibration) {
         let x = candle_core::Tensor::from_slice(ids, (1, ids.len()), m.decoder.device())?;
         let stats = afm::train::smooth::input_stats(&m.decoder, &[x])?;
-        let rule = match a.isolate_auto {
-            true => Isolate::Auto {
-                cap: k,
-                kappa: a.calib_kappa.unwrap_or(18.0),
-            },
-            false => Isolate::Fixed(k),
-        };
+        let rule = Isolate::new(k, a.isolate_auto, a.calib_kappa.unwrap_or(18.0));
         m.decoder = afm::train::outliers::isolate_mlp_outliers(&m.decoder, &stats, rule)?;
     }
     let plan = Plan {

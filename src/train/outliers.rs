@@ -50,6 +50,17 @@ pub enum Isolate {
     },
 }
 
+impl Isolate {
+    /// `k` in every layer, or with `auto` a count per layer of at most `k` for ranges of
+    /// `kappa` ([`Isolate::Auto`]).
+    pub fn new(k: usize, auto: bool, kappa: f64) -> Self {
+        match auto {
+            true => Isolate::Auto { cap: k, kappa },
+            false => Isolate::Fixed(k),
+        }
+    }
+}
+
 /// [`Isolate::Auto`]'s count: the smallest k <= `cap` such that, with the k largest inputs (by
 /// `abs_max`) taken out, the largest one left is at most kappa * sqrt(mean of `mean_sq` over
 /// those left); `cap` when there is none.

@@ -372,13 +372,7 @@ pub fn train_rank(
     if a.isolate_outliers > 0 {
         let base = smoothed.as_ref().unwrap_or(teacher);
         let stats = super::smooth::input_stats(base, &stats_batches()?)?;
-        let rule = match a.isolate_auto {
-            true => Isolate::Auto {
-                cap: a.isolate_outliers,
-                kappa: a.range_init_kappa,
-            },
-            false => Isolate::Fixed(a.isolate_outliers),
-        };
+        let rule = Isolate::new(a.isolate_outliers, a.isolate_auto, a.range_init_kappa);
         smoothed = Some(super::outliers::isolate_mlp_outliers(base, &stats, rule)?);
     }
     let student = build_student(
