@@ -26,6 +26,8 @@ struct Args {
     reps: usize,
     warmup: usize,
     paths: Vec<String>,
+    /// ADC bound lambda (None: the release config's); small values make many outputs clamp.
+    out_bound: Option<f64>,
 }
 
 fn list(v: &str) -> Vec<usize> {
@@ -43,6 +45,7 @@ fn args() -> Args {
         reps: 10,
         warmup: 2,
         paths: vec!["fused".into(), "reference".into(), "plain".into()],
+        out_bound: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -66,6 +69,7 @@ fn args() -> Args {
             "--reps" => a.reps = v.parse().expect("--reps: a number"),
             "--warmup" => a.warmup = v.parse().expect("--warmup: a number"),
             "--paths" => a.paths = v.split(',').map(str::to_string).collect(),
+            "--out-bound" => a.out_bound = Some(v.parse().expect("--out-bound: a number")),
             _ => panic!("unknown option {k}"),
         }
     }
@@ -97,9 +101,11 @@ fn main() {
         "cuda" => Device::new_cuda(0).expect("a CUDA device (build with --features cuda)"),
         d => panic!("--device: cpu or cuda, not {d}"),
     };
+    let base = AnalogTrainConfig::default();
     let cfg = AnalogTrainConfig {
         range_init_batches: 0,
-        ..AnalogTrainConfig::default()
+        out_bound: a.out_bound.unwrap_or(base.out_bound),
+        ..base
     };
     for &d in &a.dims {
         let w =
@@ -159,7 +165,7 @@ fn main() {
                     "{}",
                     serde_json::json!({
                         "path": path, "device": a.device, "dtype": format!("{:?}", a.dtype),
-                        "dims": d, "tokens": tokens, "reps": a.reps,
+                        "dims": d, "tokens": tokens, "reps": a.reps, "out_bound": cfg.out_bound,
                         "median_ms": times[times.len() / 2], "min_ms": times[0],
                     })
                 );

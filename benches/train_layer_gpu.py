@@ -118,15 +118,15 @@ def torch_rows(dims, tokens, reps, warmup):
     return rows
 
 
-def afm_rows(binary, dims, tokens, reps, warmup):
+def afm_rows(binary, dims, tokens, reps, warmup, paths, label):
     cmd = [binary, "--device", "cuda", "--dtype", "bf16", "--dims", ",".join(map(str, dims)),
            "--tokens", ",".join(map(str, tokens)), "--reps", str(reps), "--warmup", str(warmup),
-           "--paths", "fused,reference,plain"]
+           "--paths", paths]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     rows = []
     for line in out.stdout.splitlines():
         r = json.loads(line)
-        r["path"] = "afm-" + r["path"]
+        r["path"] = label + r["path"]
         rows.append(r)
         print(line, file=sys.stderr, flush=True)
     return rows
@@ -135,10 +135,11 @@ def afm_rows(binary, dims, tokens, reps, warmup):
 def table(rows, dims, tokens):
     get = {(r["path"], r["dims"], r["tokens"]): r.get("median_ms") for r in rows}
     cols = ["afm-fused", "afm-reference", "afm-plain", "lightning-torch", "lightning-triton",
-            "torch-bf16-linear"]
+            "torch-bf16-linear", "afm-baseline-fused"]
     head = "| d | tokens | " + " | ".join(c + " (ms)" for c in cols)
     head += " | fused / lightning-torch | fused / lightning-triton | fused / torch linear |"
-    lines = [head, "|" + "---:|" * (len(cols) + 5)]
+    head += " fused / baseline fused |"
+    lines = [head, "|" + "---:|" * (len(cols) + 6)]
     for d in dims:
         for t in tokens:
             v = [get.get((c, d, t)) for c in cols]
@@ -148,7 +149,8 @@ def table(rows, dims, tokens):
                 return "%.2f" % (a / b) if a is not None and b else "–"
 
             lines.append(f"| {d} | {t} | " + " | ".join(cell) + " | "
-                         + " | ".join([ratio(v[0], v[3]), ratio(v[0], v[4]), ratio(v[0], v[5])])
+                         + " | ".join([ratio(v[0], v[3]), ratio(v[0], v[4]), ratio(v[0], v[5]),
+                                       ratio(v[0], v[6])])
                          + " |")
     return "\n".join(lines)
 
@@ -162,10 +164,18 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", required=True)
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--afm-paths", default="fused,reference,plain",
+                    help="paths of the afm binary to time (the reference is slow)")
+    ap.add_argument("--baseline-bench",
+                    help="a second afm binary (an earlier commit) whose fused path is timed in "
+                         "the same run, as afm-baseline-fused")
     a = ap.parse_args()
     dims = [int(v) for v in a.dims.split(",")]
     tokens = [int(v) for v in a.tokens.split(",")]
-    rows = afm_rows(a.afm_bench, dims, tokens, a.reps, a.warmup)
+    rows = afm_rows(a.afm_bench, dims, tokens, a.reps, a.warmup, a.afm_paths, "afm-")
+    if a.baseline_bench:
+        rows += afm_rows(a.baseline_bench, dims, tokens, a.reps, a.warmup, "fused",
+                         "afm-baseline-")
     if not a.skip_torch:
         rows += torch_rows(dims, tokens, a.reps, a.warmup)
     meta = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,

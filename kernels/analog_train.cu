@@ -362,43 +362,43 @@ __device__ void adc_grad(const T *g, const T *yb, const float *bound, T *gyb, in
   }
 }
 
-#define INSTANTIATE(T, SUF)                                                                     \
-  extern "C" __global__ void dac_fwd_##SUF(const T *x, const float *ranges, T *xb, int tokens,  \
-                                           int n_in, int base, int extra, int head, int r,                \
-                                           float inv_states, int used, int dac) {               \
-    dac_fwd<T>(x, ranges, xb, tokens, n_in, base, extra, head, r, inv_states, used, dac);             \
-  }                                                                                             \
-  extern "C" __global__ void dac_grad_x_##SUF(const T *gxb, const T *x, const float *ranges,   \
-                                              T *gx, int tokens, int n_in, int base, int extra, int head, \
-                                              int nb, int r, int used) {                        \
-    dac_grad_x<T>(gxb, x, ranges, gx, tokens, n_in, base, extra, head, nb, r, used);                  \
-  }                                                                                             \
-  extern "C" __global__ void block_partial_##SUF(const T *gxb, const T *x, const float *ranges, \
-                                                 float *part, int tokens, int n_in, int base,   \
-                                                 int extra, int head, int r, int chunks) {                \
-    block_partial<T>(gxb, x, ranges, part, tokens, n_in, base, extra, head, r, chunks);               \
-  }                                                                                             \
-  extern "C" __global__ void block_absmax_##SUF(const T *w, float *wmax, int out, int n_in,    \
-                                                int base, int extra, int head, int nb) {                  \
-    block_absmax<T>(w, wmax, out, n_in, base, extra, head, nb);                                       \
-  }                                                                                             \
-  extern "C" __global__ void noisy_wblocks_##SUF(                                              \
-      const T *w, const float *wmax, T *wb, uint64_t layer_key, uint64_t tag, uint64_t call,    \
-      int out, int n_in, int base, int extra, int head, int r, float gamma) {                             \
-    noisy_wblocks<T>(w, wmax, wb, layer_key, tag, call, out, n_in, base, extra, head, r, gamma);      \
-  }                                                                                             \
-  extern "C" __global__ void unblock_w_##SUF(const T *gwb, T *gw, int out, int n_in, int base,  \
-                                             int extra, int head, int nb, int r) {                        \
-    unblock_w<T>(gwb, gw, out, n_in, base, extra, head, nb, r);                                       \
-  }                                                                                             \
-  extern "C" __global__ void adc_sum_##SUF(const T *yb, const float *bound, T *y, int tokens,  \
-                                           int out, int nb, float inv_states, int adc) {        \
-    adc_sum<T>(yb, bound, y, tokens, out, nb, inv_states, adc);                                 \
-  }                                                                                             \
-  extern "C" __global__ void adc_grad_##SUF(const T *g, const T *yb, const float *bound,       \
-                                            T *gyb, int tokens, int out, float inv_states,      \
-                                            int adc) {                                          \
-    adc_grad<T>(g, yb, bound, gyb, tokens, out, inv_states, adc);                               \
+#define INSTANTIATE(T, SUF)                                                                        \
+  extern "C" __global__ void dac_fwd_##SUF(const T *x, const float *ranges, T *xb, int tokens,     \
+                                           int n_in, int base, int extra, int head, int r,         \
+                                           float inv_states, int used, int dac) {                  \
+    dac_fwd<T>(x, ranges, xb, tokens, n_in, base, extra, head, r, inv_states, used, dac);          \
+  }                                                                                                \
+  extern "C" __global__ void dac_grad_x_##SUF(const T *gxb, const T *x, const float *ranges,       \
+                                              T *gx, int tokens, int n_in, int base, int extra,    \
+                                              int head, int nb, int r, int used) {                 \
+    dac_grad_x<T>(gxb, x, ranges, gx, tokens, n_in, base, extra, head, nb, r, used);               \
+  }                                                                                                \
+  extern "C" __global__ void block_partial_##SUF(const T *gxb, const T *x, const float *ranges,    \
+                                                 float *part, int tokens, int n_in, int base,      \
+                                                 int extra, int head, int r, int chunks) {         \
+    block_partial<T>(gxb, x, ranges, part, tokens, n_in, base, extra, head, r, chunks);            \
+  }                                                                                                \
+  extern "C" __global__ void block_absmax_##SUF(const T *w, float *wmax, int out, int n_in,        \
+                                                int base, int extra, int head, int nb) {           \
+    block_absmax<T>(w, wmax, out, n_in, base, extra, head, nb);                                    \
+  }                                                                                                \
+  extern "C" __global__ void noisy_wblocks_##SUF(                                                  \
+      const T *w, const float *wmax, T *wb, uint64_t layer_key, uint64_t tag, uint64_t call,       \
+      int out, int n_in, int base, int extra, int head, int r, float gamma) {                      \
+    noisy_wblocks<T>(w, wmax, wb, layer_key, tag, call, out, n_in, base, extra, head, r, gamma);   \
+  }                                                                                                \
+  extern "C" __global__ void unblock_w_##SUF(const T *gwb, T *gw, int out, int n_in, int base,     \
+                                             int extra, int head, int nb, int r) {                 \
+    unblock_w<T>(gwb, gw, out, n_in, base, extra, head, nb, r);                                    \
+  }                                                                                                \
+  extern "C" __global__ void adc_sum_##SUF(const T *yb, const float *bound, T *y, int tokens,      \
+                                           int out, int nb, float inv_states, int adc) {           \
+    adc_sum<T>(yb, bound, y, tokens, out, nb, inv_states, adc);                                    \
+  }                                                                                                \
+  extern "C" __global__ void adc_grad_##SUF(const T *g, const T *yb, const float *bound,           \
+                                            T *gyb, int tokens, int out, float inv_states,         \
+                                            int adc) {                                             \
+    adc_grad<T>(g, yb, bound, gyb, tokens, out, inv_states, adc);                                  \
   }
 
 INSTANTIATE(float, f32)
