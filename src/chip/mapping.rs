@@ -126,7 +126,8 @@ fn combine(a: &mut MvmCost, b: &MvmCost) {
 impl ChipMap {
     /// Places every static-weight projection of `config` (lm_head too unless
     /// `digital_lm_head`) onto tiles of `cost` and chips of `chip`; a projection named in
-    /// `isolated` (HF name) has its first inputs in a row block of their own.
+    /// `isolated` (HF name) has its first inputs in a row block of their own (each no longer
+    /// than `rows`: [`crate::tile::mapping::check_isolated`]).
     pub fn new(
         config: &ModelConfig,
         cost: &TileCostModel,
@@ -154,7 +155,7 @@ impl ChipMap {
                 } else {
                     format!("model.layers.{layer}.{}", s.name)
                 };
-                let head = isolated.get(&full).copied().unwrap_or(0).min(rows);
+                let head = crate::tile::mapping::isolated_head(isolated, &full);
                 let map = TileMap::with_head(s.in_features, s.out_features, head, rows, cols);
                 let tiles = map.tiles();
                 projections.push(Projection {

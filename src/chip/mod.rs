@@ -54,6 +54,7 @@ pub fn simulate(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(ChipReport, svg::Timeline)> {
     let (cost, chip) = preset.cost_sections(file)?;
+    crate::tile::mapping::check_isolated(&spec.isolated, preset.rows(), file)?;
     let map = ChipMap::new(
         config,
         &cost,

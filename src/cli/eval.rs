@@ -224,6 +224,13 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     for name in &a.tiles {
         let path = resolve_preset_path(name);
         let mut preset = TilePreset::load(&path)?;
+        if let Some(k) = a.isolate_outliers.filter(|&k| k > preset.rows()) {
+            bail!(
+                "--isolate-outliers {k}: the isolated inputs sit on one tile, and {} has {} rows",
+                path.display(),
+                preset.rows()
+            );
+        }
         if let Some(c) = a.drift_compensation {
             preset.drift_compensation = c;
         }

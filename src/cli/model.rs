@@ -1,6 +1,7 @@
 //! `afm model ...`: model manifests and how a model maps onto tiles.
 
 use afm::executor::{resolve_model_path, Manifest, ModelConfig};
+use afm::tile::mapping::{check_isolated, isolated_head};
 use afm::tile::{resolve_preset_path, TileMap, TilePreset};
 use clap::Subcommand;
 
@@ -67,9 +68,11 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
             digital_lm_head,
         } => (model, tiles, digital_lm_head),
     };
-    let p = TilePreset::load(&resolve_preset_path(&tiles))?;
+    let preset_path = resolve_preset_path(&tiles);
+    let p = TilePreset::load(&preset_path)?;
     let (name, config) = model_config(&model)?;
     let isolated = isolated_of(&model)?;
+    check_isolated(&isolated, p.rows(), &preset_path)?;
     let c = &config;
     println!("model         {name} ({:?})", c.architecture);
     println!(
@@ -105,11 +108,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
             continue;
         }
         // Every layer isolates as many outliers as the first (train::outliers does).
-        let head = isolated
-            .get(&format!("model.layers.0.{}", l.name))
-            .copied()
-            .unwrap_or(0)
-            .min(p.rows());
+        let head = isolated_head(&isolated, &format!("model.layers.0.{}", l.name));
         let map = TileMap::with_head(l.in_features, l.out_features, head, p.rows(), p.cols());
         total += map.tiles() * l.count;
         weights += l.out_features * l.in_features * l.count;

@@ -8,6 +8,7 @@ use super::llama;
 use super::manifest::{resolve_model_path, Manifest};
 use super::weights::Weights;
 use crate::error::{Error, Result};
+use crate::tile::mapping::isolated_head;
 use crate::tile::TilePreset;
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
@@ -115,12 +116,7 @@ pub fn program_chip(
         if digital_lm_head && name == "lm_head" {
             p.clone_digital(name)
         } else {
-            p.to_analog(
-                preset,
-                seed,
-                name,
-                dec.isolated.get(name).copied().unwrap_or(0),
-            )
+            p.to_analog(preset, seed, name, isolated_head(&dec.isolated, name))
         }
     })
 }
@@ -137,7 +133,7 @@ pub fn map_to_tiles(
         if digital_lm_head && name == "lm_head" {
             continue;
         }
-        let head = isolated.get(&name).copied().unwrap_or(0);
+        let head = isolated_head(&isolated, &name);
         *p = p.to_analog(preset, seed, &name, head)?;
     }
     Ok(())

@@ -7,6 +7,32 @@
 //! outlier inputs would set its blocks' ranges can have them first, in a short block of their own.
 
 use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Inputs of projection `name` (HF name) in its isolated head block; 0: none.
+pub fn isolated_head(isolated: &BTreeMap<String, usize>, name: &str) -> usize {
+    isolated.get(name).copied().unwrap_or(0)
+}
+
+/// Checks that every isolated head block fits one tile of `rows` rows (the preset `file`'s).
+pub fn check_isolated(
+    isolated: &BTreeMap<String, usize>,
+    rows: usize,
+    file: &Path,
+) -> crate::Result<()> {
+    match isolated.iter().find(|(_, &k)| k > rows) {
+        Some((name, k)) => Err(crate::Error::Config {
+            file: file.to_path_buf(),
+            field: "tile.rows".into(),
+            msg: format!(
+                "`{name}` has {k} isolated inputs in a row block of their own, more than the \
+                 {rows} rows of one tile"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
 
 /// Splits `size` into ceil(size / max) near-equal parts: (start, len) pairs.
 pub fn split_sizes(size: usize, max: usize) -> Vec<(usize, usize)> {

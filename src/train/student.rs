@@ -26,7 +26,7 @@ pub fn build_student(
     teacher.map_projections(|name, p| match p {
         Projection::Digital { .. } if digital_lm_head && name == "lm_head" => p.clone_digital(name),
         Projection::Digital { weight, bias } => {
-            let head = teacher.isolated.get(name).copied().unwrap_or(0);
+            let head = crate::tile::mapping::isolated_head(&teacher.isolated, name);
             let mut layer =
                 AnalogTrainLinear::with_head(weight, bias.as_ref(), cfg, seed, name, head)?;
             layer.compute = compute;

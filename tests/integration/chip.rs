@@ -7,6 +7,7 @@ use crate::common::{rel_diff, repo, temp_dir};
 use afm::chip::{graph, schedule, simulate, ChipMap, RunSpec};
 use afm::executor::{Manifest, ModelConfig};
 use afm::tile::cost::Drive;
+use afm::tile::mapping::check_isolated;
 use afm::tile::{array_energy_pj, AnalogLayer, TileCostModel, TilePreset};
 use std::path::{Path, PathBuf};
 
@@ -219,6 +220,17 @@ fn tile_and_chip_counts_by_hand() {
     let cfg = model("smollm2-135m-instruct");
     let m = ChipMap::new(&cfg, &cost, chip, 512, 512, false, &isolated);
     assert_eq!((m.tiles, m.chips, m.layer_tiles(0)), (1152, 9, 32));
+    // A head block longer than a tile has rows is refused, naming the projection.
+    let mut wide = isolated.clone();
+    wide.insert("model.layers.3.mlp.down_proj".into(), 513);
+    let e = check_isolated(&wide, 512, Path::new("afm-paper.toml")).unwrap_err();
+    let e = e.to_string();
+    assert!(
+        e.contains("afm-paper.toml: field `tile.rows`")
+            && e.contains("`model.layers.3.mlp.down_proj` has 513 isolated inputs"),
+        "{e}"
+    );
+    check_isolated(&isolated, 512, Path::new("afm-paper.toml")).unwrap();
 }
 
 #[test]

@@ -253,6 +253,22 @@ fn a_calibration_kappa_that_is_not_positive_is_refused_by_eval_and_sweep() {
         e.contains("--isolate-outliers") && e.contains("--calib-text"),
         "{e}"
     );
+    // ... and must fit one tile of every preset evaluated.
+    let calib = repo("../shared/data/text/tinyshakespeare.txt");
+    let calib = calib.to_str().unwrap();
+    let flags = [
+        "--isolate-outliers",
+        "600",
+        "--calib-text",
+        calib,
+        "--tiles",
+        "afm-paper",
+    ];
+    let e = eval_refused(&flags);
+    assert!(
+        e.contains("--isolate-outliers 600") && e.contains("afm-paper.toml has 512 rows"),
+        "{e}"
+    );
 }
 
 /// `afm eval` of a missing model on wikitext2 with `flags`, which must refuse them before it
