@@ -77,6 +77,12 @@ pub struct EvalArgs {
     /// inputs that leave none above kappa (--calib-kappa, else 18) x the rms of the rest.
     #[arg(long, requires = "isolate_outliers")]
     isolate_auto: bool,
+    /// Put the K residual-stream channels with the largest inputs (relative to their
+    /// projection's input rms, on --calib-text) first, in a row block of their own in every
+    /// projection that reads the stream (q/k/v, gate/up, lm_head): the whole stream is permuted
+    /// (exact up to float rounding).
+    #[arg(long, value_name = "K", requires = "calib_text")]
+    isolate_residual: Option<usize>,
     /// Tokens of --calib-text used for calibration.
     #[arg(long, default_value_t = 512)]
     calib_tokens: usize,
@@ -224,9 +230,16 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     for name in &a.tiles {
         let path = resolve_preset_path(name);
         let mut preset = TilePreset::load(&path)?;
-        if let Some(k) = a.isolate_outliers.filter(|&k| k > preset.rows()) {
+        let isolating = [
+            ("--isolate-outliers", a.isolate_outliers),
+            ("--isolate-residual", a.isolate_residual),
+        ];
+        if let Some((flag, Some(k))) = isolating
+            .into_iter()
+            .find(|(_, k)| k.is_some_and(|k| k > preset.rows()))
+        {
             bail!(
-                "--isolate-outliers {k}: the isolated inputs sit on one tile, and {} has {} rows",
+                "{flag} {k}: the isolated inputs sit on one tile, and {} has {} rows",
                 path.display(),
                 preset.rows()
             );
@@ -279,18 +292,26 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         Some(p) => Some(super::model_args::calibration_ids(&tok, p, a.calib_tokens)?),
         None => None,
     };
-    if a.isolate_outliers.is_some() && learned.is_some() {
+    let isolate = a.isolate_outliers.is_some() || a.isolate_residual.is_some();
+    if isolate && learned.is_some() {
         bail!(
-            "--isolate-outliers: {} is an analog model; its mapping and ranges come from its \
-             analog.json",
+            "--isolate-outliers / --isolate-residual: {} is an analog model; its mapping and \
+             ranges come from its analog.json",
             m.path.display()
         );
     }
-    if let (Some(k), Some(ids)) = (a.isolate_outliers, &calibration) {
+    if let (true, Some(ids)) = (isolate, &calibration) {
         let x = candle_core::Tensor::from_slice(ids, (1, ids.len()), m.decoder.device())?;
+        // One set of statistics serves both: the residual permutation leaves down_proj's
+        // inputs (the MLP's channels) as they were.
         let stats = afm::train::smooth::input_stats(&m.decoder, &[x])?;
-        let rule = Isolate::new(k, a.isolate_auto, a.calib_kappa.unwrap_or(18.0));
-        m.decoder = afm::train::outliers::isolate_mlp_outliers(&m.decoder, &stats, rule)?;
+        if let Some(k) = a.isolate_residual {
+            m.decoder = afm::train::outliers::isolate_residual_outliers(&m.decoder, &stats, k)?;
+        }
+        if let Some(k) = a.isolate_outliers {
+            let rule = Isolate::new(k, a.isolate_auto, a.calib_kappa.unwrap_or(18.0));
+            m.decoder = afm::train::outliers::isolate_mlp_outliers(&m.decoder, &stats, rule)?;
+        }
     }
     let plan = Plan {
         model: a.model.clone(),
@@ -359,6 +380,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             "calib_mse": a.calib_mse,
             "isolate_outliers": a.isolate_outliers,
             "isolate_auto": a.isolate_auto,
+            "isolate_residual": a.isolate_residual,
             "isolated": plan.isolated,
         },
         "versions": {

@@ -7,6 +7,11 @@
 //! together), so the mapping can put the outliers first, in a short row block with its own
 //! range and ADC bound, and leave the other blocks tight ranges. It costs one more row of tiles
 //! per down_proj.
+//!
+//! The residual stream's channels permute exactly too, all layers at once (the embedding's
+//! columns, the norms' weights, the columns of every projection that reads the stream and the
+//! rows of those that write it): [`isolate_residual_outliers`] puts the channels with the
+//! largest inputs to q/k/v, gate/up and lm_head first, in a head block of those projections.
 
 use crate::error::{Error, Result};
 use crate::executor::decoder::{Block, Decoder, GateUp};
@@ -130,6 +135,79 @@ pub fn isolate_mlp_outliers(
         }
         let perm = front_permutation(n, &top_channels(&st.abs_max, k));
         permute(b, &perm, n)?;
+        out.isolated.insert(name, k);
+    }
+    Ok(out)
+}
+
+/// Whether projection `name` (HF name) reads the residual stream (its inputs are hidden
+/// channels, after a norm), or else writes it (o_proj, down_proj).
+fn reads_residual(name: &str) -> bool {
+    !(name.ends_with("o_proj") || name.ends_with("down_proj"))
+}
+
+/// The residual-stream channels ordered by their largest input to any projection that reads
+/// the stream, relative to that projection's input rms; largest first (ties to the lower index).
+pub fn residual_outlier_order(
+    stats: &BTreeMap<String, ColumnStats>,
+    hidden: usize,
+) -> Result<Vec<usize>> {
+    let mut score = vec![0f32; hidden];
+    let mut seen = 0;
+    for (name, st) in stats.iter().filter(|(n, _)| reads_residual(n)) {
+        if st.abs_max.len() != hidden {
+            return Err(Error::Shape(format!(
+                "`{name}`: statistics for {} inputs, the residual stream has {hidden}",
+                st.abs_max.len()
+            )));
+        }
+        let ms = st.mean_sq();
+        let rms = (ms.iter().sum::<f64>() / hidden.max(1) as f64).sqrt() as f32;
+        if rms > 0.0 {
+            for (s, &m) in score.iter_mut().zip(&st.abs_max) {
+                *s = s.max(m / rms);
+            }
+            seen += 1;
+        }
+    }
+    if seen == 0 {
+        return Err(Error::Value(
+            "no input statistics of a projection that reads the residual stream".into(),
+        ));
+    }
+    Ok(top_channels_by_size(&score))
+}
+
+/// `model` (digital projections) with its residual stream permuted so that the `k` channels of
+/// [`residual_outlier_order`] come first, and every projection that reads the stream marked
+/// with `k` isolated inputs ([`Decoder::isolated`], added to those already there). The function
+/// is unchanged: every sum is the same up to float rounding.
+pub fn isolate_residual_outliers(
+    model: &Decoder,
+    stats: &BTreeMap<String, ColumnStats>,
+    k: usize,
+) -> Result<Decoder> {
+    let n = model.cfg.hidden_size;
+    if k == 0 || k >= n {
+        return Err(Error::Value(format!(
+            "isolating {k} outlier channels of a residual stream of {n}: expected 1..{n}"
+        )));
+    }
+    let mut first = residual_outlier_order(stats, n)?;
+    first.truncate(k);
+    first.sort_unstable();
+    let perm = front_permutation(n, &first);
+    let idx = Tensor::from_slice(&perm, n, model.device())?;
+    let mut out = model
+        .map_projections(|name, p| select(p, &idx, if reads_residual(name) { 1 } else { 0 }))?;
+    out.embed = out.embed.index_select(&idx, 1)?.contiguous()?;
+    out.norm = out.norm.index_select(&idx, 0)?;
+    for b in &mut out.blocks {
+        b.input_norm = b.input_norm.index_select(&idx, 0)?;
+        b.post_norm = b.post_norm.index_select(&idx, 0)?;
+    }
+    let names: Vec<String> = out.projections_mut().into_iter().map(|(n, _)| n).collect();
+    for name in names.into_iter().filter(|n| reads_residual(n)) {
         out.isolated.insert(name, k);
     }
     Ok(out)

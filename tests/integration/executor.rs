@@ -573,6 +573,76 @@ fn isolating_outliers_keeps_the_function_and_maps_a_head_block() {
     }
 }
 
+/// Permuting the residual stream keeps the function, puts the channels with the largest
+/// relative inputs first, and maps them onto a head block of every projection that reads the
+/// stream; it composes with down_proj's isolation. Grouped-query Llama and fused Phi-3.
+#[test]
+fn isolating_residual_outliers_keeps_the_function_and_maps_head_blocks() {
+    use afm::executor::linear::Projection;
+    use afm::executor::load::program_chip;
+    use afm::train::outliers::{
+        isolate_mlp_outliers, isolate_residual_outliers, residual_outlier_order, Isolate,
+    };
+    use afm::train::smooth::input_stats;
+    let preset = TilePreset::load(&repo("tiles/ideal.toml")).unwrap();
+    for text in [TINY_LLAMA, TINY_PHI3] {
+        let cfg = HfConfig::parse(text, Path::new("config.json")).unwrap();
+        let dec = llama::build(cfg.clone(), &random_weights(&cfg, 6)).unwrap();
+        let ids: Vec<u32> = (0..24u32).map(|k| (k * 5 + 1) % 64).collect();
+        let batch = Tensor::from_slice(&ids, (2, 12), &Device::Cpu).unwrap();
+        let full = input_stats(&dec, std::slice::from_ref(&batch)).unwrap();
+        let k = 4;
+        let iso = isolate_residual_outliers(&dec, &full, k).unwrap();
+        let both = isolate_mlp_outliers(&iso, &full, Isolate::Fixed(3)).unwrap();
+        let before = logits(&dec, &ids, &mut KvCache::default());
+        for (label, m) in [("residual", &iso), ("residual + mlp", &both)] {
+            let after = logits(m, &ids, &mut KvCache::default());
+            assert_close(
+                &format!("{} {label}", cfg.model_type),
+                &after,
+                &before,
+                1e-5,
+                1e-4,
+            );
+        }
+        // The chosen channels now lead, in the order of the original stream.
+        let mut want = residual_outlier_order(&full, cfg.hidden_size).unwrap();
+        want.truncate(k);
+        let moved = input_stats(&iso, std::slice::from_ref(&batch)).unwrap();
+        let mut got = residual_outlier_order(&moved, cfg.hidden_size).unwrap();
+        got.truncate(k);
+        got.sort_unstable();
+        assert_eq!(got, (0..k).collect::<Vec<_>>(), "{}", cfg.model_type);
+        let readers = iso.isolated.keys().cloned().collect::<Vec<_>>();
+        assert!(readers.contains(&"lm_head".to_string()), "{readers:?}");
+        assert!(
+            readers
+                .iter()
+                .all(|n| !n.ends_with("o_proj") && !n.ends_with("down_proj")),
+            "{readers:?}"
+        );
+        assert!(readers.iter().all(|n| iso.isolated[n] == k));
+        assert_eq!(both.isolated["model.layers.0.mlp.down_proj"], 3);
+        let chip = program_chip(&both, &preset, 0, false).unwrap();
+        let first = |p: &Projection| match p {
+            Projection::Analog(a) => a.layer.map.row_blocks[0],
+            _ => panic!("not analog"),
+        };
+        let qkv = match &chip.blocks[1].qkv {
+            afm::executor::decoder::Qkv::Separate { q, .. } => q,
+            afm::executor::decoder::Qkv::Fused(f) => f,
+        };
+        assert_eq!(first(qkv), (0, k));
+        assert_eq!(first(&chip.lm_head), (0, k));
+        assert_eq!(first(&chip.blocks[1].down), (0, 3));
+        assert_ne!(first(&chip.blocks[1].o), (0, k));
+        for bad in [0, cfg.hidden_size] {
+            let e = isolate_residual_outliers(&dec, &full, bad).unwrap_err();
+            assert!(e.to_string().contains("residual stream"), "{e}");
+        }
+    }
+}
+
 /// W (out, in) programmed as chip 0 of `preset`, calibrated by `rule` (None: the default) on
 /// x: its ranges and its output for x.
 pub fn calibrated(
