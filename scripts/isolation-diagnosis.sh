@@ -4,7 +4,9 @@
 # ranges set on tinyshakespeare's first 512 tokens (kappa 18 x std per row block unless the row
 # says otherwise), LAMBADA (100 items) and wikitext2 (4096 tokens), one chip, on `ideal` and on
 # `ideal` with the ADC or both converters widened to 16 bits. The `auto` rows let each layer pick
-# how many to isolate (`--isolate-auto`, at most 64 or 512). Cells already in WORK_DIR are reused.
+# how many to isolate (`--isolate-auto`, at most 64 or 512). The `r` rows (session 12) also put
+# the residual stream's 16 or 4 largest channels in a head block of every projection that reads
+# it (`--isolate-residual`). Cells already in WORK_DIR are reused.
 # Usage: scripts/isolation-diagnosis.sh AFM_BINARY WORK_DIR [JOBS]   (AFM_DATA as for afm eval)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,6 +32,9 @@ adc16-k0|$PWD/ideal-adc16.toml|--calib-kappa 18
 adc16-k16|$PWD/ideal-adc16.toml|--calib-kappa 18 --isolate-outliers 16
 both16-k0|$PWD/ideal-both16.toml|--calib-kappa 18
 both16-k16|$PWD/ideal-both16.toml|--calib-kappa 18 --isolate-outliers 16
+k16-r16|ideal|--calib-kappa 18 --isolate-outliers 16 --isolate-residual 16
+k16-r4|ideal|--calib-kappa 18 --isolate-outliers 16 --isolate-residual 4
+adc16-k16-r16|$PWD/ideal-adc16.toml|--calib-kappa 18 --isolate-outliers 16 --isolate-residual 16
 ROWS
 while IFS='|' read -r name tiles flags; do
   echo "--out $PWD/$name --tiles $tiles $flags"

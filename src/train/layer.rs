@@ -74,6 +74,11 @@ pub struct AnalogTrainConfig {
     /// inputs that leave none above `range_init_kappa` x the rms of the rest (what a kappa
     /// range would clip) [false: every layer isolates `isolate_outliers`].
     pub isolate_auto: bool,
+    /// Residual-stream channels with the largest inputs (relative to their projection's input
+    /// rms) over the statistics batches that get a row block of their own in every projection
+    /// reading the stream: q/k/v, gate/up, lm_head (0: off) [0]. The whole stream is permuted
+    /// (exact up to rounding; `train::outliers::isolate_residual_outliers`).
+    pub isolate_residual: usize,
     /// Gradient through the ADC bound lambda * w_max[c] * range [false: lightning detaches the
     /// bound]. On, the bound gets the straight-through step-size gradient of LSQ (Esser et al.,
     /// ICLR 2020): (q - y) / bound inside, the sign of y where clamped; it reaches the range and
@@ -104,6 +109,7 @@ impl Default for AnalogTrainConfig {
             smooth_batches: 8,
             isolate_outliers: 0,
             isolate_auto: false,
+            isolate_residual: 0,
             adc_bound_grad: false,
         }
     }
@@ -143,7 +149,8 @@ impl AnalogTrainConfig {
         if !(0.0..=1.0).contains(&self.smooth_alpha) {
             return bad("smooth_alpha", "must be in 0..=1 (0: off)".into());
         }
-        if (self.smooth_alpha > 0.0 || self.isolate_outliers > 0) && self.smooth_batches == 0 {
+        let isolating = self.isolate_outliers > 0 || self.isolate_residual > 0;
+        if (self.smooth_alpha > 0.0 || isolating) && self.smooth_batches == 0 {
             return bad(
                 "smooth_batches",
                 "must be >= 1 when smoothing or isolating outliers".into(),
@@ -155,14 +162,19 @@ impl AnalogTrainConfig {
                 "needs isolate_outliers >= 1 (the most inputs a layer isolates)".into(),
             );
         }
-        if self.isolate_outliers > self.tile_rows {
-            return bad(
-                "isolate_outliers",
-                format!(
-                    "{} inputs do not fit one row block of tile_rows = {}",
-                    self.isolate_outliers, self.tile_rows
-                ),
-            );
+        for (field, k) in [
+            ("isolate_outliers", self.isolate_outliers),
+            ("isolate_residual", self.isolate_residual),
+        ] {
+            if k > self.tile_rows {
+                return bad(
+                    field,
+                    format!(
+                        "{k} inputs do not fit one row block of tile_rows = {}",
+                        self.tile_rows
+                    ),
+                );
+            }
         }
         if !(0.0..=1.0).contains(&self.range_min_inside) {
             return bad("range_min_inside", "must be in 0..=1".into());

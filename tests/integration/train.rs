@@ -483,4 +483,56 @@ fn smoothed_isolated_training_resumes_to_the_same_model() {
         };
         assert_eq!(bad.check().unwrap_err().0, field);
     }
+    let bad = afm::train::layer::AnalogTrainConfig {
+        isolate_residual: 513,
+        ..Default::default()
+    };
+    assert_eq!(bad.check().unwrap_err().0, "isolate_residual");
+}
+
+/// Training with the residual stream's outliers isolated saves the permuted model and a head
+/// block in every projection that reads the stream, and the folder goes back onto tiles with
+/// every learned range.
+#[test]
+fn residual_isolation_trains_and_maps_back_onto_tiles() {
+    use afm::train::trainer::{train, TrainConfig};
+    let dir = temp_dir("residual-isolation");
+    let data = dir.join("data");
+    crate::common::shakespeare_data(&data, 8);
+    let m = tiny();
+    let mut c = TrainConfig::default();
+    c.run.steps = 2;
+    c.run.batch_size = 2;
+    c.analog.tile_rows = 32;
+    c.analog.range_init_batches = 1;
+    c.analog.clip_alpha = 0.0;
+    c.analog.smooth_batches = 2;
+    c.analog.isolate_residual = 2;
+    c.analog.isolate_outliers = 3;
+    let out = dir.join("out");
+    train(&m.decoder, None, &data, &out, &c, true, &mut |_| {}).unwrap();
+    let meta = afm::train::student::load_meta(&out.join("final"))
+        .unwrap()
+        .unwrap();
+    let reads = |n: &str| !n.ends_with("o_proj") && !n.ends_with("down_proj");
+    let layers = m.decoder.blocks.len();
+    assert!(meta
+        .isolated
+        .contains_key("model.layers.0.self_attn.q_proj"));
+    for (name, &k) in &meta.isolated {
+        let want = if reads(name) { 2 } else { 3 };
+        assert!(k == want && !name.ends_with("o_proj"), "{name}: {k}");
+    }
+    assert!(meta.isolated.len() > layers, "{:?}", meta.isolated.keys());
+    let mut saved = load_model(out.join("final").to_str().unwrap(), DType::F32).unwrap();
+    saved.decoder.isolated = meta.isolated.clone();
+    let mut preset = afm::tile::TilePreset::load(&repo("tiles/ideal.toml")).unwrap();
+    preset.tile.rows = 32;
+    let mut chip = afm::executor::load::program_chip(&saved.decoder, &preset, 0, false).unwrap();
+    let set = afm::executor::load::apply_ranges(&mut chip, &meta.input_ranges);
+    assert!(set.is_ok(), "{set:?}");
+    // The stream was permuted: the saved embedding is not the teacher's.
+    let emb = |d: &afm::executor::decoder::Decoder| d.embed.to_vec2::<f32>().unwrap();
+    assert_ne!(emb(&saved.decoder), emb(&m.decoder));
+    let _ = std::fs::remove_dir_all(&dir);
 }
