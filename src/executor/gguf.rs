@@ -142,6 +142,7 @@ impl GgufModel {
         let heads = meta_u(&c, path, &k("attention.head_count"))?;
         let kv = meta_u(&c, path, &k("attention.head_count_kv")).unwrap_or(heads);
         let layers = meta_u(&c, path, &k("block_count"))?;
+        check_merges(&c, path)?;
         let mut tokenizer =
             Tokenizer::from_gguf(&c).map_err(|e| parse_err(path, format!("tokenizer: {e}")))?;
         // candle's GPT-2 fallback pipeline adds a prefix space to every piece between special
@@ -238,4 +239,48 @@ impl GgufModel {
             chat_template,
         })
     }
+}
+
+/// Refuses a BPE merge "a b" whose halves or whose joined token are not in the vocabulary.
+/// tokenizers builds a merge's token in a buffer as long as the longest vocabulary token before
+/// it looks the token up, so a join longer than every token panics there (a fuzz finding)
+/// instead of failing with its error. Missing or mistyped fields are left to candle's reader.
+fn check_merges(c: &Content, path: &Path) -> Result<()> {
+    let strings = |key: &str| match c.metadata.get(key) {
+        Some(Value::Array(v)) => v
+            .iter()
+            .map(|x| match x {
+                Value::String(s) => Some(s.as_str()),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>(),
+        _ => None,
+    };
+    let (Some(tokens), Some(merges)) = (
+        strings("tokenizer.ggml.tokens"),
+        strings("tokenizer.ggml.merges"),
+    ) else {
+        return Ok(());
+    };
+    let vocab: std::collections::HashSet<&str> = tokens.into_iter().collect();
+    for (i, m) in merges.iter().enumerate() {
+        let Some((a, b)) = m.split_once(' ') else {
+            continue;
+        };
+        let joined = format!("{a}{b}");
+        let missing = [a, b, joined.as_str()]
+            .into_iter()
+            .find(|t| !vocab.contains(t));
+        if let Some(t) = missing {
+            return Err(parse_err(
+                path,
+                format!(
+                    "tokenizer.ggml.merges[{i}] `{}`: `{}` is not in tokenizer.ggml.tokens",
+                    m.escape_debug(),
+                    t.escape_debug()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -101,6 +101,17 @@ fn gguf_fuzz_findings_are_named_errors() {
     assert!(e.contains("general.alignment"), "{e}");
     // A negative signed alignment is ignored, as candle ignores it: no panic either way.
     let _ = GgufModel::from_bytes(&header(1, &[0xff]), Path::new("f.gguf"), DType::F32);
+
+    // Fuzz finding 5 (CI): the merge "ab \xa0" (read as "ab \u{fffd}") joins into a token
+    // longer than any of the vocabulary, which panicked inside tokenizers' BPE builder before
+    // its own out-of-vocabulary check. Now refused naming the merge.
+    let e = gguf_err(&seed("gguf", "merge-join-longer-than-vocab.gguf"));
+    assert!(
+        e.contains("f.gguf")
+            && e.contains("tokenizer.ggml.merges[1]")
+            && e.contains("is not in tokenizer.ggml.tokens"),
+        "{e}"
+    );
 }
 
 #[test]
