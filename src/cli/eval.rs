@@ -302,16 +302,13 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     }
     if let (true, Some(ids)) = (isolate, &calibration) {
         let x = candle_core::Tensor::from_slice(ids, (1, ids.len()), m.decoder.device())?;
-        // One set of statistics serves both: the residual permutation leaves down_proj's
-        // inputs (the MLP's channels) as they were.
         let stats = afm::train::smooth::input_stats(&m.decoder, &[x])?;
-        if let Some(k) = a.isolate_residual {
-            m.decoder = afm::train::outliers::isolate_residual_outliers(&m.decoder, &stats, k)?;
-        }
-        if let Some(k) = a.isolate_outliers {
-            let rule = Isolate::new(k, a.isolate_auto, a.calib_kappa.unwrap_or(18.0));
-            m.decoder = afm::train::outliers::isolate_mlp_outliers(&m.decoder, &stats, rule)?;
-        }
+        let kappa = a.calib_kappa.unwrap_or(18.0);
+        let mlp = a
+            .isolate_outliers
+            .map(|k| Isolate::new(k, a.isolate_auto, kappa));
+        let residual = a.isolate_residual.unwrap_or(0);
+        m.decoder = afm::train::outliers::isolate_outliers(&m.decoder, &stats, residual, mlp)?;
     }
     let plan = Plan {
         model: a.model.clone(),

@@ -109,11 +109,7 @@ pub fn isolate_mlp_outliers(
         Isolate::Fixed(k) => k,
         Isolate::Auto { cap, .. } => cap,
     };
-    if cap == 0 || cap >= n {
-        return Err(Error::Value(format!(
-            "isolating {cap} outlier channels of an MLP with {n}: expected 1..{n}"
-        )));
-    }
+    check_count(cap, n, "an MLP")?;
     let mut out = model.map_projections(|name, p| p.clone_digital(name))?;
     for (i, b) in out.blocks.iter_mut().enumerate() {
         let name = format!("model.layers.{i}.mlp.down_proj");
@@ -188,29 +184,62 @@ pub fn isolate_residual_outliers(
     k: usize,
 ) -> Result<Decoder> {
     let n = model.cfg.hidden_size;
-    if k == 0 || k >= n {
-        return Err(Error::Value(format!(
-            "isolating {k} outlier channels of a residual stream of {n}: expected 1..{n}"
-        )));
-    }
+    check_count(k, n, "a residual stream")?;
     let mut first = residual_outlier_order(stats, n)?;
     first.truncate(k);
     first.sort_unstable();
     let perm = front_permutation(n, &first);
     let idx = Tensor::from_slice(&perm, n, model.device())?;
-    let mut out = model
-        .map_projections(|name, p| select(p, &idx, if reads_residual(name) { 1 } else { 0 }))?;
+    let mut readers = Vec::new();
+    let mut out = model.map_projections(|name, p| {
+        let reads = reads_residual(name);
+        if reads {
+            readers.push(name.to_string());
+        }
+        select(p, &idx, usize::from(reads))
+    })?;
     out.embed = out.embed.index_select(&idx, 1)?.contiguous()?;
     out.norm = out.norm.index_select(&idx, 0)?;
     for b in &mut out.blocks {
         b.input_norm = b.input_norm.index_select(&idx, 0)?;
         b.post_norm = b.post_norm.index_select(&idx, 0)?;
     }
-    let names: Vec<String> = out.projections_mut().into_iter().map(|(n, _)| n).collect();
-    for name in names.into_iter().filter(|n| reads_residual(n)) {
-        out.isolated.insert(name, k);
-    }
+    out.isolated
+        .extend(readers.into_iter().map(|name| (name, k)));
     Ok(out)
+}
+
+/// Both isolations on one set of statistics of `model` (the residual permutation leaves
+/// down_proj's inputs, the MLP's channels, as they were): the residual stream's `residual`
+/// largest channels (0: none), then down_proj's by `mlp` (None: none); at least one of them.
+pub fn isolate_outliers(
+    model: &Decoder,
+    stats: &BTreeMap<String, ColumnStats>,
+    residual: usize,
+    mlp: Option<Isolate>,
+) -> Result<Decoder> {
+    let mut out = None;
+    if residual > 0 {
+        out = Some(isolate_residual_outliers(model, stats, residual)?);
+    }
+    if let Some(rule) = mlp {
+        out = Some(isolate_mlp_outliers(
+            out.as_ref().unwrap_or(model),
+            stats,
+            rule,
+        )?);
+    }
+    out.ok_or_else(|| Error::Value("isolating outliers: no residual channels, no MLP rule".into()))
+}
+
+/// `k` isolated channels of `n` (of `what`) must leave some behind.
+fn check_count(k: usize, n: usize, what: &str) -> Result<()> {
+    if k == 0 || k >= n {
+        return Err(Error::Value(format!(
+            "isolating {k} outlier channels of {what} with {n}: expected 1..{n}"
+        )));
+    }
+    Ok(())
 }
 
 /// Applies the intermediate-channel permutation `perm` to one block's MLP.

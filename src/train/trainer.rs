@@ -371,23 +371,11 @@ pub fn train_rank(
     }
     if a.isolate_outliers > 0 || a.isolate_residual > 0 {
         let base = smoothed.as_ref().unwrap_or(teacher);
-        // The residual permutation leaves down_proj's inputs as they were: one set of
-        // statistics serves both.
         let stats = super::smooth::input_stats(base, &stats_batches()?)?;
-        let mut iso = None;
-        if a.isolate_residual > 0 {
-            iso = Some(super::outliers::isolate_residual_outliers(
-                base,
-                &stats,
-                a.isolate_residual,
-            )?);
-        }
-        if a.isolate_outliers > 0 {
-            let rule = Isolate::new(a.isolate_outliers, a.isolate_auto, a.range_init_kappa);
-            let m = iso.as_ref().unwrap_or(base);
-            iso = Some(super::outliers::isolate_mlp_outliers(m, &stats, rule)?);
-        }
-        smoothed = iso;
+        let mlp = (a.isolate_outliers > 0)
+            .then(|| Isolate::new(a.isolate_outliers, a.isolate_auto, a.range_init_kappa));
+        let iso = super::outliers::isolate_outliers(base, &stats, a.isolate_residual, mlp)?;
+        smoothed = Some(iso);
     }
     let student = build_student(
         smoothed.as_ref().unwrap_or(teacher),

@@ -500,6 +500,25 @@ fn smoothing_keeps_the_function_and_flattens_inputs() {
     }
 }
 
+/// The tiny model of config `text` with random weights, 24 token ids as a (2, 12) batch, and
+/// every projection's input statistics on that batch.
+fn tiny_with_stats(
+    text: &str,
+) -> (
+    HfConfig,
+    afm::executor::decoder::Decoder,
+    Vec<u32>,
+    Tensor,
+    std::collections::BTreeMap<String, afm::executor::linear::ColumnStats>,
+) {
+    let cfg = HfConfig::parse(text, Path::new("config.json")).unwrap();
+    let dec = llama::build(cfg.clone(), &random_weights(&cfg, 5)).unwrap();
+    let ids: Vec<u32> = (0..24u32).map(|k| (k * 7 + 3) % 64).collect();
+    let batch = Tensor::from_slice(&ids, (2, 12), &Device::Cpu).unwrap();
+    let stats = afm::train::smooth::input_stats(&dec, std::slice::from_ref(&batch)).unwrap();
+    (cfg, dec, ids, batch, stats)
+}
+
 /// Isolating down_proj's outlier inputs permutes the MLP's intermediate channels without
 /// changing the function, puts the k largest first, and maps them onto a row block of their own,
 /// on a grouped-query Llama and a fused Phi-3.
@@ -508,14 +527,10 @@ fn isolating_outliers_keeps_the_function_and_maps_a_head_block() {
     use afm::executor::linear::Projection;
     use afm::executor::load::program_chip;
     use afm::train::outliers::{isolate_mlp_outliers, Isolate};
-    use afm::train::smooth::{input_abs_max, input_stats};
+    use afm::train::smooth::input_abs_max;
     let preset = TilePreset::load(&repo("tiles/ideal.toml")).unwrap();
     for text in [TINY_LLAMA, TINY_PHI3] {
-        let cfg = HfConfig::parse(text, Path::new("config.json")).unwrap();
-        let dec = llama::build(cfg.clone(), &random_weights(&cfg, 5)).unwrap();
-        let ids: Vec<u32> = (0..24u32).map(|k| (k * 7 + 3) % 64).collect();
-        let batch = Tensor::from_slice(&ids, (2, 12), &Device::Cpu).unwrap();
-        let full = input_stats(&dec, std::slice::from_ref(&batch)).unwrap();
+        let (cfg, dec, ids, batch, full) = tiny_with_stats(text);
         let k = 3;
         let iso = isolate_mlp_outliers(&dec, &full, Isolate::Fixed(k)).unwrap();
         let before = logits(&dec, &ids, &mut KvCache::default());
@@ -586,11 +601,7 @@ fn isolating_residual_outliers_keeps_the_function_and_maps_head_blocks() {
     use afm::train::smooth::input_stats;
     let preset = TilePreset::load(&repo("tiles/ideal.toml")).unwrap();
     for text in [TINY_LLAMA, TINY_PHI3] {
-        let cfg = HfConfig::parse(text, Path::new("config.json")).unwrap();
-        let dec = llama::build(cfg.clone(), &random_weights(&cfg, 6)).unwrap();
-        let ids: Vec<u32> = (0..24u32).map(|k| (k * 5 + 1) % 64).collect();
-        let batch = Tensor::from_slice(&ids, (2, 12), &Device::Cpu).unwrap();
-        let full = input_stats(&dec, std::slice::from_ref(&batch)).unwrap();
+        let (cfg, dec, ids, batch, full) = tiny_with_stats(text);
         let k = 4;
         let iso = isolate_residual_outliers(&dec, &full, k).unwrap();
         let both = isolate_mlp_outliers(&iso, &full, Isolate::Fixed(3)).unwrap();

@@ -391,27 +391,44 @@ fn text_data_cuts_bos_rows_and_holds_out() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A tiny-llama run on 32-row tiles, batch 2, no weight clipping, that isolates down_proj's 3
+/// largest inputs (statistics from 2 batches): a fresh folder with `rows` rows of
+/// tinyshakespeare in DIR/data, and the config for `steps` steps with `range_init` batches of
+/// range initialization.
+fn isolating_run(
+    name: &str,
+    rows: usize,
+    steps: usize,
+    range_init: usize,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    afm::train::trainer::TrainConfig,
+) {
+    let dir = temp_dir(name);
+    let data = dir.join("data");
+    crate::common::shakespeare_data(&data, rows);
+    let mut c = afm::train::trainer::TrainConfig::default();
+    c.run.steps = steps;
+    c.run.batch_size = 2;
+    c.analog.tile_rows = 32;
+    c.analog.range_init_batches = range_init;
+    c.analog.clip_alpha = 0.0;
+    c.analog.smooth_batches = 2;
+    c.analog.isolate_outliers = 3;
+    (dir, data, c)
+}
+
 /// A smoothed run with isolated outliers stopped after a checkpoint and resumed (which smooths
 /// and permutes the teacher again from the same first batches) ends with the same bytes as the
 /// run that was not stopped, and the saved model maps its outliers as it was trained.
 #[test]
 fn smoothed_isolated_training_resumes_to_the_same_model() {
-    use afm::train::trainer::{train, TrainConfig};
-    let dir = temp_dir("smooth-resume");
-    let _ = std::fs::remove_dir_all(&dir);
-    let data = dir.join("data");
-    crate::common::shakespeare_data(&data, 12);
+    use afm::train::trainer::train;
+    let (dir, data, mut c) = isolating_run("smooth-resume", 12, 4, 2);
     let m = tiny();
-    let mut c = TrainConfig::default();
-    c.run.steps = 4;
-    c.run.batch_size = 2;
     c.run.checkpoint_every = 2;
-    c.analog.tile_rows = 32;
-    c.analog.range_init_batches = 2;
-    c.analog.clip_alpha = 0.0;
     c.analog.smooth_alpha = 0.5;
-    c.analog.smooth_batches = 2;
-    c.analog.isolate_outliers = 3;
     let run = |out: &str, stop_at: Option<usize>| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             train(
@@ -495,20 +512,10 @@ fn smoothed_isolated_training_resumes_to_the_same_model() {
 /// every learned range.
 #[test]
 fn residual_isolation_trains_and_maps_back_onto_tiles() {
-    use afm::train::trainer::{train, TrainConfig};
-    let dir = temp_dir("residual-isolation");
-    let data = dir.join("data");
-    crate::common::shakespeare_data(&data, 8);
+    use afm::train::trainer::train;
+    let (dir, data, mut c) = isolating_run("residual-isolation", 8, 2, 1);
     let m = tiny();
-    let mut c = TrainConfig::default();
-    c.run.steps = 2;
-    c.run.batch_size = 2;
-    c.analog.tile_rows = 32;
-    c.analog.range_init_batches = 1;
-    c.analog.clip_alpha = 0.0;
-    c.analog.smooth_batches = 2;
     c.analog.isolate_residual = 2;
-    c.analog.isolate_outliers = 3;
     let out = dir.join("out");
     train(&m.decoder, None, &data, &out, &c, true, &mut |_| {}).unwrap();
     let meta = afm::train::student::load_meta(&out.join("final"))
