@@ -273,17 +273,32 @@ __device__ void block_absmax(const T *w, float *wmax, int out, int n_in, int bas
   if (lane == 0) wmax[(i64)s * out + c] = m;
 }
 
-// wb[s, c, j] = w[c, start_s + j] + (wmax[s, c] * gamma) * n, n the element c * len_s + j of
-// block s's counter-based stream (pair el / 2, component el % 2). Grid (out, nb).
+// The noise std of a weight at r = |w| / wmax of its block channel, relative to wmax: 1, or
+// with `pcm` the AFM paper's programming-noise fit at wmax = 180 units (device::afm_sigma,
+// NoiseShape::rel_std on the host).
+__device__ __forceinline__ float noise_rel(float r, int pcm) {
+  if (!pcm) return 1.0f;
+  double u = (double)fminf(fmaxf(r, 0.0f), 1.0f) * 180.0;
+  double sg = u <= 52.5 ? 2.939751381126213e-05 * u * u * u - 0.00371581208142707 * u * u +
+                              0.22419685954327148 * u + 2.5797410660159494
+                        : 1.2329755395573392e-05 * u * u * u - 0.003054993405157235 * u * u +
+                              0.2453487119885723 * u + 2.110295720240385;
+  return (float)(sg / 180.0);
+}
+
+// wb[s, c, j] = w[c, start_s + j] + (wmax[s, c] * gamma * noise_rel(|w| / wmax)) * n, n the
+// element c * len_s + j of block s's counter-based stream (pair el / 2, component el % 2).
+// Grid (out, nb).
 template <typename T>
 __device__ void noisy_wblocks(const T *w, const float *wmax, T *wb, uint64_t layer_key,
                               uint64_t tag, uint64_t call, int out, int n_in, int base, int extra, int head,
-                              int r, float gamma) {
+                              int r, float gamma, int pcm) {
   int c = blockIdx.x, s = blockIdx.y;
   int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
   uint32_t k0 = 0, k1 = 0;
   if (gamma > 0.0f) block_keys(layer_key, tag, call, s, &k0, &k1);
-  float sc = wmax[(i64)s * out + c] * gamma;
+  float m = wmax[(i64)s * out + c];
+  float sc = m * gamma;
   const T *row = w + (i64)c * n_in + start;
   T *o = wb + ((i64)s * out + c) * r;
   for (int j = threadIdx.x; j < r; j += blockDim.x) {
@@ -294,7 +309,8 @@ __device__ void noisy_wblocks(const T *w, const float *wmax, T *wb, uint64_t lay
         uint32_t el = (uint32_t)c * (uint32_t)len + (uint32_t)j;
         float a, b;
         normal_pair(k0, k1, el >> 1, &a, &b);
-        v = v + ((el & 1u) ? b : a) * sc;
+        float rel = noise_rel(m > 0.0f ? fabsf(v) / m : 0.0f, pcm);
+        v = v + ((el & 1u) ? b : a) * sc * rel;
       }
     }
     o[j] = from_f<T>(v);
@@ -384,8 +400,9 @@ __device__ void adc_grad(const T *g, const T *yb, const float *bound, T *gyb, in
   }                                                                                                \
   extern "C" __global__ void noisy_wblocks_##SUF(                                                  \
       const T *w, const float *wmax, T *wb, uint64_t layer_key, uint64_t tag, uint64_t call,       \
-      int out, int n_in, int base, int extra, int head, int r, float gamma) {                      \
-    noisy_wblocks<T>(w, wmax, wb, layer_key, tag, call, out, n_in, base, extra, head, r, gamma);   \
+      int out, int n_in, int base, int extra, int head, int r, float gamma, int pcm) {             \
+    noisy_wblocks<T>(w, wmax, wb, layer_key, tag, call, out, n_in, base, extra, head, r, gamma,    \
+                     pcm);                                                                         \
   }                                                                                                \
   extern "C" __global__ void unblock_w_##SUF(const T *gwb, T *gw, int out, int n_in, int base,     \
                                              int extra, int head, int nb, int r) {                 \

@@ -37,7 +37,9 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// Flattens a multi-line TOML error into one line (keeps the line/column and the message).
+/// Flattens a multi-line TOML error into one line (keeps the line/column and the message) and
+/// names the field when the error sits in a `key = value` line: serde's messages for a bad value
+/// (an unknown variant, a wrong type) do not say which field they are about.
 fn one_line(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message().trim().replace('\n', " ");
     match e.span() {
@@ -45,10 +47,33 @@ fn one_line(e: &toml::de::Error, text: &str) -> String {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
             let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {col}: {msg}")
+            match field_at(text, line) {
+                Some(f) if !msg.contains(&format!("`{f}`")) => {
+                    format!("line {line}, column {col}, `{f}`: {msg}")
+                }
+                _ => format!("line {line}, column {col}: {msg}"),
+            }
         }
         None => msg,
     }
+}
+
+/// The dotted name (`section.key`) of the `key = value` on 1-based `line`, if it is one.
+fn field_at(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let (key, _) = lines.get(line - 1)?.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('#') || key.starts_with('[') {
+        return None;
+    }
+    let section = lines[..line - 1].iter().rev().find_map(|l| {
+        let l = l.trim();
+        (l.starts_with('[') && l.ends_with(']')).then(|| l.trim_matches(|c| c == '[' || c == ']'))
+    });
+    Some(match section {
+        Some(s) => format!("{}.{key}", s.trim()),
+        None => key.to_string(),
+    })
 }
 
 /// Writes a file atomically: a temporary file beside it, then a rename, so a kill never

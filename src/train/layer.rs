@@ -30,7 +30,15 @@ pub struct AnalogTrainConfig {
     /// ADC bound lambda, in units of w_max * input range (0: no bound) [14].
     pub out_bound: f64,
     /// Per-channel weight noise, relative to the channel's max |w| (training only) [0.03].
+    /// With `weight_noise_shape = "pcm"` it scales the chips' noise instead (1.0: the same).
     pub weight_noise: f64,
+    /// How the weight noise's std depends on the weight [flat: `weight_noise` x the max |w| of
+    /// the channel's row block, as the release recipe]. `pcm`: the `pcm-afm` programming noise
+    /// of the `afm-paper` chips (the AFM paper's fit, `device::afm_sigma`, with the block
+    /// channel's max |w| at 180 units), times `weight_noise`: 1.4% of the max at w = 0, 10.7% at
+    /// the max (rms 3.97% of the max over SmolLM2's weights), where flat noise gives every weight
+    /// the same std.
+    pub weight_noise_shape: NoiseShape,
     /// Output noise relative to w_max * range / sqrt(blocks) (training only) [0].
     pub out_noise: f64,
     /// Weight clipping after every step at alpha * std of the channel (0: off) [2.5].
@@ -87,6 +95,53 @@ pub struct AnalogTrainConfig {
     pub adc_bound_grad: bool,
 }
 
+/// How the training weight noise's std depends on the weight (see
+/// [`AnalogTrainConfig::weight_noise_shape`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoiseShape {
+    /// The same std for every weight of a channel's row block.
+    #[default]
+    Flat,
+    /// The `pcm-afm` programming noise's std as a function of |w|.
+    Pcm,
+}
+
+impl NoiseShape {
+    /// The noise std of a weight whose |w| is `r` times its block channel's max, relative to
+    /// that max (before the `weight_noise` factor). The fused CUDA kernel has the same function
+    /// (`noise_rel` in kernels/analog_train.cu); the CUDA tests compare them.
+    pub fn rel_std(self, r: f32) -> f32 {
+        match self {
+            NoiseShape::Flat => 1.0,
+            NoiseShape::Pcm => {
+                (crate::device::afm_sigma(f64::from(r.clamp(0.0, 1.0)) * PCM_W_MAX) / PCM_W_MAX)
+                    as f32
+            }
+        }
+    }
+}
+
+/// [`NoiseShape::rel_std`] of every weight of a block, `ws` (out, len) with its channels' max
+/// |w| `wmax` (out, 1), element by element on the host: the reference path's obvious version.
+fn noise_shape_of(ws: &Tensor, wmax: &Tensor, shape: NoiseShape) -> Result<Tensor> {
+    let w = ws.detach().to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let m = wmax.detach().to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let rel: Vec<f32> = w
+        .iter()
+        .zip(&m)
+        .flat_map(|(row, m)| {
+            row.iter()
+                .map(move |v| shape.rel_std(if m[0] > 0.0 { v.abs() / m[0] } else { 0.0 }))
+        })
+        .collect();
+    Ok(Tensor::from_vec(rel, ws.dims(), ws.device())?.to_dtype(ws.dtype())?)
+}
+
+/// The weight, in the AFM paper's units, that a block channel's max |w| is programmed at
+/// (`device::afm_sigma` is fitted on [0, 180]).
+const PCM_W_MAX: f64 = 180.0;
+
 impl Default for AnalogTrainConfig {
     fn default() -> Self {
         AnalogTrainConfig {
@@ -95,6 +150,7 @@ impl Default for AnalogTrainConfig {
             adc_bits: 8,
             out_bound: 14.0,
             weight_noise: 0.03,
+            weight_noise_shape: NoiseShape::Flat,
             out_noise: 0.0,
             clip_alpha: 2.5,
             clip_alpha_start: 0.0,
@@ -532,6 +588,7 @@ impl AnalogTrainLinear {
             } else {
                 0.0
             },
+            noise_shape: self.cfg.weight_noise_shape,
             seed: self.seed,
             layer: name_hash(&self.name),
             call,
@@ -589,7 +646,12 @@ impl AnalogTrainLinear {
             let wmax = ws.abs()?.max_keepdim(1)?;
             let ws = if training && self.cfg.weight_noise > 0.0 {
                 let n = self.normals((out_f, len), call, s, Effect::WeightNoise, x.device())?;
-                (&ws + n.broadcast_mul(&(wmax.detach() * self.cfg.weight_noise)?)?)?
+                let std = (wmax.detach() * self.cfg.weight_noise)?;
+                let n = match self.cfg.weight_noise_shape {
+                    NoiseShape::Flat => n.broadcast_mul(&std)?,
+                    shape => (n * noise_shape_of(&ws, &wmax, shape)?)?.broadcast_mul(&std)?,
+                };
+                (&ws + n)?
             } else {
                 ws
             };

@@ -117,13 +117,12 @@ fn gguf_fuzz_findings_are_named_errors() {
 #[test]
 fn a_sweep_of_too_many_points_is_refused_before_expanding() {
     let head = "name = \"x\"\nbase = \"ideal\"\nmodel = \"m\"\ntasks = [\"t\"]\n[grid]\n";
-    // 10^12 points: refused at once instead of filling the memory.
+    // 10^12 points: refused instead of filling the memory (an expansion first would not come
+    // back with an error at all).
     let grid: String = (0..12)
         .map(|k| format!("\"f{k}\" = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\n"))
         .collect();
-    let t0 = std::time::Instant::now();
     let e = SweepFile::parse(&format!("{head}{grid}"), Path::new("big.toml")).unwrap_err();
-    assert!(t0.elapsed().as_secs() < 1);
     let e = e.to_string();
     assert!(e.contains("big.toml") && e.contains("`grid`"), "{e}");
     assert!(e.contains(&MAX_POINTS.to_string()), "{e}");

@@ -543,3 +543,31 @@ fn residual_isolation_trains_and_maps_back_onto_tiles() {
     assert_ne!(emb(&saved.decoder), emb(&m.decoder));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn committed_training_configs_load_and_a_bad_noise_shape_is_named() {
+    use afm::train::layer::NoiseShape;
+    use afm::train::trainer::TrainConfig;
+    let mut shapes = Vec::new();
+    for e in std::fs::read_dir(repo("scripts")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let c = TrainConfig::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            shapes.push(c.analog.weight_noise_shape);
+        }
+    }
+    assert!(
+        shapes.len() >= 6
+            && shapes.contains(&NoiseShape::Pcm)
+            && shapes.contains(&NoiseShape::Flat)
+    );
+    let dir = temp_dir("bad-noise-shape");
+    let p = dir.join("t.toml");
+    std::fs::write(&p, "[analog]\nweight_noise_shape = \"lognormal\"\n").unwrap();
+    let e = TrainConfig::load(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("t.toml") && e.contains("`analog.weight_noise_shape`") && e.contains("pcm"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -3,7 +3,7 @@
 //! `tests/golden/make_golden_train.py`), plus the weight-noise statistics.
 
 use crate::common::{assert_close, normals, repo};
-use afm::train::layer::{AnalogTrainConfig, AnalogTrainLinear};
+use afm::train::layer::{AnalogTrainConfig, AnalogTrainLinear, NoiseShape};
 use candle_core::{DType, Device, Tensor, Var};
 
 fn golden_config() -> AnalogTrainConfig {
@@ -163,18 +163,30 @@ pub fn assert_mostly_close(
 
 /// Random ragged layer cases (tokens, inputs, outputs, tile rows) with their tensors.
 pub fn ragged_cases() -> Vec<(String, [Tensor; 4], AnalogTrainConfig)> {
-    // (tokens, inputs, outputs, tile rows, isolated head block)
+    use Kind::*;
+    #[derive(PartialEq)]
+    enum Kind {
+        Release,
+        // Learns through the ADC bound, with ranges and a bound tight enough that inputs and
+        // outputs clip.
+        Clamp,
+        // The chips' PCM-shaped weight noise instead of the flat one.
+        Pcm,
+    }
+    // (tokens, inputs, outputs, tile rows, isolated head block, kind)
     let cases = [
-        (7, 13, 5, 4, 2),
-        (33, 700, 96, 256, 0),
-        (64, 1100, 300, 512, 7),
-        (5, 1030, 17, 512, 0),
-        (40, 600, 70, 256, 0),
+        (7, 13, 5, 4, 2, Release),
+        (33, 700, 96, 256, 0, Release),
+        (64, 1100, 300, 512, 7, Release),
+        (5, 1030, 17, 512, 0, Release),
+        (40, 600, 70, 256, 0, Clamp),
+        (19, 530, 44, 256, 3, Pcm),
     ];
     cases
         .iter()
         .enumerate()
-        .map(|(i, &(tokens, n_in, n_out, rows, head))| {
+        .map(|(i, (tokens, n_in, n_out, rows, head, kind))| {
+            let (tokens, n_in, n_out, rows, head) = (*tokens, *n_in, *n_out, *rows, *head);
             let seed = 40 + i as u64;
             let t = |s: u64, shape: (usize, usize), scale: f32| {
                 Tensor::from_vec(normals(s, shape.0 * shape.1, scale), shape, &Device::Cpu).unwrap()
@@ -194,17 +206,19 @@ pub fn ragged_cases() -> Vec<(String, [Tensor; 4], AnalogTrainConfig)> {
                 isolate_outliers: head,
                 ..AnalogTrainConfig::default()
             };
-            // The last case also learns through the ADC bound, with ranges and a bound tight
-            // enough that inputs and outputs clip.
-            let cfg = if i == cases.len() - 1 {
-                AnalogTrainConfig {
+            let cfg = match kind {
+                Release => cfg,
+                Clamp => AnalogTrainConfig {
                     adc_bound_grad: true,
                     range_init_kappa: 2.0,
                     out_bound: 3.0,
                     ..cfg
-                }
-            } else {
-                cfg
+                },
+                Pcm => AnalogTrainConfig {
+                    weight_noise: 1.0,
+                    weight_noise_shape: NoiseShape::Pcm,
+                    ..cfg
+                },
             };
             (
                 format!("case {i} ({tokens}x{n_in}->{n_out}, rows {rows}, head {head})"),
@@ -362,6 +376,54 @@ fn training_weight_noise_is_per_channel_and_seeded() {
         1e-6,
         0.0,
     );
+}
+
+#[test]
+fn pcm_shaped_training_noise_follows_the_chips_programming_noise() {
+    // Every row block of every channel holds weights at 0, 0.29 and 1 times its max |w|, so the
+    // noise's std at each level is known: the AFM paper's programming-noise fit at 0, 52.2 and
+    // 180 units (2.580, 8.339 and 19.198) over 180, times `weight_noise`.
+    let (out, inp) = (8, 600);
+    let levels = [0.0f32, 0.29, 1.0];
+    let w: Vec<f32> = (0..out * inp)
+        .map(|i| {
+            let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
+            sign * levels[i % 3] * (1 + i / inp) as f32
+        })
+        .collect();
+    let w = Tensor::from_vec(w, (out, inp), &Device::Cpu).unwrap();
+    let cfg = AnalogTrainConfig {
+        dac_bits: 0,
+        adc_bits: 0,
+        out_bound: 0.0,
+        weight_noise: 0.5,
+        weight_noise_shape: NoiseShape::Pcm,
+        range_init_batches: 0,
+        ..AnalogTrainConfig::default()
+    };
+    let eye = Tensor::eye(inp, DType::F32, &Device::Cpu).unwrap();
+    for reference in [false, true] {
+        let mut layer = AnalogTrainLinear::new(&w, None, &cfg, 9, "pcm").unwrap();
+        layer.reference = reference;
+        layer.state.lock().unwrap().training = true;
+        let noise = vec_of(&(&layer.forward(&eye).unwrap() - &w.t().unwrap()).unwrap());
+        for (level, fit) in levels.iter().zip([2.5797, 8.3392, 19.1984]) {
+            let n: Vec<f64> = (0..out * inp)
+                .filter(|i| levels[i % inp % 3] == *level)
+                .map(|i| {
+                    let (c, j) = (i / inp, i % inp);
+                    f64::from(noise[j * out + c]) / (1 + c) as f64
+                })
+                .collect();
+            let std = (n.iter().map(|v| v * v).sum::<f64>() / n.len() as f64).sqrt();
+            let want = 0.5 * fit / 180.0;
+            assert!(
+                (std / want - 1.0).abs() < 0.08,
+                "reference {reference}, |w| = {level} max: std {std} vs {want} ({} draws)",
+                n.len()
+            );
+        }
+    }
 }
 
 #[test]

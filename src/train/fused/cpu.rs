@@ -4,6 +4,7 @@
 
 use super::Blocks;
 use crate::rng::normal_pair;
+use crate::train::layer::NoiseShape;
 use rayon::prelude::*;
 
 /// `v` rounded to the levels of a quantizer over ±bound with 1 / states `inv_states`
@@ -146,8 +147,9 @@ pub fn block_absmax(w: &[f32], g: &Blocks, out: usize) -> Vec<f32> {
     m
 }
 
-/// wb (nb, out, r): the blocked weights plus (wmax * gamma) times block s's counter-based
-/// normals (element c * len + j of the stream with `keys[s]`); gamma 0: a plain copy.
+/// wb (nb, out, r): the blocked weights plus (wmax * gamma * shape(|w| / wmax)) times block
+/// s's counter-based normals (element c * len + j of the stream with `keys[s]`); gamma 0: a
+/// plain copy.
 pub fn noisy_wblocks(
     w: &[f32],
     wmax: &[f32],
@@ -155,6 +157,7 @@ pub fn noisy_wblocks(
     g: &Blocks,
     out: usize,
     gamma: f32,
+    shape: NoiseShape,
 ) -> Vec<f32> {
     let mut wb = vec![0f32; g.nb * out * g.r];
     wb.par_chunks_mut(out * g.r)
@@ -171,11 +174,13 @@ pub fn noisy_wblocks(
                 }
             }
             for c in 0..out {
-                let sc = wmax[s * out + c] * gamma;
+                let m = wmax[s * out + c];
+                let sc = m * gamma;
                 for j in 0..len {
                     let mut v = w[c * g.n_in + start + j];
                     if gamma > 0.0 {
-                        v += noise[c * len + j] * sc;
+                        let r = if m > 0.0 { v.abs() / m } else { 0.0 };
+                        v += noise[c * len + j] * sc * shape.rel_std(r);
                     }
                     blk[c * g.r + j] = v;
                 }

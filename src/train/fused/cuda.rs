@@ -3,6 +3,7 @@
 
 use super::{FusedOp, Stage};
 use crate::rng::{layer_key, Effect};
+use crate::train::layer::NoiseShape;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -167,6 +168,7 @@ fn run_t<T: CudaDType + DeviceRepr>(
         }
         Stage::NoisyWeights {
             gamma,
+            shape: noise,
             seed,
             layer,
             call,
@@ -178,7 +180,10 @@ fn run_t<T: CudaDType + DeviceRepr>(
             let mut b = func.builder();
             b.arg(&w).arg(&wmax).arg(&y);
             let (lk, tag, o) = (layer_key(*seed, *layer), Effect::WeightNoise.tag(), i(out));
-            candle_core::builder_arg!(b, lk, tag, *call, o, n_in, base, extra, head, r, *gamma);
+            let pcm = i32::from(*noise == NoiseShape::Pcm);
+            candle_core::builder_arg!(
+                b, lk, tag, *call, o, n_in, base, extra, head, r, *gamma, pcm
+            );
             unsafe { b.launch(rows(out, g.nb)) }.w()?;
             Ok(wrap_t(y))
         }

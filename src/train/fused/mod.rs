@@ -14,6 +14,7 @@ pub mod cpu;
 mod cuda;
 
 use crate::rng::{Effect, StreamKey};
+use crate::train::layer::NoiseShape;
 use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
@@ -143,6 +144,8 @@ pub enum Stage {
     NoisyWeights {
         /// Noise relative to the channel's max |w| (0: none).
         gamma: f32,
+        /// How the std depends on |w| (times `gamma`).
+        shape: NoiseShape,
         /// The noise stream: block s draws from (seed, layer, s, weight noise), sub-stream
         /// `call` (the forward counter).
         seed: u64,
@@ -261,6 +264,7 @@ impl CustomOp2 for FusedOp {
             }
             Stage::NoisyWeights {
                 gamma,
+                shape: noise,
                 seed,
                 layer,
                 call,
@@ -271,7 +275,8 @@ impl CustomOp2 for FusedOp {
                             .counter_keys(*call)
                     })
                     .collect();
-                out(cpu::noisy_wblocks(a, b, &keys, g, d[0], *gamma), shape)
+                let wb = cpu::noisy_wblocks(a, b, &keys, g, d[0], *gamma, *noise);
+                out(wb, shape)
             }
             Stage::Adc { inv_states } => {
                 out(cpu::adc_sum(a, b, d[0], d[1], d[2], *inv_states), shape)
@@ -369,6 +374,8 @@ pub struct LayerSpec {
     pub min_inside: f32,
     /// Weight noise relative to the channel's max |w| (0: none).
     pub gamma: f32,
+    /// How the weight noise's std depends on |w|.
+    pub noise_shape: NoiseShape,
     /// Noise stream seed.
     pub seed: u64,
     /// Noise stream layer hash.
@@ -432,6 +439,7 @@ impl LayerPass {
             &wmax,
             &op(Stage::NoisyWeights {
                 gamma: spec.gamma,
+                shape: spec.noise_shape,
                 seed: spec.seed,
                 layer: spec.layer,
                 call: spec.call,
