@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds every fuzz target (cargo-fuzz, release, no sanitizer, debug assertions and overflow
 # checks on, 16 codegen units) for fuzz/run.sh and fuzz/package.sh. Installs cargo-fuzz with
-# `cargo install` when missing. The fuzz workspace's lock file starts as a copy of the main one, so the dependencies
-# both share keep the versions the main crate is tested with.
+# `cargo install` when missing. The fuzz workspace's lock file starts as a copy of the main one,
+# so the dependencies both share keep the versions the main crate is tested with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # libFuzzer's instrumentation flags are unstable-only; the stable toolchain accepts them so.

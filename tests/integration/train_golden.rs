@@ -324,6 +324,25 @@ fn adc_bound_gradient_reaches_the_range_and_the_largest_weight_by_hand() {
     }
 }
 
+/// A layer with exact converters and no ADC bound: its training forward adds only the weight
+/// noise (`weight_noise` of shape `shape`).
+fn noise_only(weight_noise: f64, shape: NoiseShape) -> AnalogTrainConfig {
+    AnalogTrainConfig {
+        dac_bits: 0,
+        adc_bits: 0,
+        out_bound: 0.0,
+        weight_noise,
+        weight_noise_shape: shape,
+        range_init_batches: 0,
+        ..AnalogTrainConfig::default()
+    }
+}
+
+/// Root mean square of `v` (the std of zero-mean noise).
+fn rms(v: &[f64]) -> f64 {
+    (v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64).sqrt()
+}
+
 #[test]
 fn training_weight_noise_is_per_channel_and_seeded() {
     let (out, inp) = (8, 600);
@@ -331,14 +350,7 @@ fn training_weight_noise_is_per_channel_and_seeded() {
         .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0 * (1 + i / inp) as f32)
         .collect();
     let w = Tensor::from_vec(w, (out, inp), &Device::Cpu).unwrap();
-    let cfg = AnalogTrainConfig {
-        dac_bits: 0,
-        adc_bits: 0,
-        out_bound: 0.0,
-        weight_noise: 0.03,
-        range_init_batches: 0,
-        ..AnalogTrainConfig::default()
-    };
+    let cfg = noise_only(0.03, NoiseShape::Flat);
     let layer = AnalogTrainLinear::new(&w, None, &cfg, 5, "noise").unwrap();
     layer.state.lock().unwrap().training = true;
     // Inputs: one-hot rows read single weights, so y - W^T e = the noise itself.
@@ -356,7 +368,7 @@ fn training_weight_noise_is_per_channel_and_seeded() {
                 .iter()
                 .fold(0f32, |m, v| m.max(v.abs()));
             let n: Vec<f64> = (lo..hi).map(|i| f64::from(noise[i * out + c])).collect();
-            let std = (n.iter().map(|v| v * v).sum::<f64>() / n.len() as f64).sqrt();
+            let std = rms(&n);
             let want = 0.03 * f64::from(wmax);
             assert!(
                 (std / want - 1.0).abs() < 0.15,
@@ -392,15 +404,7 @@ fn pcm_shaped_training_noise_follows_the_chips_programming_noise() {
         })
         .collect();
     let w = Tensor::from_vec(w, (out, inp), &Device::Cpu).unwrap();
-    let cfg = AnalogTrainConfig {
-        dac_bits: 0,
-        adc_bits: 0,
-        out_bound: 0.0,
-        weight_noise: 0.5,
-        weight_noise_shape: NoiseShape::Pcm,
-        range_init_batches: 0,
-        ..AnalogTrainConfig::default()
-    };
+    let cfg = noise_only(0.5, NoiseShape::Pcm);
     let eye = Tensor::eye(inp, DType::F32, &Device::Cpu).unwrap();
     for reference in [false, true] {
         let mut layer = AnalogTrainLinear::new(&w, None, &cfg, 9, "pcm").unwrap();
@@ -415,7 +419,7 @@ fn pcm_shaped_training_noise_follows_the_chips_programming_noise() {
                     f64::from(noise[j * out + c]) / (1 + c) as f64
                 })
                 .collect();
-            let std = (n.iter().map(|v| v * v).sum::<f64>() / n.len() as f64).sqrt();
+            let std = rms(&n);
             let want = 0.5 * fit / 180.0;
             assert!(
                 (std / want - 1.0).abs() < 0.08,
