@@ -340,26 +340,76 @@ __device__ __forceinline__ float adc_q(float y, float bd, float inv_states, int 
   return y;
 }
 
-// Grid (tokens).
+// Eight adjacent elements in registers: one 16-byte load or store for bf16/f16, two for f32,
+// where `vec` (the row length is a multiple of 8 and the tensors are 16-byte aligned); else
+// element by element, the first `n` only. The ADC kernels are bound by memory: one 2-byte load
+// per thread and block reached only 1-2 TB/s on an H200 (benches/RESULTS.md, session 12).
+template <typename T> struct alignas(16) Pack8 {
+  T v[8];
+};
+
+__device__ __forceinline__ bool aligned16(const void *p) { return ((size_t)p & 15) == 0; }
+
+template <typename T>
+__device__ __forceinline__ Pack8<T> load8(const T *p, bool vec, int n) {
+  Pack8<T> r;
+  if (vec) {
+    const uint4 *q = (const uint4 *)p;
+    uint4 *d = (uint4 *)r.v;
+#pragma unroll
+    for (int k = 0; k < (int)(sizeof(Pack8<T>) / 16); k++) d[k] = q[k];
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; k++) r.v[k] = k < n ? p[k] : from_f<T>(0.0f);
+  }
+  return r;
+}
+
+template <typename T>
+__device__ __forceinline__ void store8(T *p, const Pack8<T> &v, bool vec, int n) {
+  if (vec) {
+    uint4 *q = (uint4 *)p;
+    const uint4 *s = (const uint4 *)v.v;
+#pragma unroll
+    for (int k = 0; k < (int)(sizeof(Pack8<T>) / 16); k++) q[k] = s[k];
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+      if (k < n) p[k] = v.v[k];
+  }
+}
+
+// Grid (tokens); each thread takes eight adjacent channels at a time.
 template <typename T>
 __device__ void adc_sum(const T *yb, const float *bound, T *y, int tokens, int out, int nb,
                         float inv_states, int adc) {
   int t = blockIdx.x;
   i64 plane = (i64)tokens * out;
-  for (int c = threadIdx.x; c < out; c += blockDim.x) {
+  bool vec = out % 8 == 0 && aligned16(yb) && aligned16(y) && aligned16(bound);
+  for (int c = threadIdx.x * 8; c < out; c += blockDim.x * 8) {
+    int n = min(8, out - c);
     i64 e = (i64)t * out + c;
-    float acc = 0.0f;
+    float acc[8];
+#pragma unroll 4
     for (int s = 0; s < nb; s++) {
-      float v = to_f(yb[(i64)s * plane + e]);
-      float bd = bound[(i64)s * out + c];
-      if (bd > 0.0f) v = fmaxf(fminf(adc_q(v, bd, inv_states, adc), bd), -bd);
-      acc = s == 0 ? v : acc + v;
+      Pack8<T> v = load8(yb + (i64)s * plane + e, vec, n);
+      Pack8<float> bd = load8(bound + (i64)s * out + c, vec, n);
+#pragma unroll
+      for (int k = 0; k < 8; k++) {
+        float x = to_f(v.v[k]), b = bd.v[k];
+        if (b > 0.0f) x = fmaxf(fminf(adc_q(x, b, inv_states, adc), b), -b);
+        acc[k] = s == 0 ? x : acc[k] + x;
+      }
     }
-    y[e] = from_f<T>(acc);
+    Pack8<T> o;
+#pragma unroll
+    for (int k = 0; k < 8; k++) o.v[k] = from_f<T>(acc[k]);
+    store8(y + e, o, vec, n);
   }
 }
 
-// Gradient of yb: straight through the rounding, zero where the clamp cut. Grid (tokens, nb).
+// Gradient of yb: straight through the rounding, zero where the clamp cut. Grid (tokens, nb);
+// eight adjacent channels per thread at a time.
 template <typename T>
 __device__ void adc_grad(const T *g, const T *yb, const float *bound, T *gyb, int tokens, int out,
                          float inv_states, int adc) {
@@ -367,14 +417,21 @@ __device__ void adc_grad(const T *g, const T *yb, const float *bound, T *gyb, in
   i64 row = ((i64)s * tokens + t) * out;
   const T *gr = g + (i64)t * out;
   const float *bs = bound + (i64)s * out;
-  for (int c = threadIdx.x; c < out; c += blockDim.x) {
-    float bd = bs[c];
-    T gv = gr[c];
-    if (bd > 0.0f) {
-      float q = adc_q(to_f(yb[row + c]), bd, inv_states, adc);
-      if (q > bd || q < -bd) gv = from_f<T>(0.0f);
+  bool vec = out % 8 == 0 && aligned16(g) && aligned16(yb) && aligned16(bound) && aligned16(gyb);
+  for (int c = threadIdx.x * 8; c < out; c += blockDim.x * 8) {
+    int n = min(8, out - c);
+    Pack8<T> gv = load8(gr + c, vec, n);
+    Pack8<T> y = load8(yb + row + c, vec, n);
+    Pack8<float> bd = load8(bs + c, vec, n);
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+      float b = bd.v[k];
+      if (b > 0.0f) {
+        float q = adc_q(to_f(y.v[k]), b, inv_states, adc);
+        if (q > b || q < -b) gv.v[k] = from_f<T>(0.0f);
+      }
     }
-    gyb[row + c] = gv;
+    store8(gyb + row + c, gv, vec, n);
   }
 }
 

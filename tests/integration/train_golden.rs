@@ -181,6 +181,9 @@ pub fn ragged_cases() -> Vec<(String, [Tensor; 4], AnalogTrainConfig)> {
         (5, 1030, 17, 512, 0, Release),
         (40, 600, 70, 256, 0, Clamp),
         (19, 530, 44, 256, 3, Pcm),
+        // Outputs a multiple of 8: the CUDA ADC kernels' 16-byte path (of the others, only the
+        // 96-output case takes it). Last, so that the draws above keep their seeds.
+        (24, 520, 264, 256, 4, Release),
     ];
     cases
         .iter()

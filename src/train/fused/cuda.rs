@@ -26,6 +26,19 @@ fn rows(x: usize, y: usize) -> LaunchConfig {
     }
 }
 
+/// A grid of (x, y) blocks whose threads take eight of `n` row elements each: whole warps, at
+/// most [`THREADS`] (short rows leave no thread idle).
+fn rows8(x: usize, y: usize, n: usize) -> LaunchConfig {
+    let threads = n
+        .div_ceil(8)
+        .next_multiple_of(32)
+        .clamp(32, THREADS as usize);
+    LaunchConfig {
+        block_dim: (threads as u32, 1, 1),
+        ..rows(x, y)
+    }
+}
+
 /// Enough blocks for `n` threads.
 fn grid(n: usize) -> LaunchConfig {
     rows(n.div_ceil(THREADS as usize).clamp(1, 65_535 * 16), 1)
@@ -209,7 +222,7 @@ fn run_t<T: CudaDType + DeviceRepr>(
             b.arg(&yb).arg(&bound).arg(&y);
             let (inv, adc) = (inv_states.unwrap_or(0.0), i32::from(inv_states.is_some()));
             candle_core::builder_arg!(b, tokens, out, nbk, inv, adc);
-            unsafe { b.launch(rows(d[1], 1)) }.w()?;
+            unsafe { b.launch(rows8(d[1], 1, d[2])) }.w()?;
             Ok(wrap_t(y))
         }
         Stage::AdcGrad { inv_states } => {
@@ -222,7 +235,7 @@ fn run_t<T: CudaDType + DeviceRepr>(
             b.arg(&gy).arg(&yb).arg(&bound).arg(&y);
             let (inv, adc) = (inv_states.unwrap_or(0.0), i32::from(inv_states.is_some()));
             candle_core::builder_arg!(b, tokens, out, inv, adc);
-            unsafe { b.launch(rows(d[1], d[0])) }.w()?;
+            unsafe { b.launch(rows8(d[1], d[0], d[2])) }.w()?;
             Ok(wrap_t(y))
         }
     }
