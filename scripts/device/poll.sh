@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# On the device: waits up to $1 s for the run that scripts/device/start.sh began (WORK/done),
+# printing every 30 s the training step, the evaluation's cell count and the last log line.
+W=/tmp/w; end=$((SECONDS + $1))
+while [ $SECONDS -lt $end ] && [ ! -f $W/WORK/done ]; do
+  sleep 30
+  echo "== $(date +%T) $(tail -c 300 $W/WORK/gpu.log 2>/dev/null | tr '\r' '\n' | tail -1)"
+  tail -n 1 $W/WORK/train/log.jsonl 2>/dev/null | cut -c 1-200
+  echo "cells: $(ls $W/WORK/eval/cells 2>/dev/null | wc -l)"
+done
+[ -f $W/WORK/done ] && echo "done $(date +%T)"

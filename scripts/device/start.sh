@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# On the device, after the last piece: unpacks the pieces into /tmp/w (afm, the test binary,
+# the shared data, the GGUF into ~/.cache/afm with its sha256 checked) and the committed
+# synthetic data into /tmp/w/WORK, runs the CUDA tests, then starts scripts/afm-run6.sh detached
+# (setsid nohup, from a copy of scripts/ that later calls' tree copies cannot touch).
+# Usage: CONFIG=scripts/smollm2-afm-runN.toml scripts/device/start.sh TOKENS STEPS
+set -u
+tokens=$1 steps=$2 W=/tmp/w
+[ -d /work/main ] || { mkdir -p /work; ln -s "$PWD" /work/main; }
+export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib
+cat $W/pieces/piece.* | tar -C $W -xf - || exit 1
+M=~/.cache/afm/models/smollm2-135m-instruct; mkdir -p $M && mv $W/model.gguf $M/SmolLM2-135M-Instruct.Q4_1.gguf
+want=$(grep '^sha256' models/smollm2-135m-instruct.toml | cut -d'"' -f2)
+echo "$want  $M/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - || exit 1
+xz -d $W/afm.xz $W/itest.xz && chmod +x $W/afm $W/itest
+tar -C $W -xJf $W/shared-data.tar.xz && mkdir -p $W/WORK && cp -r scripts $W/
+tar -C $W/WORK -xJf datasets/smollm2-135m-instruct-seed0-21m.tar.xz
+$W/itest cuda:: 2>&1 | tail -4
+cd $W && AFM_DATA=$W/data AFM_ONLY=1 setsid nohup scripts/afm-run6.sh $W/afm $W/WORK \
+  "$tokens" "$steps" 16 > $W/run.log 2>&1 < /dev/null &
+sleep 20; cat $W/run.log; tail -c 300 $W/WORK/gpu.log | tr '\r' '\n' | tail -2
