@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the device, after the last piece: unpacks the pieces into /tmp/w (afm, the test binary,
 # the shared data, the GGUF into ~/.cache/afm with its sha256 checked) and the committed
-# synthetic data into /tmp/w/WORK, runs the CUDA tests, then starts scripts/afm-run6.sh detached
+# synthetic data into /tmp/w/WORK, runs the CUDA tests (printed; the run starts whatever they
+# say, so read them before trusting it), then starts scripts/afm-run6.sh detached
 # (setsid nohup, from a copy of scripts/ that later calls' tree copies cannot touch).
 # Usage: CONFIG=scripts/smollm2-afm-runN.toml scripts/device/start.sh TOKENS STEPS
 set -u
