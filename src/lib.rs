@@ -6,6 +6,7 @@
 //! and decode cycle by cycle, and the later stages (executor, training, evaluation, sweeps)
 //! build on these. All randomness comes from the named, seeded streams of [`rng`].
 
+pub mod alloc;
 pub mod chip;
 pub mod device;
 pub mod error;

@@ -5,11 +5,12 @@ mod cli;
 /// mimalloc keeps the large tensors' pages mapped between ops; glibc returns every large block
 /// to the kernel and pays page faults on each new one (half the run time in `sys` before).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: afm::alloc::MiMalloc = afm::alloc::MiMalloc;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    afm::alloc::keep_freed_pages();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
