@@ -10,8 +10,11 @@ use std::ffi::{c_int, c_long};
 pub use mimalloc::MiMalloc;
 
 /// `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (the `libmimalloc-sys` 0.1.49 build
-/// that `mimalloc` 0.1 compiles); `tests/integration` checks it against the option's default.
+/// that `mimalloc` 0.1 compiles); the test below checks it against the option's default.
 const MI_OPTION_PURGE_DELAY: c_int = 15;
+
+/// The environment variable by which a user sets the purge delay before mimalloc starts.
+const PURGE_DELAY_VAR: &str = "MIMALLOC_PURGE_DELAY";
 
 unsafe extern "C" {
     fn mi_option_set(option: c_int, value: c_long);
@@ -21,7 +24,7 @@ unsafe extern "C" {
 /// Never purge freed pages (purge delay -1): the process keeps its peak memory mapped. A
 /// purge delay the user set (`MIMALLOC_PURGE_DELAY`) is left as it is.
 pub fn keep_freed_pages() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+    if std::env::var_os(PURGE_DELAY_VAR).is_some() {
         return;
     }
     // SAFETY: mimalloc's option setter takes any option index and value; the options are
@@ -41,7 +44,7 @@ mod tests {
     /// it reads back. The one test in this process that touches the option.
     #[test]
     fn the_option_index_is_mimallocs_purge_delay() {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        if std::env::var_os(super::PURGE_DELAY_VAR).is_none() {
             assert_eq!(super::purge_delay_ms(), 1000);
             super::keep_freed_pages();
             assert_eq!(super::purge_delay_ms(), -1);
