@@ -112,6 +112,10 @@ pub struct EvalArgs {
     /// Compute dtype of the digital parts: f32, bf16 or f16.
     #[arg(long, default_value = "f32", value_parser = super::parse_dtype)]
     dtype: DType,
+    /// Device: cpu, cuda or cuda:N. On a GPU the analog layers run one row block at a time
+    /// (cuBLAS products); presets with per-MVM read or output noise need the CPU.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 fn parse_select(s: &str) -> Result<Select, String> {
@@ -276,7 +280,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     if rows.is_empty() {
         bail!("nothing to evaluate: give --tiles or drop --no-baseline");
     }
-    let (mut m, tok) = super::model_args::open_digital(&a.model, a.dtype)?;
+    let dev = super::open_device(&a.device)?;
+    let (mut m, tok) = super::model_args::open_digital_on(&a.model, a.dtype, &dev)?;
     let learned = if m.path.is_dir() {
         afm::train::student::load_meta(&m.path)?
     } else {
@@ -313,6 +318,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let plan = Plan {
         model: a.model.clone(),
         dtype: format!("{:?}", a.dtype).to_lowercase(),
+        device: if dev.is_cpu() { "cpu" } else { "cuda" }.into(),
         rows,
         seeds: (a.seed..a.seed + a.seeds.max(1)).collect(),
         tasks,
@@ -360,7 +366,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let curves = report::samples_curves(&plan, &cells);
     let results = serde_json::json!({
         "config": {
-            "model": a.model, "model_path": m.path, "dtype": plan.dtype,
+            "model": a.model, "model_path": m.path, "dtype": plan.dtype, "device": plan.device,
             "rows": preset_info, "baseline": !a.no_baseline,
             "seeds": plan.seeds, "drift_times_s": a.drift_times,
             "drift_compensation": a.drift_compensation,

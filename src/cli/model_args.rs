@@ -1,6 +1,6 @@
 //! The model options shared by `afm generate` and `afm eval`, and opening the model they name.
 
-use afm::executor::load::{load_model, map_to_tiles, LoadedModel};
+use afm::executor::load::{map_to_tiles, LoadedModel};
 use afm::tile::{resolve_preset_path, TilePreset};
 use anyhow::{bail, Context};
 use candle_core::DType;
@@ -46,7 +46,16 @@ impl ModelArgs {
 
 /// Loads a digital model and takes out its tokenizer (an error if it has none).
 pub fn open_digital(model: &str, dtype: DType) -> anyhow::Result<(LoadedModel, Tokenizer)> {
-    let mut m = load_model(model, dtype)?;
+    open_digital_on(model, dtype, &candle_core::Device::Cpu)
+}
+
+/// [`open_digital`] with the model's tensors on `dev`.
+pub fn open_digital_on(
+    model: &str,
+    dtype: DType,
+    dev: &candle_core::Device,
+) -> anyhow::Result<(LoadedModel, Tokenizer)> {
+    let mut m = afm::executor::load::load_model_on(model, dtype, dev)?;
     let Some(tok) = m.tokenizer.take() else {
         bail!("{} has no tokenizer", m.path.display());
     };

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::executor::decoder::{Decoder, KvCache};
 use crate::executor::sampling::Sampling;
 use crate::rng::Rng;
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, IndexOp, Tensor};
 use tokenizers::Tokenizer;
 
 /// Which answer format a generation item uses.
@@ -231,7 +231,7 @@ pub fn generate_batch(
         return Ok(texts);
     }
     let mut cache = KvCache::default();
-    let x = Tensor::from_slice(&ids, (1, ids.len()), &Device::Cpu)?;
+    let x = Tensor::from_slice(&ids, (1, ids.len()), model.device())?;
     let h = model.forward_hidden(&x, &mut cache)?;
     let first = model
         .logits(&h.i((0, ids.len() - 1))?.unsqueeze(0)?)?
@@ -273,7 +273,7 @@ pub fn generate_batch(
             cache = cache.select(&keep)?;
             active = keep.iter().map(|&s| active[s as usize]).collect();
         }
-        let x = Tensor::from_slice(&next, (next.len(), 1), &Device::Cpu)?;
+        let x = Tensor::from_slice(&next, (next.len(), 1), model.device())?;
         let h = model.forward_hidden(&x, &mut cache)?;
         rows = model
             .logits(&h.squeeze(1)?)?

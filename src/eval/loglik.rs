@@ -27,7 +27,7 @@ pub struct Loglik {
 fn pick(logits: &Tensor, targets: &[u32], lens: &[usize]) -> Result<Vec<Loglik>> {
     let logits = logits.to_dtype(DType::F32)?;
     let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let idx = Tensor::from_slice(targets, (targets.len(), 1), &Device::Cpu)?;
+    let idx = Tensor::from_slice(targets, (targets.len(), 1), logits.device())?;
     let picked = lp.gather(&idx, 1)?.flatten_all()?.to_vec1::<f32>()?;
     let best = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
     if picked.iter().any(|v| v.is_nan()) {
@@ -48,7 +48,7 @@ fn pick(logits: &Tensor, targets: &[u32], lens: &[usize]) -> Result<Vec<Loglik>>
 }
 
 /// (batch, max length) ids: right-padded, or left-padded (returning the pad per row).
-fn ids_tensor(rows: &[Vec<u32>], left: bool) -> Result<(Tensor, Vec<usize>)> {
+fn ids_tensor(rows: &[Vec<u32>], left: bool, dev: &Device) -> Result<(Tensor, Vec<usize>)> {
     let t = rows.iter().map(Vec::len).max().unwrap_or(0);
     let mut flat = Vec::with_capacity(rows.len() * t);
     let mut pads = Vec::with_capacity(rows.len());
@@ -61,7 +61,7 @@ fn ids_tensor(rows: &[Vec<u32>], left: bool) -> Result<(Tensor, Vec<usize>)> {
         }
         pads.push(t - r.len());
     }
-    Ok((Tensor::from_vec(flat, (rows.len(), t), &Device::Cpu)?, pads))
+    Ok((Tensor::from_vec(flat, (rows.len(), t), dev)?, pads))
 }
 
 /// Hidden rows (batch b, position p) gathered from (batch, tokens, hidden) in the given order.
@@ -69,7 +69,7 @@ fn gather_rows(hidden: &Tensor, rows: &[(usize, usize)]) -> Result<Tensor> {
     let (b, t, h) = hidden.dims3()?;
     let flat = hidden.reshape((b * t, h))?;
     let idx: Vec<u32> = rows.iter().map(|&(i, p)| (i * t + p) as u32).collect();
-    let idx = Tensor::from_vec(idx, rows.len(), &Device::Cpu)?;
+    let idx = Tensor::from_vec(idx, rows.len(), hidden.device())?;
     Ok(flat.index_select(&idx, 0)?)
 }
 
@@ -90,7 +90,7 @@ pub fn grouped(model: &Decoder, groups: &[Group]) -> Result<Vec<Vec<Loglik>>> {
         return Ok(Vec::new());
     }
     let ctxs: Vec<Vec<u32>> = groups.iter().map(|g| g.0.clone()).collect();
-    let (x, pads) = ids_tensor(&ctxs, true)?;
+    let (x, pads) = ids_tensor(&ctxs, true, model.device())?;
     let t = x.dims()[1];
     let mut cache = KvCache::default();
     let h = model.forward_hidden_padded(&x, &mut cache, &pads)?;
@@ -109,7 +109,7 @@ pub fn grouped(model: &Decoder, groups: &[Group]) -> Result<Vec<Vec<Loglik>>> {
     let mut order = Vec::new();
     if rest.iter().any(|r| !r.is_empty()) {
         let mut cache = cache.select(&owner)?;
-        let (xb, _) = ids_tensor(&rest, false)?;
+        let (xb, _) = ids_tensor(&rest, false, model.device())?;
         let hb = model.forward_hidden_padded(&xb, &mut cache, &row_pads)?;
         for (i, r) in rest.iter().enumerate() {
             order.extend((0..r.len()).map(|p| (i, p)));
@@ -142,7 +142,7 @@ pub fn grouped(model: &Decoder, groups: &[Group]) -> Result<Vec<Vec<Loglik>>> {
             .collect()
     } else {
         let logits = model.logits(&Tensor::cat(&rows, 0)?)?;
-        let sel = Tensor::from_vec(sel, targets.len(), &Device::Cpu)?;
+        let sel = Tensor::from_vec(sel, targets.len(), logits.device())?;
         pick(&logits.index_select(&sel, 0)?, &targets, &lens)?
     };
     let mut it = flat.into_iter();

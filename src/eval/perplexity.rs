@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::executor::decoder::{Decoder, KvCache};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 /// The result of a perplexity run.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -32,13 +32,13 @@ pub fn perplexity(
     let (mut nll, mut n) = (0f64, 0usize);
     let chunks: Vec<&[u32]> = ids.chunks(window).filter(|c| c.len() >= 2).collect();
     for (k, chunk) in chunks.iter().enumerate() {
-        let x = Tensor::from_slice(chunk, (1, chunk.len()), &Device::Cpu)?;
+        let x = Tensor::from_slice(chunk, (1, chunk.len()), model.device())?;
         let logits = model
             .forward(&x, &mut KvCache::default())?
             .squeeze(0)?
             .to_dtype(DType::F32)?;
         let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let targets = Tensor::from_slice(&chunk[1..], (chunk.len() - 1, 1), &Device::Cpu)?;
+        let targets = Tensor::from_slice(&chunk[1..], (chunk.len() - 1, 1), logits.device())?;
         let picked = lp
             .narrow(0, 0, chunk.len() - 1)?
             .gather(&targets, 1)?

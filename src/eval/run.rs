@@ -14,7 +14,7 @@ use crate::executor::decoder::{Decoder, KvCache};
 use crate::executor::linear::Calibration;
 use crate::executor::load::program_chip;
 use crate::tile::TilePreset;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -36,6 +36,8 @@ pub struct Plan {
     pub model: String,
     /// Compute dtype name.
     pub dtype: String,
+    /// Device name: "cpu", "cuda", "cuda:N" (a GPU sums the products in another order).
+    pub device: String,
     /// Rows, the digital baseline first when present.
     pub rows: Vec<Row>,
     /// Chip seeds.
@@ -99,6 +101,10 @@ fn fingerprint(plan: &Plan, row: &Row, task: &Task, seed: Option<u64>) -> String
     };
     put(&plan.model);
     put(&plan.dtype);
+    // Hashed only off the CPU, so CPU cells keep their identity.
+    if plan.device != "cpu" {
+        put(&format!("device {}", plan.device));
+    }
     put(&row
         .preset
         .as_ref()
@@ -159,7 +165,7 @@ fn load_cell(path: &Path, fp: &str) -> Option<Cell> {
 /// Sets static input ranges of every analog layer from one forward pass over `ids`.
 fn calibrate(chip: &Decoder, ids: &[u32]) -> Result<()> {
     chip.reset_analog(true);
-    let x = Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu)?;
+    let x = Tensor::from_slice(ids, (1, ids.len()), chip.device())?;
     // The whole forward, lm_head included: a head left uncalibrated here would take its
     // ranges from the first batch of whichever task runs first on the chip, and a cell's value
     // would depend on the tasks run before it.

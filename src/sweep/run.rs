@@ -100,6 +100,7 @@ fn plan(cx: &Context, preset: TilePreset, point: &Point, seeds: Vec<u64>) -> Pla
     Plan {
         model: cx.sweep.model.clone(),
         dtype: "f32".into(),
+        device: "cpu".into(),
         rows: vec![Row {
             label: point.label(),
             preset: Some(preset),

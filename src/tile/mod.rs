@@ -5,6 +5,9 @@
 //! products in the analog domain, and an ADC with a fixed per-column bound digitizes them; the
 //! partial results of a layer's row blocks are summed digitally.
 
+pub mod blocked;
+#[cfg(feature = "cuda")]
+mod blocked_cuda;
 pub mod calibrate;
 pub mod cost;
 pub mod mapping;

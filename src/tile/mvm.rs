@@ -126,6 +126,11 @@ pub fn check_inputs(layer: &AnalogLayer, x: &[f32], tokens: usize, ranges: &[f32
             x.len()
         )));
     }
+    check_ranges(layer, ranges)
+}
+
+/// Checks the input ranges of an MVM: one finite value > 0 per row block.
+pub fn check_ranges(layer: &AnalogLayer, ranges: &[f32]) -> Result<()> {
     if ranges.len() != layer.blocks.len() {
         return Err(Error::Shape(format!(
             "analog MVM got {} input ranges, the layer has {} row blocks",

@@ -1,6 +1,7 @@
 //! The analog MVM as a candle custom op, so it composes with tensors of any leading shape.
 //!
-//! The CPU path is the fused [`analog_mvm`]; a CUDA path comes with the `cuda` feature's kernels.
+//! On the CPU the op is the fused [`analog_mvm`]; on a GPU the layer runs one row block at a
+//! time ([`AnalogLayer::forward_blocked`]: cuBLAS products and the `cuda` feature's kernels).
 //! The device is chosen at run time from where the input tensor lives.
 
 use super::mvm::analog_mvm;
@@ -55,8 +56,12 @@ impl CustomOp1 for AnalogMvm<'_> {
 }
 
 impl AnalogLayer {
-    /// Runs the analog MVM on `x` (..., in) and returns (..., out), without bias.
+    /// Runs the analog MVM on `x` (..., in) and returns (..., out), without bias: the fused op
+    /// on the CPU, the blocked path on other devices.
     pub fn forward(&self, x: &Tensor, ranges: &[f32], call: u64) -> Result<Tensor> {
+        if !x.device().is_cpu() {
+            return self.forward_blocked(x, ranges);
+        }
         let x = x.to_dtype(DType::F32)?.contiguous()?;
         Ok(x.apply_op1_no_bwd(&AnalogMvm {
             layer: self,

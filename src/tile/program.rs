@@ -75,6 +75,8 @@ pub struct AnalogLayer {
     pub seed: u64,
     /// Hash of the layer name (names the layer's streams).
     pub layer: u64,
+    /// The row blocks copied to a GPU by the first MVM there (`tile::blocked`).
+    pub(super) device_copy: std::sync::OnceLock<Vec<super::blocked::DeviceBlock>>,
 }
 
 impl AnalogLayer {
@@ -164,6 +166,7 @@ impl AnalogLayer {
             cfg,
             seed,
             layer,
+            device_copy: std::sync::OnceLock::new(),
         })
     }
 

@@ -79,3 +79,8 @@ fn cuda_kth_largest_equals_the_cpu() {
         assert_eq!(got.to_vec1::<f32>().unwrap(), want, "{rows}x{cols}, k {k}");
     }
 }
+
+#[test]
+fn cuda_blocked_analog_mvm_matches_cpu() {
+    crate::tile::check_blocked_against_fused(&gpu());
+}

@@ -113,6 +113,81 @@ fn fused_matches_reference_on_random_shapes() {
     }
 }
 
+/// The blocked path (`AnalogLayer::forward_blocked`) on `dev` against the fused CPU path, on
+/// ragged shapes with and without an isolated head block, for devices without per-MVM noise:
+/// equal but for outputs a product's summation order moves across an ADC level.
+pub fn check_blocked_against_fused(dev: &Device) {
+    let devices = [
+        DeviceConfig::Ideal,
+        preset("afm-paper").device,
+        preset("pcm-aihwkit").device,
+    ];
+    // (in, out, tokens, tile rows, tile cols, head, dac bits, adc bits)
+    let shapes = [
+        (37, 11, 3, 16, 8, 0, 8, 8),
+        (100, 70, 5, 32, 64, 5, 8, 8),
+        (513, 129, 4, 512, 128, 16, 8, 8),
+        (300, 33, 70, 64, 16, 0, 4, 6),
+        (1100, 96, 6, 512, 512, 16, 8, 0),
+        (200, 40, 9, 64, 32, 3, 0, 8),
+    ];
+    for (k, &(n_in, n_out, tokens, rows, cols, head, dac, adc)) in shapes.iter().enumerate() {
+        for (d, device) in devices.iter().enumerate() {
+            let mut p = noisy(rows, cols, device.clone());
+            (p.noise.output_gamma, p.noise.read_rel, p.noise.read_abs) = (0.0, 0.0, 0.0);
+            (p.dac.bits, p.adc.bits) = (dac, adc);
+            let seed = (10 * k + d) as u64;
+            let w = normals(seed, n_out * n_in, 0.1);
+            let x = normals(seed + 1000, tokens * n_in, 1.0);
+            let layer =
+                AnalogLayer::program_with_head(&w, n_out, n_in, head, &p, seed, "layer").unwrap();
+            let ranges = ranges_for(&layer, 1.5);
+            let fused = analog_mvm(&layer, &x, tokens, &ranges, 0).unwrap();
+            let xt = Tensor::from_slice(&x, (1, tokens, n_in), dev).unwrap();
+            let y = layer.forward_blocked(&xt, &ranges).unwrap();
+            assert_eq!(y.dims(), [1, tokens, n_out]);
+            let got = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let slack = adc_slack(&layer, &ranges);
+            let mut off = 0;
+            for (i, (a, b)) in got.iter().zip(&fused).enumerate() {
+                let diff = (a - b).abs();
+                if diff > 1e-4 * (1.0 + b.abs()) {
+                    off += 1;
+                    assert!(
+                        adc > 0 && diff <= slack[i % n_out] * 1.001,
+                        "{dev:?} shape {k} device {d}: element {i}: {a} vs {b}"
+                    );
+                }
+            }
+            assert!(
+                off * 100 <= got.len(),
+                "{dev:?} shape {k} device {d}: {off} of {} differ",
+                got.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn blocked_path_matches_fused_on_the_cpu() {
+    check_blocked_against_fused(&Device::Cpu);
+}
+
+#[test]
+fn blocked_path_refuses_per_mvm_noise() {
+    let p = noisy(64, 32, DeviceConfig::Ideal);
+    let layer = AnalogLayer::program(&normals(1, 10 * 100, 0.1), 10, 100, &p, 0, "l").unwrap();
+    let x = Tensor::from_slice(&normals(2, 300, 1.0), (3, 100), &Device::Cpu).unwrap();
+    let err = layer
+        .forward_blocked(&x, &ranges_for(&layer, 1.0))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("noise.read_rel") && err.contains("--device cpu"),
+        "{err}"
+    );
+}
+
 #[test]
 fn ideal_tile_without_converters_is_exact() {
     let mut p = preset("ideal");
