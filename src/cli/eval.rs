@@ -116,6 +116,10 @@ pub struct EvalArgs {
     /// (cuBLAS products); presets with per-MVM read or output noise need the CPU.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Items per batched pass of the multiple-choice and continuation tasks (a GPU wants 64 or
+    /// more; the scores do not depend on it beyond float rounding).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    batch: u16,
 }
 
 fn parse_select(s: &str) -> Result<Select, String> {
@@ -329,6 +333,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             samples: a.samples as usize,
             temperature: a.temperature,
             select: a.select,
+            batch: a.batch as usize,
             ..HarnessOptions::default()
         },
         digital_lm_head: a.digital_lm_head,

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The table of docs/results/smollm2-afm.md evaluated on a GPU (`afm eval --device cuda`, 64
+# items per batched pass): the FP model digital and on five `afm-paper` chips (abs-max ranges
+# from tinyshakespeare, as scripts/eval-table.sh), then an analog model on `ideal` and on the
+# same five chips. LIMIT items per task (0: every item); each table resumes from its folder.
+# Usage: scripts/device/gpu-eval.sh AFM_BINARY MODEL_DIR OUT_DIR LIMIT
+#   SKIP_FP=1   only the analog model's rows
+set -euo pipefail
+afm=$1 model=$2 out=$3 limit=$4
+data=${AFM_DATA:-../shared/data}
+tasks=hellaswag,arc_easy,arc_challenge,piqa,winogrande,boolq,lambada_openai,wikitext2
+lim=""; [ "$limit" = 0 ] || lim="--limit $limit"
+common="--device cuda --batch 64 $lim --text-tokens 4096 --tasks $tasks"
+if [ -z "${SKIP_FP:-}" ]; then
+  $afm eval $common --model smollm2-135m-instruct --calib-text "$data/text/tinyshakespeare.txt" \
+    --tiles afm-paper --seeds 5 --out "$out/fp"
+fi
+$afm eval $common --model "$model" --no-baseline --tiles ideal --seeds 1 --out "$out/afm-ideal"
+$afm eval $common --model "$model" --no-baseline --tiles afm-paper --seeds 5 --out "$out/afm"
