@@ -4,7 +4,7 @@
 # from tinyshakespeare, as scripts/eval-table.sh), then an analog model on `ideal` and on the
 # same five chips. LIMIT items per task (0: every item); each table resumes from its folder.
 # Usage: scripts/device/gpu-eval.sh AFM_BINARY MODEL_DIR OUT_DIR LIMIT
-#   SKIP_FP=1   only the analog model's rows
+#   MODEL_DIR -  only the FP model's rows;  SKIP_FP=1  only the analog model's rows
 set -euo pipefail
 afm=$1 model=$2 out=$3 limit=$4
 data=${AFM_DATA:-../shared/data}
@@ -14,6 +14,9 @@ common="--device cuda --batch 64 $lim --text-tokens 4096 --tasks $tasks"
 if [ -z "${SKIP_FP:-}" ]; then
   $afm eval $common --model smollm2-135m-instruct --calib-text "$data/text/tinyshakespeare.txt" \
     --tiles afm-paper --seeds 5 --out "$out/fp"
+  tail -n 4 "$out/fp/results.md"
 fi
+[ "$model" = - ] && exit 0
 $afm eval $common --model "$model" --no-baseline --tiles ideal --seeds 1 --out "$out/afm-ideal"
 $afm eval $common --model "$model" --no-baseline --tiles afm-paper --seeds 5 --out "$out/afm"
+tail -n 1 "$out/afm-ideal/results.md"; tail -n 1 "$out/afm/results.md"
