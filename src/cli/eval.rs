@@ -117,7 +117,8 @@ pub struct EvalArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Items per batched pass of the multiple-choice and continuation tasks (a GPU wants 64 or
-    /// more; the scores do not depend on it beyond float rounding).
+    /// more). Scores do not depend on it beyond float rounding, except that analog rows
+    /// without --calib-text or learned ranges calibrate on each task's first batch.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     batch: u16,
 }

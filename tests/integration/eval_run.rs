@@ -187,6 +187,43 @@ fn two_seed_eval_of_tiny_llama_end_to_end_and_resume() {
 /// cell has the same value whether its task runs alone or after another task on the same chip
 /// (lm_head once took its ranges from the first task's first batch).
 #[test]
+fn the_batch_size_does_not_change_digital_scores() {
+    let dir = temp_dir("eval-batch");
+    let model = tiny_model_with_tokenizer(&dir);
+    let t = write_tasks(&dir);
+    let tasks = format!("{},{}", t[0].display(), t[1].display());
+    let run = |batch: &str| {
+        let out = dir.join(format!("out{batch}"));
+        let args = [
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--tasks",
+            &tasks,
+            "--batch",
+            batch,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        let o = afm(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        results_json(&out)["cells"].clone()
+    };
+    let (one, three) = (run("1"), run("3"));
+    let cells = one.as_array().unwrap();
+    assert_eq!(cells.len(), 2);
+    for (a, b) in cells.iter().zip(three.as_array().unwrap()) {
+        for (k, v) in a["metrics"].as_object().unwrap() {
+            let (x, y) = (v.as_f64().unwrap(), b["metrics"][k].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-4 * (1.0 + x.abs()), "{k}: {x} vs {y}");
+        }
+    }
+    let bad = afm(&["eval", "--model", "m", "--tasks", "x", "--batch", "0"]);
+    assert!(!bad.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_calibrated_cell_does_not_depend_on_the_tasks_before_it() {
     let dir = temp_dir("eval-calib-order");
     let model = tiny_model_with_tokenizer(&dir);
