@@ -335,7 +335,6 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             temperature: a.temperature,
             select: a.select,
             batch: a.batch as usize,
-            ..HarnessOptions::default()
         },
         digital_lm_head: a.digital_lm_head,
         calibration,
