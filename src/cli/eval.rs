@@ -116,6 +116,11 @@ pub struct EvalArgs {
     /// (cuBLAS products); presets with per-MVM read or output noise need the CPU.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Projections kept digital on the chip, comma-separated name endings (`down_proj`,
+    /// `self_attn.q_proj`, `layers.0.mlp.up_proj`): what one layer type's analog conversion
+    /// costs, measured by taking it out.
+    #[arg(long, value_delimiter = ',')]
+    digital_layers: Vec<String>,
     /// Items per batched pass of the multiple-choice and continuation tasks (a GPU wants 64 or
     /// more). Scores do not depend on it beyond float rounding, except that analog rows
     /// without --calib-text or learned ranges calibrate on each task's first batch.
@@ -337,6 +342,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             batch: a.batch as usize,
         },
         digital_lm_head: a.digital_lm_head,
+        digital_layers: a.digital_layers.clone(),
         calibration,
         calib_kappa: a.calib_kappa,
         calib_mse: a.calib_mse,
@@ -380,6 +386,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
                 "skipped_lines": t.skipped.len(),
             })).collect::<Vec<_>>(),
             "limit": a.limit, "options": plan.options, "digital_lm_head": a.digital_lm_head,
+            "digital_layers": a.digital_layers,
             "learned_ranges": plan.learned_ranges.is_some(),
             "calibration": a.calib_text.as_ref().map(|p| serde_json::json!({
                 "file": p, "tokens": plan.calibration.as_ref().map(Vec::len),

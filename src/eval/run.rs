@@ -12,7 +12,7 @@ use super::tasks::Task;
 use crate::error::{Error, Result};
 use crate::executor::decoder::{Decoder, KvCache};
 use crate::executor::linear::Calibration;
-use crate::executor::load::program_chip;
+use crate::executor::load::program_chip_except;
 use crate::tile::TilePreset;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -48,6 +48,8 @@ pub struct Plan {
     pub options: HarnessOptions,
     /// lm_head stays digital on the chip.
     pub digital_lm_head: bool,
+    /// More projections kept digital on the chip: those whose name ends with one of these.
+    pub digital_layers: Vec<String>,
     /// Token ids whose forward sets each analog layer's static input ranges once per chip (by
     /// `calib_kappa`'s rule); None: the first batch of each task sets them.
     pub calibration: Option<Vec<u32>>,
@@ -120,6 +122,9 @@ fn fingerprint(plan: &Plan, row: &Row, task: &Task, seed: Option<u64>) -> String
         plan.options
     ));
     put(&format!("{} {:?}", plan.digital_lm_head, plan.calibration));
+    if !plan.digital_layers.is_empty() {
+        put(&format!("digital {:?}", plan.digital_layers));
+    }
     // Hashed only when set, so abs-max cells keep their identity.
     if let Some(k) = plan.calib_kappa {
         put(&format!("calib kappa {k}"));
@@ -229,7 +234,14 @@ pub fn run(
             (Some(preset), Some(s)) => {
                 if chip.as_ref().map(|c| c.0) != Some((ri, Some(s))) {
                     drop(chip.take());
-                    let mut dec = program_chip(model, preset, s, plan.digital_lm_head)?;
+                    let digital = |name: &str| {
+                        (plan.digital_lm_head && name == "lm_head")
+                            || plan
+                                .digital_layers
+                                .iter()
+                                .any(|d| name.ends_with(d.as_str()))
+                    };
+                    let mut dec = program_chip_except(model, preset, s, &digital)?;
                     dec.set_calibration(match (plan.calib_mse, plan.calib_kappa) {
                         (true, _) => Calibration::Mse,
                         (false, Some(k)) => Calibration::Kappa(k as f32),

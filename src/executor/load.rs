@@ -112,8 +112,20 @@ pub fn program_chip(
     seed: u64,
     digital_lm_head: bool,
 ) -> Result<Decoder> {
+    program_chip_except(dec, preset, seed, &|name| {
+        digital_lm_head && name == "lm_head"
+    })
+}
+
+/// [`program_chip`] keeping digital every projection for which `digital(name)` holds.
+pub fn program_chip_except(
+    dec: &Decoder,
+    preset: &TilePreset,
+    seed: u64,
+    digital: &dyn Fn(&str) -> bool,
+) -> Result<Decoder> {
     dec.map_projections(|name, p| {
-        if digital_lm_head && name == "lm_head" {
+        if digital(name) {
             p.clone_digital(name)
         } else {
             p.to_analog(preset, seed, name, isolated_head(&dec.isolated, name))

@@ -112,6 +112,7 @@ fn plan(cx: &Context, preset: TilePreset, point: &Point, seeds: Vec<u64>) -> Pla
             ..HarnessOptions::default()
         },
         digital_lm_head: false,
+        digital_layers: Vec::new(),
         calibration: cx.calibration.clone(),
         calib_kappa: cx.sweep.calib_kappa,
         calib_mse: cx.sweep.calib_mse,

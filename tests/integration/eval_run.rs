@@ -224,6 +224,56 @@ fn the_batch_size_does_not_change_digital_scores() {
 }
 
 #[test]
+fn a_chip_with_every_projection_digital_scores_as_the_fp_model() {
+    let dir = temp_dir("eval-digital-layers");
+    let model = tiny_model_with_tokenizer(&dir);
+    let t = write_tasks(&dir);
+    let tasks = format!("{},{}", t[0].display(), t[2].display());
+    let run = |digital: &str| {
+        let out = dir.join(format!("out-{digital}"));
+        let args = [
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--tasks",
+            &tasks,
+            "--tiles",
+            "afm-paper",
+            "--text-tokens",
+            "200",
+            "--window",
+            "64",
+            "--digital-layers",
+            digital,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        let o = afm(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r = results_json(&out);
+        let ppl = |row: &str| {
+            r["cells"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["task"] == "story" && c["row"] == row)
+                .unwrap()["metrics"]["ppl"]
+                .as_f64()
+                .unwrap()
+        };
+        (ppl("FP (digital)"), ppl("afm-paper"))
+    };
+    // Every projection's name ends with `proj` or is lm_head.
+    let (fp, chip) = run("proj,lm_head");
+    assert_eq!(fp, chip);
+    // With lm_head alone digital, the noisy chip moves away from the FP model.
+    let (fp2, chip2) = run("lm_head");
+    assert_eq!(fp, fp2);
+    assert!((chip2 - fp).abs() > 1e-3 * fp, "{chip2} vs {fp}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_calibrated_cell_does_not_depend_on_the_tasks_before_it() {
     let dir = temp_dir("eval-calib-order");
     let model = tiny_model_with_tokenizer(&dir);
