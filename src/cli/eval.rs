@@ -121,6 +121,10 @@ pub struct EvalArgs {
     /// costs, measured by taking it out.
     #[arg(long, value_delimiter = ',')]
     digital_layers: Vec<String>,
+    /// On the CPU, run the analog layers as the GPU does (one row block at a time, plain
+    /// products) instead of the fused op: shows what another summation order alone changes.
+    #[arg(long)]
+    blocked_mvm: bool,
     /// Items per batched pass of the multiple-choice and continuation tasks (a GPU wants 64 or
     /// more). Scores do not depend on it beyond float rounding, except that analog rows
     /// without --calib-text or learned ranges calibrate on each task's first batch.
@@ -291,6 +295,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         bail!("nothing to evaluate: give --tiles or drop --no-baseline");
     }
     let dev = super::open_device(&a.device)?;
+    afm::tile::op::set_blocked_on_cpu(a.blocked_mvm);
     let (mut m, tok) = super::model_args::open_digital_on(&a.model, a.dtype, &dev)?;
     let learned = if m.path.is_dir() {
         afm::train::student::load_meta(&m.path)?
@@ -328,7 +333,12 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let plan = Plan {
         model: a.model.clone(),
         dtype: format!("{:?}", a.dtype).to_lowercase(),
-        device: if dev.is_cpu() { "cpu" } else { "cuda" }.into(),
+        device: match (dev.is_cpu(), a.blocked_mvm) {
+            (false, _) => "cuda",
+            (true, true) => "cpu-blocked",
+            (true, false) => "cpu",
+        }
+        .into(),
         rows,
         seeds: (a.seed..a.seed + a.seeds.max(1)).collect(),
         tasks,

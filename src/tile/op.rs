@@ -9,6 +9,7 @@ use super::program::AnalogLayer;
 use crate::error::Result;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One analog MVM of a programmed layer with static input ranges; `call` numbers the MVM.
 pub struct AnalogMvm<'a> {
@@ -55,11 +56,21 @@ impl CustomOp1 for AnalogMvm<'_> {
     }
 }
 
+/// Whether CPU MVMs take the blocked path too (`afm eval --blocked-mvm`): the GPU's algorithm
+/// on the CPU, to tell what the GPU's other summation order does to a result from a GPU bug.
+static BLOCKED_ON_CPU: AtomicBool = AtomicBool::new(false);
+
+/// Makes every CPU MVM of this process take the blocked path (`true`) or the fused op.
+pub fn set_blocked_on_cpu(on: bool) {
+    BLOCKED_ON_CPU.store(on, Ordering::Relaxed);
+}
+
 impl AnalogLayer {
     /// Runs the analog MVM on `x` (..., in) and returns (..., out), without bias: the fused op
-    /// on the CPU, the blocked path on other devices.
+    /// on the CPU, the blocked path on other devices (or everywhere after
+    /// [`set_blocked_on_cpu`]).
     pub fn forward(&self, x: &Tensor, ranges: &[f32], call: u64) -> Result<Tensor> {
-        if !x.device().is_cpu() {
+        if !x.device().is_cpu() || BLOCKED_ON_CPU.load(Ordering::Relaxed) {
             return self.forward_blocked(x, ranges);
         }
         let x = x.to_dtype(DType::F32)?.contiguous()?;
