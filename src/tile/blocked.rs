@@ -11,7 +11,6 @@
 use super::mvm::{adc, quantize, steps};
 use super::program::AnalogLayer;
 use crate::error::{Error, Result};
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Tensor};
 
 /// One row block's programmed weights and column constants, on a device.
@@ -39,13 +38,7 @@ struct AdcAcc {
 }
 
 fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("analog block op: {what} must be f32, got {:?}", s.dtype())
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("analog block op: {what} must be contiguous"),
-    }
+    super::op::cpu_f32s("analog block op", s, l, what)
 }
 
 impl Dac {

@@ -11,6 +11,22 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// The contiguous f32 values of a custom op's CPU input `what`, or an error naming `op`.
+pub(crate) fn cpu_f32s<'a>(
+    op: &str,
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: {what} must be f32 on the CPU, got {:?}", s.dtype())
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{op}: {what} must be contiguous"),
+    }
+}
+
 /// One analog MVM of a programmed layer with static input ranges; `call` numbers the MVM.
 pub struct AnalogMvm<'a> {
     /// The programmed layer.
@@ -31,12 +47,7 @@ impl CustomOp1 for AnalogMvm<'_> {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("analog-mvm: input must be f32, got {:?}", storage.dtype())
-        };
-        let Some((a, b)) = layout.contiguous_offsets() else {
-            candle_core::bail!("analog-mvm: input must be contiguous")
-        };
+        let x = cpu_f32s("analog-mvm", storage, layout, "input")?;
         let dims = layout.dims();
         let Some((&n_in, lead)) = dims.split_last() else {
             candle_core::bail!("analog-mvm: input must have at least one dimension")
@@ -48,7 +59,7 @@ impl CustomOp1 for AnalogMvm<'_> {
             )
         }
         let tokens: usize = lead.iter().product();
-        let y = analog_mvm(self.layer, &data[a..b], tokens, self.ranges, self.call)
+        let y = analog_mvm(self.layer, x, tokens, self.ranges, self.call)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let mut out = lead.to_vec();
         out.push(self.layer.out_features());

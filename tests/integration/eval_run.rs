@@ -85,6 +85,16 @@ fn results_json(out: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
 }
 
+/// `afm eval --model MODEL --tasks TASKS ARGS.. --out OUT`, which must succeed; its results.
+fn eval_ok(model: &Path, tasks: &str, args: &[&str], out: &Path) -> serde_json::Value {
+    let mut all = vec!["eval", "--model", model.to_str().unwrap(), "--tasks", tasks];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--out", out.to_str().unwrap()]);
+    let o = afm(&all);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    results_json(out)
+}
+
 #[test]
 fn two_seed_eval_of_tiny_llama_end_to_end_and_resume() {
     let dir = temp_dir("eval-e2e");
@@ -183,9 +193,6 @@ fn two_seed_eval_of_tiny_llama_end_to_end_and_resume() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// With --calib-text every analog layer's ranges, lm_head's included, come from the text: a
-/// cell has the same value whether its task runs alone or after another task on the same chip
-/// (lm_head once took its ranges from the first task's first batch).
 #[test]
 fn the_batch_size_does_not_change_digital_scores() {
     let dir = temp_dir("eval-batch");
@@ -194,20 +201,7 @@ fn the_batch_size_does_not_change_digital_scores() {
     let tasks = format!("{},{}", t[0].display(), t[1].display());
     let run = |batch: &str| {
         let out = dir.join(format!("out{batch}"));
-        let args = [
-            "eval",
-            "--model",
-            model.to_str().unwrap(),
-            "--tasks",
-            &tasks,
-            "--batch",
-            batch,
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        let o = afm(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        results_json(&out)["cells"].clone()
+        eval_ok(&model, &tasks, &["--batch", batch], &out)["cells"].clone()
     };
     let (one, three) = (run("1"), run("3"));
     let cells = one.as_array().unwrap();
@@ -232,11 +226,6 @@ fn a_chip_with_every_projection_digital_scores_as_the_fp_model() {
     let run = |digital: &str| {
         let out = dir.join(format!("out-{digital}"));
         let args = [
-            "eval",
-            "--model",
-            model.to_str().unwrap(),
-            "--tasks",
-            &tasks,
             "--tiles",
             "afm-paper",
             "--text-tokens",
@@ -245,12 +234,8 @@ fn a_chip_with_every_projection_digital_scores_as_the_fp_model() {
             "64",
             "--digital-layers",
             digital,
-            "--out",
-            out.to_str().unwrap(),
         ];
-        let o = afm(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let r = results_json(&out);
+        let r = eval_ok(&model, &tasks, &args, &out);
         let ppl = |row: &str| {
             r["cells"]
                 .as_array()
@@ -273,6 +258,9 @@ fn a_chip_with_every_projection_digital_scores_as_the_fp_model() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// With --calib-text every analog layer's ranges, lm_head's included, come from the text: a
+/// cell has the same value whether its task runs alone or after another task on the same chip
+/// (lm_head once took its ranges from the first task's first batch).
 #[test]
 fn a_calibrated_cell_does_not_depend_on_the_tasks_before_it() {
     let dir = temp_dir("eval-calib-order");
@@ -287,11 +275,6 @@ fn a_calibrated_cell_does_not_depend_on_the_tasks_before_it() {
     let story = |tasks: String, out: &str, extra: &[&str]| {
         let out = dir.join(out);
         let mut args = vec![
-            "eval",
-            "--model",
-            model.to_str().unwrap(),
-            "--tasks",
-            &tasks,
             "--tiles",
             "ideal",
             "--no-baseline",
@@ -303,13 +286,9 @@ fn a_calibrated_cell_does_not_depend_on_the_tasks_before_it() {
             calib.to_str().unwrap(),
             "--calib-tokens",
             "64",
-            "--out",
-            out.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        let o = afm(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        results_json(&out)["cells"]
+        eval_ok(&model, &tasks, &args, &out)["cells"]
             .as_array()
             .unwrap()
             .iter()

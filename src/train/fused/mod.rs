@@ -184,14 +184,7 @@ pub fn inv_states(bits: u32) -> Option<f32> {
 }
 
 fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let v = match s {
-        CpuStorage::F32(v) => v,
-        _ => candle_core::bail!("fused analog op: {what} must be f32 on the CPU"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("fused analog op: {what} must be contiguous"),
-    }
+    crate::tile::op::cpu_f32s("fused analog op", s, l, what)
 }
 
 fn out(v: Vec<f32>, shape: impl Into<Shape>) -> Result<(CpuStorage, Shape)> {
