@@ -379,27 +379,41 @@ __device__ __forceinline__ void store8(T *p, const Pack8<T> &v, bool vec, int n)
   }
 }
 
-// Grid (tokens); each thread takes eight adjacent channels at a time.
+// Edge of the square (tokens x channels) tiles of the clamp flags (FLAG_TILE in
+// src/train/fused/mod.rs); a multiple of 8, so one thread's eight channels share a tile.
+#define FLAG_TILE 64
+
+// Grid (tokens); each thread takes eight adjacent channels at a time. Where a block's output
+// clamps, its flag tile flags[(s * ft + t / FLAG_TILE) * fo + c / FLAG_TILE] is set to 1 (the
+// flags start at 0; every writer writes the same value): the backward corrects only there.
 template <typename T>
-__device__ void adc_sum(const T *yb, const float *bound, T *y, int tokens, int out, int nb,
-                        float inv_states, int adc) {
+__device__ void adc_sum(const T *yb, const float *bound, T *y, T *flags, int tokens, int out,
+                        int nb, float inv_states, int adc, int ft, int fo) {
   int t = blockIdx.x;
   i64 plane = (i64)tokens * out;
   bool vec = out % 8 == 0 && aligned16(yb) && aligned16(y) && aligned16(bound);
+  const T one = from_f<T>(1.0f);
   for (int c = threadIdx.x * 8; c < out; c += blockDim.x * 8) {
     int n = min(8, out - c);
     i64 e = (i64)t * out + c;
+    T *fl = flags + (i64)(t / FLAG_TILE) * fo + c / FLAG_TILE;
     float acc[8];
 #pragma unroll 4
     for (int s = 0; s < nb; s++) {
       Pack8<T> v = load8(yb + (i64)s * plane + e, vec, n);
       Pack8<float> bd = load8(bound + (i64)s * out + c, vec, n);
+      bool clamped = false;
 #pragma unroll
       for (int k = 0; k < 8; k++) {
         float x = to_f(v.v[k]), b = bd.v[k];
-        if (b > 0.0f) x = fmaxf(fminf(adc_q(x, b, inv_states, adc), b), -b);
+        if (b > 0.0f) {
+          float q = adc_q(x, b, inv_states, adc);
+          clamped |= k < n && (q > b || q < -b);
+          x = fmaxf(fminf(q, b), -b);
+        }
         acc[k] = s == 0 ? x : acc[k] + x;
       }
+      if (clamped) fl[(i64)s * ft * fo] = one;
     }
     Pack8<T> o;
 #pragma unroll
@@ -408,31 +422,126 @@ __device__ void adc_sum(const T *yb, const float *bound, T *y, int tokens, int o
   }
 }
 
-// Gradient of yb: straight through the rounding, zero where the clamp cut. Grid (tokens, nb);
-// eight adjacent channels per thread at a time.
-template <typename T>
-__device__ void adc_grad(const T *g, const T *yb, const float *bound, T *gyb, int tokens, int out,
-                         float inv_states, int adc) {
-  int t = blockIdx.x, s = blockIdx.y;
-  i64 row = ((i64)s * tokens + t) * out;
-  const T *gr = g + (i64)t * out;
-  const float *bs = bound + (i64)s * out;
-  bool vec = out % 8 == 0 && aligned16(g) && aligned16(yb) && aligned16(bound) && aligned16(gyb);
-  for (int c = threadIdx.x * 8; c < out; c += blockDim.x * 8) {
-    int n = min(8, out - c);
-    Pack8<T> gv = load8(gr + c, vec, n);
-    Pack8<T> y = load8(yb + row + c, vec, n);
-    Pack8<float> bd = load8(bs + c, vec, n);
+// ---- backward: the straight-through ADC gradient as plain products plus a correction ------
+//
+// Straight through the ADC's rounding, block s's output gradient is the upstream g except
+// where the clamp cut, so gxb[s] = g wb[s] and gwb[s] = g^T xb[s] are products with the same g
+// for every block (cuBLAS, batch stride 0), less the clamped terms, which these two kernels
+// take back out tile by tile, only in the tiles whose flag adc_sum set. A clamped output is
+// recognized from yb and the bound exactly as adc_sum decided it.
+
+__device__ __forceinline__ bool adc_clamped(float y, float b, float inv_states, int adc) {
+  if (!(b > 0.0f)) return false;
+  float q = adc_q(y, b, inv_states, adc);
+  return q > b || q < -b;
+}
+
+// One 64 x 64 tile of the product, on 256 threads of 4 x 4 outputs each, accumulated over the
+// flagged tiles of the summed dimension in ascending order (as the CPU twin); the clamped
+// upstream gradients in a[row][j], the other operand in bm[j][col].
+struct FixTile {
+  float a[FLAG_TILE][FLAG_TILE + 1];
+  float bm[FLAG_TILE][FLAG_TILE + 1];
+};
+
+__device__ __forceinline__ void fix_accumulate(const FixTile &sm, float acc[4][4]) {
+  int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  for (int j = 0; j < FLAG_TILE; j++) {
+    float av[4], bv[4];
 #pragma unroll
-    for (int k = 0; k < 8; k++) {
-      float b = bd.v[k];
-      if (b > 0.0f) {
-        float q = adc_q(to_f(y.v[k]), b, inv_states, adc);
-        if (q > b || q < -b) gv.v[k] = from_f<T>(0.0f);
+    for (int u = 0; u < 4; u++) av[u] = sm.a[ty + 16 * u][j];
+#pragma unroll
+    for (int v = 0; v < 4; v++) bv[v] = sm.bm[j][tx + 16 * v];
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+#pragma unroll
+      for (int v = 0; v < 4; v++) acc[u][v] = acc[u][v] + av[u] * bv[v];
+  }
+}
+
+// dst[s, row, k] -= acc for the tile at (row0, k0) of dst (rows x r per block).
+template <typename T>
+__device__ __forceinline__ void fix_store(T *dst, const float acc[4][4], int s, int rows, int r,
+                                          int row0, int k0) {
+  int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+  for (int u = 0; u < 4; u++)
+#pragma unroll
+    for (int v = 0; v < 4; v++) {
+      int row = row0 + ty + 16 * u, k = k0 + tx + 16 * v;
+      if (row < rows && k < r) {
+        i64 idx = ((i64)s * rows + row) * r + k;
+        dst[idx] = from_f<T>(to_f(dst[idx]) - acc[u][v]);
       }
     }
-    store8(gyb + row + c, gv, vec, n);
+}
+
+// gxb[s, t, k] -= sum over clamped o of g[t, o] wb[s, o, k]. Grid (ceil(r / 64), ft, nb).
+template <typename T>
+__device__ void clamp_fix_gx(T *gxb, const T *g, const T *yb, const float *bound, const T *flags,
+                             const T *wb, int tokens, int out, int r, int ft, int fo,
+                             float inv_states, int adc) {
+  __shared__ FixTile sm;
+  int k0 = blockIdx.x * FLAG_TILE, tt = blockIdx.y, s = blockIdx.z, t0 = tt * FLAG_TILE;
+  const T *fl = flags + ((i64)s * ft + tt) * fo;
+  float acc[4][4] = {};
+  bool any = false;
+  for (int ot = 0; ot < fo; ot++) {
+    if (to_f(fl[ot]) == 0.0f) continue;
+    any = true;
+    int o0 = ot * FLAG_TILE;
+    for (int e = threadIdx.x; e < FLAG_TILE * FLAG_TILE; e += blockDim.x) {
+      int i = e / FLAG_TILE, j = e % FLAG_TILE;
+      int t = t0 + i, o = o0 + j;
+      float v = 0.0f;
+      if (t < tokens && o < out) {
+        float b = bound[(i64)s * out + o];
+        if (adc_clamped(to_f(yb[((i64)s * tokens + t) * out + o]), b, inv_states, adc))
+          v = to_f(g[(i64)t * out + o]);
+      }
+      sm.a[i][j] = v;
+      int oo = o0 + i, k = k0 + j;
+      sm.bm[i][j] = oo < out && k < r ? to_f(wb[((i64)s * out + oo) * r + k]) : 0.0f;
+    }
+    __syncthreads();
+    fix_accumulate(sm, acc);
+    __syncthreads();
   }
+  if (any) fix_store(gxb, acc, s, tokens, r, t0, k0);
+}
+
+// gwb[s, o, k] -= sum over clamped t of g[t, o] xb[s, t, k]. Grid (ceil(r / 64), fo, nb).
+template <typename T>
+__device__ void clamp_fix_gw(T *gwb, const T *g, const T *yb, const float *bound, const T *flags,
+                             const T *xb, int tokens, int out, int r, int ft, int fo,
+                             float inv_states, int adc) {
+  __shared__ FixTile sm;
+  int k0 = blockIdx.x * FLAG_TILE, ot = blockIdx.y, s = blockIdx.z, o0 = ot * FLAG_TILE;
+  float acc[4][4] = {};
+  bool any = false;
+  for (int tt = 0; tt < ft; tt++) {
+    if (to_f(flags[((i64)s * ft + tt) * fo + ot]) == 0.0f) continue;
+    any = true;
+    int t0 = tt * FLAG_TILE;
+    for (int e = threadIdx.x; e < FLAG_TILE * FLAG_TILE; e += blockDim.x) {
+      // Consecutive threads read consecutive channels of g and yb.
+      int j = e / FLAG_TILE, i = e % FLAG_TILE;
+      int t = t0 + j, o = o0 + i;
+      float v = 0.0f;
+      if (t < tokens && o < out) {
+        float b = bound[(i64)s * out + o];
+        if (adc_clamped(to_f(yb[((i64)s * tokens + t) * out + o]), b, inv_states, adc))
+          v = to_f(g[(i64)t * out + o]);
+      }
+      sm.a[i][j] = v;
+      int tk = t0 + j, k = k0 + i;
+      sm.bm[j][i] = tk < tokens && k < r ? to_f(xb[((i64)s * tokens + tk) * r + k]) : 0.0f;
+    }
+    __syncthreads();
+    fix_accumulate(sm, acc);
+    __syncthreads();
+  }
+  if (any) fix_store(gwb, acc, s, out, r, o0, k0);
 }
 
 #define INSTANTIATE(T, SUF)                                                                        \
@@ -465,14 +574,22 @@ __device__ void adc_grad(const T *g, const T *yb, const float *bound, T *gyb, in
                                              int extra, int head, int nb, int r) {                 \
     unblock_w<T>(gwb, gw, out, n_in, base, extra, head, nb, r);                                    \
   }                                                                                                \
-  extern "C" __global__ void adc_sum_##SUF(const T *yb, const float *bound, T *y, int tokens,      \
-                                           int out, int nb, float inv_states, int adc) {           \
-    adc_sum<T>(yb, bound, y, tokens, out, nb, inv_states, adc);                                    \
+  extern "C" __global__ void adc_sum_##SUF(const T *yb, const float *bound, T *y, T *flags,        \
+                                           int tokens, int out, int nb, float inv_states, int adc, \
+                                           int ft, int fo) {                                       \
+    adc_sum<T>(yb, bound, y, flags, tokens, out, nb, inv_states, adc, ft, fo);                     \
   }                                                                                                \
-  extern "C" __global__ void adc_grad_##SUF(const T *g, const T *yb, const float *bound,           \
-                                            T *gyb, int tokens, int out, float inv_states,         \
-                                            int adc) {                                             \
-    adc_grad<T>(g, yb, bound, gyb, tokens, out, inv_states, adc);                                  \
+  extern "C" __global__ void clamp_fix_gx_##SUF(T *gxb, const T *g, const T *yb,                   \
+                                                const float *bound, const T *flags, const T *wb,   \
+                                                int tokens, int out, int r, int ft, int fo,        \
+                                                float inv_states, int adc) {                       \
+    clamp_fix_gx<T>(gxb, g, yb, bound, flags, wb, tokens, out, r, ft, fo, inv_states, adc);        \
+  }                                                                                                \
+  extern "C" __global__ void clamp_fix_gw_##SUF(T *gwb, const T *g, const T *yb,                   \
+                                                const float *bound, const T *flags, const T *xb,   \
+                                                int tokens, int out, int r, int ft, int fo,        \
+                                                float inv_states, int adc) {                       \
+    clamp_fix_gw<T>(gwb, g, yb, bound, flags, xb, tokens, out, r, ft, fo, inv_states, adc);        \
   }
 
 INSTANTIATE(float, f32)

@@ -172,6 +172,9 @@ pub fn ragged_cases() -> Vec<(String, [Tensor; 4], AnalogTrainConfig)> {
         Clamp,
         // The chips' PCM-shaped weight noise instead of the flat one.
         Pcm,
+        // Outputs clamp at the ADC bound (which passes no gradient), in some of the backward's
+        // 64 x 64 correction tiles and not in others.
+        ClampOnly(f64),
     }
     // (tokens, inputs, outputs, tile rows, isolated head block, kind)
     let cases = [
@@ -184,6 +187,9 @@ pub fn ragged_cases() -> Vec<(String, [Tensor; 4], AnalogTrainConfig)> {
         // Outputs a multiple of 8: the CUDA ADC kernels' 16-byte path (of the others, only the
         // 96-output case takes it). Last, so that the draws above keep their seeds.
         (24, 520, 264, 256, 4, Release),
+        // Several correction tiles in both directions, ragged at both ends.
+        (80, 600, 136, 256, 0, ClampOnly(3.0)),
+        (150, 530, 200, 256, 5, ClampOnly(6.0)),
     ];
     cases
         .iter()
@@ -215,6 +221,11 @@ pub fn ragged_cases() -> Vec<(String, [Tensor; 4], AnalogTrainConfig)> {
                     adc_bound_grad: true,
                     range_init_kappa: 2.0,
                     out_bound: 3.0,
+                    ..cfg
+                },
+                ClampOnly(lambda) => AnalogTrainConfig {
+                    range_init_kappa: 2.0,
+                    out_bound: *lambda,
                     ..cfg
                 },
                 Pcm => AnalogTrainConfig {

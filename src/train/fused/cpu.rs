@@ -2,7 +2,7 @@
 //! element, so a CPU run and a CUDA run of the fused layer differ only where cuBLAS sums the
 //! products in another order.
 
-use super::Blocks;
+use super::{Blocks, FixTarget, FLAG_TILE};
 use crate::rng::normal_pair;
 use crate::train::layer::NoiseShape;
 use rayon::prelude::*;
@@ -201,7 +201,19 @@ pub fn unblock_w(gwb: &[f32], g: &Blocks, out: usize) -> Vec<f32> {
     gw
 }
 
-/// y (tokens, out) = sum over blocks of the ADC-quantized, clamped block outputs.
+/// Whether the ADC clamps block output `y` (the kernels' `adc_clamped`).
+#[inline]
+fn clamped(y: f32, bound: f32, inv_states: Option<f32>) -> bool {
+    if bound.is_nan() || bound <= 0.0 {
+        return false;
+    }
+    let q = quantize(y, bound, inv_states);
+    q > bound || q < -bound
+}
+
+/// ADC per block and the sum over blocks: y (tokens, out) from yb (nb, tokens, out), then the
+/// clamp flags (nb, ceil(tokens / FLAG_TILE), ceil(out / FLAG_TILE)): 1 where some output of
+/// the tile clamps in that block.
 pub fn adc_sum(
     yb: &[f32],
     bound: &[f32],
@@ -211,8 +223,10 @@ pub fn adc_sum(
     inv_states: Option<f32>,
 ) -> Vec<f32> {
     let plane = tokens * out;
-    let mut y = vec![0f32; plane];
-    y.par_chunks_mut(out).enumerate().for_each(|(t, row)| {
+    let (ft, fo) = (tokens.div_ceil(FLAG_TILE), out.div_ceil(FLAG_TILE));
+    let mut y = vec![0f32; plane + nb * ft * fo];
+    let (ys, flags) = y.split_at_mut(plane);
+    ys.par_chunks_mut(out).enumerate().for_each(|(t, row)| {
         for (c, o) in row.iter_mut().enumerate() {
             let mut acc = 0f32;
             for s in 0..nb {
@@ -226,34 +240,74 @@ pub fn adc_sum(
             *o = acc;
         }
     });
+    for s in 0..nb {
+        for t in 0..tokens {
+            for c in 0..out {
+                let e = s * plane + t * out + c;
+                if clamped(yb[e], bound[s * out + c], inv_states) {
+                    flags[(s * ft + t / FLAG_TILE) * fo + c / FLAG_TILE] = 1.0;
+                }
+            }
+        }
+    }
     y
 }
 
-/// Gradient of yb: g where the quantized output lies within its bound, else zero.
-pub fn adc_grad(
-    gy: &[f32],
-    yb: &[f32],
-    bound: &[f32],
-    nb: usize,
-    tokens: usize,
-    out: usize,
+/// The clamped terms taken back out of a straight-through ADC gradient computed as if nothing
+/// clamped (the kernels' `clamp_fix_gx` / `clamp_fix_gw`): with `target` X, dst = gxb (nb,
+/// tokens, r) and `other` = wb (nb, out, r), dst[s, t, k] -= sum over clamped o of g[t, o]
+/// other[s, o, k]; with W, dst = gwb (nb, out, r) and `other` = xb (nb, tokens, r),
+/// dst[s, o, k] -= sum over clamped t of g[t, o] other[s, t, k]; the operands are g, yb,
+/// bound, flags and other. Only flagged tiles are visited, in ascending order as on the GPU.
+pub fn clamp_fix(
+    dst: &mut [f32],
+    target: FixTarget,
+    [g, yb, bound, flags, other]: [&[f32]; 5],
+    (tokens, out, r): (usize, usize, usize),
     inv_states: Option<f32>,
-) -> Vec<f32> {
+) {
+    let (ft, fo) = (tokens.div_ceil(FLAG_TILE), out.div_ceil(FLAG_TILE));
     let plane = tokens * out;
-    let mut gyb = vec![0f32; nb * plane];
-    gyb.par_chunks_mut(out).enumerate().for_each(|(row, o)| {
-        let (s, t) = (row / tokens, row % tokens);
-        for (c, v) in o.iter_mut().enumerate() {
-            let bd = bound[s * out + c];
-            let mut gv = gy[t * out + c];
-            if bd > 0.0 {
-                let q = quantize(yb[s * plane + t * out + c], bd, inv_states);
-                if q > bd || q < -bd {
-                    gv = 0.0;
+    let rows = match target {
+        FixTarget::X => tokens,
+        FixTarget::W => out,
+    };
+    dst.par_chunks_mut(r).enumerate().for_each(|(row, d)| {
+        let (s, i) = (row / rows, row % rows);
+        let mut acc = vec![0f32; r];
+        let mut any = false;
+        let (tiles, sum_len) = match target {
+            FixTarget::X => (fo, out),
+            FixTarget::W => (ft, tokens),
+        };
+        for tile in 0..tiles {
+            let flag = match target {
+                FixTarget::X => flags[(s * ft + i / FLAG_TILE) * fo + tile],
+                FixTarget::W => flags[(s * ft + tile) * fo + i / FLAG_TILE],
+            };
+            if flag == 0.0 {
+                continue;
+            }
+            any = true;
+            for j in tile * FLAG_TILE..((tile + 1) * FLAG_TILE).min(sum_len) {
+                let (t, o) = match target {
+                    FixTarget::X => (i, j),
+                    FixTarget::W => (j, i),
+                };
+                if !clamped(yb[s * plane + t * out + o], bound[s * out + o], inv_states) {
+                    continue;
+                }
+                let gv = g[t * out + o];
+                let src = &other[(s * sum_len + j) * r..][..r];
+                for (a, b) in acc.iter_mut().zip(src) {
+                    *a += gv * b;
                 }
             }
-            *v = gv;
+        }
+        if any {
+            for (v, a) in d.iter_mut().zip(&acc) {
+                *v -= a;
+            }
         }
     });
-    gyb
 }

@@ -1,15 +1,17 @@
 //! Launches of `kernels/analog_train.cu` (compiled to PTX by `build.rs` under the `cuda`
 //! feature) for the fused stages; no host synchronization anywhere.
 
-use super::{FusedOp, Stage};
+use super::{ClampFix, FixTarget, FusedOp, Stage, FLAG_TILE};
 use crate::rng::{layer_key, Effect};
 use crate::train::layer::NoiseShape;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDType, WrapErr};
-use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Shape};
+use candle_core::{
+    CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, StorageRef, Tensor,
+};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/analog_train.ptx"));
 const MODULE: &str = "afm_analog_train";
@@ -67,7 +69,7 @@ pub fn run(op: &FusedOp, args: &[(&CudaStorage, &Layout)], shape: &Shape) -> Res
     }
 }
 
-fn run_t<T: CudaDType + DeviceRepr>(
+fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
     op: &FusedOp,
     args: &[(&CudaStorage, &Layout)],
     shape: &Shape,
@@ -216,27 +218,93 @@ fn run_t<T: CudaDType + DeviceRepr>(
             let (yb, bound) = (t(0)?, f32_arg(1)?);
             let d = args[0].1.dims();
             let (nbk, tokens, out) = (i(d[0]), i(d[1]), i(d[2]));
-            let y = alloc_t(n)?;
+            let (ft, fo) = (i(d[1].div_ceil(FLAG_TILE)), i(d[2].div_ceil(FLAG_TILE)));
+            let mut packed = alloc_t(n)?;
+            let (mut y, mut flags) = packed.split_at_mut(d[1] * d[2]);
+            dev.cuda_stream().memset_zeros(&mut flags).w()?;
             let func = f("adc_sum")?;
             let mut b = func.builder();
-            b.arg(&yb).arg(&bound).arg(&y);
+            b.arg(&yb).arg(&bound).arg(&mut y).arg(&mut flags);
             let (inv, adc) = (inv_states.unwrap_or(0.0), i32::from(inv_states.is_some()));
-            candle_core::builder_arg!(b, tokens, out, nbk, inv, adc);
+            candle_core::builder_arg!(b, tokens, out, nbk, inv, adc, ft, fo);
             unsafe { b.launch(rows8(d[1], 1, d[2])) }.w()?;
-            Ok(wrap_t(y))
-        }
-        Stage::AdcGrad { inv_states } => {
-            let (gy, yb, bound) = (t(0)?, t(1)?, f32_arg(2)?);
-            let d = args[1].1.dims();
-            let (tokens, out) = (i(d[1]), i(d[2]));
-            let y = alloc_t(n)?;
-            let func = f("adc_grad")?;
-            let mut b = func.builder();
-            b.arg(&gy).arg(&yb).arg(&bound).arg(&y);
-            let (inv, adc) = (inv_states.unwrap_or(0.0), i32::from(inv_states.is_some()));
-            candle_core::builder_arg!(b, tokens, out, inv, adc);
-            unsafe { b.launch(rows8(d[1], d[0], d[2])) }.w()?;
-            Ok(wrap_t(y))
+            Ok(wrap_t(packed))
         }
     }
+}
+
+/// The storage of a tensor on the GPU.
+fn storage_of(t: &Tensor) -> Result<(StorageRef<'_>, &Layout)> {
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        Storage::Cuda(_) => Ok((s, l)),
+        _ => candle_core::bail!("fused analog op: a tensor of the backward is not on the GPU"),
+    }
+}
+
+/// Runs `fix` in place on `dst` (gxb or gwb).
+pub fn clamp_fix(fix: &ClampFix, dst: &mut CudaStorage, dst_l: &Layout) -> Result<()> {
+    match dst.dtype() {
+        DType::F32 => clamp_fix_t::<f32>(fix, dst, dst_l, "f32"),
+        DType::BF16 => clamp_fix_t::<half::bf16>(fix, dst, dst_l, "bf16"),
+        DType::F16 => clamp_fix_t::<half::f16>(fix, dst, dst_l, "f16"),
+        d => candle_core::bail!("fused analog op: {d:?} is not supported (f32, bf16, f16)"),
+    }
+}
+
+fn clamp_fix_t<T: CudaDType + DeviceRepr>(
+    fix: &ClampFix,
+    dst: &mut CudaStorage,
+    dst_l: &Layout,
+    suf: &str,
+) -> Result<()> {
+    let dev = dst.device().clone();
+    let held = [&fix.g, &fix.yb, &fix.bound, &fix.flags, &fix.other];
+    let refs = held
+        .iter()
+        .map(|t| storage_of(t))
+        .collect::<Result<Vec<_>>>()?;
+    let cuda = |k: usize| match &*refs[k].0 {
+        Storage::Cuda(c) => c,
+        _ => unreachable!("checked by storage_of"),
+    };
+    let (g, yb, flags, other) = (
+        slice::<T>(cuda(0), refs[0].1)?,
+        slice::<T>(cuda(1), refs[1].1)?,
+        slice::<T>(cuda(3), refs[3].1)?,
+        slice::<T>(cuda(4), refs[4].1)?,
+    );
+    let bound = slice::<f32>(cuda(2), refs[2].1)?;
+    let d = fix.yb.dims();
+    let (nb, tokens, out, r) = (d[0], d[1], d[2], fix.blocks.r);
+    let (ft, fo) = (tokens.div_ceil(FLAG_TILE), out.div_ceil(FLAG_TILE));
+    let (a, b) = dst_l.contiguous_offsets().ok_or_else(|| {
+        candle_core::Error::Msg("fused analog op: gradient not contiguous".into())
+    })?;
+    let mut target = dst.as_cuda_slice_mut::<T>()?.slice_mut(a..b);
+    let (name, rows) = match fix.target {
+        FixTarget::X => ("clamp_fix_gx", ft),
+        FixTarget::W => ("clamp_fix_gw", fo),
+    };
+    let func = dev.get_or_load_custom_func(&format!("{name}_{suf}"), MODULE, PTX)?;
+    let mut bl = func.builder();
+    bl.arg(&mut target)
+        .arg(&g)
+        .arg(&yb)
+        .arg(&bound)
+        .arg(&flags)
+        .arg(&other);
+    let (inv, adc) = (
+        fix.inv_states.unwrap_or(0.0),
+        i32::from(fix.inv_states.is_some()),
+    );
+    let (tk, o, rr, ft, fo) = (i(tokens), i(out), i(r), i(ft), i(fo));
+    candle_core::builder_arg!(bl, tk, o, rr, ft, fo, inv, adc);
+    let cfg = LaunchConfig {
+        grid_dim: (r.div_ceil(FLAG_TILE) as u32, rows as u32, nb as u32),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    unsafe { bl.launch(cfg) }.w()?;
+    Ok(())
 }

@@ -5,7 +5,10 @@
 //! the longest block, so one strided-batched GEMM computes every block's partial outputs, and
 //! each stage around it is one pass: the DAC (clip and round, with its straight-through and
 //! range gradients), the noisy weight copy (per-channel Gaussian noise from our counter-based
-//! stream, the same bits on CPU and GPU), and the ADC with the sum over blocks. Every op has a
+//! stream, the same bits on CPU and GPU), and the ADC with the sum over blocks. The backward
+//! needs no per-block output gradient: straight through the ADC it is the upstream gradient
+//! wherever the ADC did not clamp, so two plain products (one g for all blocks) give the
+//! gradients, and a correction visits only the tiles where outputs clamped. Every op has a
 //! CPU path (`cpu`) and a CUDA path (`cuda`, `kernels/analog_train.cu`); tests hold them to the
 //! reference layer.
 
@@ -156,18 +159,20 @@ pub enum Stage {
     },
     /// gwb (nb, out, r) -> gw (out, n_in).
     Unblock,
-    /// (yb (nb, T, out), bound (nb, out)) -> y (T, out): ADC per block, summed; bound 0: exact.
-    /// Its gradient is [`Stage::AdcGrad`].
+    /// (yb (nb, T, out), bound (nb, out)) -> y (T, out) and the clamp flags, packed into one
+    /// vector (T * out + nb * ceil(T / [`FLAG_TILE`]) * ceil(out / [`FLAG_TILE`])): ADC per
+    /// block, summed (bound 0: exact); a flag is 1 where some output of its tile clamps in that
+    /// block. Its gradient is [`ClampFix`] after two plain products.
     Adc {
         /// 1 / (2^bits - 2) of the ADC, None: no rounding (clamp only).
         inv_states: Option<f32>,
     },
-    /// (g, yb, bound) -> gyb (nb, T, out).
-    AdcGrad {
-        /// As in [`Stage::Adc`].
-        inv_states: Option<f32>,
-    },
 }
+
+/// Edge of the square (tokens x channels) tiles of the ADC's clamp flags: the backward
+/// corrects the plain products tile by tile where outputs clamped (`FLAG_TILE` in
+/// `kernels/analog_train.cu`).
+pub const FLAG_TILE: usize = 64;
 
 /// One fused stage of the analog training layer over the row blocks `blocks`.
 #[derive(Debug, Clone)]
@@ -202,8 +207,10 @@ impl FusedOp {
             Stage::AbsMax => (g.nb, a[0]).into(),
             Stage::NoisyWeights { .. } => (g.nb, a[0], g.r).into(),
             Stage::Unblock => (a[1], g.n_in).into(),
-            Stage::Adc { .. } => (a[1], a[2]).into(),
-            Stage::AdcGrad { .. } => b.to_vec().into(),
+            Stage::Adc { .. } => {
+                let flags = g.nb * a[1].div_ceil(FLAG_TILE) * a[2].div_ceil(FLAG_TILE);
+                (a[1] * a[2] + flags).into()
+            }
         })
     }
 }
@@ -322,10 +329,6 @@ impl CustomOp3 for FusedOp {
                 cpu::range_grad(a, b, c, g, l2.dims()[0], *used, (*decay, *min_inside)),
                 shape,
             ),
-            Stage::AdcGrad { inv_states } => {
-                let d = l2.dims();
-                out(cpu::adc_grad(a, b, c, d[0], d[1], d[2], *inv_states), shape)
-            }
             s => candle_core::bail!("fused analog op: {s:?} does not take three arguments"),
         }
     }
@@ -345,6 +348,72 @@ impl CustomOp3 for FusedOp {
             cuda::run(self, &[(s1, l1), (s2, l2), (s3, l3)], &shape)?,
             shape,
         ))
+    }
+}
+
+/// Which gradient a [`ClampFix`] corrects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FixTarget {
+    /// gxb (nb, T, r); the other operand is wb.
+    X,
+    /// gwb (nb, out, r); the other operand is xb.
+    W,
+}
+
+/// In place on gxb or gwb computed with the upstream gradient g for every block: subtracts the
+/// terms of the outputs whose ADC clamped (their gradient is zero), visiting only the tiles
+/// [`Stage::Adc`] flagged.
+#[derive(Debug, Clone)]
+pub struct ClampFix {
+    /// The row blocks.
+    pub blocks: Blocks,
+    /// The gradient corrected.
+    pub target: FixTarget,
+    /// As in [`Stage::Adc`].
+    pub inv_states: Option<f32>,
+    /// Upstream gradient (T, out).
+    pub g: Tensor,
+    /// Block outputs (nb, T, out).
+    pub yb: Tensor,
+    /// ADC bounds (nb, out), f32.
+    pub bound: Tensor,
+    /// Clamp flags of [`Stage::Adc`].
+    pub flags: Tensor,
+    /// wb (nb, out, r) for [`FixTarget::X`], xb (nb, T, r) for [`FixTarget::W`].
+    pub other: Tensor,
+}
+
+impl candle_core::InplaceOp1 for ClampFix {
+    fn name(&self) -> &'static str {
+        "afm-fused-analog-clamp-fix"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let held = [&self.g, &self.yb, &self.bound, &self.flags, &self.other];
+        let guards: Vec<_> = held.iter().map(|t| t.storage_and_layout()).collect();
+        let vals = guards
+            .iter()
+            .map(|(s, l)| match &**s {
+                candle_core::Storage::Cpu(c) => f32s(c, l, "a tensor of the backward"),
+                _ => candle_core::bail!(
+                    "fused analog op: a tensor of the backward is not on the CPU"
+                ),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let d = self.yb.dims();
+        let dims = (d[1], d[2], self.blocks.r);
+        let buf = match (dst, l.contiguous_offsets()) {
+            (CpuStorage::F32(v), Some((a, b))) => &mut v[a..b],
+            _ => candle_core::bail!("fused analog op: the gradient must be contiguous f32"),
+        };
+        let ops = [vals[0], vals[1], vals[2], vals[3], vals[4]];
+        cpu::clamp_fix(buf, self.target, ops, dims, self.inv_states);
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, dst: &mut candle_core::CudaStorage, l: &Layout) -> Result<()> {
+        cuda::clamp_fix(self, dst, l)
     }
 }
 
@@ -394,6 +463,7 @@ struct Saved {
     wb: Tensor,
     yb: Tensor,
     bound: Tensor,
+    flags: Tensor,
     value: Tensor,
 }
 
@@ -444,12 +514,16 @@ impl LayerPass {
         } else {
             Tensor::zeros((spec.blocks.nb, wc.dims()[0]), DType::F32, x.device())?
         };
-        let value = yb.apply_op2_no_bwd(
+        let packed = yb.apply_op2_no_bwd(
             &bound,
             &op(Stage::Adc {
                 inv_states: spec.adc,
             }),
         )?;
+        let (tokens, out) = (xb.dims()[1], wb.dims()[1]);
+        let plane = tokens * out;
+        let value = packed.narrow(0, 0, plane)?.reshape((tokens, out))?;
+        let flags = packed.narrow(0, plane, packed.elem_count() - plane)?;
         Ok(LayerPass(Saved {
             spec: spec.clone(),
             x: xc,
@@ -460,6 +534,7 @@ impl LayerPass {
             wb,
             yb,
             bound,
+            flags,
             value,
         }))
     }
@@ -474,15 +549,25 @@ impl LayerPass {
         let sv = &self.0;
         let spec = &sv.spec;
         let g = g.to_dtype(spec.compute)?.contiguous()?;
-        let gyb = g.apply_op3_no_bwd(
-            &sv.yb,
-            &sv.bound,
-            &self.op(Stage::AdcGrad {
+        // Every block's output gradient is g but where its ADC clamped: the products take g for
+        // all blocks at once (batch stride 0), and ClampFix takes the clamped terms back out.
+        let gb = g
+            .unsqueeze(0)?
+            .broadcast_as((spec.blocks.nb, g.dims()[0], g.dims()[1]))?;
+        let gxb = gb.matmul(&sv.wb)?;
+        let gwb = gb.transpose(1, 2)?.matmul(&sv.xb)?;
+        for (dst, target, other) in [(&gxb, FixTarget::X, &sv.wb), (&gwb, FixTarget::W, &sv.xb)] {
+            dst.inplace_op1(&ClampFix {
+                blocks: spec.blocks,
+                target,
                 inv_states: spec.adc,
-            }),
-        )?;
-        let gxb = gyb.matmul(&sv.wb)?;
-        let gwb = gyb.transpose(1, 2)?.matmul(&sv.xb)?;
+                g: g.clone(),
+                yb: sv.yb.clone(),
+                bound: sv.bound.clone(),
+                flags: sv.flags.clone(),
+                other: other.clone(),
+            })?;
+        }
         let gx = gxb.apply_op3_no_bwd(
             &sv.x,
             &sv.ranges,
