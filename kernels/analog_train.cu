@@ -11,7 +11,10 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <mma.h>
 #include <stdint.h>
+
+using namespace nvcuda;
 
 typedef long long i64;
 
@@ -124,12 +127,58 @@ __device__ __forceinline__ void normal_pair(uint32_t k0, uint32_t k1, uint32_t n
   *b = r * s;
 }
 
+// Eight adjacent elements in registers: one 16-byte load or store for bf16/f16, two for f32,
+// where `vec` (the row length is a multiple of 8 and the tensors are 16-byte aligned); else
+// element by element, the first `n` only. The ADC kernels are bound by memory: one 2-byte load
+// per thread and block reached only 1-2 TB/s on an H200 (benches/RESULTS.md, session 12).
+template <typename T> struct alignas(16) Pack8 {
+  T v[8];
+};
+
+__device__ __forceinline__ bool aligned16(const void *p) { return ((size_t)p & 15) == 0; }
+
+template <typename T>
+__device__ __forceinline__ Pack8<T> load8(const T *p, bool vec, int n) {
+  Pack8<T> r;
+  if (vec) {
+    const uint4 *q = (const uint4 *)p;
+    uint4 *d = (uint4 *)r.v;
+#pragma unroll
+    for (int k = 0; k < (int)(sizeof(Pack8<T>) / 16); k++) d[k] = q[k];
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; k++) r.v[k] = k < n ? p[k] : from_f<T>(0.0f);
+  }
+  return r;
+}
+
+template <typename T>
+__device__ __forceinline__ void store8(T *p, const Pack8<T> &v, bool vec, int n) {
+  if (vec) {
+    uint4 *q = (uint4 *)p;
+    const uint4 *s = (const uint4 *)v.v;
+#pragma unroll
+    for (int k = 0; k < (int)(sizeof(Pack8<T>) / 16); k++) q[k] = s[k];
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+      if (k < n) p[k] = v.v[k];
+  }
+}
+
 // Grids: one thread block per row (a token, or a token of one row block: blockIdx.y), threads
 // striding along the row, so no thread divides a 64-bit index.
 
 // ---- DAC: clip to the block's range and round to its levels; blocked and padded ----------
 
-// Grid (tokens, nb).
+// Whether a block's rows, starting at element `start` of rows of `n_in` in `p` and copied
+// to rows of `r` in `q`, can move in 16-byte packs.
+__device__ __forceinline__ bool vec_rows(int start, int n_in, int r, const void *p,
+                                         const void *q) {
+  return (start % 8 | n_in % 8 | r % 8) == 0 && aligned16(p) && aligned16(q);
+}
+
+// Grid (tokens, nb); eight adjacent inputs per thread at a time.
 template <typename T>
 __device__ void dac_fwd(const T *x, const float *ranges, T *xb, int tokens, int n_in, int base,
                         int extra, int head, int r, float inv_states, int used, int dac) {
@@ -140,21 +189,28 @@ __device__ void dac_fwd(const T *x, const float *ranges, T *xb, int tokens, int 
   float res = (b * 2.0f) * inv_states;
   const T *row = x + (i64)t * n_in + start;
   T *o = xb + ((i64)s * tokens + t) * r;
-  for (int j = threadIdx.x; j < r; j += blockDim.x) {
-    float v = 0.0f;
-    if (j < len) {
-      v = to_f(row[j]);
-      if (act) {
-        v = fmaxf(fminf(v, b), -b);
-        if (dac) v = roundf(v / res) * res;
+  bool vec = vec_rows(start, n_in, r, x, xb);
+  for (int j = threadIdx.x * 8; j < r; j += blockDim.x * 8) {
+    int n = min(8, r - j), nl = max(0, min(8, len - j));
+    Pack8<T> in = load8(row + j, vec && nl == 8, nl), y;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+      float v = 0.0f;
+      if (k < nl) {
+        v = to_f(in.v[k]);
+        if (act) {
+          v = fmaxf(fminf(v, b), -b);
+          if (dac) v = roundf(v / res) * res;
+        }
       }
+      y.v[k] = from_f<T>(v);
     }
-    o[j] = from_f<T>(v);
+    store8(o + j, y, vec && n == 8, n);
   }
 }
 
 // Gradient of x: straight through, zero where the input was clipped (|x| > range).
-// Grid (tokens).
+// Grid (tokens); eight adjacent inputs per thread at a time.
 template <typename T>
 __device__ void dac_grad_x(const T *gxb, const T *x, const float *ranges, T *gx, int tokens,
                            int n_in, int base, int extra, int head, int nb, int r, int used) {
@@ -166,9 +222,15 @@ __device__ void dac_grad_x(const T *gxb, const T *x, const float *ranges, T *gx,
     const T *g = gxb + ((i64)s * tokens + t) * r;
     const T *xr = x + (i64)t * n_in + start;
     T *o = gx + (i64)t * n_in + start;
-    for (int j = threadIdx.x; j < len; j += blockDim.x) {
-      bool clipped = act && fabsf(to_f(xr[j])) > b;
-      o[j] = clipped ? from_f<T>(0.0f) : g[j];
+    bool vec = vec_rows(start, n_in, r, x, gxb) && aligned16(gx);
+    for (int j = threadIdx.x * 8; j < len; j += blockDim.x * 8) {
+      int n = min(8, len - j);
+      bool v8 = vec && n == 8;
+      Pack8<T> gv = load8(g + j, v8, n), xv = load8(xr + j, v8, n);
+#pragma unroll
+      for (int k = 0; k < 8; k++)
+        if (act && fabsf(to_f(xv.v[k])) > b) gv.v[k] = from_f<T>(0.0f);
+      store8(o + j, gv, v8, n);
     }
   }
 }
@@ -186,19 +248,28 @@ __device__ void block_partial(const T *gxb, const T *x, const float *ranges, flo
   int start = blk_start(s, base, extra, head);
   float b = ranges[s];
   float pull = 0.0f, cnt = 0.0f;
+  bool vec = vec_rows(start, n_in, r, x, gxb ? (const void *)gxb : (const void *)x);
   for (int t = blockIdx.x; t < tokens; t += chunks) {
     const T *xr = x + (i64)t * n_in + start;
     const T *g = gxb ? gxb + ((i64)s * tokens + t) * r : nullptr;
-    for (int j = threadIdx.x; j < len; j += blockDim.x) {
-      float xv = to_f(xr[j]);
-      float gv = g ? to_f(g[j]) : 0.0f;
-      if (xv >= b) {
-        pull += fminf(gv, 0.0f);
-        cnt += 1.0f;
-      }
-      if (xv <= -b) {
-        pull -= fmaxf(gv, 0.0f);
-        cnt += 1.0f;
+    for (int j = threadIdx.x * 8; j < len; j += blockDim.x * 8) {
+      int n = min(8, len - j);
+      Pack8<T> x8 = load8(xr + j, vec && n == 8, n);
+      Pack8<T> g8;
+      if (g) g8 = load8(g + j, vec && n == 8, n);
+#pragma unroll
+      for (int k = 0; k < 8; k++) {
+        if (k >= n) break;
+        float xv = to_f(x8.v[k]);
+        float gv = g ? to_f(g8.v[k]) : 0.0f;
+        if (xv >= b) {
+          pull += fminf(gv, 0.0f);
+          cnt += 1.0f;
+        }
+        if (xv <= -b) {
+          pull -= fmaxf(gv, 0.0f);
+          cnt += 1.0f;
+        }
       }
     }
   }
@@ -288,36 +359,45 @@ __device__ __forceinline__ float noise_rel(float r, int pcm) {
 
 // wb[s, c, j] = w[c, start_s + j] + (wmax[s, c] * gamma * noise_rel(|w| / wmax)) * n, n the
 // element c * len_s + j of block s's counter-based stream (pair el / 2, component el % 2).
-// Grid (out, nb).
+// Each thread draws one pair and writes both its elements (where a row starts at an odd
+// element, its first element's pair is drawn again, for that element alone). Grid (out, nb).
+template <typename T>
+__device__ __forceinline__ float noisy_w(const T *row, int j, float n, float m, float sc, int pcm) {
+  float v = to_f(row[j]);
+  float rel = noise_rel(m > 0.0f ? fabsf(v) / m : 0.0f, pcm);
+  return v + n * sc * rel;
+}
+
 template <typename T>
 __device__ void noisy_wblocks(const T *w, const float *wmax, T *wb, uint64_t layer_key,
                               uint64_t tag, uint64_t call, int out, int n_in, int base, int extra, int head,
                               int r, float gamma, int pcm) {
   int c = blockIdx.x, s = blockIdx.y;
   int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
-  uint32_t k0 = 0, k1 = 0;
-  if (gamma > 0.0f) block_keys(layer_key, tag, call, s, &k0, &k1);
-  float m = wmax[(i64)s * out + c];
-  float sc = m * gamma;
   const T *row = w + (i64)c * n_in + start;
   T *o = wb + ((i64)s * out + c) * r;
-  for (int j = threadIdx.x; j < r; j += blockDim.x) {
-    float v = 0.0f;
-    if (j < len) {
-      v = to_f(row[j]);
-      if (gamma > 0.0f) {
-        uint32_t el = (uint32_t)c * (uint32_t)len + (uint32_t)j;
-        float a, b;
-        normal_pair(k0, k1, el >> 1, &a, &b);
-        float rel = noise_rel(m > 0.0f ? fabsf(v) / m : 0.0f, pcm);
-        v = v + ((el & 1u) ? b : a) * sc * rel;
-      }
-    }
-    o[j] = from_f<T>(v);
+  for (int j = len + threadIdx.x; j < r; j += blockDim.x) o[j] = from_f<T>(0.0f);
+  if (!(gamma > 0.0f)) {
+    for (int j = threadIdx.x; j < len; j += blockDim.x) o[j] = row[j];
+    return;
+  }
+  uint32_t k0, k1;
+  block_keys(layer_key, tag, call, s, &k0, &k1);
+  float m = wmax[(i64)s * out + c];
+  float sc = m * gamma;
+  uint32_t el0 = (uint32_t)c * (uint32_t)len;
+  int first = (int)(el0 & 1u);
+  for (int j = 2 * (int)threadIdx.x - first; j < len; j += 2 * (int)blockDim.x) {
+    // Elements j (even in the stream) and j + 1 (odd) share pair (el0 + j) / 2.
+    float a, b;
+    normal_pair(k0, k1, (el0 + (uint32_t)(j + first)) >> 1, &a, &b);
+    if (j >= 0) o[j] = from_f<T>(noisy_w(row, j, a, m, sc, pcm));
+    if (j + 1 < len) o[j + 1] = from_f<T>(noisy_w(row, j + 1, b, m, sc, pcm));
   }
 }
 
-// Gradient of w: the blocked gradient put back in place (the noise is additive). Grid (out).
+// Gradient of w: the blocked gradient put back in place (the noise is additive). Grid (out);
+// eight adjacent inputs per thread at a time.
 template <typename T>
 __device__ void unblock_w(const T *gwb, T *gw, int out, int n_in, int base, int extra, int head, int nb,
                           int r) {
@@ -326,7 +406,11 @@ __device__ void unblock_w(const T *gwb, T *gw, int out, int n_in, int base, int 
     int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
     const T *g = gwb + ((i64)s * out + c) * r;
     T *o = gw + (i64)c * n_in + start;
-    for (int j = threadIdx.x; j < len; j += blockDim.x) o[j] = g[j];
+    bool vec = vec_rows(start, n_in, r, gw, gwb);
+    for (int j = threadIdx.x * 8; j < len; j += blockDim.x * 8) {
+      int n = min(8, len - j);
+      store8(o + j, load8(g + j, vec && n == 8, n), vec && n == 8, n);
+    }
   }
 }
 
@@ -340,59 +424,47 @@ __device__ __forceinline__ float adc_q(float y, float bd, float inv_states, int 
   return y;
 }
 
-// Eight adjacent elements in registers: one 16-byte load or store for bf16/f16, two for f32,
-// where `vec` (the row length is a multiple of 8 and the tensors are 16-byte aligned); else
-// element by element, the first `n` only. The ADC kernels are bound by memory: one 2-byte load
-// per thread and block reached only 1-2 TB/s on an H200 (benches/RESULTS.md, session 12).
-template <typename T> struct alignas(16) Pack8 {
-  T v[8];
-};
-
-__device__ __forceinline__ bool aligned16(const void *p) { return ((size_t)p & 15) == 0; }
-
-template <typename T>
-__device__ __forceinline__ Pack8<T> load8(const T *p, bool vec, int n) {
-  Pack8<T> r;
-  if (vec) {
-    const uint4 *q = (const uint4 *)p;
-    uint4 *d = (uint4 *)r.v;
-#pragma unroll
-    for (int k = 0; k < (int)(sizeof(Pack8<T>) / 16); k++) d[k] = q[k];
-  } else {
-#pragma unroll
-    for (int k = 0; k < 8; k++) r.v[k] = k < n ? p[k] : from_f<T>(0.0f);
-  }
-  return r;
-}
-
-template <typename T>
-__device__ __forceinline__ void store8(T *p, const Pack8<T> &v, bool vec, int n) {
-  if (vec) {
-    uint4 *q = (uint4 *)p;
-    const uint4 *s = (const uint4 *)v.v;
-#pragma unroll
-    for (int k = 0; k < (int)(sizeof(Pack8<T>) / 16); k++) q[k] = s[k];
-  } else {
-#pragma unroll
-    for (int k = 0; k < 8; k++)
-      if (k < n) p[k] = v.v[k];
-  }
-}
-
 // Edge of the square (tokens x channels) tiles of the clamp flags (FLAG_TILE in
 // src/train/fused/mod.rs); a multiple of 8, so one thread's eight channels share a tile.
 #define FLAG_TILE 64
 
+// round(y / res) with the quotient exactly as the IEEE division gives it, without dividing:
+// y * (1 / res) lies within 2 ulp of fl(y / res), so both round to the same integer unless
+// the product lies near a half-integer (or is not finite); there the division decides. The
+// ADC kernel is bound by arithmetic, and the division was most of it.
+//
+// The window is a constant: 4 ulp of any product below 200 levels is under 1e-4. Above, the
+// level may come out one off, but the output then lies far beyond the bound (127 levels)
+// either way, so the clamp and the value it takes are the same.
+__device__ __forceinline__ float adc_level(float y, float res, float inv_res) {
+  float a = y * inv_res;
+  float r = rintf(a);
+  if (!(fabsf(a - r) < 0.4999f)) return roundf(y / res);
+  return r;
+}
+
+// 1 / res of every (block, channel) bound: what adc_level multiplies by. Grid (n).
+extern "C" __global__ void adc_inv(const float *bound, float *inv, int n, float inv_states) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float b = bound[i];
+  inv[i] = b > 0.0f ? 1.0f / ((b * 2.0f) * inv_states) : 0.0f;
+}
+
 // Grid (tokens); each thread takes eight adjacent channels at a time. Where a block's output
-// clamps, its flag tile flags[(s * ft + t / FLAG_TILE) * fo + c / FLAG_TILE] is set to 1 (the
-// flags start at 0; every writer writes the same value): the backward corrects only there.
+// clamps, its flag tile flags[(s * ft + t / FLAG_TILE) * fo + c / FLAG_TILE] is set to 1, and
+// so is the flag after the tiles' (flags[nb * ft * fo]: anything clamped); the flags start at
+// 0 and every writer writes the same value. The backward corrects only there.
 template <typename T>
-__device__ void adc_sum(const T *yb, const float *bound, T *y, T *flags, int tokens, int out,
-                        int nb, float inv_states, int adc, int ft, int fo) {
+__device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T *y, T *flags,
+                        int tokens, int out, int nb, float inv_states, int adc, int ft, int fo) {
   int t = blockIdx.x;
   i64 plane = (i64)tokens * out;
-  bool vec = out % 8 == 0 && aligned16(yb) && aligned16(y) && aligned16(bound);
+  bool vec = out % 8 == 0 && aligned16(yb) && aligned16(y) && aligned16(bound) &&
+             aligned16(inv_res);
   const T one = from_f<T>(1.0f);
+  // (b * 2) * inv_states as adc_q has it: the same product, since doubling is exact.
+  float two_inv = 2.0f * inv_states;
   for (int c = threadIdx.x * 8; c < out; c += blockDim.x * 8) {
     int n = min(8, out - c);
     i64 e = (i64)t * out + c;
@@ -402,18 +474,23 @@ __device__ void adc_sum(const T *yb, const float *bound, T *y, T *flags, int tok
     for (int s = 0; s < nb; s++) {
       Pack8<T> v = load8(yb + (i64)s * plane + e, vec, n);
       Pack8<float> bd = load8(bound + (i64)s * out + c, vec, n);
+      Pack8<float> iv = load8(inv_res + (i64)s * out + c, vec, n);
       bool clamped = false;
 #pragma unroll
       for (int k = 0; k < 8; k++) {
         float x = to_f(v.v[k]), b = bd.v[k];
         if (b > 0.0f) {
-          float q = adc_q(x, b, inv_states, adc);
-          clamped |= k < n && (q > b || q < -b);
+          float res = b * two_inv;
+          float q = adc ? adc_level(x, res, iv.v[k]) * res : x;
           x = fmaxf(fminf(q, b), -b);
+          clamped |= x != q;
         }
         acc[k] = s == 0 ? x : acc[k] + x;
       }
-      if (clamped) fl[(i64)s * ft * fo] = one;
+      if (clamped) {
+        fl[(i64)s * ft * fo] = one;
+        flags[(i64)nb * ft * fo] = one;
+      }
     }
     Pack8<T> o;
 #pragma unroll
@@ -436,28 +513,143 @@ __device__ __forceinline__ bool adc_clamped(float y, float b, float inv_states, 
   return q > b || q < -b;
 }
 
-// One 64 x 64 tile of the product, on 256 threads of 4 x 4 outputs each, accumulated over the
-// flagged tiles of the summed dimension in ascending order (as the CPU twin); the clamped
-// upstream gradients in a[row][j], the other operand in bm[j][col].
-struct FixTile {
-  float a[FLAG_TILE][FLAG_TILE + 1];
-  float bm[FLAG_TILE][FLAG_TILE + 1];
+// The flagged tiles, found by all threads of the block together: a window of blockDim.x
+// flags is read at once (one per thread) and compacted in shared memory, so a block whose
+// tiles are all clear costs one load per thread per window, not one dependent load per tile.
+struct FlagScan {
+  int idx[256];
+  int n, pos, base;
 };
 
-__device__ __forceinline__ void fix_accumulate(const FixTile &sm, float acc[4][4]) {
-  int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  for (int j = 0; j < FLAG_TILE; j++) {
-    float av[4], bv[4];
+// The next flagged tile after `cur` (-1: start) of the `count` flags at fl[i * stride], or
+// `count` when none is left. Called by every thread of the block alike.
+template <typename T>
+__device__ int next_flag(const T *fl, int stride, int count, int cur, FlagScan &sc) {
+  if (cur < 0) {
+    if (threadIdx.x == 0) {
+      sc.n = 0;
+      sc.pos = 0;
+      sc.base = -(int)blockDim.x;
+    }
+    __syncthreads();
+  }
+  while (true) {
+    if (sc.pos < sc.n) {
+      int r = sc.idx[sc.pos];
+      __syncthreads();
+      if (threadIdx.x == 0) sc.pos += 1;
+      __syncthreads();
+      return r;
+    }
+    int base = sc.base + (int)blockDim.x;
+    if (base >= count) return count;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      sc.n = 0;
+      sc.pos = 0;
+      sc.base = base;
+    }
+    __syncthreads();
+    int i = base + (int)threadIdx.x;
+    bool set = i < count && to_f(fl[(i64)i * stride]) != 0.0f;
+    // In ascending order: each thread's place is the count of set flags before it.
+    unsigned ballot = __ballot_sync(0xffffffffu, set);
+    __shared__ int warp_n[8];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) warp_n[warp] = __popc(ballot);
+    __syncthreads();
+    int before = __popc(ballot & ((1u << lane) - 1u));
+    for (int w = 0; w < warp; w++) before += warp_n[w];
+    if (set) sc.idx[before] = i;
+    if (threadIdx.x == 0) {
+      int total = 0;
+      for (int w = 0; w < (int)blockDim.x / 32; w++) total += warp_n[w];
+      sc.n = total;
+    }
+    __syncthreads();
+  }
+}
+
+// One 64 x 64 tile of the product on 256 threads, accumulated over the flagged tiles of the
+// summed dimension in ascending order: the clamped upstream gradients in a[row][j], the other
+// operand in bm[j][col]. In f32 on the CUDA cores (4 x 4 outputs per thread, the CPU twin's
+// order); in bf16 / f16 on the tensor cores (WMMA, f32 accumulation; two 16 x 16 fragments per
+// warp), so that a layer where most outputs clamp is not held up by a scalar product.
+template <typename S> struct FixTile {
+  union {
+    struct {
+      S a[FLAG_TILE][FLAG_TILE + 8];
+      S bm[FLAG_TILE][FLAG_TILE + 8];
+    } in;
+    float c[FLAG_TILE][FLAG_TILE];
+  };
+};
+
+template <typename T> struct FixAcc {
+  typedef T S;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> f[2];
+  __device__ void zero() {
+    wmma::fill_fragment(f[0], 0.0f);
+    wmma::fill_fragment(f[1], 0.0f);
+  }
+  __device__ void add(FixTile<S> &sm) {
+    int w = threadIdx.x / 32, r0 = (w / 2) * 16, c0 = (w % 2) * 32;
+    for (int kk = 0; kk < FLAG_TILE; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, S, wmma::row_major> fa;
+      wmma::load_matrix_sync(fa, &sm.in.a[r0][kk], FLAG_TILE + 8);
 #pragma unroll
-    for (int u = 0; u < 4; u++) av[u] = sm.a[ty + 16 * u][j];
-#pragma unroll
-    for (int v = 0; v < 4; v++) bv[v] = sm.bm[j][tx + 16 * v];
+      for (int h = 0; h < 2; h++) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, S, wmma::row_major> fb;
+        wmma::load_matrix_sync(fb, &sm.in.bm[kk][c0 + 16 * h], FLAG_TILE + 8);
+        wmma::mma_sync(f[h], fa, fb, f[h]);
+      }
+    }
+  }
+  // The tile into the 4 x 4 outputs of this thread (as FixAcc<float> holds them); the caller
+  // synchronizes before, as the tile overwrites the operands.
+  __device__ void take(FixTile<S> &sm, float acc[4][4]) {
+    int w = threadIdx.x / 32, r0 = (w / 2) * 16, c0 = (w % 2) * 32;
+    wmma::store_matrix_sync(&sm.c[r0][c0], f[0], FLAG_TILE, wmma::mem_row_major);
+    wmma::store_matrix_sync(&sm.c[r0][c0 + 16], f[1], FLAG_TILE, wmma::mem_row_major);
+    __syncthreads();
+    int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
     for (int u = 0; u < 4; u++)
 #pragma unroll
-      for (int v = 0; v < 4; v++) acc[u][v] = acc[u][v] + av[u] * bv[v];
+      for (int v = 0; v < 4; v++) acc[u][v] = sm.c[ty + 16 * u][tx + 16 * v];
   }
-}
+};
+
+template <> struct FixAcc<float> {
+  typedef float S;
+  float r[4][4];
+  __device__ void zero() {
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+#pragma unroll
+      for (int v = 0; v < 4; v++) r[u][v] = 0.0f;
+  }
+  __device__ void add(FixTile<S> &sm) {
+    int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    for (int j = 0; j < FLAG_TILE; j++) {
+      float av[4], bv[4];
+#pragma unroll
+      for (int u = 0; u < 4; u++) av[u] = sm.in.a[ty + 16 * u][j];
+#pragma unroll
+      for (int v = 0; v < 4; v++) bv[v] = sm.in.bm[j][tx + 16 * v];
+#pragma unroll
+      for (int u = 0; u < 4; u++)
+#pragma unroll
+        for (int v = 0; v < 4; v++) r[u][v] = r[u][v] + av[u] * bv[v];
+    }
+  }
+  __device__ void take(FixTile<S> &, float acc[4][4]) {
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+#pragma unroll
+      for (int v = 0; v < 4; v++) acc[u][v] = r[u][v];
+  }
+};
 
 // dst[s, row, k] -= acc for the tile at (row0, k0) of dst (rows x r per block).
 template <typename T>
@@ -476,18 +668,20 @@ __device__ __forceinline__ void fix_store(T *dst, const float acc[4][4], int s, 
     }
 }
 
-// gxb[s, t, k] -= sum over clamped o of g[t, o] wb[s, o, k]. Grid (ceil(r / 64), ft, nb).
+// gxb[s, t, k] -= sum over clamped o of g[t, o] wb[s, o, k], 64 tokens from t0 by 64 inputs
+// from k0 of block s.
 template <typename T>
-__device__ void clamp_fix_gx(T *gxb, const T *g, const T *yb, const float *bound, const T *flags,
-                             const T *wb, int tokens, int out, int r, int ft, int fo,
-                             float inv_states, int adc) {
-  __shared__ FixTile sm;
-  int k0 = blockIdx.x * FLAG_TILE, tt = blockIdx.y, s = blockIdx.z, t0 = tt * FLAG_TILE;
+__device__ bool fix_gx_tile(T *gxb, const T *g, const T *yb, const float *bound, const T *flags,
+                            const T *wb, int tokens, int out, int r, int ft, int fo,
+                            float inv_states, int adc, int s, int tt, int k0,
+                            FixTile<typename FixAcc<T>::S> &sm, FlagScan &scan) {
+  typedef typename FixAcc<T>::S S;
+  FixAcc<T> acc;
+  acc.zero();
+  int t0 = tt * FLAG_TILE;
   const T *fl = flags + ((i64)s * ft + tt) * fo;
-  float acc[4][4] = {};
   bool any = false;
-  for (int ot = 0; ot < fo; ot++) {
-    if (to_f(fl[ot]) == 0.0f) continue;
+  for (int ot = -1; (ot = next_flag(fl, 1, fo, ot, scan)) < fo;) {
     any = true;
     int o0 = ot * FLAG_TILE;
     for (int e = threadIdx.x; e < FLAG_TILE * FLAG_TILE; e += blockDim.x) {
@@ -499,28 +693,35 @@ __device__ void clamp_fix_gx(T *gxb, const T *g, const T *yb, const float *bound
         if (adc_clamped(to_f(yb[((i64)s * tokens + t) * out + o]), b, inv_states, adc))
           v = to_f(g[(i64)t * out + o]);
       }
-      sm.a[i][j] = v;
+      sm.in.a[i][j] = from_f<S>(v);
       int oo = o0 + i, k = k0 + j;
-      sm.bm[i][j] = oo < out && k < r ? to_f(wb[((i64)s * out + oo) * r + k]) : 0.0f;
+      sm.in.bm[i][j] = oo < out && k < r ? wb[((i64)s * out + oo) * r + k] : from_f<S>(0.0f);
     }
     __syncthreads();
-    fix_accumulate(sm, acc);
+    acc.add(sm);
     __syncthreads();
   }
-  if (any) fix_store(gxb, acc, s, tokens, r, t0, k0);
+  if (!any) return false;
+  float part[4][4];
+  acc.take(sm, part);
+  fix_store(gxb, part, s, tokens, r, t0, k0);
+  return true;
 }
 
-// gwb[s, o, k] -= sum over clamped t of g[t, o] xb[s, t, k]. Grid (ceil(r / 64), fo, nb).
+// gwb[s, o, k] -= sum over clamped t of g[t, o] xb[s, t, k], 64 channels from o0 by 64 inputs
+// from k0 of block s.
 template <typename T>
-__device__ void clamp_fix_gw(T *gwb, const T *g, const T *yb, const float *bound, const T *flags,
-                             const T *xb, int tokens, int out, int r, int ft, int fo,
-                             float inv_states, int adc) {
-  __shared__ FixTile sm;
-  int k0 = blockIdx.x * FLAG_TILE, ot = blockIdx.y, s = blockIdx.z, o0 = ot * FLAG_TILE;
-  float acc[4][4] = {};
+__device__ bool fix_gw_tile(T *gwb, const T *g, const T *yb, const float *bound, const T *flags,
+                            const T *xb, int tokens, int out, int r, int ft, int fo,
+                            float inv_states, int adc, int s, int ot, int k0,
+                            FixTile<typename FixAcc<T>::S> &sm, FlagScan &scan) {
+  typedef typename FixAcc<T>::S S;
+  FixAcc<T> acc;
+  acc.zero();
+  int o0 = ot * FLAG_TILE;
+  const T *fl = flags + (i64)s * ft * fo + ot;
   bool any = false;
-  for (int tt = 0; tt < ft; tt++) {
-    if (to_f(flags[((i64)s * ft + tt) * fo + ot]) == 0.0f) continue;
+  for (int tt = -1; (tt = next_flag(fl, fo, ft, tt, scan)) < ft;) {
     any = true;
     int t0 = tt * FLAG_TILE;
     for (int e = threadIdx.x; e < FLAG_TILE * FLAG_TILE; e += blockDim.x) {
@@ -533,15 +734,45 @@ __device__ void clamp_fix_gw(T *gwb, const T *g, const T *yb, const float *bound
         if (adc_clamped(to_f(yb[((i64)s * tokens + t) * out + o]), b, inv_states, adc))
           v = to_f(g[(i64)t * out + o]);
       }
-      sm.a[i][j] = v;
+      sm.in.a[i][j] = from_f<S>(v);
       int tk = t0 + j, k = k0 + i;
-      sm.bm[j][i] = tk < tokens && k < r ? to_f(xb[((i64)s * tokens + tk) * r + k]) : 0.0f;
+      sm.in.bm[j][i] = tk < tokens && k < r ? xb[((i64)s * tokens + tk) * r + k] : from_f<S>(0.0f);
     }
     __syncthreads();
-    fix_accumulate(sm, acc);
+    acc.add(sm);
     __syncthreads();
   }
-  if (any) fix_store(gwb, acc, s, out, r, o0, k0);
+  if (!any) return false;
+  float part[4][4];
+  acc.take(sm, part);
+  fix_store(gwb, part, s, out, r, o0, k0);
+  return true;
+}
+
+// The two corrections, one 64 x 64 tile of the result per thread block. The flag after the
+// tiles' (flags[nb * ft * fo]) says whether anything clamped at all: when nothing did, as
+// with the release config, every block leaves after one load. Grid (ceil(r / 64), ft, nb) for
+// gxb, (ceil(r / 64), fo, nb) for gwb.
+template <typename T>
+__device__ void clamp_fix_gx(T *gxb, const T *g, const T *yb, const float *bound, const T *flags,
+                             const T *wb, int tokens, int out, int r, int ft, int fo,
+                             float inv_states, int adc) {
+  if (to_f(flags[(i64)gridDim.z * ft * fo]) == 0.0f) return;
+  __shared__ __align__(128) FixTile<typename FixAcc<T>::S> sm;
+  __shared__ FlagScan scan;
+  fix_gx_tile(gxb, g, yb, bound, flags, wb, tokens, out, r, ft, fo, inv_states, adc, blockIdx.z,
+              blockIdx.y, blockIdx.x * FLAG_TILE, sm, scan);
+}
+
+template <typename T>
+__device__ void clamp_fix_gw(T *gwb, const T *g, const T *yb, const float *bound, const T *flags,
+                             const T *xb, int tokens, int out, int r, int ft, int fo,
+                             float inv_states, int adc) {
+  if (to_f(flags[(i64)gridDim.z * ft * fo]) == 0.0f) return;
+  __shared__ __align__(128) FixTile<typename FixAcc<T>::S> sm;
+  __shared__ FlagScan scan;
+  fix_gw_tile(gwb, g, yb, bound, flags, xb, tokens, out, r, ft, fo, inv_states, adc, blockIdx.z,
+              blockIdx.y, blockIdx.x * FLAG_TILE, sm, scan);
 }
 
 #define INSTANTIATE(T, SUF)                                                                        \
@@ -574,10 +805,10 @@ __device__ void clamp_fix_gw(T *gwb, const T *g, const T *yb, const float *bound
                                              int extra, int head, int nb, int r) {                 \
     unblock_w<T>(gwb, gw, out, n_in, base, extra, head, nb, r);                                    \
   }                                                                                                \
-  extern "C" __global__ void adc_sum_##SUF(const T *yb, const float *bound, T *y, T *flags,        \
-                                           int tokens, int out, int nb, float inv_states, int adc, \
-                                           int ft, int fo) {                                       \
-    adc_sum<T>(yb, bound, y, flags, tokens, out, nb, inv_states, adc, ft, fo);                     \
+  extern "C" __global__ void adc_sum_##SUF(const T *yb, const float *bound, const float *inv_res, \
+                                           T *y, T *flags, int tokens, int out, int nb,            \
+                                           float inv_states, int adc, int ft, int fo) {            \
+    adc_sum<T>(yb, bound, inv_res, y, flags, tokens, out, nb, inv_states, adc, ft, fo);            \
   }                                                                                                \
   extern "C" __global__ void clamp_fix_gx_##SUF(T *gxb, const T *g, const T *yb,                   \
                                                 const float *bound, const T *flags, const T *wb,   \

@@ -3,14 +3,34 @@
 use afm::rng::{Effect, StreamKey};
 use std::path::PathBuf;
 
-/// Asserts |a - b| <= abs + rel * |b| element-wise, naming the first offending index.
+/// Asserts |a - b| <= abs + rel * |b| element-wise, naming the first offending index, how
+/// many offend and the worst of them.
 pub fn assert_close(what: &str, a: &[f32], b: &[f32], abs: f32, rel: f32) {
     assert_eq!(a.len(), b.len(), "{what}: lengths differ");
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+    let off = |(x, y): (&f32, &f32)| {
         let tol = abs + rel * y.abs();
-        assert!(
-            (x - y).abs() <= tol && x.is_finite() == y.is_finite(),
-            "{what}: element {i}: {x} vs {y} (tolerance {tol})"
+        ((x - y).abs() > tol || x.is_finite() != y.is_finite()).then_some((x - y).abs() / tol)
+    };
+    let bad: Vec<(usize, f32)> = a
+        .iter()
+        .zip(b)
+        .enumerate()
+        .filter_map(|(i, p)| off(p).map(|r| (i, r)))
+        .collect();
+    if let Some(&(i, _)) = bad.first() {
+        let (w, _) = bad
+            .iter()
+            .fold((i, 0f32), |m, &(j, r)| if r > m.1 { (j, r) } else { m });
+        panic!(
+            "{what}: element {i}: {} vs {} (tolerance {}); {} of {} elements off, the worst {w}: \
+             {} vs {}",
+            a[i],
+            b[i],
+            abs + rel * b[i].abs(),
+            bad.len(),
+            a.len(),
+            a[w],
+            b[w]
         );
     }
 }

@@ -213,7 +213,7 @@ fn clamped(y: f32, bound: f32, inv_states: Option<f32>) -> bool {
 
 /// ADC per block and the sum over blocks: y (tokens, out) from yb (nb, tokens, out), then the
 /// clamp flags (nb, ceil(tokens / FLAG_TILE), ceil(out / FLAG_TILE)): 1 where some output of
-/// the tile clamps in that block.
+/// the tile clamps in that block, and one more: 1 where any output clamps.
 pub fn adc_sum(
     yb: &[f32],
     bound: &[f32],
@@ -224,7 +224,7 @@ pub fn adc_sum(
 ) -> Vec<f32> {
     let plane = tokens * out;
     let (ft, fo) = (tokens.div_ceil(FLAG_TILE), out.div_ceil(FLAG_TILE));
-    let mut y = vec![0f32; plane + nb * ft * fo];
+    let mut y = vec![0f32; plane + nb * ft * fo + 1];
     let (ys, flags) = y.split_at_mut(plane);
     ys.par_chunks_mut(out).enumerate().for_each(|(t, row)| {
         for (c, o) in row.iter_mut().enumerate() {
@@ -246,6 +246,7 @@ pub fn adc_sum(
                 let e = s * plane + t * out + c;
                 if clamped(yb[e], bound[s * out + c], inv_states) {
                     flags[(s * ft + t / FLAG_TILE) * fo + c / FLAG_TILE] = 1.0;
+                    flags[nb * ft * fo] = 1.0;
                 }
             }
         }
@@ -266,6 +267,9 @@ pub fn clamp_fix(
     (tokens, out, r): (usize, usize, usize),
     inv_states: Option<f32>,
 ) {
+    if flags.last() == Some(&0.0) {
+        return;
+    }
     let (ft, fo) = (tokens.div_ceil(FLAG_TILE), out.div_ceil(FLAG_TILE));
     let plane = tokens * out;
     let rows = match target {

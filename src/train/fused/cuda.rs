@@ -96,7 +96,7 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             let (inv, dac) = (inv_states.unwrap_or(0.0), i32::from(inv_states.is_some()));
             let (tk, used) = (i(tokens), i32::from(*used));
             candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, inv, used, dac);
-            unsafe { b.launch(rows(tokens, g.nb)) }.w()?;
+            unsafe { b.launch(rows8(tokens, g.nb, g.r)) }.w()?;
             Ok(wrap_t(y))
         }
         Stage::DacGradX { used } => {
@@ -108,7 +108,7 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             b.arg(&gxb).arg(&x).arg(&ranges).arg(&y);
             let (tk, used) = (i(tokens), i32::from(*used));
             candle_core::builder_arg!(b, tk, n_in, base, extra, head, nb, r, used);
-            unsafe { b.launch(rows(tokens, 1)) }.w()?;
+            unsafe { b.launch(rows8(tokens, 1, g.r)) }.w()?;
             Ok(wrap_t(y))
         }
         Stage::RangeGrad { .. } | Stage::ClipCount { .. } => {
@@ -132,7 +132,16 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             b.arg(&x).arg(&ranges).arg(&part);
             let (tk, ch) = (i(tokens), i(chunks));
             candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, ch);
-            unsafe { b.launch(rows(chunks, g.nb)) }.w()?;
+            // The shared-memory reduction halves the threads: a power of two.
+            let threads =
+                g.r.div_ceil(8)
+                    .next_power_of_two()
+                    .clamp(32, THREADS as usize);
+            let cfg = LaunchConfig {
+                block_dim: (threads as u32, 1, 1),
+                ..rows(chunks, g.nb)
+            };
+            unsafe { b.launch(cfg) }.w()?;
             let out = unsafe { dev.alloc::<f32>(g.nb)? };
             match &op.stage {
                 Stage::RangeGrad {
@@ -211,7 +220,7 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             b.arg(&gwb).arg(&y);
             let o = i(out);
             candle_core::builder_arg!(b, o, n_in, base, extra, head, nb, r);
-            unsafe { b.launch(rows(out, 1)) }.w()?;
+            unsafe { b.launch(rows8(out, 1, g.r)) }.w()?;
             Ok(wrap_t(y))
         }
         Stage::Adc { inv_states } => {
@@ -222,10 +231,21 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             let mut packed = alloc_t(n)?;
             let (mut y, mut flags) = packed.split_at_mut(d[1] * d[2]);
             dev.cuda_stream().memset_zeros(&mut flags).w()?;
+            let inv_res = unsafe { dev.alloc::<f32>(d[0] * d[2])? };
+            let func = dev.get_or_load_custom_func("adc_inv", MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&bound).arg(&inv_res);
+            let (nbo, inv) = (i(d[0] * d[2]), inv_states.unwrap_or(0.0));
+            candle_core::builder_arg!(b, nbo, inv);
+            unsafe { b.launch(grid(d[0] * d[2])) }.w()?;
             let func = f("adc_sum")?;
             let mut b = func.builder();
-            b.arg(&yb).arg(&bound).arg(&mut y).arg(&mut flags);
-            let (inv, adc) = (inv_states.unwrap_or(0.0), i32::from(inv_states.is_some()));
+            b.arg(&yb)
+                .arg(&bound)
+                .arg(&inv_res)
+                .arg(&mut y)
+                .arg(&mut flags);
+            let adc = i32::from(inv_states.is_some());
             candle_core::builder_arg!(b, tokens, out, nbk, inv, adc, ft, fo);
             unsafe { b.launch(rows8(d[1], 1, d[2])) }.w()?;
             Ok(wrap_t(packed))

@@ -160,9 +160,10 @@ pub enum Stage {
     /// gwb (nb, out, r) -> gw (out, n_in).
     Unblock,
     /// (yb (nb, T, out), bound (nb, out)) -> y (T, out) and the clamp flags, packed into one
-    /// vector (T * out + nb * ceil(T / [`FLAG_TILE`]) * ceil(out / [`FLAG_TILE`])): ADC per
-    /// block, summed (bound 0: exact); a flag is 1 where some output of its tile clamps in that
-    /// block. Its gradient is [`ClampFix`] after two plain products.
+    /// vector (T * out + nb * ceil(T / [`FLAG_TILE`]) * ceil(out / [`FLAG_TILE`]) + 1): ADC
+    /// per block, summed (bound 0: exact); a flag is 1 where some output of its tile clamps in
+    /// that block, the last one where any output clamps. Its gradient is [`ClampFix`] after two
+    /// plain products.
     Adc {
         /// 1 / (2^bits - 2) of the ADC, None: no rounding (clamp only).
         inv_states: Option<f32>,
@@ -208,7 +209,7 @@ impl FusedOp {
             Stage::NoisyWeights { .. } => (g.nb, a[0], g.r).into(),
             Stage::Unblock => (a[1], g.n_in).into(),
             Stage::Adc { .. } => {
-                let flags = g.nb * a[1].div_ceil(FLAG_TILE) * a[2].div_ceil(FLAG_TILE);
+                let flags = g.nb * a[1].div_ceil(FLAG_TILE) * a[2].div_ceil(FLAG_TILE) + 1;
                 (a[1] * a[2] + flags).into()
             }
         })
