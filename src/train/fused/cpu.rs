@@ -226,29 +226,35 @@ pub fn adc_sum(
     let (ft, fo) = (tokens.div_ceil(FLAG_TILE), out.div_ceil(FLAG_TILE));
     let mut y = vec![0f32; plane + nb * ft * fo + 1];
     let (ys, flags) = y.split_at_mut(plane);
-    ys.par_chunks_mut(out).enumerate().for_each(|(t, row)| {
-        for (c, o) in row.iter_mut().enumerate() {
-            let mut acc = 0f32;
-            for s in 0..nb {
-                let mut v = yb[s * plane + t * out + c];
-                let bd = bound[s * out + c];
-                if bd > 0.0 {
-                    v = quantize(v, bd, inv_states).min(bd).max(-bd);
+    // Each row lists the (block, channel tile) pairs where it clamped; few, so set afterwards.
+    let hits: Vec<Vec<(usize, usize)>> = ys
+        .par_chunks_mut(out)
+        .enumerate()
+        .map(|(t, row)| {
+            let mut hit = Vec::new();
+            for (c, o) in row.iter_mut().enumerate() {
+                let mut acc = 0f32;
+                for s in 0..nb {
+                    let mut v = yb[s * plane + t * out + c];
+                    let bd = bound[s * out + c];
+                    if bd > 0.0 {
+                        let q = quantize(v, bd, inv_states);
+                        if q > bd || q < -bd {
+                            hit.push((s, c / FLAG_TILE));
+                        }
+                        v = q.min(bd).max(-bd);
+                    }
+                    acc = if s == 0 { v } else { acc + v };
                 }
-                acc = if s == 0 { v } else { acc + v };
+                *o = acc;
             }
-            *o = acc;
-        }
-    });
-    for s in 0..nb {
-        for t in 0..tokens {
-            for c in 0..out {
-                let e = s * plane + t * out + c;
-                if clamped(yb[e], bound[s * out + c], inv_states) {
-                    flags[(s * ft + t / FLAG_TILE) * fo + c / FLAG_TILE] = 1.0;
-                    flags[nb * ft * fo] = 1.0;
-                }
-            }
+            hit
+        })
+        .collect();
+    for (t, hit) in hits.iter().enumerate() {
+        for &(s, ot) in hit {
+            flags[(s * ft + t / FLAG_TILE) * fo + ot] = 1.0;
+            flags[nb * ft * fo] = 1.0;
         }
     }
     y
