@@ -430,16 +430,13 @@ __device__ __forceinline__ float adc_q(float y, float bd, float inv_states, int 
 
 // round(y / res) with the quotient exactly as the IEEE division gives it, without dividing:
 // y * (1 / res) lies within 2 ulp of fl(y / res), so both round to the same integer unless
-// the product lies near a half-integer (or is not finite); there the division decides. The
-// ADC kernel is bound by arithmetic, and the division was most of it.
-//
-// The window is a constant: 4 ulp of any product below 200 levels is under 1e-4. Above, the
-// level may come out one off, but the output then lies far beyond the bound (127 levels)
-// either way, so the clamp and the value it takes are the same.
+// the product lies within 4 ulp of a half-integer (or is not finite); there the division
+// decides. The window scales with the product, so it holds for any ADC resolution. The ADC
+// kernel is bound by arithmetic, and the division was most of it.
 __device__ __forceinline__ float adc_level(float y, float res, float inv_res) {
   float a = y * inv_res;
   float r = rintf(a);
-  if (!(fabsf(a - r) < 0.4999f)) return roundf(y / res);
+  if (!(fabsf(a - r) < 0.5f - fabsf(a) * 4.8e-7f)) return roundf(y / res);
   return r;
 }
 
