@@ -665,25 +665,36 @@ __device__ __forceinline__ void fix_store(T *dst, const float acc[4][4], int s, 
     }
 }
 
-// gxb[s, t, k] -= sum over clamped o of g[t, o] wb[s, o, k], 64 tokens from t0 by 64 inputs
-// from k0 of block s.
-template <typename T>
-__device__ bool fix_gx_tile(T *gxb, const T *g, const T *yb, const float *bound, const T *flags,
-                            const T *wb, int tokens, int out, int r, int ft, int fo,
-                            float inv_states, int adc, int s, int tt, int k0,
-                            FixTile<typename FixAcc<T>::S> &sm, FlagScan &scan) {
+// One 64 x 64 tile of a correction, per thread block; grid (ceil(r / 64), ft or fo, nb). With
+// GW false: gxb[s, t, k] -= sum over clamped o of g[t, o] wb[s, o, k] for the tokens of tile
+// blockIdx.y, summed over its flagged channel tiles; with GW true: gwb[s, o, k] -= sum over
+// clamped t of g[t, o] xb[s, t, k] for the channels of tile blockIdx.y, summed over its flagged
+// token tiles. `other` is wb or xb. The flag after the tiles' (flags[nb * ft * fo]) says
+// whether anything clamped at all: when nothing did, as with the release config, every block
+// leaves after one load.
+template <typename T, bool GW>
+__device__ void clamp_fix(T *dst, const T *g, const T *yb, const float *bound, const T *flags,
+                          const T *other, int tokens, int out, int r, int ft, int fo,
+                          float inv_states, int adc) {
+  if (to_f(flags[(i64)gridDim.z * ft * fo]) == 0.0f) return;
   typedef typename FixAcc<T>::S S;
+  __shared__ __align__(128) FixTile<S> sm;
+  __shared__ FlagScan scan;
+  int k0 = blockIdx.x * FLAG_TILE, row0 = blockIdx.y * FLAG_TILE, s = blockIdx.z;
+  int rows = GW ? out : tokens, sum_len = GW ? tokens : out;
+  const T *fl = GW ? flags + (i64)s * ft * fo + blockIdx.y : flags + ((i64)s * ft + blockIdx.y) * fo;
+  int stride = GW ? fo : 1, count = GW ? ft : fo;
   FixAcc<T> acc;
   acc.zero();
-  int t0 = tt * FLAG_TILE;
-  const T *fl = flags + ((i64)s * ft + tt) * fo;
   bool any = false;
-  for (int ot = -1; (ot = next_flag(fl, 1, fo, ot, scan)) < fo;) {
+  for (int tile = -1; (tile = next_flag(fl, stride, count, tile, scan)) < count;) {
     any = true;
-    int o0 = ot * FLAG_TILE;
+    int j0 = tile * FLAG_TILE;
     for (int e = threadIdx.x; e < FLAG_TILE * FLAG_TILE; e += blockDim.x) {
-      int i = e / FLAG_TILE, j = e % FLAG_TILE;
-      int t = t0 + i, o = o0 + j;
+      // i: row of the result tile, j: the summed index. Consecutive threads take consecutive
+      // channels of g and yb, and consecutive inputs of `other`.
+      int i = GW ? e % FLAG_TILE : e / FLAG_TILE, j = GW ? e / FLAG_TILE : e % FLAG_TILE;
+      int t = GW ? j0 + j : row0 + i, o = GW ? row0 + i : j0 + j;
       float v = 0.0f;
       if (t < tokens && o < out) {
         float b = bound[(i64)s * out + o];
@@ -691,85 +702,20 @@ __device__ bool fix_gx_tile(T *gxb, const T *g, const T *yb, const float *bound,
           v = to_f(g[(i64)t * out + o]);
       }
       sm.in.a[i][j] = from_f<S>(v);
-      int oo = o0 + i, k = k0 + j;
-      sm.in.bm[i][j] = oo < out && k < r ? wb[((i64)s * out + oo) * r + k] : from_f<S>(0.0f);
+      // bm[jj][kk] = other[s, j0 + jj, k0 + kk].
+      int jj = GW ? j : i, kk = GW ? i : j;
+      int sr = j0 + jj, k = k0 + kk;
+      sm.in.bm[jj][kk] = sr < sum_len && k < r ? other[((i64)s * sum_len + sr) * r + k]
+                                               : from_f<S>(0.0f);
     }
     __syncthreads();
     acc.add(sm);
     __syncthreads();
   }
-  if (!any) return false;
+  if (!any) return;
   float part[4][4];
   acc.take(sm, part);
-  fix_store(gxb, part, s, tokens, r, t0, k0);
-  return true;
-}
-
-// gwb[s, o, k] -= sum over clamped t of g[t, o] xb[s, t, k], 64 channels from o0 by 64 inputs
-// from k0 of block s.
-template <typename T>
-__device__ bool fix_gw_tile(T *gwb, const T *g, const T *yb, const float *bound, const T *flags,
-                            const T *xb, int tokens, int out, int r, int ft, int fo,
-                            float inv_states, int adc, int s, int ot, int k0,
-                            FixTile<typename FixAcc<T>::S> &sm, FlagScan &scan) {
-  typedef typename FixAcc<T>::S S;
-  FixAcc<T> acc;
-  acc.zero();
-  int o0 = ot * FLAG_TILE;
-  const T *fl = flags + (i64)s * ft * fo + ot;
-  bool any = false;
-  for (int tt = -1; (tt = next_flag(fl, fo, ft, tt, scan)) < ft;) {
-    any = true;
-    int t0 = tt * FLAG_TILE;
-    for (int e = threadIdx.x; e < FLAG_TILE * FLAG_TILE; e += blockDim.x) {
-      // Consecutive threads read consecutive channels of g and yb.
-      int j = e / FLAG_TILE, i = e % FLAG_TILE;
-      int t = t0 + j, o = o0 + i;
-      float v = 0.0f;
-      if (t < tokens && o < out) {
-        float b = bound[(i64)s * out + o];
-        if (adc_clamped(to_f(yb[((i64)s * tokens + t) * out + o]), b, inv_states, adc))
-          v = to_f(g[(i64)t * out + o]);
-      }
-      sm.in.a[i][j] = from_f<S>(v);
-      int tk = t0 + j, k = k0 + i;
-      sm.in.bm[j][i] = tk < tokens && k < r ? xb[((i64)s * tokens + tk) * r + k] : from_f<S>(0.0f);
-    }
-    __syncthreads();
-    acc.add(sm);
-    __syncthreads();
-  }
-  if (!any) return false;
-  float part[4][4];
-  acc.take(sm, part);
-  fix_store(gwb, part, s, out, r, o0, k0);
-  return true;
-}
-
-// The two corrections, one 64 x 64 tile of the result per thread block. The flag after the
-// tiles' (flags[nb * ft * fo]) says whether anything clamped at all: when nothing did, as
-// with the release config, every block leaves after one load. Grid (ceil(r / 64), ft, nb) for
-// gxb, (ceil(r / 64), fo, nb) for gwb.
-template <typename T>
-__device__ void clamp_fix_gx(T *gxb, const T *g, const T *yb, const float *bound, const T *flags,
-                             const T *wb, int tokens, int out, int r, int ft, int fo,
-                             float inv_states, int adc) {
-  if (to_f(flags[(i64)gridDim.z * ft * fo]) == 0.0f) return;
-  __shared__ __align__(128) FixTile<typename FixAcc<T>::S> sm;
-  __shared__ FlagScan scan;
-  fix_gx_tile(gxb, g, yb, bound, flags, wb, tokens, out, r, ft, fo, inv_states, adc, blockIdx.z,
-              blockIdx.y, blockIdx.x * FLAG_TILE, sm, scan);
-}
-
-template <typename T>
-__device__ void clamp_fix_gw(T *gwb, const T *g, const T *yb, const float *bound, const T *flags,
-                             const T *xb, int tokens, int out, int r, int ft, int fo,
-                             float inv_states, int adc) {
-  if (to_f(flags[(i64)gridDim.z * ft * fo]) == 0.0f) return;
-  __shared__ __align__(128) FixTile<typename FixAcc<T>::S> sm;
-  __shared__ FlagScan scan;
-  fix_gw_tile(gwb, g, yb, bound, flags, xb, tokens, out, r, ft, fo, inv_states, adc, blockIdx.z,
-              blockIdx.y, blockIdx.x * FLAG_TILE, sm, scan);
+  fix_store(dst, part, s, rows, r, row0, k0);
 }
 
 #define INSTANTIATE(T, SUF)                                                                        \
@@ -811,13 +757,13 @@ __device__ void clamp_fix_gw(T *gwb, const T *g, const T *yb, const float *bound
                                                 const float *bound, const T *flags, const T *wb,   \
                                                 int tokens, int out, int r, int ft, int fo,        \
                                                 float inv_states, int adc) {                       \
-    clamp_fix_gx<T>(gxb, g, yb, bound, flags, wb, tokens, out, r, ft, fo, inv_states, adc);        \
+    clamp_fix<T, false>(gxb, g, yb, bound, flags, wb, tokens, out, r, ft, fo, inv_states, adc);    \
   }                                                                                                \
   extern "C" __global__ void clamp_fix_gw_##SUF(T *gwb, const T *g, const T *yb,                   \
                                                 const float *bound, const T *flags, const T *xb,   \
                                                 int tokens, int out, int r, int ft, int fo,        \
                                                 float inv_states, int adc) {                       \
-    clamp_fix_gw<T>(gwb, g, yb, bound, flags, xb, tokens, out, r, ft, fo, inv_states, adc);        \
+    clamp_fix<T, true>(gwb, g, yb, bound, flags, xb, tokens, out, r, ft, fo, inv_states, adc);     \
   }
 
 INSTANTIATE(float, f32)
