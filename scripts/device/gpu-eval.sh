@@ -5,6 +5,8 @@
 # same five chips. LIMIT items per task (0: every item); each table resumes from its folder.
 # Usage: scripts/device/gpu-eval.sh AFM_BINARY MODEL_DIR OUT_DIR LIMIT
 #   MODEL_DIR -  only the FP model's rows;  SKIP_FP=1  only the analog model's rows
+#   FP_EXTRA=FLAGS  more flags for the FP rows (e.g. --rotate --calib-mse);  FP_TILES=LIST and
+#   FP_SEEDS=N  their presets and chips (default afm-paper, 5)
 set -euo pipefail
 afm=$1 model=$2 out=$3 limit=$4
 data=${AFM_DATA:-../shared/data}
@@ -12,8 +14,9 @@ tasks=hellaswag,arc_easy,arc_challenge,piqa,winogrande,boolq,lambada_openai,wiki
 lim=""; [ "$limit" = 0 ] || lim="--limit $limit"
 common="--device cuda --batch 64 $lim --text-tokens 4096 --tasks $tasks"
 if [ -z "${SKIP_FP:-}" ]; then
+  # shellcheck disable=SC2086
   $afm eval $common --model smollm2-135m-instruct --calib-text "$data/text/tinyshakespeare.txt" \
-    --tiles afm-paper --seeds 5 --out "$out/fp"
+    --tiles "${FP_TILES:-afm-paper}" --seeds "${FP_SEEDS:-5}" --out "$out/fp" ${FP_EXTRA:-}
   tail -n 4 "$out/fp/results.md"
 fi
 [ "$model" = - ] && exit 0

@@ -5,6 +5,8 @@
 # say, so read them before trusting it), then starts scripts/afm-run6.sh detached
 # (setsid nohup, from a copy of scripts/ that later calls' tree copies cannot touch).
 # Usage: CONFIG=scripts/smollm2-afm-runN.toml scripts/device/start.sh TOKENS STEPS
+#   GPU_EVAL=LIMIT  train, then evaluate on the GPU at LIMIT items per task
+#                   (scripts/device/train-and-eval.sh; FP_EXTRA passes on) instead of afm-run6.sh
 set -u
 tokens=$1 steps=$2 W=/tmp/w
 [ -d /work/main ] || { mkdir -p /work; ln -s "$PWD" /work/main; }
@@ -16,6 +18,11 @@ $W/afm model fetch smollm2-135m-instruct || exit 1   # checks the cached file's 
 tar -C $W -xJf $W/shared-data.tar.xz && mkdir -p $W/WORK && cp -r scripts $W/
 tar -C $W/WORK -xJf datasets/smollm2-135m-instruct-seed0-21m.tar.xz
 $W/itest cuda:: 2>&1 | tail -4
-cd $W && AFM_DATA=$W/data AFM_ONLY=1 setsid nohup scripts/afm-run6.sh $W/afm $W/WORK \
-  "$tokens" "$steps" 16 > $W/run.log 2>&1 < /dev/null &
+if [ -n "${GPU_EVAL:-}" ]; then
+  cd $W && AFM_DATA=$W/data setsid nohup scripts/device/train-and-eval.sh $W/afm $W/WORK \
+    "$steps" "$GPU_EVAL" > $W/run.log 2>&1 < /dev/null &
+else
+  cd $W && AFM_DATA=$W/data AFM_ONLY=1 setsid nohup scripts/afm-run6.sh $W/afm $W/WORK \
+    "$tokens" "$steps" 16 > $W/run.log 2>&1 < /dev/null &
+fi
 sleep 20; cat $W/run.log; tail -c 300 $W/WORK/gpu.log | tr '\r' '\n' | tail -2

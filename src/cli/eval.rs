@@ -68,6 +68,12 @@ pub struct EvalArgs {
     /// exact product on the calibration batch.
     #[arg(long, conflicts_with = "calib_kappa")]
     calib_mse: bool,
+    /// Rotate the residual stream and each head's values by an orthogonal matrix from SEED
+    /// (default 0) before the model goes on tiles: exact up to rounding, folded into the
+    /// weights with the norm gains, and it spreads the stream's outlier channels over all
+    /// inputs (`train::rotate`). Applied before --isolate-outliers.
+    #[arg(long, value_name = "SEED", num_args = 0..=1, default_missing_value = "0")]
+    rotate: Option<u64>,
     /// Put down_proj's K inputs with the largest |value| on the calibration text (--calib-text)
     /// in a row block of their own: the MLP's intermediate channels are permuted (exact) so
     /// that they come first, and that block gets its own range and ADC bound.
@@ -313,12 +319,15 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         None => None,
     };
     let isolate = a.isolate_outliers.is_some() || a.isolate_residual.is_some();
-    if isolate && learned.is_some() {
+    if (isolate || a.rotate.is_some()) && learned.is_some() {
         bail!(
-            "--isolate-outliers / --isolate-residual: {} is an analog model; its mapping and \
-             ranges come from its analog.json",
+            "--rotate / --isolate-outliers / --isolate-residual: {} is an analog model; its \
+             mapping and ranges come from its analog.json",
             m.path.display()
         );
+    }
+    if let Some(seed) = a.rotate {
+        m.decoder = afm::train::rotate::rotate(&m.decoder, seed)?;
     }
     if let (true, Some(ids)) = (isolate, &calibration) {
         let x = candle_core::Tensor::from_slice(ids, (1, ids.len()), m.decoder.device())?;
@@ -403,6 +412,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             })),
             "calib_kappa": a.calib_kappa,
             "calib_mse": a.calib_mse,
+            "rotate": a.rotate,
             "isolate_outliers": a.isolate_outliers,
             "isolate_auto": a.isolate_auto,
             "isolate_residual": a.isolate_residual,

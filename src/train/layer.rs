@@ -71,6 +71,11 @@ pub struct AnalogTrainConfig {
     /// it, the division folded into the norm gain or the projection before (see
     /// `train::smooth`), so that one DAC range per row block need not cover outlier columns.
     pub smooth_alpha: f64,
+    /// Rotate the residual stream and each head's values before training [false]: an orthogonal
+    /// matrix from the run's seed, folded into the weights with the norm gains (exact up to
+    /// rounding; `train::rotate`), so that the projections reading the stream and o_proj see
+    /// no outlier channels and a tighter range serves every input.
+    pub rotate: bool,
     /// Training batches whose inputs give the smoothing and outlier statistics [8].
     pub smooth_batches: usize,
     /// down_proj's inputs with the largest |x| over the statistics batches that get a row block
@@ -162,6 +167,7 @@ impl Default for AnalogTrainConfig {
             range_min_inside: 0.95,
             weight_bits: 0,
             smooth_alpha: 0.0,
+            rotate: false,
             smooth_batches: 8,
             isolate_outliers: 0,
             isolate_auto: false,

@@ -9,6 +9,7 @@ pub mod optim;
 pub mod outliers;
 pub mod parallel;
 pub mod range_search;
+pub mod rotate;
 pub mod shards;
 pub mod smooth;
 pub mod student;

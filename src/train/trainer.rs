@@ -360,10 +360,14 @@ pub fn train_rank(
             .collect::<candle_core::Result<Vec<_>>>()
     };
     let mut smoothed = None;
+    if a.rotate {
+        smoothed = Some(super::rotate::rotate(teacher, cfg.run.seed)?);
+    }
     if a.smooth_alpha > 0.0 {
-        let stats = super::smooth::input_abs_max(teacher, &stats_batches()?)?;
+        let base = smoothed.as_ref().unwrap_or(teacher);
+        let stats = super::smooth::input_abs_max(base, &stats_batches()?)?;
         smoothed = Some(super::smooth::smooth(
-            teacher,
+            base,
             &stats,
             a.smooth_alpha,
             !cfg.run.digital_lm_head,

@@ -11,14 +11,14 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-const TINY_LLAMA: &str = r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+pub(crate) const TINY_LLAMA: &str = r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama",
  "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
  "num_key_value_heads": 2, "vocab_size": 64, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
  "max_position_embeddings": 128, "tie_word_embeddings": false,
  "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                   "high_freq_factor": 4.0, "original_max_position_embeddings": 16}}"#;
 
-const TINY_PHI3: &str = r#"{"architectures": ["Phi3ForCausalLM"], "model_type": "phi3",
+pub(crate) const TINY_PHI3: &str = r#"{"architectures": ["Phi3ForCausalLM"], "model_type": "phi3",
  "hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 2, "num_attention_heads": 4,
  "num_key_value_heads": 4, "vocab_size": 64, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
  "max_position_embeddings": 64, "original_max_position_embeddings": 16, "tie_word_embeddings": false,
@@ -26,7 +26,7 @@ const TINY_PHI3: &str = r#"{"architectures": ["Phi3ForCausalLM"], "model_type": 
                   "long_factor": [1.0, 2.0, 4.0, 8.0]}}"#;
 
 /// Random HF-named weights for a config.
-fn random_weights(cfg: &HfConfig, seed: u64) -> Weights {
+pub(crate) fn random_weights(cfg: &HfConfig, seed: u64) -> Weights {
     let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
     let (nh, nkv, hd) = (
         cfg.num_attention_heads,
@@ -67,7 +67,11 @@ fn random_weights(cfg: &HfConfig, seed: u64) -> Weights {
     Weights::new(map, PathBuf::from("random"), DType::F32)
 }
 
-fn logits(dec: &afm::executor::decoder::Decoder, ids: &[u32], cache: &mut KvCache) -> Vec<f32> {
+pub(crate) fn logits(
+    dec: &afm::executor::decoder::Decoder,
+    ids: &[u32],
+    cache: &mut KvCache,
+) -> Vec<f32> {
     let t = Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu).unwrap();
     dec.forward(&t, cache)
         .unwrap()

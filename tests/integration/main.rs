@@ -24,6 +24,7 @@ mod parsers;
 mod presets;
 mod quant;
 mod reliability;
+mod rotate;
 mod sweep;
 mod tile;
 mod train;

@@ -419,16 +419,18 @@ fn isolating_run(
     (dir, data, c)
 }
 
-/// A smoothed run with isolated outliers stopped after a checkpoint and resumed (which smooths
-/// and permutes the teacher again from the same first batches) ends with the same bytes as the
-/// run that was not stopped, and the saved model maps its outliers as it was trained.
+/// A rotated, smoothed run with isolated outliers stopped after a checkpoint and resumed (which
+/// rotates, smooths and permutes the teacher again from the same seed and first batches) ends
+/// with the same bytes as the run that was not stopped, and the saved model maps its outliers as
+/// it was trained.
 #[test]
-fn smoothed_isolated_training_resumes_to_the_same_model() {
+fn rotated_smoothed_isolated_training_resumes_to_the_same_model() {
     use afm::train::trainer::train;
     let (dir, data, mut c) = isolating_run("smooth-resume", 12, 4, 2);
     let m = tiny();
     c.run.checkpoint_every = 2;
     c.analog.smooth_alpha = 0.5;
+    c.analog.rotate = true;
     let run = |out: &str, stop_at: Option<usize>| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             train(
@@ -453,6 +455,7 @@ fn smoothed_isolated_training_resumes_to_the_same_model() {
         .unwrap()
         .unwrap();
     assert_eq!(meta.analog.smooth_alpha, 0.5);
+    assert!(meta.analog.rotate);
     let n = m.decoder.cfg.intermediate_size;
     let layers = m.decoder.blocks.len();
     assert_eq!(meta.isolated.len(), layers);
