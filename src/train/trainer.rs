@@ -48,6 +48,10 @@ pub struct RunConfig {
     pub checkpoint_every: usize,
     /// Checkpoints kept on disk.
     pub keep_checkpoints: usize,
+    /// Steps between evaluable model folders `OUT/model-NNNNNNNN` (an HF folder with its
+    /// `analog.json`, as `final`), all kept, so that the accuracy along a run can be measured
+    /// with `afm eval --model` (0: only `final`) [0].
+    pub export_every: usize,
     /// Seed of the data order and the noise streams.
     pub seed: u64,
     /// Keep lm_head digital (the release makes it analog).
@@ -85,6 +89,7 @@ impl Default for RunConfig {
             ce_weight: 0.0,
             checkpoint_every: 100,
             keep_checkpoints: 2,
+            export_every: 0,
             seed: 0,
             digital_lm_head: false,
             max_bad_steps: 10,
@@ -555,6 +560,11 @@ pub fn train_rank(
         let every = cfg.run.checkpoint_every;
         if lead && (step == cfg.run.steps || (every > 0 && step % every == 0)) {
             save_checkpoint(out, &student, &opt, step, bad, cfg)?;
+        }
+        let export = cfg.run.export_every;
+        if lead && export > 0 && step % export == 0 {
+            let dir = out.join(format!("model-{step:08}"));
+            save_model(&student, &cfg.analog, tokenizer, &dir)?;
         }
     }
     set_training(&student, false)?;

@@ -431,6 +431,7 @@ fn rotated_smoothed_isolated_training_resumes_to_the_same_model() {
     c.run.checkpoint_every = 2;
     c.analog.smooth_alpha = 0.5;
     c.analog.rotate = true;
+    c.run.export_every = 2;
     let run = |out: &str, stop_at: Option<usize>| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             train(
@@ -451,6 +452,19 @@ fn rotated_smoothed_isolated_training_resumes_to_the_same_model() {
     run("cut", None).unwrap().unwrap();
     let bytes = |d: &str| std::fs::read(dir.join(d).join("final/model.safetensors")).unwrap();
     assert!(bytes("whole") == bytes("cut"), "resumed model differs");
+    // The folder exported at the last step is the final model; the one before it differs.
+    let export = |k: usize| {
+        std::fs::read(dir.join(format!("whole/model-{k:08}/model.safetensors"))).unwrap()
+    };
+    assert!(
+        export(4) == bytes("whole"),
+        "the last export is not the final model"
+    );
+    assert!(
+        export(2) != bytes("whole"),
+        "the export of step 2 is the final model"
+    );
+    assert!(dir.join("cut/model-00000002/analog.json").exists());
     let meta = afm::train::student::load_meta(&dir.join("whole/final"))
         .unwrap()
         .unwrap();
