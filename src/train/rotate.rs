@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::executor::decoder::{Block, Decoder, GateUp, Qkv};
 use crate::executor::linear::Projection;
 use crate::rng::{name_hash, Effect, StreamKey};
+use crate::train::smooth::digital_parts;
 use candle_core::{DType, Device, Tensor};
 
 /// An n x n orthogonal matrix (row-major, f64) from `seed`: (R_m kron H_p) diag(s), where
@@ -87,7 +88,7 @@ pub fn rotate(model: &Decoder, seed: u64) -> Result<Decoder> {
     let mut blocks = Vec::with_capacity(model.blocks.len());
     for (i, b) in model.blocks.iter().enumerate() {
         let what = |s: &str| format!("model.layers.{i}.{s}");
-        let reads = |p: &Projection, gain: &Tensor, s: &str| read_cols(p, gain, &q, &what(s));
+        let reads = |p: &Projection, gain: &Tensor, s: &str| times_t(p, Some(gain), &q, &what(s));
         let qkv = match &b.qkv {
             Qkv::Separate { q: wq, k, v } => Qkv::Separate {
                 q: reads(wq, &b.input_norm, "self_attn.q_proj")?,
@@ -107,7 +108,7 @@ pub fn rotate(model: &Decoder, seed: u64) -> Result<Decoder> {
             )?),
         };
         let o = rotate_rows(
-            &times_t(&b.o, &oq, &what("self_attn.o_proj"))?,
+            &times_t(&b.o, None, &oq, &what("self_attn.o_proj"))?,
             &q,
             0,
             &what("self_attn.o_proj"),
@@ -129,7 +130,7 @@ pub fn rotate(model: &Decoder, seed: u64) -> Result<Decoder> {
             down,
         });
     }
-    let lm_head = read_cols(&model.lm_head, &model.norm, &q, "lm_head")?;
+    let lm_head = times_t(&model.lm_head, Some(&model.norm), &q, "lm_head")?;
     let embed = model
         .embed
         .to_dtype(DType::F32)?
@@ -165,34 +166,21 @@ fn block_diag(b: &[f64], d: usize, count: usize) -> Vec<f64> {
     out
 }
 
-/// The weight (and bias) of a digital projection.
-fn dense<'a>(p: &'a Projection, what: &str) -> Result<(&'a Tensor, &'a Option<Tensor>)> {
-    match p {
-        Projection::Digital { weight, bias } => Ok((weight, bias)),
-        _ => Err(Error::Value(format!(
-            "`{what}` is not digital; rotation applies to the plain model"
-        ))),
+/// A projection whose inputs are rotated by `r`, after the norm gain that fed them when given:
+/// W diag(gain) r^T (the readers of the stream), or W r^T (o_proj's heads).
+fn times_t(p: &Projection, gain: Option<&Tensor>, r: &Tensor, what: &str) -> Result<Projection> {
+    let (w, bias) = digital_parts(p, what)?;
+    let mut w2 = w.to_dtype(DType::F32)?;
+    if let Some(g) = gain {
+        w2 = w2.broadcast_mul(&g.to_dtype(DType::F32)?.unsqueeze(0)?)?;
     }
-}
-
-/// A projection reading the rotated stream: W diag(gain) Q^T.
-fn read_cols(p: &Projection, gain: &Tensor, q: &Tensor, what: &str) -> Result<Projection> {
-    let (w, bias) = dense(p, what)?;
-    let g = gain.to_dtype(DType::F32)?.unsqueeze(0)?;
-    let w2 = w.to_dtype(DType::F32)?.broadcast_mul(&g)?.matmul(&q.t()?)?;
-    Ok(Projection::digital(w2.to_dtype(w.dtype())?, bias.clone()))
-}
-
-/// A projection whose inputs are rotated by `r`: W r^T.
-fn times_t(p: &Projection, r: &Tensor, what: &str) -> Result<Projection> {
-    let (w, bias) = dense(p, what)?;
-    let w2 = w.to_dtype(DType::F32)?.matmul(&r.t()?)?;
+    let w2 = w2.matmul(&r.t()?)?;
     Ok(Projection::digital(w2.to_dtype(w.dtype())?, bias.clone()))
 }
 
 /// A projection whose rows `start..start + r.rows` (and their bias) are rotated by `r`.
 fn rotate_rows(p: &Projection, r: &Tensor, start: usize, what: &str) -> Result<Projection> {
-    let (w, bias) = dense(p, what)?;
+    let (w, bias) = digital_parts(p, what)?;
     let (out, k) = (w.dims()[0], r.dims()[0]);
     if start + k > out {
         return Err(Error::Shape(format!(

@@ -186,14 +186,23 @@ pub fn smooth(
     ))
 }
 
-/// The weight of a digital projection.
-fn dense<'a>(p: &'a Projection, what: &str) -> Result<&'a Tensor> {
+/// The weight and bias of a digital projection (smoothing and `train::rotate` transform only
+/// the plain model).
+pub(super) fn digital_parts<'a>(
+    p: &'a Projection,
+    what: &str,
+) -> Result<(&'a Tensor, &'a Option<Tensor>)> {
     match p {
-        Projection::Digital { weight, .. } => Ok(weight),
+        Projection::Digital { weight, bias } => Ok((weight, bias)),
         _ => Err(Error::Value(format!(
-            "{what} is not digital; smoothing applies to the plain model"
+            "{what} is not digital; smoothing and rotation apply to the plain model"
         ))),
     }
+}
+
+/// The weight of a digital projection.
+fn dense<'a>(p: &'a Projection, what: &str) -> Result<&'a Tensor> {
+    Ok(digital_parts(p, what)?.0)
 }
 
 /// max over rows of |w| per column, over several matrices with the same columns.

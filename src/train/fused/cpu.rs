@@ -201,14 +201,15 @@ pub fn unblock_w(gwb: &[f32], g: &Blocks, out: usize) -> Vec<f32> {
     gw
 }
 
-/// Whether the ADC clamps block output `y` (the kernels' `adc_clamped`).
+/// The ADC's output for block output `y` and whether it clamps (the kernels' `adc_level` and
+/// `adc_clamped`); a bound <= 0 (or NaN) means no ADC: `y` exactly, never clamped.
 #[inline]
-fn clamped(y: f32, bound: f32, inv_states: Option<f32>) -> bool {
+fn adc(y: f32, bound: f32, inv_states: Option<f32>) -> (f32, bool) {
     if bound.is_nan() || bound <= 0.0 {
-        return false;
+        return (y, false);
     }
     let q = quantize(y, bound, inv_states);
-    q > bound || q < -bound
+    (q.min(bound).max(-bound), q > bound || q < -bound)
 }
 
 /// ADC per block and the sum over blocks: y (tokens, out) from yb (nb, tokens, out), then the
@@ -235,14 +236,10 @@ pub fn adc_sum(
             for (c, o) in row.iter_mut().enumerate() {
                 let mut acc = 0f32;
                 for s in 0..nb {
-                    let mut v = yb[s * plane + t * out + c];
-                    let bd = bound[s * out + c];
-                    if bd > 0.0 {
-                        let q = quantize(v, bd, inv_states);
-                        if q > bd || q < -bd {
-                            hit.push((s, c / FLAG_TILE));
-                        }
-                        v = q.min(bd).max(-bd);
+                    let (v, clamps) =
+                        adc(yb[s * plane + t * out + c], bound[s * out + c], inv_states);
+                    if clamps {
+                        hit.push((s, c / FLAG_TILE));
                     }
                     acc = if s == 0 { v } else { acc + v };
                 }
@@ -254,8 +251,10 @@ pub fn adc_sum(
     for (t, hit) in hits.iter().enumerate() {
         for &(s, ot) in hit {
             flags[(s * ft + t / FLAG_TILE) * fo + ot] = 1.0;
-            flags[nb * ft * fo] = 1.0;
         }
+    }
+    if hits.iter().any(|h| !h.is_empty()) {
+        flags[nb * ft * fo] = 1.0;
     }
     y
 }
@@ -304,7 +303,7 @@ pub fn clamp_fix(
                     FixTarget::X => (i, j),
                     FixTarget::W => (j, i),
                 };
-                if !clamped(yb[s * plane + t * out + o], bound[s * out + o], inv_states) {
+                if !adc(yb[s * plane + t * out + o], bound[s * out + o], inv_states).1 {
                     continue;
                 }
                 let gv = g[t * out + o];
