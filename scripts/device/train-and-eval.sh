@@ -4,7 +4,9 @@
 # task (scripts/device/gpu-eval.sh: `ideal` and five `afm-paper` chips). With FP_EXTRA set, the
 # FP model's rows again with those `afm eval` flags (e.g. a mapping without training) into
 # WORK/eval-fp-extra-ideal (`ideal`) and WORK/eval-fp-extra (five chips). The model folders the
-# run exported along the way (`[run] export_every`) get their `ideal` row in WORK/eval-exports.
+# run exported along the way (`[run] export_every`, the last step's left out: it is the final
+# model) get their `ideal` row in WORK/eval-exports, and with EXPORT_SEEDS=N their rows on the
+# first N chips too.
 # WORK/done marks the end.
 # Usage: CONFIG=FILE scripts/device/train-and-eval.sh AFM_BINARY WORK_DIR STEPS LIMIT
 set -euo pipefail
@@ -14,9 +16,10 @@ SKIP_DATAGEN=1 STOP_AFTER=train scripts/afm-experiment.sh "$afm" "$work" 0 "$ste
 SKIP_FP=1 scripts/device/gpu-eval.sh "$afm" "$work/train/final" "$work/eval" "$limit" \
   > "$work/eval.log" 2>&1
 for m in "$work"/train/model-*; do
-  [ -d "$m" ] || continue
-  SKIP_FP=1 IDEAL_ONLY=1 scripts/device/gpu-eval.sh "$afm" "$m" "$work/eval-exports/${m##*/}" \
-    "$limit" >> "$work/eval-exports.log" 2>&1
+  [ -d "$m" ] && [ "$((10#${m##*model-}))" != "$steps" ] || continue
+  only=""; [ "${EXPORT_SEEDS:-0}" = 0 ] && only=1
+  SKIP_FP=1 IDEAL_ONLY=$only SEEDS=${EXPORT_SEEDS:-0} scripts/device/gpu-eval.sh "$afm" "$m" \
+    "$work/eval-exports/${m##*/}" "$limit" >> "$work/eval-exports.log" 2>&1
 done
 if [ -n "${FP_EXTRA:-}" ]; then
   FP_TILES=ideal FP_SEEDS=1 scripts/device/gpu-eval.sh "$afm" - "$work/eval-fp-extra-ideal" \
