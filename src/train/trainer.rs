@@ -38,6 +38,11 @@ pub struct RunConfig {
     pub grad_accum: usize,
     /// Tokens per row used (0: the data's row length).
     pub seq_len: usize,
+    /// Tokens cropped from each row [0]: the row trains on `seq_len - crop_tokens` tokens from
+    /// an offset drawn (seeded) in 0..=crop_tokens. The data's rows all start at BOS, while
+    /// the evaluation's prompts and windows start mid-text without one (SmolLM2's tokenizer adds
+    /// none); cropped windows mostly start without BOS, as those do.
+    pub crop_tokens: usize,
     /// Distillation temperature T [1].
     pub temperature: f64,
     /// Weight of the KL to the teacher [1] (0 with ce_weight > 0 trains on the data alone).
@@ -84,6 +89,7 @@ impl Default for RunConfig {
             batch_size: 8,
             grad_accum: 1,
             seq_len: 0,
+            crop_tokens: 0,
             temperature: 1.0,
             kl_weight: 1.0,
             ce_weight: 0.0,
@@ -219,6 +225,18 @@ fn batch_rows(n_rows: usize, seed: u64, first: usize, count: usize) -> Vec<usize
         .collect()
 }
 
+/// The `len` tokens that global row `g` of the run trains on: from a seeded offset in
+/// 0..=`crop` (`run.crop_tokens`), the same on every rank and on a resume.
+fn row_window(row: &[u32], seed: u64, g: usize, len: usize, crop: usize) -> &[u32] {
+    let offset = if crop == 0 {
+        0
+    } else {
+        let mut rng = StreamKey::new(seed, 0, 2, Effect::Data).rng(g as u64);
+        (rng.next_u64() % (crop as u64 + 1)) as usize
+    };
+    &row[offset..offset + len]
+}
+
 /// KL(teacher || student) * T^2 averaged over positions, and the next-token cross-entropy.
 pub fn distill_loss(
     teacher_logits: &Tensor,
@@ -325,11 +343,18 @@ pub fn train_rank(
         )));
     }
     let data_len = rows[0].len();
-    let seq = if cfg.run.seq_len == 0 {
+    let rows_len = if cfg.run.seq_len == 0 {
         data_len
     } else {
         cfg.run.seq_len.min(data_len)
     };
+    let crop = cfg.run.crop_tokens;
+    if crop + 2 > rows_len {
+        return Err(Error::Value(format!(
+            "run.crop_tokens = {crop} leaves fewer than 2 of the {rows_len} tokens per row"
+        )));
+    }
+    let seq = rows_len - crop;
     if rows
         .iter()
         .flatten()
@@ -358,7 +383,9 @@ pub fn train_rank(
             .map(|i| {
                 let flat: Vec<u32> = batch_rows(rows.len(), cfg.run.seed, i * bs, bs)
                     .iter()
-                    .flat_map(|&r| rows[r][..seq].to_vec())
+                    .enumerate()
+                    .flat_map(|(j, &r)| row_window(&rows[r], cfg.run.seed, i * bs + j, seq, crop))
+                    .copied()
                     .collect();
                 Tensor::from_vec(flat, (bs, seq), teacher.device())
             })
@@ -464,7 +491,11 @@ pub fn train_rank(
             let idx = batch_rows(rows.len(), cfg.run.seed, first, cfg.run.batch_size);
             let flat: Vec<u32> = idx[rank * share..(rank + 1) * share]
                 .iter()
-                .flat_map(|&r| rows[r][..seq].to_vec())
+                .enumerate()
+                .flat_map(|(j, &r)| {
+                    row_window(&rows[r], cfg.run.seed, first + rank * share + j, seq, crop)
+                })
+                .copied()
                 .collect();
             let ids = Tensor::from_vec(flat, (share, seq), &dev)?;
             let s_logits = student.forward(&ids, &mut KvCache::default())?;

@@ -419,6 +419,30 @@ fn isolating_run(
     (dir, data, c)
 }
 
+/// `run.crop_tokens` trains on other windows of the same rows (another first loss), and a crop
+/// that leaves no row is refused by name.
+#[test]
+fn cropped_rows_train_on_other_windows_and_too_large_a_crop_is_named() {
+    use afm::train::trainer::train;
+    let (dir, data, mut c) = isolating_run("crop", 8, 1, 1);
+    let m = tiny();
+    let first_loss = |c: &afm::train::trainer::TrainConfig, out: &str| {
+        let mut loss = None;
+        train(&m.decoder, None, &data, &dir.join(out), c, true, &mut |l| {
+            loss = Some(l.loss)
+        })
+        .map(|_| loss.unwrap())
+    };
+    let whole = first_loss(&c, "whole").unwrap();
+    c.run.crop_tokens = 16;
+    let cropped = first_loss(&c, "cropped").unwrap();
+    assert!(whole.is_finite() && cropped.is_finite());
+    assert!(whole != cropped, "cropping did not change the windows");
+    c.run.crop_tokens = 63;
+    let err = first_loss(&c, "too-large").unwrap_err().to_string();
+    assert!(err.contains("run.crop_tokens"), "{err}");
+}
+
 /// A rotated, smoothed run with isolated outliers stopped after a checkpoint and resumed (which
 /// rotates, smooths and permutes the teacher again from the same seed and first batches) ends
 /// with the same bytes as the run that was not stopped, and the saved model maps its outliers as
@@ -432,6 +456,7 @@ fn rotated_smoothed_isolated_training_resumes_to_the_same_model() {
     c.analog.smooth_alpha = 0.5;
     c.analog.rotate = true;
     c.run.export_every = 2;
+    c.run.crop_tokens = 8;
     let run = |out: &str, stop_at: Option<usize>| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             train(
