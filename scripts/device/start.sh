@@ -6,7 +6,8 @@
 # (setsid nohup, from a copy of scripts/ that later calls' tree copies cannot touch).
 # Usage: CONFIG=scripts/smollm2-afm-runN.toml scripts/device/start.sh TOKENS STEPS
 #   GPU_EVAL=LIMIT  train, then evaluate on the GPU at LIMIT items per task
-#                   (scripts/device/train-and-eval.sh; FP_EXTRA passes on) instead of afm-run6.sh
+#                   (scripts/device/train-and-eval.sh; FP_EXTRA, EXPORT_SEEDS and CONFIG2 pass on)
+#                   instead of afm-run6.sh
 set -u
 tokens=$1 steps=$2 W=/tmp/w
 [ -d /work/main ] || { mkdir -p /work; ln -s "$PWD" /work/main; }

@@ -7,7 +7,8 @@
 # run exported along the way (`[run] export_every`, the last step's left out: it is the final
 # model) get their `ideal` row in WORK/eval-exports, and with EXPORT_SEEDS=N their rows on the
 # first N chips too.
-# WORK/done marks the end.
+# With CONFIG2 set, a second run of that configuration follows in WORK/second (same data,
+# steps and evaluation). WORK/done marks the end of both.
 # Usage: CONFIG=FILE scripts/device/train-and-eval.sh AFM_BINARY WORK_DIR STEPS LIMIT
 set -euo pipefail
 afm=$1 work=$2 steps=$3 limit=$4
@@ -25,5 +26,11 @@ if [ -n "${FP_EXTRA:-}" ]; then
   FP_TILES=ideal FP_SEEDS=1 scripts/device/gpu-eval.sh "$afm" - "$work/eval-fp-extra-ideal" \
     "$limit" > "$work/eval-fp-extra.log" 2>&1
   scripts/device/gpu-eval.sh "$afm" - "$work/eval-fp-extra" "$limit" >> "$work/eval-fp-extra.log" 2>&1
+fi
+if [ -n "${CONFIG2:-}" ]; then
+  mkdir -p "$work/second" && ln -sfn "$work/data" "$work/second/data"
+  CONFIG=$CONFIG2 CONFIG2="" FP_EXTRA="" scripts/device/train-and-eval.sh "$afm" \
+    "$work/second" "$steps" "$limit"
+  rm "$work/second/done"
 fi
 touch "$work/done"
