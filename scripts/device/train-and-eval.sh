@@ -7,8 +7,9 @@
 # run exported along the way (`[run] export_every`, the last step's left out: it is the final
 # model) get their `ideal` row in WORK/eval-exports, and with EXPORT_SEEDS=N their rows on the
 # first N chips too.
-# With CONFIG2 set, a second run of that configuration follows in WORK/second (same data,
-# steps and evaluation). WORK/done marks the end of both.
+# With CONFIG2 set (a configuration, or several separated by spaces), a run of the first follows
+# in WORK/second (same data, steps and evaluation), the next in WORK/second/second, and so on.
+# WORK/done marks the end of all.
 # Usage: CONFIG=FILE scripts/device/train-and-eval.sh AFM_BINARY WORK_DIR STEPS LIMIT
 set -euo pipefail
 afm=$1 work=$2 steps=$3 limit=$4
@@ -28,8 +29,9 @@ if [ -n "${FP_EXTRA:-}" ]; then
   scripts/device/gpu-eval.sh "$afm" - "$work/eval-fp-extra" "$limit" >> "$work/eval-fp-extra.log" 2>&1
 fi
 if [ -n "${CONFIG2:-}" ]; then
+  read -r next rest <<< "$CONFIG2"
   mkdir -p "$work/second" && ln -sfn "$work/data" "$work/second/data"
-  CONFIG=$CONFIG2 CONFIG2="" FP_EXTRA="" scripts/device/train-and-eval.sh "$afm" \
+  CONFIG=$next CONFIG2=$rest FP_EXTRA="" scripts/device/train-and-eval.sh "$afm" \
     "$work/second" "$steps" "$limit"
   rm "$work/second/done"
 fi
