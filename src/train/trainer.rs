@@ -61,6 +61,10 @@ pub struct RunConfig {
     pub seed: u64,
     /// Keep lm_head digital (the release makes it analog).
     pub digital_lm_head: bool,
+    /// Analog layers whose weight and bias stay the teacher's, by name ending as `afm eval
+    /// --digital-layers` takes them (`lm_head`, `mlp.down_proj`, `layers.0.self_attn.q_proj`);
+    /// their input ranges still learn. Each entry must name at least one layer [none].
+    pub frozen: Vec<String>,
     /// Consecutive skipped (non-finite) steps after which training stops.
     pub max_bad_steps: usize,
     /// On CUDA, run f32 matrix products in TF32 on the tensor cores (PyTorch's
@@ -98,6 +102,7 @@ impl Default for RunConfig {
             export_every: 0,
             seed: 0,
             digital_lm_head: false,
+            frozen: Vec::new(),
             max_bad_steps: 10,
             tf32: true,
             analog_dtype: "f32".into(),
@@ -223,6 +228,37 @@ fn batch_rows(n_rows: usize, seed: u64, first: usize, count: usize) -> Vec<usize
             perm[pos]
         })
         .collect()
+}
+
+/// The trainable variables less the weights and biases of the layers named by `run.frozen`
+/// (name endings); an entry that names no layer is an error.
+fn without_frozen(
+    vars: std::collections::BTreeMap<String, candle_core::Var>,
+    frozen: &[String],
+) -> Result<std::collections::BTreeMap<String, candle_core::Var>> {
+    let layer_of = |n: &str| {
+        [".weight", ".bias"]
+            .iter()
+            .find_map(|suffix| n.strip_suffix(suffix))
+            .map(str::to_owned)
+    };
+    for f in frozen {
+        if !vars
+            .keys()
+            .filter_map(|n| layer_of(n))
+            .any(|l| l.ends_with(f.as_str()))
+        {
+            return Err(Error::Value(format!(
+                "run.frozen: `{f}` names no analog layer of the student"
+            )));
+        }
+    }
+    Ok(vars
+        .into_iter()
+        .filter(|(n, _)| {
+            layer_of(n).is_none_or(|l| !frozen.iter().any(|f| l.ends_with(f.as_str())))
+        })
+        .collect())
 }
 
 /// The `len` tokens that global row `g` of the run trains on: from a seeded offset in
@@ -421,7 +457,7 @@ pub fn train_rank(
         compute,
     )?;
     drop(smoothed);
-    let vars = trainable(&student);
+    let vars = without_frozen(trainable(&student), &cfg.run.frozen)?;
     let (mut step, mut bad, mut opt) = (0usize, 0usize, AdamW::default());
     match (latest_checkpoint(out)?, resume) {
         (Some(dir), true) => {
@@ -540,8 +576,10 @@ pub fn train_rank(
             }
             opt.step(&cfg.optim, &vars, &sums, lr)?;
             let alpha = cfg.analog.clip_alpha_at(step + 1);
-            for (_, l) in super::student::train_layers(&student) {
-                l.clip_weights(alpha)?;
+            for (name, l) in super::student::train_layers(&student) {
+                if !cfg.run.frozen.iter().any(|f| name.ends_with(f.as_str())) {
+                    l.clip_weights(alpha)?;
+                }
             }
         }
         step += 1;

@@ -443,6 +443,70 @@ fn cropped_rows_train_on_other_windows_and_too_large_a_crop_is_named() {
     assert!(err.contains("run.crop_tokens"), "{err}");
 }
 
+/// `run.frozen` keeps the named layers' weights at the teacher's, past the weight clipping too,
+/// while the other layers train; an entry that names no layer is refused by name.
+#[test]
+fn frozen_layers_keep_the_teachers_weights() {
+    use afm::train::trainer::{train, TrainConfig};
+    let (dir, data, mut c) = isolating_run("frozen", 8, 2, 1);
+    let m = tiny();
+    let go = |c: &TrainConfig, out: &str| {
+        train(
+            &m.decoder,
+            None,
+            &data,
+            &dir.join(out),
+            c,
+            true,
+            &mut |_| {},
+        )
+        .map(|_| {
+            candle_core::safetensors::load(
+                dir.join(out).join("final/model.safetensors"),
+                &candle_core::Device::Cpu,
+            )
+            .unwrap()
+        })
+    };
+    let mut still = c.clone();
+    still.optim.lr = 0.0;
+    let start = go(&still, "start").unwrap();
+    c.analog.clip_alpha = 2.5;
+    c.run.frozen = vec!["lm_head".into(), "mlp.down_proj".into()];
+    let trained = go(&c, "frozen").unwrap();
+    let (mut kept, mut moved) = (0, 0);
+    for (name, t) in &trained {
+        if !name.ends_with(".weight") || name.contains("norm") || name.contains("embed") {
+            continue;
+        }
+        let diff = (t - &start[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        if name.contains("down_proj") || name.starts_with("lm_head") {
+            assert_eq!(diff, 0.0, "{name} moved");
+            kept += 1;
+        } else {
+            assert!(diff > 0.0, "{name} did not train");
+            moved += 1;
+        }
+    }
+    assert!(
+        kept == m.decoder.blocks.len() + 1 && moved > 0,
+        "{kept} kept, {moved} moved"
+    );
+    c.run.frozen = vec!["mlp.no_such_proj".into()];
+    let err = go(&c, "bad").map(|_| ()).unwrap_err().to_string();
+    assert!(
+        err.contains("run.frozen") && err.contains("no_such_proj"),
+        "{err}"
+    );
+}
+
 /// A rotated, smoothed run with isolated outliers stopped after a checkpoint and resumed (which
 /// rotates, smooths and permutes the teacher again from the same seed and first batches) ends
 /// with the same bytes as the run that was not stopped, and the saved model maps its outliers as
