@@ -236,10 +236,7 @@ pub fn run(
                     drop(chip.take());
                     let digital = |name: &str| {
                         (plan.digital_lm_head && name == "lm_head")
-                            || plan
-                                .digital_layers
-                                .iter()
-                                .any(|d| name.ends_with(d.as_str()))
+                            || crate::executor::load::layer_named(name, &plan.digital_layers)
                     };
                     let mut dec = program_chip_except(model, preset, s, &digital)?;
                     dec.set_calibration(match (plan.calib_mse, plan.calib_kappa) {

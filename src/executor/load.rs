@@ -117,6 +117,13 @@ pub fn program_chip(
     })
 }
 
+/// Whether projection `name` is one of `endings` (`lm_head`, `mlp.down_proj`,
+/// `layers.0.self_attn.q_proj`: matched at the end of the name), as `afm eval --digital-layers`
+/// and `[run] frozen` name layers.
+pub fn layer_named(name: &str, endings: &[String]) -> bool {
+    endings.iter().any(|e| name.ends_with(e.as_str()))
+}
+
 /// [`program_chip`] keeping digital every projection for which `digital(name)` holds.
 pub fn program_chip_except(
     dec: &Decoder,

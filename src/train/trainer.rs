@@ -19,6 +19,7 @@ use super::student::{
 };
 use crate::error::{Error, Result};
 use crate::executor::decoder::{Decoder, KvCache};
+use crate::executor::load::layer_named;
 use crate::rng::{Effect, StreamKey};
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -236,12 +237,11 @@ fn without_frozen(
     vars: std::collections::BTreeMap<String, candle_core::Var>,
     frozen: &[String],
 ) -> Result<std::collections::BTreeMap<String, candle_core::Var>> {
-    let layer_of = |n: &str| {
+    fn layer_of(n: &str) -> Option<&str> {
         [".weight", ".bias"]
             .iter()
             .find_map(|suffix| n.strip_suffix(suffix))
-            .map(str::to_owned)
-    };
+    }
     for f in frozen {
         if !vars
             .keys()
@@ -255,22 +255,33 @@ fn without_frozen(
     }
     Ok(vars
         .into_iter()
-        .filter(|(n, _)| {
-            layer_of(n).is_none_or(|l| !frozen.iter().any(|f| l.ends_with(f.as_str())))
-        })
+        .filter(|(n, _)| layer_of(n).is_none_or(|l| !layer_named(l, frozen)))
         .collect())
 }
 
-/// The `len` tokens that global row `g` of the run trains on: from a seeded offset in
-/// 0..=`crop` (`run.crop_tokens`), the same on every rank and on a resume.
-fn row_window(row: &[u32], seed: u64, g: usize, len: usize, crop: usize) -> &[u32] {
-    let offset = if crop == 0 {
-        0
-    } else {
-        let mut rng = StreamKey::new(seed, 0, 2, Effect::Data).rng(g as u64);
-        (rng.next_u64() % (crop as u64 + 1)) as usize
-    };
-    &row[offset..offset + len]
+/// The tokens of the rows `idx` of a batch whose first row is the run's global row `first`:
+/// `len` tokens of each from a seeded offset in 0..=`crop` (`run.crop_tokens`), the same on
+/// every rank and on a resume.
+fn batch_tokens(
+    rows: &[Vec<u32>],
+    idx: &[usize],
+    first: usize,
+    seed: u64,
+    len: usize,
+    crop: usize,
+) -> Vec<u32> {
+    let key = StreamKey::new(seed, 0, 2, Effect::Data);
+    idx.iter()
+        .enumerate()
+        .flat_map(|(j, &r)| {
+            let offset = match crop {
+                0 => 0,
+                _ => (key.rng((first + j) as u64).next_u64() % (crop as u64 + 1)) as usize,
+            };
+            &rows[r][offset..offset + len]
+        })
+        .copied()
+        .collect()
 }
 
 /// KL(teacher || student) * T^2 averaged over positions, and the next-token cross-entropy.
@@ -417,12 +428,8 @@ pub fn train_rank(
         let bs = cfg.run.batch_size;
         (0..a.smooth_batches)
             .map(|i| {
-                let flat: Vec<u32> = batch_rows(rows.len(), cfg.run.seed, i * bs, bs)
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(j, &r)| row_window(&rows[r], cfg.run.seed, i * bs + j, seq, crop))
-                    .copied()
-                    .collect();
+                let idx = batch_rows(rows.len(), cfg.run.seed, i * bs, bs);
+                let flat = batch_tokens(&rows, &idx, i * bs, cfg.run.seed, seq, crop);
                 Tensor::from_vec(flat, (bs, seq), teacher.device())
             })
             .collect::<candle_core::Result<Vec<_>>>()
@@ -525,14 +532,8 @@ pub fn train_rank(
         for micro in 0..cfg.run.grad_accum {
             let first = (step * cfg.run.grad_accum + micro) * cfg.run.batch_size;
             let idx = batch_rows(rows.len(), cfg.run.seed, first, cfg.run.batch_size);
-            let flat: Vec<u32> = idx[rank * share..(rank + 1) * share]
-                .iter()
-                .enumerate()
-                .flat_map(|(j, &r)| {
-                    row_window(&rows[r], cfg.run.seed, first + rank * share + j, seq, crop)
-                })
-                .copied()
-                .collect();
+            let mine = &idx[rank * share..(rank + 1) * share];
+            let flat = batch_tokens(&rows, mine, first + rank * share, cfg.run.seed, seq, crop);
             let ids = Tensor::from_vec(flat, (share, seq), &dev)?;
             let s_logits = student.forward(&ids, &mut KvCache::default())?;
             let t_logits = if cfg.run.kl_weight > 0.0 {
@@ -577,7 +578,7 @@ pub fn train_rank(
             opt.step(&cfg.optim, &vars, &sums, lr)?;
             let alpha = cfg.analog.clip_alpha_at(step + 1);
             for (name, l) in super::student::train_layers(&student) {
-                if !cfg.run.frozen.iter().any(|f| name.ends_with(f.as_str())) {
+                if !layer_named(&name, &cfg.run.frozen) {
                     l.clip_weights(alpha)?;
                 }
             }
