@@ -6,8 +6,8 @@
 # Usage: scripts/device/gpu-eval.sh AFM_BINARY MODEL_DIR OUT_DIR LIMIT
 #   MODEL_DIR -  only the FP model's rows;  SKIP_FP=1  only the analog model's rows
 #   FP_EXTRA=FLAGS  more flags for the FP rows (e.g. --rotate --calib-mse);  FP_TILES=LIST and
-#   FP_SEEDS=N  their presets and chips (default afm-paper, 5);  IDEAL_ONLY=1  the analog model
-#   on `ideal` only;  SEEDS=N  the analog model on N chips (seeds 0..N-1, default 5)
+#   FP_SEEDS=N  their presets and chips (default afm-paper, 5);  SEEDS=N  the analog model on
+#   `ideal` and N chips (seeds 0..N-1, default 5; 0: `ideal` only)
 set -euo pipefail
 afm=$1 model=$2 out=$3 limit=$4
 data=${AFM_DATA:-../shared/data}
@@ -23,6 +23,6 @@ fi
 [ "$model" = - ] && exit 0
 $afm eval $common --model "$model" --no-baseline --tiles ideal --seeds 1 --out "$out/afm-ideal"
 tail -n 1 "$out/afm-ideal/results.md"
-[ -n "${IDEAL_ONLY:-}" ] && exit 0
+[ "${SEEDS:-5}" = 0 ] && exit 0
 $afm eval $common --model "$model" --no-baseline --tiles afm-paper --seeds "${SEEDS:-5}" --out "$out/afm"
 tail -n 1 "$out/afm/results.md"

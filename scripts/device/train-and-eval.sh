@@ -19,8 +19,7 @@ SKIP_FP=1 scripts/device/gpu-eval.sh "$afm" "$work/train/final" "$work/eval" "$l
   > "$work/eval.log" 2>&1
 for m in "$work"/train/model-*; do
   [ -d "$m" ] && [ "$((10#${m##*model-}))" != "$steps" ] || continue
-  only=""; [ "${EXPORT_SEEDS:-0}" = 0 ] && only=1
-  SKIP_FP=1 IDEAL_ONLY=$only SEEDS=${EXPORT_SEEDS:-0} scripts/device/gpu-eval.sh "$afm" "$m" \
+  SKIP_FP=1 SEEDS=${EXPORT_SEEDS:-0} scripts/device/gpu-eval.sh "$afm" "$m" \
     "$work/eval-exports/${m##*/}" "$limit" >> "$work/eval-exports.log" 2>&1
 done
 if [ -n "${FP_EXTRA:-}" ]; then
