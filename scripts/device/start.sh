@@ -8,6 +8,8 @@
 #   GPU_EVAL=LIMIT  train, then evaluate on the GPU at LIMIT items per task
 #                   (scripts/device/train-and-eval.sh; FP_EXTRA, EXPORT_SEEDS and CONFIG2 pass on)
 #                   instead of afm-run6.sh
+#   PAR_CONFIG=FILE with GPU_EVAL, a second train-and-eval of FILE at the same time on the same
+#                   GPU, in WORK-par (same data, steps and evaluation; no CONFIG2 or FP_EXTRA)
 set -u
 tokens=$1 steps=$2 W=/tmp/w
 [ -d /work/main ] || { mkdir -p /work; ln -s "$PWD" /work/main; }
@@ -22,6 +24,12 @@ $W/itest cuda:: 2>&1 | tail -4
 if [ -n "${GPU_EVAL:-}" ]; then
   cd $W && AFM_DATA=$W/data setsid nohup scripts/device/train-and-eval.sh $W/afm $W/WORK \
     "$steps" "$GPU_EVAL" > $W/run.log 2>&1 < /dev/null &
+  if [ -n "${PAR_CONFIG:-}" ]; then
+    mkdir -p $W/WORK-par && ln -sfn $W/WORK/data $W/WORK-par/data
+    CONFIG=$PAR_CONFIG CONFIG2="" FP_EXTRA="" AFM_DATA=$W/data setsid nohup \
+      scripts/device/train-and-eval.sh $W/afm $W/WORK-par "$steps" "$GPU_EVAL" \
+      > $W/run-par.log 2>&1 < /dev/null &
+  fi
 else
   cd $W && AFM_DATA=$W/data AFM_ONLY=1 setsid nohup scripts/afm-run6.sh $W/afm $W/WORK \
     "$tokens" "$steps" 16 > $W/run.log 2>&1 < /dev/null &
