@@ -4,7 +4,7 @@
 use afm::eval::harness::{HarnessOptions, Select};
 use afm::eval::run::{self, Plan, Progress, Row};
 use afm::eval::{report, tasks};
-use afm::tile::{resolve_preset_path, TilePreset};
+use afm::tile::{resolve_preset_path, TilePreset, WeightClip};
 use afm::train::outliers::Isolate;
 use anyhow::bail;
 use candle_core::DType;
@@ -89,6 +89,11 @@ pub struct EvalArgs {
     /// (exact up to float rounding).
     #[arg(long, value_name = "K", requires = "calib_text")]
     isolate_residual: Option<usize>,
+    /// How each column's full scale is chosen on the tiles: `off` (its largest |w|, the
+    /// paper's mapping) or `least-error` (clips the largest weights where that lowers the
+    /// expected weight error under the preset's programming noise: `tile::clip`).
+    #[arg(long, default_value = "off", value_parser = parse_weight_clip)]
+    weight_clip: WeightClip,
     /// Tokens of --calib-text used for calibration.
     #[arg(long, default_value_t = 512)]
     calib_tokens: usize,
@@ -136,6 +141,10 @@ pub struct EvalArgs {
     /// without --calib-text or learned ranges calibrate on each task's first batch.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     batch: u16,
+}
+
+fn parse_weight_clip(s: &str) -> Result<WeightClip, String> {
+    WeightClip::parse(s).ok_or_else(|| format!("`{s}`: expected off or least-error"))
 }
 
 fn parse_select(s: &str) -> Result<Select, String> {
@@ -339,6 +348,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         let residual = a.isolate_residual.unwrap_or(0);
         m.decoder = afm::train::outliers::isolate_outliers(&m.decoder, &stats, residual, mlp)?;
     }
+    m.decoder.weight_clip = a.weight_clip;
     let plan = Plan {
         model: a.model.clone(),
         dtype: format!("{:?}", a.dtype).to_lowercase(),
@@ -367,6 +377,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         calib_mse: a.calib_mse,
         learned_ranges: learned.as_ref().map(|m| m.input_ranges.clone()),
         isolated: m.decoder.isolated.clone(),
+        weight_clip: a.weight_clip,
     };
     let (out, temporary) = match &a.out {
         Some(d) => (d.clone(), false),
@@ -417,6 +428,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             "isolate_auto": a.isolate_auto,
             "isolate_residual": a.isolate_residual,
             "isolated": plan.isolated,
+            "weight_clip": a.weight_clip.name(),
         },
         "versions": {
             "afm": env!("CARGO_PKG_VERSION"), "git_commit": git_commit(),

@@ -391,6 +391,37 @@ impl Device {
         r
     }
 
+    /// Expected squared error, in normalized units, of a weight programmed at normalized target
+    /// `u` (|u| <= 1): the programming noise's variance plus, in `pcm-afm`'s zero band, the
+    /// weight it removes. For the PCM pair models both devices count, the one at zero
+    /// conductance with half its variance (it cannot go below zero); drift and 1/f noise are left
+    /// out (drift compensation takes the mean drift away).
+    /// What [`crate::tile::clip::WeightClip::LeastError`] weighs against clipping.
+    pub fn expected_sq_error(&self, u: f64) -> f64 {
+        match self {
+            Device::Ideal => 0.0,
+            Device::Gaussian { sigma } => f64::from(*sigma) * f64::from(*sigma),
+            Device::PcmAfm {
+                gmax,
+                zero_band,
+                noise_scale,
+            } => {
+                let w = u.abs() * gmax;
+                if w < *zero_band {
+                    u * u
+                } else {
+                    (noise_scale * afm_sigma(w) / gmax).powi(2)
+                }
+            }
+            Device::Pcm(m) => {
+                let g = m.g_max_us;
+                let on = m.noise_scale * m.prog_sigma(u.abs() * g) / g;
+                let off = m.noise_scale * m.prog_sigma(0.0) / g;
+                on * on + off * off / 2.0
+            }
+        }
+    }
+
     /// Programming of the drift-free models (ideal, gaussian, pcm-afm).
     fn program_static(&self, u: f32, rng: &mut Rng) -> f32 {
         match *self {

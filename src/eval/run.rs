@@ -65,6 +65,8 @@ pub struct Plan {
     /// The model's isolated outlier inputs per projection ([`Decoder::isolated`]), for the
     /// cells' identity: the same name with another mapping is another run.
     pub isolated: std::collections::BTreeMap<String, usize>,
+    /// The model's weight clipping on tiles ([`Decoder::weight_clip`]), for the cells' identity.
+    pub weight_clip: crate::tile::WeightClip,
 }
 
 /// The result of one (task, row, seed) cell.
@@ -138,6 +140,9 @@ fn fingerprint(plan: &Plan, row: &Row, task: &Task, seed: Option<u64>) -> String
     }
     if !plan.isolated.is_empty() {
         put(&format!("isolated {:?}", plan.isolated));
+    }
+    if plan.weight_clip != crate::tile::WeightClip::Off {
+        put(&format!("weight clip {}", plan.weight_clip.name()));
     }
     format!("{:x}", h.finalize())
 }

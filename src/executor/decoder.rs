@@ -76,6 +76,9 @@ pub struct Decoder {
     /// Per projection (HF name), how many of its first inputs sit in a row block of their own
     /// when it is put on tiles (`executor::outliers`); absent: the plain near-equal split.
     pub isolated: std::collections::BTreeMap<String, usize>,
+    /// How each column's full scale is chosen when the projections are put on tiles
+    /// (`tile::clip`; default: nothing clipped).
+    pub weight_clip: crate::tile::WeightClip,
     rope: Rope,
 }
 
@@ -96,6 +99,7 @@ impl Decoder {
             norm,
             lm_head,
             isolated: Default::default(),
+            weight_clip: Default::default(),
             rope,
         }
     }
@@ -148,6 +152,7 @@ impl Decoder {
             norm: self.norm.clone(),
             lm_head,
             isolated: self.isolated.clone(),
+            weight_clip: self.weight_clip,
             rope: self.rope.clone(),
         })
     }

@@ -9,6 +9,7 @@
 //! the range, a few steps.
 
 use crate::error::Result;
+use crate::tile::program::Placement;
 use crate::tile::{AnalogLayer, TilePreset};
 use candle_core::{DType, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -179,14 +180,14 @@ impl Projection {
         }
     }
 
-    /// Programs this projection onto tiles of `preset` for chip `seed`, its first `head` inputs
-    /// in a row block of their own (0: the plain split).
+    /// Programs this projection onto tiles of `preset` for chip `seed`, placed by `place` (an
+    /// isolated head block, weight clipping; the default: the plain split, nothing clipped).
     pub fn to_analog(
         &self,
         preset: &TilePreset,
         seed: u64,
         name: &str,
-        head: usize,
+        place: Placement,
     ) -> Result<Self> {
         match self {
             Projection::Digital { weight, bias } => {
@@ -195,7 +196,7 @@ impl Projection {
                     .to_dtype(DType::F32)?
                     .flatten_all()?
                     .to_vec1::<f32>()?;
-                let layer = AnalogLayer::program_with_head(&w, out, inp, head, preset, seed, name)?;
+                let layer = AnalogLayer::program_placed(&w, out, inp, place, preset, seed, name)?;
                 Ok(Projection::Analog(Box::new(AnalogProjection {
                     layer,
                     ranges: RwLock::new(Vec::new()),

@@ -9,6 +9,7 @@ use super::manifest::{resolve_model_path, Manifest};
 use super::weights::Weights;
 use crate::error::{Error, Result};
 use crate::tile::mapping::isolated_head;
+use crate::tile::program::Placement;
 use crate::tile::TilePreset;
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
@@ -135,7 +136,7 @@ pub fn program_chip_except(
         if digital(name) {
             p.clone_digital(name)
         } else {
-            p.to_analog(preset, seed, name, isolated_head(&dec.isolated, name))
+            p.to_analog(preset, seed, name, placement(dec, name))
         }
     })
 }
@@ -147,15 +148,26 @@ pub fn map_to_tiles(
     seed: u64,
     digital_lm_head: bool,
 ) -> Result<()> {
-    let isolated = dec.isolated.clone();
+    let (isolated, clip) = (dec.isolated.clone(), dec.weight_clip);
     for (name, p) in dec.projections_mut() {
         if digital_lm_head && name == "lm_head" {
             continue;
         }
-        let head = isolated_head(&isolated, &name);
-        *p = p.to_analog(preset, seed, &name, head)?;
+        let place = Placement {
+            head: isolated_head(&isolated, &name),
+            clip,
+        };
+        *p = p.to_analog(preset, seed, &name, place)?;
     }
     Ok(())
+}
+
+/// Where projection `name` of `dec` goes on tiles: its isolated head block and `dec`'s clipping.
+fn placement(dec: &Decoder, name: &str) -> Placement {
+    Placement {
+        head: isolated_head(&dec.isolated, name),
+        clip: dec.weight_clip,
+    }
 }
 
 /// Sets the static input ranges of the analog projections from learned values (an analog

@@ -118,6 +118,7 @@ fn plan(cx: &Context, preset: TilePreset, point: &Point, seeds: Vec<u64>) -> Pla
         calib_mse: cx.sweep.calib_mse,
         learned_ranges: None,
         isolated: Default::default(),
+        weight_clip: Default::default(),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod blocked;
 #[cfg(feature = "cuda")]
 mod blocked_cuda;
 pub mod calibrate;
+pub mod clip;
 pub mod cost;
 pub mod mapping;
 pub mod mvm;
@@ -17,6 +18,7 @@ pub mod preset;
 pub mod program;
 pub mod reference;
 
+pub use clip::WeightClip;
 pub use cost::{array_energy_pj, MvmCost, TileCostModel};
 pub use mapping::{split_sizes, split_with_head, TileMap};
 pub use mvm::{analog_mvm, quantize};

@@ -1,10 +1,12 @@
 //! Programming a layer's weights onto its tiles: one programmed chip per seed.
 //!
 //! Per row block s and output column c the target weights are normalized by
-//! w_max[c] = max |W[c, block s]| (the differential pair's full scale), realized by the device
+//! w_max[c] = max |W[c, block s]| (the differential pair's full scale; less with weight
+//! clipping, `tile::clip`, which clips the weights above it), realized by the device
 //! model at the preset's inference time, and scaled back. Drift compensation measures each tile's
 //! mean |weight| right after programming and at time t and keeps the ratio as a digital gain.
 
+use super::clip::{full_scale, WeightClip};
 use super::mapping::TileMap;
 use super::preset::TilePreset;
 use crate::device::{ColumnStreams, Device};
@@ -43,6 +45,16 @@ impl MvmConfig {
     }
 }
 
+/// Where a layer's weights go on its tiles beyond the preset: an isolated head block and the
+/// weight clipping.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Leading inputs in a row block of their own ([`TileMap::with_head`]; 0: the plain split).
+    pub head: usize,
+    /// How each column's full scale is chosen ([`WeightClip`]).
+    pub clip: WeightClip,
+}
+
 /// One row block of a programmed layer (all its column tiles side by side).
 #[derive(Debug, Clone)]
 pub struct RowBlock {
@@ -52,7 +64,7 @@ pub struct RowBlock {
     pub len: usize,
     /// Effective weights at inference time, out x len row-major, in weight units.
     pub w: Vec<f32>,
-    /// Per-column full scale max |W_target[c, block]| (sets the ADC bound).
+    /// Per-column full scale, max |W_target[c, block]| unless clipped (sets the ADC bound).
     pub w_max: Vec<f32>,
     /// Per-column drift-compensation gain (the gain of the tile holding the column).
     pub alpha: Vec<f32>,
@@ -89,11 +101,12 @@ impl AnalogLayer {
         seed: u64,
         layer_name: &str,
     ) -> Result<Self> {
-        Self::program_with_head(
+        let place = Placement::default();
+        Self::program_placed(
             weight,
             out_features,
             in_features,
-            0,
+            place,
             preset,
             seed,
             layer_name,
@@ -111,6 +124,32 @@ impl AnalogLayer {
         seed: u64,
         layer_name: &str,
     ) -> Result<Self> {
+        let place = Placement {
+            head,
+            clip: WeightClip::Off,
+        };
+        Self::program_placed(
+            weight,
+            out_features,
+            in_features,
+            place,
+            preset,
+            seed,
+            layer_name,
+        )
+    }
+
+    /// [`AnalogLayer::program`] with the isolated head block and weight clipping of `place`.
+    pub fn program_placed(
+        weight: &[f32],
+        out_features: usize,
+        in_features: usize,
+        place: Placement,
+        preset: &TilePreset,
+        seed: u64,
+        layer_name: &str,
+    ) -> Result<Self> {
+        let head = place.head;
         if head > preset.rows() || head > in_features {
             return Err(Error::Shape(format!(
                 "layer `{layer_name}`: an isolated block of {head} inputs does not fit \
@@ -157,6 +196,7 @@ impl AnalogLayer {
                     preset,
                     seed,
                     layer,
+                    place.clip,
                 )
             })
             .collect();
@@ -193,6 +233,7 @@ fn program_block(
     preset: &TilePreset,
     seed: u64,
     layer: u64,
+    clip: WeightClip,
 ) -> RowBlock {
     let out = map.out_features;
     let col_tile = |c: usize| {
@@ -212,12 +253,17 @@ fn program_block(
         .enumerate()
         .map(|(c, ((wc, sq), wm))| {
             let row = &weight[c * in_features + start..c * in_features + start + len];
-            let m = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let m = full_scale(
+                row,
+                row.iter().fold(0f32, |a, v| a.max(v.abs())),
+                clip,
+                device,
+            );
             *wm = m;
             if device.is_ideal() {
-                wc.copy_from_slice(row);
-                for (q, v) in sq.iter_mut().zip(row) {
-                    *q = if m > 0.0 { (v / m) * (v / m) } else { 0.0 };
+                for ((w, q), v) in wc.iter_mut().zip(sq.iter_mut()).zip(row) {
+                    *w = v.clamp(-m, m);
+                    *q = if m > 0.0 { (*w / m) * (*w / m) } else { 0.0 };
                 }
                 return (0.0, 0.0);
             }
@@ -230,7 +276,13 @@ fn program_block(
             };
             let target: Vec<f32> = row
                 .iter()
-                .map(|v| if m > 0.0 { v / m } else { 0.0 })
+                .map(|v| {
+                    if m > 0.0 {
+                        (v / m).clamp(-1.0, 1.0)
+                    } else {
+                        0.0
+                    }
+                })
                 .collect();
             let r = device.realize_column(&target, t_s, &mut streams, wc, sq);
             for v in wc.iter_mut() {

@@ -87,3 +87,42 @@ fn pcm_drifts_down_with_time() {
         realize(&cfg, &target, 60.0, 9)
     );
 }
+
+/// Mean squared error of `n` weights realized at target `u` at t = 0.
+fn realized_sq_error(cfg: &DeviceConfig, u: f32, n: usize, seed: u64) -> f64 {
+    let out = realize(cfg, &vec![u; n], 0.0, seed);
+    out.iter()
+        .map(|&v| (f64::from(v) - f64::from(u)).powi(2))
+        .sum::<f64>()
+        / n as f64
+}
+
+#[test]
+fn expected_sq_error_matches_the_realized_devices() {
+    let afm: DeviceConfig = toml::from_str("model = \"pcm-afm\"").unwrap();
+    let gauss = DeviceConfig::Gaussian {
+        sigma_rel: 0.03,
+        noise_scale: 1.0,
+    };
+    // Programming noise only: drift and 1/f noise are what the expectation leaves out.
+    let pcm: DeviceConfig =
+        toml::from_str("model = \"pcm-aihwkit\"\ndrift_scale = 0.0\nread_noise_scale = 0.0")
+            .unwrap();
+    let cases = [
+        (&afm, 0.8f32),
+        (&afm, 0.3),
+        (&afm, 0.002), // in the zero band: the error is the weight itself
+        (&afm, -0.5),
+        (&gauss, 0.4),
+        (&pcm, 0.7),
+        (&pcm, -0.2),
+    ];
+    for (k, (cfg, u)) in cases.into_iter().enumerate() {
+        let want = cfg.build().expected_sq_error(f64::from(u));
+        let got = realized_sq_error(cfg, u, 100_000, 10 + k as u64);
+        assert!(
+            (got / want - 1.0).abs() < 0.03,
+            "{cfg:?} at u = {u}: realized {got:.3e}, expected {want:.3e}"
+        );
+    }
+}

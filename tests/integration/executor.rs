@@ -668,7 +668,7 @@ pub fn calibrated(
 ) -> (Vec<f32>, Tensor) {
     use afm::executor::linear::Projection;
     let p = Projection::digital(w.clone(), None)
-        .to_analog(preset, 0, "p", 0)
+        .to_analog(preset, 0, "p", Default::default())
         .unwrap();
     if let Some(r) = rule {
         p.set_calibration(r);

@@ -135,7 +135,7 @@ fn a_nan_input_shows_in_the_output_of_every_projection_kind() {
     let mut kinds = vec![("digital", digital.clone_digital("p").unwrap())];
     for preset in ["ideal", "afm-paper", "pcm-aihwkit"] {
         let p = TilePreset::load(&repo(&format!("tiles/{preset}.toml"))).unwrap();
-        let a = digital.to_analog(&p, 0, "p", 0).unwrap();
+        let a = digital.to_analog(&p, 0, "p", Default::default()).unwrap();
         a.forward(&calib).unwrap(); // static ranges from a finite batch
         kinds.push((preset, a));
     }

@@ -328,3 +328,57 @@ fn drift_compensation_restores_the_output_scale() {
     assert!(without < 0.7, "uncompensated gain {without}");
     assert!((with - 1.0).abs() < 0.1, "compensated gain {with}");
 }
+
+/// Squared error of a programmed layer's weights against `w` (out x in), summed.
+fn weight_sq_error(layer: &AnalogLayer, w: &[f32]) -> f64 {
+    let n_in = layer.in_features();
+    let mut e = 0.0;
+    for b in &layer.blocks {
+        for (k, &got) in b.w.iter().enumerate() {
+            let (c, j) = (k / b.len, b.start + k % b.len);
+            e += (f64::from(got) - f64::from(w[c * n_in + j])).powi(2);
+        }
+    }
+    e
+}
+
+#[test]
+fn weight_clip_least_error_lowers_the_programmed_error() {
+    use afm::tile::program::Placement;
+    use afm::tile::WeightClip;
+    // 700 inputs on 512-row tiles: a ragged split (a 16-input head block, then 684 in two).
+    let (n_out, n_in) = (48, 700);
+    let mut w = normals(21, n_out * n_in, 0.05);
+    w[3 * n_in + 5] = 0.6; // one outlier weight in a column
+    let place = |clip| Placement { head: 16, clip };
+    let prog = |p: &TilePreset, clip| {
+        AnalogLayer::program_placed(&w, n_out, n_in, place(clip), p, 7, "clip").unwrap()
+    };
+    let afm = preset("afm-paper");
+    let (off, on) = (
+        prog(&afm, WeightClip::Off),
+        prog(&afm, WeightClip::LeastError),
+    );
+    let (e_off, e_on) = (weight_sq_error(&off, &w), weight_sq_error(&on, &w));
+    assert!(
+        e_on < 0.95 * e_off,
+        "clipped {e_on:.4e} vs plain {e_off:.4e}"
+    );
+    let mut clipped = 0;
+    for (a, b) in off.blocks.iter().zip(&on.blocks) {
+        for (m_off, m_on) in a.w_max.iter().zip(&b.w_max) {
+            assert!(m_on <= m_off && *m_on >= 0.5 * m_off, "{m_on} vs {m_off}");
+            clipped += usize::from(m_on < m_off);
+        }
+    }
+    assert!(clipped > 0, "nothing clipped");
+    // A noise-free device has nothing to trade: the layer is the plain mapping, bit for bit.
+    let ideal = preset("ideal");
+    let (a, b) = (
+        prog(&ideal, WeightClip::Off),
+        prog(&ideal, WeightClip::LeastError),
+    );
+    for (x, y) in a.blocks.iter().zip(&b.blocks) {
+        assert_eq!((&x.w, &x.w_max), (&y.w, &y.w_max));
+    }
+}
