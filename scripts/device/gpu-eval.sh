@@ -7,7 +7,8 @@
 #   MODEL_DIR -  only the FP model's rows;  SKIP_FP=1  only the analog model's rows
 #   FP_EXTRA=FLAGS  more flags for the FP rows (e.g. --rotate --calib-mse);  FP_TILES=LIST and
 #   FP_SEEDS=N  their presets and chips (default afm-paper, 5);  SEEDS=N  the analog model on
-#   `ideal` and N chips (seeds 0..N-1, default 5; 0: `ideal` only)
+#   `ideal` and N chips (seeds 0..N-1, default 5; 0: `ideal` only);  AFM_EXTRA=FLAGS  more flags
+#   for the analog model's rows (e.g. --weight-clip least-error);  SKIP_IDEAL=1  not its `ideal` row
 set -euo pipefail
 afm=$1 model=$2 out=$3 limit=$4
 data=${AFM_DATA:-../shared/data}
@@ -21,8 +22,14 @@ if [ -z "${SKIP_FP:-}" ]; then
   tail -n 4 "$out/fp/results.md"
 fi
 [ "$model" = - ] && exit 0
-$afm eval $common --model "$model" --no-baseline --tiles ideal --seeds 1 --out "$out/afm-ideal"
-tail -n 1 "$out/afm-ideal/results.md"
+if [ -z "${SKIP_IDEAL:-}" ]; then
+  # shellcheck disable=SC2086
+  $afm eval $common --model "$model" --no-baseline --tiles ideal --seeds 1 \
+    --out "$out/afm-ideal" ${AFM_EXTRA:-}
+  tail -n 1 "$out/afm-ideal/results.md"
+fi
 [ "${SEEDS:-5}" = 0 ] && exit 0
-$afm eval $common --model "$model" --no-baseline --tiles afm-paper --seeds "${SEEDS:-5}" --out "$out/afm"
+# shellcheck disable=SC2086
+$afm eval $common --model "$model" --no-baseline --tiles afm-paper --seeds "${SEEDS:-5}" \
+  --out "$out/afm" ${AFM_EXTRA:-}
 tail -n 1 "$out/afm/results.md"

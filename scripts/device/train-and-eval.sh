@@ -6,7 +6,8 @@
 # WORK/eval-fp-extra-ideal (`ideal`) and WORK/eval-fp-extra (five chips). The model folders the
 # run exported along the way (`[run] export_every`, the last step's left out: it is the final
 # model) get their `ideal` row in WORK/eval-exports, and with EXPORT_SEEDS=N their rows on the
-# first N chips too.
+# first N chips too. With EXTRA_EVAL=FLAGS the final model's five chips again with those flags
+# (e.g. --weight-clip least-error) into WORK/eval-extra.
 # With CONFIG2 set (a configuration, or several separated by spaces), a run of the first follows
 # in WORK/second (same data, steps and evaluation), the next in WORK/second/second, and so on.
 # WORK/done marks the end of all.
@@ -22,6 +23,10 @@ for m in "$work"/train/model-*; do
   SKIP_FP=1 SEEDS=${EXPORT_SEEDS:-0} scripts/device/gpu-eval.sh "$afm" "$m" \
     "$work/eval-exports/${m##*/}" "$limit" >> "$work/eval-exports.log" 2>&1
 done
+if [ -n "${EXTRA_EVAL:-}" ]; then
+  SKIP_FP=1 SKIP_IDEAL=1 AFM_EXTRA="$EXTRA_EVAL" scripts/device/gpu-eval.sh "$afm" \
+    "$work/train/final" "$work/eval-extra" "$limit" > "$work/eval-extra.log" 2>&1
+fi
 if [ -n "${FP_EXTRA:-}" ]; then
   FP_TILES=ideal FP_SEEDS=1 scripts/device/gpu-eval.sh "$afm" - "$work/eval-fp-extra-ideal" \
     "$limit" > "$work/eval-fp-extra.log" 2>&1
@@ -30,7 +35,7 @@ fi
 if [ -n "${CONFIG2:-}" ]; then
   read -r next rest <<< "$CONFIG2"
   mkdir -p "$work/second" && ln -sfn "$work/data" "$work/second/data"
-  CONFIG=$next CONFIG2=$rest FP_EXTRA="" scripts/device/train-and-eval.sh "$afm" \
+  CONFIG=$next CONFIG2=$rest FP_EXTRA="" EXTRA_EVAL="${EXTRA_EVAL:-}" scripts/device/train-and-eval.sh "$afm" \
     "$work/second" "$steps" "$limit"
   rm "$work/second/done"
 fi
