@@ -35,7 +35,7 @@ fi
 if [ -n "${CONFIG2:-}" ]; then
   read -r next rest <<< "$CONFIG2"
   mkdir -p "$work/second" && ln -sfn "$work/data" "$work/second/data"
-  CONFIG=$next CONFIG2=$rest FP_EXTRA="" EXTRA_EVAL="${EXTRA_EVAL:-}" scripts/device/train-and-eval.sh "$afm" \
+  CONFIG=$next CONFIG2=$rest FP_EXTRA="" scripts/device/train-and-eval.sh "$afm" \
     "$work/second" "$steps" "$limit"
   rm "$work/second/done"
 fi

@@ -136,7 +136,12 @@ pub fn program_chip_except(
         if digital(name) {
             p.clone_digital(name)
         } else {
-            p.to_analog(preset, seed, name, placement(dec, name))
+            p.to_analog(
+                preset,
+                seed,
+                name,
+                placement(&dec.isolated, dec.weight_clip, name),
+            )
         }
     })
 }
@@ -153,20 +158,21 @@ pub fn map_to_tiles(
         if digital_lm_head && name == "lm_head" {
             continue;
         }
-        let place = Placement {
-            head: isolated_head(&isolated, &name),
-            clip,
-        };
-        *p = p.to_analog(preset, seed, &name, place)?;
+        *p = p.to_analog(preset, seed, &name, placement(&isolated, clip, &name))?;
     }
     Ok(())
 }
 
-/// Where projection `name` of `dec` goes on tiles: its isolated head block and `dec`'s clipping.
-fn placement(dec: &Decoder, name: &str) -> Placement {
+/// Where projection `name` goes on tiles: its isolated head block (a decoder's `isolated`) and
+/// the decoder's weight clipping.
+fn placement(
+    isolated: &std::collections::BTreeMap<String, usize>,
+    clip: crate::tile::WeightClip,
+    name: &str,
+) -> Placement {
     Placement {
-        head: isolated_head(&dec.isolated, name),
-        clip: dec.weight_clip,
+        head: isolated_head(isolated, name),
+        clip,
     }
 }
 

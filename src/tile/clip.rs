@@ -11,11 +11,9 @@
 //! because the noise dominates it by far at 8 bits.
 
 use crate::device::Device;
-use serde::{Deserialize, Serialize};
 
 /// How a column's full scale is chosen when its weights are programmed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum WeightClip {
     /// The largest |w| of the column's row block: nothing clipped (aihwkit's and the AFM
     /// paper's mapping).
@@ -27,7 +25,7 @@ pub enum WeightClip {
 }
 
 impl WeightClip {
-    /// Parses `off` or `least-error` (the CLI's and the configs' spelling).
+    /// Parses `off` or `least-error` (the CLI's spelling, [`WeightClip::name`]).
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "off" => Some(WeightClip::Off),

@@ -101,12 +101,11 @@ impl AnalogLayer {
         seed: u64,
         layer_name: &str,
     ) -> Result<Self> {
-        let place = Placement::default();
-        Self::program_placed(
+        Self::program_with_head(
             weight,
             out_features,
             in_features,
-            place,
+            0,
             preset,
             seed,
             layer_name,
