@@ -10,6 +10,8 @@
 #                   instead of afm-run6.sh
 #   PAR_CONFIG=FILE with GPU_EVAL, a second train-and-eval of FILE at the same time on the same
 #                   GPU, in WORK-par (same data, steps and evaluation; no CONFIG2 or FP_EXTRA)
+#   FP_PAR=FLAGS    the FP model's rows (digital and five chips) with those `afm eval` flags at
+#                   GPU_EVAL items, beside the run from its start, in WORK-fp (WORK-fp/done)
 set -u
 tokens=$1 steps=$2 W=/tmp/w
 [ -d /work/main ] || { mkdir -p /work; ln -s "$PWD" /work/main; }
@@ -29,6 +31,11 @@ if [ -n "${GPU_EVAL:-}" ]; then
     CONFIG=$PAR_CONFIG CONFIG2="" FP_EXTRA="" AFM_DATA=$W/data setsid nohup \
       scripts/device/train-and-eval.sh $W/afm $W/WORK-par "$steps" "$GPU_EVAL" \
       > $W/run-par.log 2>&1 < /dev/null &
+  fi
+  if [ -n "${FP_PAR:-}" ]; then
+    mkdir -p $W/WORK-fp
+    FP_EXTRA=$FP_PAR AFM_DATA=$W/data setsid nohup bash -c "scripts/device/gpu-eval.sh $W/afm - \
+      $W/WORK-fp $GPU_EVAL && touch $W/WORK-fp/done" > $W/WORK-fp/eval.log 2>&1 < /dev/null &
   fi
 else
   cd $W && AFM_DATA=$W/data AFM_ONLY=1 setsid nohup scripts/afm-run6.sh $W/afm $W/WORK \
