@@ -89,6 +89,17 @@ pub struct EvalArgs {
     /// (exact up to float rounding).
     #[arg(long, value_name = "K", requires = "calib_text")]
     isolate_residual: Option<usize>,
+    /// Smooth the inputs of the projections named by --smooth-layers with SmoothQuant's factor
+    /// s_i = max|x_i|^ALPHA / max|w_i|^(1 - ALPHA) on the calibration text (--calib-text):
+    /// input column i divided by s_i, weight column i multiplied by it, folded into what writes
+    /// the column (exact; `train::smooth`). ALPHA 0 gives every weight row the same largest |w|.
+    /// Applied after --rotate, before --isolate-outliers.
+    #[arg(long, value_name = "ALPHA", requires = "calib_text")]
+    smooth: Option<f64>,
+    /// Projections that --smooth transforms, comma-separated name endings as --digital-layers
+    /// (`down_proj`, `lm_head`); default: every projection but lm_head.
+    #[arg(long, value_delimiter = ',', requires = "smooth")]
+    smooth_layers: Vec<String>,
     /// How each column's full scale is chosen on the tiles: `off` (its largest |w|, the
     /// paper's mapping) or `least-error` (clips the largest weights where that lowers the
     /// expected weight error under the preset's programming noise: `tile::clip`).
@@ -328,15 +339,36 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         None => None,
     };
     let isolate = a.isolate_outliers.is_some() || a.isolate_residual.is_some();
-    if (isolate || a.rotate.is_some()) && learned.is_some() {
+    if (isolate || a.rotate.is_some() || a.smooth.is_some()) && learned.is_some() {
         bail!(
-            "--rotate / --isolate-outliers / --isolate-residual: {} is an analog model; its \
-             mapping and ranges come from its analog.json",
+            "--rotate / --smooth / --isolate-outliers / --isolate-residual: {} is an analog \
+             model; its mapping and ranges come from its analog.json",
             m.path.display()
         );
     }
+    // What changes the model before it goes on tiles, in order: part of each cell's identity.
+    let mut transforms = Vec::new();
     if let Some(seed) = a.rotate {
         m.decoder = afm::train::rotate::rotate(&m.decoder, seed)?;
+        transforms.push(format!("rotate {seed}"));
+    }
+    if let (Some(alpha), Some(ids)) = (a.smooth, &calibration) {
+        if !(0.0..=1.0).contains(&alpha) {
+            bail!("--smooth {alpha}: ALPHA must lie in 0..=1");
+        }
+        let x = candle_core::Tensor::from_slice(ids, (1, ids.len()), m.decoder.device())?;
+        let stats = afm::train::smooth::input_abs_max(&m.decoder, &[x])?;
+        let layers = &a.smooth_layers;
+        let pick = |name: &str| {
+            if layers.is_empty() {
+                name != "lm_head"
+            } else {
+                afm::executor::load::layer_named(name, layers)
+            }
+        };
+        let head = pick("lm_head") && !a.digital_lm_head;
+        m.decoder = afm::train::smooth::smooth_only(&m.decoder, &stats, alpha, head, &pick)?;
+        transforms.push(format!("smooth {alpha} {layers:?}"));
     }
     if let (true, Some(ids)) = (isolate, &calibration) {
         let x = candle_core::Tensor::from_slice(ids, (1, ids.len()), m.decoder.device())?;
@@ -378,6 +410,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         learned_ranges: learned.as_ref().map(|m| m.input_ranges.clone()),
         isolated: m.decoder.isolated.clone(),
         weight_clip: a.weight_clip,
+        transforms,
     };
     let (out, temporary) = match &a.out {
         Some(d) => (d.clone(), false),
@@ -424,6 +457,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             "calib_kappa": a.calib_kappa,
             "calib_mse": a.calib_mse,
             "rotate": a.rotate,
+            "smooth": a.smooth,
+            "smooth_layers": a.smooth_layers,
             "isolate_outliers": a.isolate_outliers,
             "isolate_auto": a.isolate_auto,
             "isolate_residual": a.isolate_residual,

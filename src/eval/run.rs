@@ -67,6 +67,9 @@ pub struct Plan {
     pub isolated: std::collections::BTreeMap<String, usize>,
     /// The model's weight clipping on tiles ([`Decoder::weight_clip`]), for the cells' identity.
     pub weight_clip: crate::tile::WeightClip,
+    /// What transformed the model before it went on tiles (`rotate 0`, `smooth 0.5 ...`), in
+    /// order, for the cells' identity.
+    pub transforms: Vec<String>,
 }
 
 /// The result of one (task, row, seed) cell.
@@ -140,6 +143,9 @@ fn fingerprint(plan: &Plan, row: &Row, task: &Task, seed: Option<u64>) -> String
     }
     if !plan.isolated.is_empty() {
         put(&format!("isolated {:?}", plan.isolated));
+    }
+    if !plan.transforms.is_empty() {
+        put(&format!("transforms {:?}", plan.transforms));
     }
     if plan.weight_clip != crate::tile::WeightClip::Off {
         put(&format!("weight clip {}", plan.weight_clip.name()));

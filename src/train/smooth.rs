@@ -76,12 +76,32 @@ pub fn smooth(
     alpha: f64,
     lm_head: bool,
 ) -> Result<Decoder> {
+    smooth_only(model, stats, alpha, lm_head, &|_| true)
+}
+
+/// [`smooth`] for the projections (HF names) where `pick` holds; the others keep their inputs
+/// and weights (factor 1). Smoothing only down_proj, say, trades its inputs' range against
+/// its weights' rows alone (`afm eval --smooth A --smooth-layers down_proj`).
+pub fn smooth_only(
+    model: &Decoder,
+    stats: &BTreeMap<String, Vec<f32>>,
+    alpha: f64,
+    lm_head: bool,
+    pick: &dyn Fn(&str) -> bool,
+) -> Result<Decoder> {
     let c = &model.cfg;
     let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
     let stat = |name: &str| {
         stats
             .get(name)
             .ok_or_else(|| Error::Value(format!("no smoothing statistics for `{name}`")))
+    };
+    let fac = |name: &str, x_max: &[f32], w_max: &[f32]| {
+        if pick(name) {
+            factors(x_max, w_max, alpha)
+        } else {
+            vec![1.0; w_max.len()]
+        }
     };
     let mut blocks = Vec::with_capacity(model.blocks.len());
     for (i, b) in model.blocks.iter().enumerate() {
@@ -94,25 +114,24 @@ pub fn smooth(
                     dense(k, "k_proj")?,
                     dense(v, "v_proj")?,
                 ];
-                let s = factors(stat(&n("self_attn.q_proj"))?, &col_max(&w)?, alpha);
+                let name = n("self_attn.q_proj");
+                let s = fac(&name, stat(&name)?, &col_max(&w)?);
                 let q = scale_cols(q, &s)?;
                 let k = scale_cols(k, &s)?;
                 let v = scale_cols(v, &s)?;
                 (div(&b.input_norm, &s)?, Qkv::Separate { q, k, v })
             }
             Qkv::Fused(f) => {
-                let s = factors(
-                    stat(&n("self_attn.qkv_proj"))?,
-                    &col_max(&[dense(f, "qkv_proj")?])?,
-                    alpha,
-                );
+                let name = n("self_attn.qkv_proj");
+                let s = fac(&name, stat(&name)?, &col_max(&[dense(f, "qkv_proj")?])?);
                 (div(&b.input_norm, &s)?, Qkv::Fused(scale_cols(f, &s)?))
             }
         };
         // o_proj's input column (head h, dim d) is v's row (group of h, d): one factor per
         // value row, shared by the query heads of its group.
         let wo = dense(&b.o, "o_proj")?;
-        let (xo, wo_max) = (stat(&n("self_attn.o_proj"))?, col_max(&[wo])?);
+        let o_name = n("self_attn.o_proj");
+        let (xo, wo_max) = (stat(&o_name)?, col_max(&[wo])?);
         let rep = nh / nkv.max(1);
         let group_max = |v: &[f32], g: usize, d: usize| {
             (0..rep).fold(0f32, |m, r| m.max(v[(g * rep + r) * hd + d]))
@@ -121,7 +140,7 @@ pub fn smooth(
         for g in 0..nkv {
             for d in 0..hd {
                 sv[g * hd + d] =
-                    factors(&[group_max(xo, g, d)], &[group_max(&wo_max, g, d)], alpha)[0];
+                    fac(&o_name, &[group_max(xo, g, d)], &[group_max(&wo_max, g, d)])[0];
             }
         }
         let so: Vec<f32> = (0..nh * hd)
@@ -138,22 +157,21 @@ pub fn smooth(
         };
         // MLP: the norm gain feeds gate/up; up's rows feed down_proj's columns.
         let wd = dense(&b.down, "down_proj")?;
-        let sd = factors(stat(&n("mlp.down_proj"))?, &col_max(&[wd])?, alpha);
+        let d_name = n("mlp.down_proj");
+        let sd = fac(&d_name, stat(&d_name)?, &col_max(&[wd])?);
         let down = scale_cols(&b.down, &sd)?;
         let (post_norm, gate_up) = match &b.gate_up {
             GateUp::Separate { gate, up } => {
                 let w = [dense(gate, "gate_proj")?, dense(up, "up_proj")?];
-                let s = factors(stat(&n("mlp.gate_proj"))?, &col_max(&w)?, alpha);
+                let g_name = n("mlp.gate_proj");
+                let s = fac(&g_name, stat(&g_name)?, &col_max(&w)?);
                 let gate = scale_cols(gate, &s)?;
                 let up = div_rows(&scale_cols(up, &s)?, &sd, 0)?;
                 (div(&b.post_norm, &s)?, GateUp::Separate { gate, up })
             }
             GateUp::Fused(f) => {
-                let s = factors(
-                    stat(&n("mlp.gate_up_proj"))?,
-                    &col_max(&[dense(f, "gate_up_proj")?])?,
-                    alpha,
-                );
+                let name = n("mlp.gate_up_proj");
+                let s = fac(&name, stat(&name)?, &col_max(&[dense(f, "gate_up_proj")?])?);
                 let f = div_rows(&scale_cols(f, &s)?, &sd, c.intermediate_size)?;
                 (div(&b.post_norm, &s)?, GateUp::Fused(f))
             }
@@ -168,10 +186,10 @@ pub fn smooth(
         });
     }
     let (norm, head) = if lm_head {
-        let s = factors(
+        let s = fac(
+            "lm_head",
             stat("lm_head")?,
             &col_max(&[dense(&model.lm_head, "lm_head")?])?,
-            alpha,
         );
         (div(&model.norm, &s)?, scale_cols(&model.lm_head, &s)?)
     } else {

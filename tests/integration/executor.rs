@@ -504,6 +504,33 @@ fn smoothing_keeps_the_function_and_flattens_inputs() {
     }
 }
 
+/// Smoothing one projection type (down_proj) keeps the function, flattens that type's inputs
+/// and leaves every other projection's inputs as they were.
+#[test]
+fn smoothing_one_projection_type_leaves_the_others() {
+    use afm::train::smooth::{input_abs_max, smooth_only};
+    for text in [TINY_LLAMA, TINY_PHI3] {
+        let cfg = HfConfig::parse(text, Path::new("config.json")).unwrap();
+        let dec = llama::build(cfg.clone(), &random_weights(&cfg, 4)).unwrap();
+        let ids: Vec<u32> = (0..24u32).map(|k| (k * 5 + 1) % 64).collect();
+        let batch = Tensor::from_slice(&ids, (2, 12), &Device::Cpu).unwrap();
+        let stats = input_abs_max(&dec, std::slice::from_ref(&batch)).unwrap();
+        let s = smooth_only(&dec, &stats, 1.0, true, &|n| n.ends_with("down_proj")).unwrap();
+        let (before, after) = (
+            logits(&dec, &ids, &mut KvCache::default()),
+            logits(&s, &ids, &mut KvCache::default()),
+        );
+        assert_close(&cfg.model_type, &after, &before, 1e-4, 1e-3);
+        for (name, m) in input_abs_max(&s, std::slice::from_ref(&batch)).unwrap() {
+            if name.ends_with("down_proj") {
+                assert!(m.iter().all(|&v| (v - 1.0).abs() < 1e-4), "{name}: {m:?}");
+            } else {
+                assert_close(&name, &m, &stats[&name], 1e-5, 1e-5);
+            }
+        }
+    }
+}
+
 /// The tiny model of config `text` with random weights, 24 token ids as a (2, 12) batch, and
 /// every projection's input statistics on that batch.
 fn tiny_with_stats(
