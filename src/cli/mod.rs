@@ -34,7 +34,7 @@ pub enum Command {
     /// Train an analog foundation model by hardware-aware distillation.
     Train(train::TrainArgs),
     /// Evaluate a digital or analog model.
-    Eval(eval::EvalArgs),
+    Eval(Box<eval::EvalArgs>),
     /// Sweep tile parameters: accuracy and chip cost per point (resumable).
     Sweep(sweep::SweepArgs),
     /// Report of a sweep (or its shards): table, Pareto front, SVG plots.
@@ -84,7 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Tile(c) => tile::run(c),
         Command::Datagen(a) => datagen::run(a),
-        Command::Eval(a) => eval::run(a),
+        Command::Eval(a) => eval::run(*a),
         Command::Sweep(a) => sweep::run(a),
         Command::Report(a) => report::run(a),
         Command::Train(a) => train::run(a),
