@@ -348,16 +348,23 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     }
     // What changes the model before it goes on tiles, in order: part of each cell's identity.
     let mut transforms = Vec::new();
+    let calib_batch = match &calibration {
+        Some(ids) => Some(candle_core::Tensor::from_slice(
+            ids,
+            (1, ids.len()),
+            m.decoder.device(),
+        )?),
+        None => None,
+    };
     if let Some(seed) = a.rotate {
         m.decoder = afm::train::rotate::rotate(&m.decoder, seed)?;
         transforms.push(format!("rotate {seed}"));
     }
-    if let (Some(alpha), Some(ids)) = (a.smooth, &calibration) {
+    if let (Some(alpha), Some(x)) = (a.smooth, &calib_batch) {
         if !(0.0..=1.0).contains(&alpha) {
             bail!("--smooth {alpha}: ALPHA must lie in 0..=1");
         }
-        let x = candle_core::Tensor::from_slice(ids, (1, ids.len()), m.decoder.device())?;
-        let stats = afm::train::smooth::input_abs_max(&m.decoder, &[x])?;
+        let stats = afm::train::smooth::input_abs_max(&m.decoder, std::slice::from_ref(x))?;
         let layers = &a.smooth_layers;
         let pick = |name: &str| {
             if layers.is_empty() {
@@ -370,9 +377,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         m.decoder = afm::train::smooth::smooth_only(&m.decoder, &stats, alpha, head, &pick)?;
         transforms.push(format!("smooth {alpha} {layers:?}"));
     }
-    if let (true, Some(ids)) = (isolate, &calibration) {
-        let x = candle_core::Tensor::from_slice(ids, (1, ids.len()), m.decoder.device())?;
-        let stats = afm::train::smooth::input_stats(&m.decoder, &[x])?;
+    if let (true, Some(x)) = (isolate, &calib_batch) {
+        let stats = afm::train::smooth::input_stats(&m.decoder, std::slice::from_ref(x))?;
         let kappa = a.calib_kappa.unwrap_or(18.0);
         let mlp = a
             .isolate_outliers

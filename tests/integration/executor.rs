@@ -510,11 +510,11 @@ fn smoothing_keeps_the_function_and_flattens_inputs() {
 fn smoothing_one_projection_type_leaves_the_others() {
     use afm::train::smooth::{input_abs_max, smooth_only};
     for text in [TINY_LLAMA, TINY_PHI3] {
-        let cfg = HfConfig::parse(text, Path::new("config.json")).unwrap();
-        let dec = llama::build(cfg.clone(), &random_weights(&cfg, 4)).unwrap();
-        let ids: Vec<u32> = (0..24u32).map(|k| (k * 5 + 1) % 64).collect();
-        let batch = Tensor::from_slice(&ids, (2, 12), &Device::Cpu).unwrap();
-        let stats = input_abs_max(&dec, std::slice::from_ref(&batch)).unwrap();
+        let (cfg, dec, ids, batch, column_stats) = tiny_with_stats(text);
+        let stats: std::collections::BTreeMap<String, Vec<f32>> = column_stats
+            .into_iter()
+            .map(|(name, c)| (name, c.abs_max))
+            .collect();
         let s = smooth_only(&dec, &stats, 1.0, true, &|n| n.ends_with("down_proj")).unwrap();
         let (before, after) = (
             logits(&dec, &ids, &mut KvCache::default()),
