@@ -105,6 +105,11 @@ pub struct EvalArgs {
     /// expected weight error under the preset's programming noise: `tile::clip`).
     #[arg(long, default_value = "off", value_parser = parse_weight_clip)]
     weight_clip: WeightClip,
+    /// Copies of each isolated head block's weights in the rest of its tile's rows (`R` x the
+    /// isolated inputs must fit a tile): the column sums the copies, so their programming
+    /// noise averages, and the output is divided by R after the ADC (`tile::program`).
+    #[arg(long, default_value_t = 1, value_name = "R", value_parser = clap::value_parser!(u32).range(1..))]
+    head_copies: u32,
     /// Tokens of --calib-text used for calibration.
     #[arg(long, default_value_t = 512)]
     calib_tokens: usize,
@@ -387,6 +392,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         m.decoder = afm::train::outliers::isolate_outliers(&m.decoder, &stats, residual, mlp)?;
     }
     m.decoder.weight_clip = a.weight_clip;
+    m.decoder.head_copies = a.head_copies as usize;
     let plan = Plan {
         model: a.model.clone(),
         dtype: format!("{:?}", a.dtype).to_lowercase(),
@@ -416,6 +422,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         learned_ranges: learned.as_ref().map(|m| m.input_ranges.clone()),
         isolated: m.decoder.isolated.clone(),
         weight_clip: a.weight_clip,
+        head_copies: m.decoder.head_copies,
         transforms,
     };
     let (out, temporary) = match &a.out {
@@ -470,6 +477,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             "isolate_residual": a.isolate_residual,
             "isolated": plan.isolated,
             "weight_clip": a.weight_clip.name(),
+            "head_copies": a.head_copies,
         },
         "versions": {
             "afm": env!("CARGO_PKG_VERSION"), "git_commit": git_commit(),

@@ -67,6 +67,9 @@ pub struct Plan {
     pub isolated: std::collections::BTreeMap<String, usize>,
     /// The model's weight clipping on tiles ([`Decoder::weight_clip`]), for the cells' identity.
     pub weight_clip: crate::tile::WeightClip,
+    /// Copies of each isolated head block on its tile ([`Decoder::head_copies`]), for the
+    /// cells' identity.
+    pub head_copies: usize,
     /// What transformed the model before it went on tiles (`rotate 0`, `smooth 0.5 ...`), in
     /// order, for the cells' identity.
     pub transforms: Vec<String>,
@@ -149,6 +152,9 @@ fn fingerprint(plan: &Plan, row: &Row, task: &Task, seed: Option<u64>) -> String
     }
     if plan.weight_clip != crate::tile::WeightClip::Off {
         put(&format!("weight clip {}", plan.weight_clip.name()));
+    }
+    if plan.head_copies > 1 {
+        put(&format!("head copies {}", plan.head_copies));
     }
     format!("{:x}", h.finalize())
 }

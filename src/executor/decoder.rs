@@ -79,6 +79,8 @@ pub struct Decoder {
     /// How each column's full scale is chosen when the projections are put on tiles
     /// (`tile::clip`; default: nothing clipped).
     pub weight_clip: crate::tile::WeightClip,
+    /// Copies of each isolated head block in its tile's rows (`tile::program`; 1: one).
+    pub head_copies: usize,
     rope: Rope,
 }
 
@@ -100,6 +102,7 @@ impl Decoder {
             lm_head,
             isolated: Default::default(),
             weight_clip: Default::default(),
+            head_copies: 1,
             rope,
         }
     }
@@ -153,6 +156,7 @@ impl Decoder {
             lm_head,
             isolated: self.isolated.clone(),
             weight_clip: self.weight_clip,
+            head_copies: self.head_copies,
             rope: self.rope.clone(),
         })
     }

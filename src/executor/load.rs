@@ -136,12 +136,7 @@ pub fn program_chip_except(
         if digital(name) {
             p.clone_digital(name)
         } else {
-            p.to_analog(
-                preset,
-                seed,
-                name,
-                placement(&dec.isolated, dec.weight_clip, name),
-            )
+            p.to_analog(preset, seed, name, placement(dec, name))
         }
     })
 }
@@ -153,26 +148,28 @@ pub fn map_to_tiles(
     seed: u64,
     digital_lm_head: bool,
 ) -> Result<()> {
-    let (isolated, clip) = (dec.isolated.clone(), dec.weight_clip);
+    let (isolated, clip, copies) = (dec.isolated.clone(), dec.weight_clip, dec.head_copies);
     for (name, p) in dec.projections_mut() {
         if digital_lm_head && name == "lm_head" {
             continue;
         }
-        *p = p.to_analog(preset, seed, &name, placement(&isolated, clip, &name))?;
+        let place = Placement {
+            head: isolated_head(&isolated, &name),
+            clip,
+            head_copies: copies,
+        };
+        *p = p.to_analog(preset, seed, &name, place)?;
     }
     Ok(())
 }
 
-/// Where projection `name` goes on tiles: its isolated head block (a decoder's `isolated`) and
-/// the decoder's weight clipping.
-fn placement(
-    isolated: &std::collections::BTreeMap<String, usize>,
-    clip: crate::tile::WeightClip,
-    name: &str,
-) -> Placement {
+/// Where projection `name` goes on tiles: its isolated head block (the decoder's `isolated`),
+/// the head's copies and the decoder's weight clipping.
+fn placement(dec: &Decoder, name: &str) -> Placement {
     Placement {
-        head: isolated_head(isolated, name),
-        clip,
+        head: isolated_head(&dec.isolated, name),
+        clip: dec.weight_clip,
+        head_copies: dec.head_copies,
     }
 }
 

@@ -119,6 +119,7 @@ fn plan(cx: &Context, preset: TilePreset, point: &Point, seeds: Vec<u64>) -> Pla
         learned_ranges: None,
         isolated: Default::default(),
         weight_clip: Default::default(),
+        head_copies: 1,
         transforms: Vec::new(),
     }
 }

@@ -5,6 +5,10 @@
 //! clipping, `tile::clip`, which clips the weights above it), realized by the device
 //! model at the preset's inference time, and scaled back. Drift compensation measures each tile's
 //! mean |weight| right after programming and at time t and keeps the ratio as a digital gain.
+//! An isolated head block of k inputs leaves most of its tile's rows empty; with r copies
+//! ([`Placement::head_copies`]) its weights fill k x r rows, the column sums the r copies'
+//! currents (programming noise grows as sqrt(r), the signal as r), and the output is divided by r
+//! after the ADC, whose bound in weight units is then r times smaller.
 
 use super::clip::{full_scale, WeightClip};
 use super::mapping::TileMap;
@@ -53,6 +57,9 @@ pub struct Placement {
     pub head: usize,
     /// How each column's full scale is chosen ([`WeightClip`]).
     pub clip: WeightClip,
+    /// Copies of the head block's weights in its tile's rows, summed by the column and divided
+    /// by this count after the ADC (0 or 1: one copy). `head` x `head_copies` must fit a tile.
+    pub head_copies: usize,
 }
 
 /// One row block of a programmed layer (all its column tiles side by side).
@@ -125,7 +132,7 @@ impl AnalogLayer {
     ) -> Result<Self> {
         let place = Placement {
             head,
-            clip: WeightClip::Off,
+            ..Placement::default()
         };
         Self::program_placed(
             weight,
@@ -149,10 +156,11 @@ impl AnalogLayer {
         layer_name: &str,
     ) -> Result<Self> {
         let head = place.head;
-        if head > preset.rows() || head > in_features {
+        let copies = place.head_copies.max(1);
+        if head * copies > preset.rows() || head > in_features {
             return Err(Error::Shape(format!(
-                "layer `{layer_name}`: an isolated block of {head} inputs does not fit \
-                 {in_features} inputs on tiles of {} rows",
+                "layer `{layer_name}`: an isolated block of {head} inputs x {copies} copies does \
+                 not fit {in_features} inputs on tiles of {} rows",
                 preset.rows()
             )));
         }
@@ -184,13 +192,22 @@ impl AnalogLayer {
             .iter()
             .enumerate()
             .map(|(s, &(start, len))| {
+                let block = BlockSpec {
+                    s,
+                    start,
+                    len,
+                    // Only an isolated head (a short block of its own) has copies.
+                    copies: if s == 0 && head > 0 && len == head {
+                        copies
+                    } else {
+                        1
+                    },
+                };
                 program_block(
                     weight,
                     in_features,
                     &map,
-                    s,
-                    start,
-                    len,
+                    block,
                     &device,
                     preset,
                     seed,
@@ -220,20 +237,33 @@ impl AnalogLayer {
     }
 }
 
+/// Which row block [`program_block`] programs: index, inputs and copies in its tile's rows.
+#[derive(Clone, Copy)]
+struct BlockSpec {
+    s: usize,
+    start: usize,
+    len: usize,
+    copies: usize,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn program_block(
     weight: &[f32],
     in_features: usize,
     map: &TileMap,
-    s: usize,
-    start: usize,
-    len: usize,
+    block: BlockSpec,
     device: &Device,
     preset: &TilePreset,
     seed: u64,
     layer: u64,
     clip: WeightClip,
 ) -> RowBlock {
+    let BlockSpec {
+        s,
+        start,
+        len,
+        copies,
+    } = block;
     let out = map.out_features;
     let col_tile = |c: usize| {
         map.col_blocks
@@ -245,6 +275,8 @@ fn program_block(
     let mut dev_sq = vec![0f32; out * len];
     let mut w_max = vec![0f32; out];
     let t_s = preset.drift_time_s;
+    // In weight units after the division by the copies: the ADC bound and step follow w_max.
+    let per_copy = 1.0 / copies as f32;
     let readouts: Vec<(f64, f64)> = w
         .par_chunks_mut(len)
         .zip(dev_sq.par_chunks_mut(len))
@@ -258,11 +290,12 @@ fn program_block(
                 clip,
                 device,
             );
-            *wm = m;
+            *wm = m * per_copy;
             if device.is_ideal() {
                 for ((w, q), v) in wc.iter_mut().zip(sq.iter_mut()).zip(row) {
                     *w = v.clamp(-m, m);
-                    *q = if m > 0.0 { (*w / m) * (*w / m) } else { 0.0 };
+                    let u = if m > 0.0 { *w / m } else { 0.0 };
+                    *q = u * u * copies as f32;
                 }
                 return (0.0, 0.0);
             }
@@ -283,9 +316,28 @@ fn program_block(
                     }
                 })
                 .collect();
-            let r = device.realize_column(&target, t_s, &mut streams, wc, sq);
+            if copies == 1 {
+                let r = device.realize_column(&target, t_s, &mut streams, wc, sq);
+                for v in wc.iter_mut() {
+                    *v *= m;
+                }
+                return (r.sum_abs_t0 * f64::from(m), r.sum_abs_t * f64::from(m));
+            }
+            // The column holds the copies one after another, so they draw from its stream in
+            // row order like any other devices of the column.
+            let rows = target.repeat(copies);
+            let (mut big_w, mut big_sq) = (vec![0f32; rows.len()], vec![0f32; rows.len()]);
+            let r = device.realize_column(&rows, t_s, &mut streams, &mut big_w, &mut big_sq);
+            wc.fill(0.0);
+            sq.fill(0.0);
+            for (bw, bq) in big_w.chunks(len).zip(big_sq.chunks(len)) {
+                for (((w, q), &v), &v2) in wc.iter_mut().zip(sq.iter_mut()).zip(bw).zip(bq) {
+                    *w += v;
+                    *q += v2;
+                }
+            }
             for v in wc.iter_mut() {
-                *v *= m;
+                *v *= m * per_copy;
             }
             (r.sum_abs_t0 * f64::from(m), r.sum_abs_t * f64::from(m))
         })
@@ -297,11 +349,13 @@ fn program_block(
                 .iter()
                 .fold((0.0, 0.0), |(a, b), &(x, y)| (a + x, b + y));
             // aihwkit clamps each mean |readout| at 1e-4 so an empty tile keeps unit gain.
-            let cells = (bl * len) as f64;
+            let cells = (bl * len * copies) as f64;
             let g = ((r0 / cells).max(1e-4) / (rt / cells).max(1e-4)) as f32;
             alpha[b0..b0 + bl].fill(g);
         }
     }
+    // dev_sq sums the copies' squared conductances: the summed currents' read-noise variance,
+    // which w_max^2 (already divided by the copies squared) brings to weight units.
     let sigma2 = (preset.noise.read_rel > 0.0).then(|| {
         let r2 = (preset.noise.read_rel * preset.noise.read_rel) as f32;
         dev_sq
@@ -313,9 +367,9 @@ fn program_block(
             })
             .collect()
     });
-    // Two devices per weight, each with std read_abs * g_max.
+    // Two devices per weight and copy, each with std read_abs * g_max.
     let abs_var = (preset.noise.read_abs > 0.0).then(|| {
-        let a2 = (2.0 * preset.noise.read_abs * preset.noise.read_abs) as f32;
+        let a2 = (2.0 * preset.noise.read_abs * preset.noise.read_abs) as f32 * copies as f32;
         w_max.iter().map(|m| a2 * m * m).collect()
     });
     RowBlock {

@@ -350,7 +350,11 @@ fn weight_clip_least_error_lowers_the_programmed_error() {
     let (n_out, n_in) = (48, 700);
     let mut w = normals(21, n_out * n_in, 0.05);
     w[3 * n_in + 5] = 0.6; // one outlier weight in a column
-    let place = |clip| Placement { head: 16, clip };
+    let place = |clip| Placement {
+        head: 16,
+        clip,
+        ..Placement::default()
+    };
     let prog = |p: &TilePreset, clip| {
         AnalogLayer::program_placed(&w, n_out, n_in, place(clip), p, 7, "clip").unwrap()
     };
@@ -381,4 +385,63 @@ fn weight_clip_least_error_lowers_the_programmed_error() {
     for (x, y) in a.blocks.iter().zip(&b.blocks) {
         assert_eq!((&x.w, &x.w_max), (&y.w, &y.w_max));
     }
+}
+
+#[test]
+fn head_copies_average_the_head_blocks_programming_noise() {
+    use afm::tile::program::Placement;
+    let (n_out, n_in, head) = (96, 700, 16);
+    let w = normals(31, n_out * n_in, 0.05);
+    let prog = |p: &TilePreset, copies| {
+        let place = Placement {
+            head,
+            head_copies: copies,
+            ..Placement::default()
+        };
+        AnalogLayer::program_placed(&w, n_out, n_in, place, p, 9, "copies")
+    };
+    let head_error = |l: &AnalogLayer| {
+        let b = &l.blocks[0];
+        assert_eq!((b.start, b.len), (0, head));
+        b.w.iter()
+            .enumerate()
+            .map(|(k, &got)| (f64::from(got) - f64::from(w[(k / head) * n_in + k % head])).powi(2))
+            .sum::<f64>()
+    };
+    let afm = preset("afm-paper");
+    let one = prog(&afm, 1).unwrap();
+    let eight = prog(&afm, 8).unwrap();
+    // Independent programming noise of 8 summed copies: 1/8 of the variance, plus the zero
+    // band's bias, which copies do not average.
+    let (e1, e8) = (head_error(&one), head_error(&eight));
+    assert!(e8 < 0.3 * e1, "8 copies {e8:.4e} vs one {e1:.4e}");
+    // The ADC bound in weight units is 8x smaller; the other blocks are programmed as before.
+    let eighth: Vec<f32> = one.blocks[0].w_max.iter().map(|m| m / 8.0).collect();
+    assert_close("head w_max", &eight.blocks[0].w_max, &eighth, 0.0, 1e-6);
+    for (a, b) in one.blocks[1..].iter().zip(&eight.blocks[1..]) {
+        assert_eq!((&a.w, &a.w_max), (&b.w, &b.w_max));
+    }
+    // The copies must fit the tile's 512 rows.
+    let err = prog(&afm, 33).unwrap_err().to_string();
+    assert!(err.contains("33 copies"), "{err}");
+    // With every per-MVM noise source on, the fused path still matches the reference.
+    let p = noisy(512, 64, afm.device.clone());
+    let layer = prog(&p, 4).unwrap();
+    let tokens = 5;
+    let x = normals(77, tokens * n_in, 1.0);
+    let ranges = ranges_for(&layer, 1.5);
+    let fused = analog_mvm(&layer, &x, tokens, &ranges, 3).unwrap();
+    let xt = Tensor::from_slice(&x, (tokens, n_in), &Device::Cpu).unwrap();
+    let reference = analog_mvm_reference(&layer, &xt, &ranges, 3)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_within_adc_slack(
+        "head copies",
+        &fused,
+        &reference,
+        &adc_slack(&layer, &ranges),
+    );
 }
