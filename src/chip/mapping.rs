@@ -9,6 +9,7 @@
 
 use super::config::ChipConfig;
 use crate::executor::ModelConfig;
+use crate::tile::mapping::HeadBlocks;
 use crate::tile::{MvmCost, TileCostModel, TileMap};
 use serde::Serialize;
 
@@ -126,8 +127,9 @@ fn combine(a: &mut MvmCost, b: &MvmCost) {
 impl ChipMap {
     /// Places every static-weight projection of `config` (lm_head too unless
     /// `digital_lm_head`) onto tiles of `cost` and chips of `chip`; a projection named in
-    /// `isolated` (HF name) has its first inputs in a row block of their own (each no longer
-    /// than `rows`: [`crate::tile::mapping::check_isolated`]).
+    /// `heads` (HF name) has its first inputs in a row block of their own, its weights in
+    /// `heads.copies` copies that all draw array and DAC energy (each head's rows no more than
+    /// `rows`: [`HeadBlocks::check`]).
     pub fn new(
         config: &ModelConfig,
         cost: &TileCostModel,
@@ -135,7 +137,7 @@ impl ChipMap {
         rows: usize,
         cols: usize,
         digital_lm_head: bool,
-        isolated: &std::collections::BTreeMap<String, usize>,
+        heads: &HeadBlocks,
     ) -> Self {
         let n_layers = config.num_hidden_layers as usize;
         let tpc = chip.tiles_per_chip as usize;
@@ -155,8 +157,9 @@ impl ChipMap {
                 } else {
                     format!("model.layers.{layer}.{}", s.name)
                 };
-                let head = crate::tile::mapping::isolated_head(isolated, &full);
-                let map = TileMap::with_head(s.in_features, s.out_features, head, rows, cols);
+                let head = crate::tile::mapping::isolated_head(&heads.isolated, &full);
+                let map = TileMap::with_head(s.in_features, s.out_features, head, rows, cols)
+                    .with_head_copies(heads.copies);
                 let tiles = map.tiles();
                 projections.push(Projection {
                     layer,
@@ -176,7 +179,7 @@ impl ChipMap {
                 for (s, &(_, rows_s)) in p.map.row_blocks.iter().enumerate() {
                     let chip_i = g_tile / tpc;
                     let h = hops(g_tile % tpc, side);
-                    let c = cost.mvm(rows_s, cols_b, r, act_bits as u32);
+                    let c = cost.mvm(p.map.rows_driven(s), cols_b, r, act_bits as u32);
                     let new_group = groups
                         .last()
                         .is_none_or(|g| g.projection != pi || g.chip != chip_i);

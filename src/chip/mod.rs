@@ -38,6 +38,9 @@ pub struct RunSpec {
     /// Projections (HF name) whose first inputs sit in a row block of their own, and how many
     /// (an analog model's isolated outliers; `Decoder::isolated`).
     pub isolated: std::collections::BTreeMap<String, usize>,
+    /// Copies of each isolated head block's weights on its tiles (`afm eval --head-copies`;
+    /// 0 or 1: one).
+    pub head_copies: usize,
 }
 
 /// Most tokens one run may simulate (the operation graph grows linearly with them).
@@ -54,7 +57,11 @@ pub fn simulate(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(ChipReport, svg::Timeline)> {
     let (cost, chip) = preset.cost_sections(file)?;
-    crate::tile::mapping::check_isolated(&spec.isolated, preset.rows(), file)?;
+    let heads = crate::tile::mapping::HeadBlocks {
+        isolated: spec.isolated.clone(),
+        copies: spec.head_copies,
+    };
+    heads.check(preset.rows(), file)?;
     let map = ChipMap::new(
         config,
         &cost,
@@ -62,7 +69,7 @@ pub fn simulate(
         preset.rows(),
         preset.cols(),
         spec.digital_lm_head,
-        &spec.isolated,
+        &heads,
     );
     simulate_mapped(config, preset, file, &map, spec, progress)
 }

@@ -30,6 +30,10 @@ pub enum ChipCommand {
         /// Keep lm_head digital (on the attention units) instead of on tiles.
         #[arg(long)]
         digital_lm_head: bool,
+        /// Copies of each isolated head block's weights on its tiles, as `afm eval
+        /// --head-copies` (their rows draw array and DAC energy).
+        #[arg(long, default_value_t = 1, value_name = "R", value_parser = clap::value_parser!(u32).range(1..))]
+        head_copies: u32,
         /// Folder for report.md, report.json and report.svg.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -44,6 +48,7 @@ pub fn run(cmd: ChipCommand) -> anyhow::Result<()> {
         prompt_len,
         gen_len,
         digital_lm_head,
+        head_copies,
         out,
     } = cmd;
     let (name, config) = super::model::model_config(&model)?;
@@ -55,6 +60,7 @@ pub fn run(cmd: ChipCommand) -> anyhow::Result<()> {
         gen_len,
         digital_lm_head,
         isolated: super::model::isolated_of(&model)?,
+        head_copies: head_copies as usize,
     };
     let bar = ProgressBar::new(0);
     bar.set_style(

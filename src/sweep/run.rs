@@ -182,6 +182,7 @@ fn chip_point(cx: &Context, preset: &TilePreset) -> Result<Option<ChipMetrics>> 
         gen_len: cx.sweep.gen_len,
         digital_lm_head: false,
         isolated: cx.model.isolated.clone(),
+        head_copies: cx.model.head_copies,
     };
     let cfg = ModelConfig::from_hf(&cx.model.cfg);
     let (r, _) = simulate(&cfg, preset, &cx.base_file, &spec, &mut |_, _| {})?;

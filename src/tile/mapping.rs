@@ -34,6 +34,44 @@ pub fn check_isolated(
     }
 }
 
+/// Where a model's projections have isolated head blocks, and how many copies of each head's
+/// weights fill its tiles' rows (`tile::program`): what the chip model needs beyond the shapes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeadBlocks {
+    /// Inputs in each projection's head block (HF name; absent: none).
+    pub isolated: BTreeMap<String, usize>,
+    /// Copies of every head block's weights (0 or 1: one).
+    pub copies: usize,
+}
+
+impl HeadBlocks {
+    /// Head blocks of one copy each.
+    pub fn single(isolated: BTreeMap<String, usize>) -> Self {
+        HeadBlocks {
+            isolated,
+            copies: 1,
+        }
+    }
+
+    /// Checks that every head block, copies included, fits one tile of `rows` rows (the preset
+    /// `file`'s).
+    pub fn check(&self, rows: usize, file: &Path) -> crate::Result<()> {
+        check_isolated(&self.isolated, rows, file)?;
+        let copies = self.copies.max(1);
+        match self.isolated.iter().find(|(_, &k)| k * copies > rows) {
+            Some((name, k)) => Err(crate::Error::Config {
+                file: file.to_path_buf(),
+                field: "tile.rows".into(),
+                msg: format!(
+                    "`{name}` has {k} isolated inputs in {copies} copies, more than the {rows} \
+                     rows of one tile"
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Splits `size` into ceil(size / max) near-equal parts: (start, len) pairs.
 pub fn split_sizes(size: usize, max: usize) -> Vec<(usize, usize)> {
     if size == 0 || max == 0 {
@@ -83,6 +121,10 @@ pub struct TileMap {
     pub tile_rows: usize,
     /// Tile columns of the preset.
     pub tile_cols: usize,
+    /// Inputs in the isolated head block (the first row block; 0: none).
+    pub head: usize,
+    /// Copies of the head block's weights in its tiles' rows (1 without a head block).
+    pub head_copies: usize,
 }
 
 impl TileMap {
@@ -100,6 +142,8 @@ impl TileMap {
             col_blocks: split_sizes(out_features, tile_cols),
             tile_rows,
             tile_cols,
+            head: 0,
+            head_copies: 1,
         }
     }
 
@@ -112,9 +156,30 @@ impl TileMap {
         tile_rows: usize,
         tile_cols: usize,
     ) -> Self {
+        let head = if head < in_features { head } else { 0 };
         TileMap {
             row_blocks: split_with_head(in_features, head, tile_rows),
+            head,
             ..TileMap::new(in_features, out_features, tile_rows, tile_cols)
+        }
+    }
+
+    /// This map with `copies` copies of its head block's weights (a map without a head block
+    /// keeps one).
+    pub fn with_head_copies(mut self, copies: usize) -> Self {
+        if self.head > 0 {
+            self.head_copies = copies.max(1);
+        }
+        self
+    }
+
+    /// Tile rows that row block `s` drives: its inputs, times the copies for the head block.
+    pub fn rows_driven(&self, s: usize) -> usize {
+        let len = self.row_blocks.get(s).map_or(0, |b| b.1);
+        if s == 0 && self.head > 0 {
+            len * self.head_copies
+        } else {
+            len
         }
     }
 

@@ -183,7 +183,8 @@ impl AnalogLayer {
             head,
             preset.rows(),
             preset.cols(),
-        );
+        )
+        .with_head_copies(copies);
         let device = preset.device.build();
         let cfg = MvmConfig::from_preset(preset);
         let layer = name_hash(layer_name);
@@ -196,12 +197,7 @@ impl AnalogLayer {
                     s,
                     start,
                     len,
-                    // Only an isolated head (a short block of its own) has copies.
-                    copies: if s == 0 && head > 0 && len == head {
-                        copies
-                    } else {
-                        1
-                    },
+                    copies: map.rows_driven(s) / len.max(1),
                 };
                 program_block(
                     weight,

@@ -7,7 +7,7 @@ use crate::common::{rel_diff, repo, temp_dir};
 use afm::chip::{graph, schedule, simulate, ChipMap, RunSpec};
 use afm::executor::{Manifest, ModelConfig};
 use afm::tile::cost::Drive;
-use afm::tile::mapping::check_isolated;
+use afm::tile::mapping::{check_isolated, HeadBlocks};
 use afm::tile::{array_energy_pj, AnalogLayer, TileCostModel, TilePreset};
 use std::path::{Path, PathBuf};
 
@@ -214,11 +214,12 @@ fn tile_and_chip_counts_by_hand() {
     // tiles: 2 more per layer, 30 x 32 + 192 = 1152 tiles, 9 chips still (1152 / 128 = 9).
     let (p, _) = preset("afm-paper");
     let (cost, chip) = p.cost_sections(Path::new("test")).unwrap();
-    let isolated = (0..30)
+    let isolated: std::collections::BTreeMap<String, usize> = (0..30)
         .map(|l| (format!("model.layers.{l}.mlp.down_proj"), 16))
         .collect();
     let cfg = model("smollm2-135m-instruct");
-    let m = ChipMap::new(&cfg, &cost, chip, 512, 512, false, &isolated);
+    let heads = HeadBlocks::single(isolated.clone());
+    let m = ChipMap::new(&cfg, &cost, chip, 512, 512, false, &heads);
     assert_eq!((m.tiles, m.chips, m.layer_tiles(0)), (1152, 9, 32));
     // A head block longer than a tile has rows is refused, naming the projection.
     let mut wide = isolated.clone();
@@ -231,6 +232,31 @@ fn tile_and_chip_counts_by_hand() {
         "{e}"
     );
     check_isolated(&isolated, 512, Path::new("afm-paper.toml")).unwrap();
+    // Eight copies of each 16-input head fill 128 of its tiles' rows: no tile more, and each of
+    // the 2 head tiles per layer drives 112 more rows (array and DAC energy, linear in rows).
+    let copies = HeadBlocks {
+        isolated: isolated.clone(),
+        copies: 8,
+    };
+    let m8 = ChipMap::new(&cfg, &cost, chip, 512, 512, false, &copies);
+    assert_eq!((m8.tiles, m8.chips), (m.tiles, m.chips));
+    let driven = |m: &ChipMap| -> f64 {
+        m.groups
+            .iter()
+            .map(|g| g.cost.array_pj + g.cost.dac_pj)
+            .sum()
+    };
+    let (a, b) = (cost.mvm(128, 288, 4, 8), cost.mvm(16, 288, 4, 8));
+    let hand = 30.0 * 2.0 * (a.array_pj + a.dac_pj - b.array_pj - b.dac_pj);
+    assert!(rel_diff(driven(&m8) - driven(&m), hand) < 1e-9);
+    let e = HeadBlocks {
+        copies: 33,
+        ..copies
+    }
+    .check(512, Path::new("afm-paper.toml"))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("16 isolated inputs in 33 copies"), "{e}");
 }
 
 #[test]
@@ -244,7 +270,7 @@ fn mapping_area_and_utilization() {
         256,
         256,
         false,
-        &Default::default(),
+        &HeadBlocks::default(),
     );
     assert_eq!(m.layer_tiles(0), 78);
     assert_eq!(m.layer_tiles(30), 576);
@@ -268,6 +294,7 @@ fn run(model_name: &str, preset_name: &str, p_len: usize, d_len: usize) -> afm::
         gen_len: d_len,
         digital_lm_head: false,
         isolated: Default::default(),
+        head_copies: 1,
     };
     simulate(&model(model_name), &p, &file, &spec, &mut |_, _| {})
         .unwrap()
@@ -279,7 +306,7 @@ fn schedule_respects_dependencies_and_exclusive_resources() {
     let (p, _) = preset("hermes");
     let (cost, chip) = p.cost_sections(Path::new("test")).unwrap();
     let cfg = model("tiny-llama");
-    let map = ChipMap::new(&cfg, &cost, chip, 256, 256, false, &Default::default());
+    let map = ChipMap::new(&cfg, &cost, chip, 256, 256, false, &HeadBlocks::default());
     let g = graph::build(&cfg, &cost, chip, &map, 6, 3);
     let s = schedule::simulate(&g, &mut |_, _| {});
     let mut by_res: Vec<Vec<(u64, u64)>> = vec![Vec::new(); g.resources.len()];
@@ -347,6 +374,7 @@ fn contention_on_a_slower_kv_cache_shows() {
         gen_len: 2,
         digital_lm_head: false,
         isolated: Default::default(),
+        head_copies: 1,
     };
     let cfg = model("tiny-llama");
     let fast = simulate(&cfg, &p, &file, &spec, &mut |_, _| {}).unwrap().0;
@@ -445,8 +473,9 @@ fn measured_array_energy_replaces_the_average() {
         gen_len: 1,
         digital_lm_head: false,
         isolated: Default::default(),
+        head_copies: 1,
     };
-    let mut map = ChipMap::new(&cfg, &cost, chip, 256, 256, false, &Default::default());
+    let mut map = ChipMap::new(&cfg, &cost, chip, 256, 256, false, &HeadBlocks::default());
     let base = afm::chip::simulate_mapped(&cfg, &p, &file, &map, &spec, &mut |_, _| {})
         .unwrap()
         .0;
