@@ -233,18 +233,14 @@ impl Decoder {
             causal_mask(t, start, self.device(), dtype)?
         };
         for (i, block) in self.blocks.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &block.input_norm, c.rms_norm_eps as f32)?;
+            let h = rms_norm(&x, &block.input_norm, c.rms_norm_eps as f32)?;
             let a = self.attention(i, &h, &cos, &sin, mask.as_ref(), cache)?;
             x = (x + a)?;
-            let h = candle_nn::ops::rms_norm(&x, &block.post_norm, c.rms_norm_eps as f32)?;
+            let h = rms_norm(&x, &block.post_norm, c.rms_norm_eps as f32)?;
             x = (x + self.mlp(block, &h)?)?;
         }
         cache.len += t;
-        Ok(candle_nn::ops::rms_norm(
-            &x,
-            &self.norm,
-            c.rms_norm_eps as f32,
-        )?)
+        rms_norm(&x, &self.norm, c.rms_norm_eps as f32)
     }
 
     /// Logits of hidden states (..., hidden) from [`Decoder::forward_hidden`].
@@ -307,8 +303,8 @@ impl Decoder {
         let heads = |x: Tensor, n: usize| -> Result<Tensor> {
             Ok(x.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = candle_nn::rotary_emb::rope(&heads(q, nh)?, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&heads(k, nkv)?, cos, sin)?;
+        let q = rope(&heads(q, nh)?, cos, sin)?;
+        let k = rope(&heads(k, nkv)?, cos, sin)?;
         let (k, v) = cache.append(layer, k, heads(v, nkv)?)?;
         let s = k.dims()[2];
         // Grouped-query attention without copying the keys and values per query head: the
@@ -321,7 +317,7 @@ impl Decoder {
         if let Some(m) = mask {
             att = att.broadcast_add(m)?;
         }
-        let att = candle_nn::ops::softmax_last_dim(&att)?.reshape((b, nkv, rep * t, s))?;
+        let att = softmax_last_dim(&att)?.reshape((b, nkv, rep * t, s))?;
         let y = att
             .matmul(&v)?
             .reshape((b, nh, t, hd))?
@@ -388,4 +384,35 @@ fn causal_mask(t: usize, start: usize, dev: &Device, dtype: DType) -> Result<Opt
         })
         .collect();
     Ok(Some(Tensor::from_vec(m, (t, s), dev)?.to_dtype(dtype)?))
+}
+
+// candle's fused RMSNorm, softmax and rotary kernels have no backward: a tensor that a
+// trained variable feeds (`track_op`) takes their composed, differentiable forms instead, so
+// that gradients reach every layer below; inference keeps the fused kernels.
+
+/// RMSNorm of the last dimension of `x` with weight `w`.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    Ok(if x.track_op() {
+        candle_nn::ops::rms_norm_slow(x, w, eps)?
+    } else {
+        candle_nn::ops::rms_norm(x, w, eps)?
+    })
+}
+
+/// Softmax over the last dimension.
+fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    Ok(if x.track_op() {
+        candle_nn::ops::softmax(x, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(x)?
+    })
+}
+
+/// Rotary embedding of `x` (batch, heads, tokens, head dim) by the tables `cos`, `sin`.
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    Ok(if x.track_op() {
+        candle_nn::rotary_emb::rope_slow(x, cos, sin)?
+    } else {
+        candle_nn::rotary_emb::rope(x, cos, sin)?
+    })
 }

@@ -677,3 +677,52 @@ fn committed_training_configs_load_and_a_bad_noise_shape_is_named() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The distillation loss reaches every trainable variable of the student: each projection's
+/// weight (and input ranges), the first layer's too, whose gradient passes every RMSNorm,
+/// softmax and rotary embedding above it (candle's fused forms of these have no backward).
+#[test]
+fn gradients_reach_every_layer_of_the_student() {
+    use afm::executor::decoder::KvCache;
+    use afm::train::layer::AnalogTrainConfig;
+    use afm::train::student::{build_student, trainable};
+    use afm::train::trainer::distill_loss;
+    use candle_core::{Device, Tensor};
+    let teacher = tiny().decoder;
+    let cfg = AnalogTrainConfig {
+        range_init_batches: 0,
+        ..AnalogTrainConfig::default()
+    };
+    let student = build_student(&teacher, &cfg, 5, false, DType::F32).unwrap();
+    let ids: Vec<u32> = (0..2 * 16).map(|i| (i * 7 + 3) % 200).collect();
+    let ids = Tensor::from_vec(ids, (2, 16), &Device::Cpu).unwrap();
+    let t = teacher.forward(&ids, &mut KvCache::default()).unwrap();
+    let s = student.forward(&ids, &mut KvCache::default()).unwrap();
+    let (kl, _) = distill_loss(&t, &s, &ids, 1.0).unwrap();
+    let grads = kl.backward().unwrap();
+    let vars = trainable(&student);
+    assert!(
+        vars.len() > 3 * teacher.blocks.len(),
+        "{} variables",
+        vars.len()
+    );
+    for (name, var) in &vars {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("`{name}` gets no gradient"));
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // A range's gradient comes from its clipped inputs alone, which these ranges may have
+        // none of; every weight has one.
+        let needs = !name.ends_with(".input_range");
+        assert!(
+            norm.is_finite() && (norm > 0.0 || !needs),
+            "`{name}`: gradient norm^2 {norm}"
+        );
+    }
+}
