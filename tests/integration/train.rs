@@ -700,6 +700,28 @@ fn gradients_reach_every_layer_of_the_student() {
     let s = student.forward(&ids, &mut KvCache::default()).unwrap();
     let (kl, _) = distill_loss(&t, &s, &ids, 1.0).unwrap();
     let grads = kl.backward().unwrap();
+    // The composed forms compute what the fused kernels do: a student without converters or
+    // noise, whose forward takes them, gives the teacher's logits.
+    let plain = AnalogTrainConfig {
+        dac_bits: 0,
+        adc_bits: 0,
+        out_bound: 0.0,
+        weight_noise: 0.0,
+        clip_alpha: 0.0,
+        range_init_batches: 0,
+        ..AnalogTrainConfig::default()
+    };
+    let digital = build_student(&teacher, &plain, 5, false, DType::F32).unwrap();
+    let d = digital.forward(&ids, &mut KvCache::default()).unwrap();
+    assert!(d.track_op() && !t.track_op());
+    let flat = |x: &Tensor| x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    crate::common::assert_close(
+        "composed vs fused forward",
+        &flat(&d),
+        &flat(&t),
+        1e-4,
+        1e-4,
+    );
     let vars = trainable(&student);
     assert!(
         vars.len() > 3 * teacher.blocks.len(),
