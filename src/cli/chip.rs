@@ -62,6 +62,12 @@ pub fn run(cmd: ChipCommand) -> anyhow::Result<()> {
         isolated: super::model::isolated_of(&model)?,
         head_copies: head_copies as usize,
     };
+    if head_copies > 1 && spec.isolated.is_empty() {
+        anyhow::bail!(
+            "--head-copies {head_copies}: `{model}` has no isolated head blocks to copy (an \
+             analog model folder trained with isolated inputs has them in its analog.json)"
+        );
+    }
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("simulating {bar:40} {pos}/{len} operations ({elapsed})")

@@ -392,6 +392,14 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         m.decoder = afm::train::outliers::isolate_outliers(&m.decoder, &stats, residual, mlp)?;
     }
     m.decoder.weight_clip = a.weight_clip;
+    if a.head_copies > 1 && m.decoder.isolated.is_empty() {
+        bail!(
+            "--head-copies {}: {} has no isolated head blocks to copy (--isolate-outliers K, or \
+             an analog model trained with isolated inputs)",
+            a.head_copies,
+            m.path.display()
+        );
+    }
     m.decoder.head_copies = a.head_copies as usize;
     let plan = Plan {
         model: a.model.clone(),

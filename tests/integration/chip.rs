@@ -420,6 +420,25 @@ fn same_inputs_same_bytes_and_the_cli_writes_the_report() {
     let svg = std::fs::read_to_string(dir.join("report.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     std::fs::remove_dir_all(&dir).unwrap();
+    // Copies of head blocks that the model does not have: one error naming the flag.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_afm"))
+        .args([
+            "chip",
+            "report",
+            "--model",
+            "tiny-llama",
+            "--tiles",
+            "hermes",
+        ])
+        .args(["--head-copies", "4"])
+        .current_dir(repo("."))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--head-copies 4") && err.contains("no isolated"),
+        "{err}"
+    );
 }
 
 #[test]
