@@ -36,11 +36,9 @@ pub struct RunSpec {
     /// Keep lm_head digital (on the attention units) instead of on tiles.
     pub digital_lm_head: bool,
     /// Projections (HF name) whose first inputs sit in a row block of their own, and how many
-    /// (an analog model's isolated outliers; `Decoder::isolated`).
-    pub isolated: std::collections::BTreeMap<String, usize>,
-    /// Copies of each isolated head block's weights on its tiles (`afm eval --head-copies`;
-    /// 0 or 1: one).
-    pub head_copies: usize,
+    /// (an analog model's isolated outliers; `Decoder::isolated`), with the copies of each
+    /// head's weights on its tiles (`afm eval --head-copies`).
+    pub heads: crate::tile::mapping::HeadBlocks,
 }
 
 /// Most tokens one run may simulate (the operation graph grows linearly with them).
@@ -57,11 +55,7 @@ pub fn simulate(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(ChipReport, svg::Timeline)> {
     let (cost, chip) = preset.cost_sections(file)?;
-    let heads = crate::tile::mapping::HeadBlocks {
-        isolated: spec.isolated.clone(),
-        copies: spec.head_copies,
-    };
-    heads.check(preset.rows(), file)?;
+    spec.heads.check(preset.rows(), file)?;
     let map = ChipMap::new(
         config,
         &cost,
@@ -69,7 +63,7 @@ pub fn simulate(
         preset.rows(),
         preset.cols(),
         spec.digital_lm_head,
-        &heads,
+        &spec.heads,
     );
     simulate_mapped(config, preset, file, &map, spec, progress)
 }

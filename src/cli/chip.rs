@@ -1,6 +1,7 @@
 //! `afm chip ...`: the cycle-level simulation of a model on chips built from a tile preset.
 
 use afm::chip::{simulate, svg, RunSpec};
+use afm::tile::mapping::HeadBlocks;
 use afm::tile::{resolve_preset_path, TilePreset};
 use anyhow::Context;
 use clap::Subcommand;
@@ -59,10 +60,12 @@ pub fn run(cmd: ChipCommand) -> anyhow::Result<()> {
         prompt_len,
         gen_len,
         digital_lm_head,
-        isolated: super::model::isolated_of(&model)?,
-        head_copies: head_copies as usize,
+        heads: HeadBlocks {
+            isolated: super::model::isolated_of(&model)?,
+            copies: head_copies as usize,
+        },
     };
-    if head_copies > 1 && spec.isolated.is_empty() {
+    if head_copies > 1 && spec.heads.isolated.is_empty() {
         anyhow::bail!(
             "--head-copies {head_copies}: `{model}` has no isolated head blocks to copy (an \
              analog model folder trained with isolated inputs has them in its analog.json)"

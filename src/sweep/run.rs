@@ -181,8 +181,10 @@ fn chip_point(cx: &Context, preset: &TilePreset) -> Result<Option<ChipMetrics>> 
         prompt_len: cx.sweep.prompt_len,
         gen_len: cx.sweep.gen_len,
         digital_lm_head: false,
-        isolated: cx.model.isolated.clone(),
-        head_copies: cx.model.head_copies,
+        heads: crate::tile::mapping::HeadBlocks {
+            isolated: cx.model.isolated.clone(),
+            copies: cx.model.head_copies,
+        },
     };
     let cfg = ModelConfig::from_hf(&cx.model.cfg);
     let (r, _) = simulate(&cfg, preset, &cx.base_file, &spec, &mut |_, _| {})?;

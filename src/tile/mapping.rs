@@ -21,15 +21,33 @@ pub fn check_isolated(
     rows: usize,
     file: &Path,
 ) -> crate::Result<()> {
-    match isolated.iter().find(|(_, &k)| k > rows) {
-        Some((name, k)) => Err(crate::Error::Config {
-            file: file.to_path_buf(),
-            field: "tile.rows".into(),
-            msg: format!(
-                "`{name}` has {k} isolated inputs in a row block of their own, more than the \
-                 {rows} rows of one tile"
-            ),
-        }),
+    check_heads(isolated, 1, rows, file)
+}
+
+/// [`check_isolated`] for heads whose weights sit in `copies` copies on their tile.
+fn check_heads(
+    isolated: &BTreeMap<String, usize>,
+    copies: usize,
+    rows: usize,
+    file: &Path,
+) -> crate::Result<()> {
+    let copies = copies.max(1);
+    match isolated.iter().find(|(_, &k)| k * copies > rows) {
+        Some((name, k)) => {
+            let times = if copies > 1 {
+                format!(" in {copies} copies")
+            } else {
+                String::new()
+            };
+            Err(crate::Error::Config {
+                file: file.to_path_buf(),
+                field: "tile.rows".into(),
+                msg: format!(
+                    "`{name}` has {k} isolated inputs{times} in a row block of their own, more \
+                     than the {rows} rows of one tile"
+                ),
+            })
+        }
         None => Ok(()),
     }
 }
@@ -56,19 +74,7 @@ impl HeadBlocks {
     /// Checks that every head block, copies included, fits one tile of `rows` rows (the preset
     /// `file`'s).
     pub fn check(&self, rows: usize, file: &Path) -> crate::Result<()> {
-        check_isolated(&self.isolated, rows, file)?;
-        let copies = self.copies.max(1);
-        match self.isolated.iter().find(|(_, &k)| k * copies > rows) {
-            Some((name, k)) => Err(crate::Error::Config {
-                file: file.to_path_buf(),
-                field: "tile.rows".into(),
-                msg: format!(
-                    "`{name}` has {k} isolated inputs in {copies} copies, more than the {rows} \
-                     rows of one tile"
-                ),
-            }),
-            None => Ok(()),
-        }
+        check_heads(&self.isolated, self.copies, rows, file)
     }
 }
 
@@ -173,14 +179,19 @@ impl TileMap {
         self
     }
 
-    /// Tile rows that row block `s` drives: its inputs, times the copies for the head block.
-    pub fn rows_driven(&self, s: usize) -> usize {
-        let len = self.row_blocks.get(s).map_or(0, |b| b.1);
+    /// Copies of row block `s`'s weights on its tiles: the head's copies for the head block, 1
+    /// for every other.
+    pub fn copies(&self, s: usize) -> usize {
         if s == 0 && self.head > 0 {
-            len * self.head_copies
+            self.head_copies
         } else {
-            len
+            1
         }
+    }
+
+    /// Tile rows that row block `s` drives: its inputs times its [`TileMap::copies`].
+    pub fn rows_driven(&self, s: usize) -> usize {
+        self.row_blocks.get(s).map_or(0, |b| b.1) * self.copies(s)
     }
 
     /// Number of tiles used.

@@ -197,7 +197,7 @@ impl AnalogLayer {
                     s,
                     start,
                     len,
-                    copies: map.rows_driven(s) / len.max(1),
+                    copies: map.copies(s),
                 };
                 program_block(
                     weight,
@@ -312,26 +312,24 @@ fn program_block(
                     }
                 })
                 .collect();
-            if copies == 1 {
-                let r = device.realize_column(&target, t_s, &mut streams, wc, sq);
-                for v in wc.iter_mut() {
-                    *v *= m;
+            let r = if copies == 1 {
+                device.realize_column(&target, t_s, &mut streams, wc, sq)
+            } else {
+                // The column holds the copies one after another, so they draw from its stream
+                // in row order like any other devices of the column; their currents add.
+                let rows = target.repeat(copies);
+                let (mut big_w, mut big_sq) = (vec![0f32; rows.len()], vec![0f32; rows.len()]);
+                let r = device.realize_column(&rows, t_s, &mut streams, &mut big_w, &mut big_sq);
+                wc.fill(0.0);
+                sq.fill(0.0);
+                for (bw, bq) in big_w.chunks(len).zip(big_sq.chunks(len)) {
+                    for (((w, q), &v), &v2) in wc.iter_mut().zip(sq.iter_mut()).zip(bw).zip(bq) {
+                        *w += v;
+                        *q += v2;
+                    }
                 }
-                return (r.sum_abs_t0 * f64::from(m), r.sum_abs_t * f64::from(m));
-            }
-            // The column holds the copies one after another, so they draw from its stream in
-            // row order like any other devices of the column.
-            let rows = target.repeat(copies);
-            let (mut big_w, mut big_sq) = (vec![0f32; rows.len()], vec![0f32; rows.len()]);
-            let r = device.realize_column(&rows, t_s, &mut streams, &mut big_w, &mut big_sq);
-            wc.fill(0.0);
-            sq.fill(0.0);
-            for (bw, bq) in big_w.chunks(len).zip(big_sq.chunks(len)) {
-                for (((w, q), &v), &v2) in wc.iter_mut().zip(sq.iter_mut()).zip(bw).zip(bq) {
-                    *w += v;
-                    *q += v2;
-                }
-            }
+                r
+            };
             for v in wc.iter_mut() {
                 *v *= m * per_copy;
             }

@@ -293,8 +293,7 @@ fn run(model_name: &str, preset_name: &str, p_len: usize, d_len: usize) -> afm::
         prompt_len: p_len,
         gen_len: d_len,
         digital_lm_head: false,
-        isolated: Default::default(),
-        head_copies: 1,
+        heads: HeadBlocks::default(),
     };
     simulate(&model(model_name), &p, &file, &spec, &mut |_, _| {})
         .unwrap()
@@ -373,8 +372,7 @@ fn contention_on_a_slower_kv_cache_shows() {
         prompt_len: 64,
         gen_len: 2,
         digital_lm_head: false,
-        isolated: Default::default(),
-        head_copies: 1,
+        heads: HeadBlocks::default(),
     };
     let cfg = model("tiny-llama");
     let fast = simulate(&cfg, &p, &file, &spec, &mut |_, _| {}).unwrap().0;
@@ -391,20 +389,29 @@ fn same_inputs_same_bytes_and_the_cli_writes_the_report() {
     assert_eq!(a.to_json(), b.to_json());
     assert_eq!(a.to_markdown(), b.to_markdown());
     let dir = temp_dir("chip-report");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_afm"))
-        .args([
-            "chip",
-            "report",
-            "--model",
-            "tiny-llama",
-            "--tiles",
-            "hermes",
-        ])
-        .args(["--prompt-len", "8", "--gen-len", "4", "--out"])
-        .arg(&dir)
-        .current_dir(repo("."))
-        .output()
-        .unwrap();
+    let chip_report = |more: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_afm"))
+            .args([
+                "chip",
+                "report",
+                "--model",
+                "tiny-llama",
+                "--tiles",
+                "hermes",
+            ])
+            .args(more)
+            .current_dir(repo("."))
+            .output()
+            .unwrap()
+    };
+    let out = chip_report(&[
+        "--prompt-len",
+        "8",
+        "--gen-len",
+        "4",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -421,19 +428,7 @@ fn same_inputs_same_bytes_and_the_cli_writes_the_report() {
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     std::fs::remove_dir_all(&dir).unwrap();
     // Copies of head blocks that the model does not have: one error naming the flag.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_afm"))
-        .args([
-            "chip",
-            "report",
-            "--model",
-            "tiny-llama",
-            "--tiles",
-            "hermes",
-        ])
-        .args(["--head-copies", "4"])
-        .current_dir(repo("."))
-        .output()
-        .unwrap();
+    let out = chip_report(&["--head-copies", "4"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("--head-copies 4") && err.contains("no isolated"),
@@ -491,8 +486,7 @@ fn measured_array_energy_replaces_the_average() {
         prompt_len: 2,
         gen_len: 1,
         digital_lm_head: false,
-        isolated: Default::default(),
-        head_copies: 1,
+        heads: HeadBlocks::default(),
     };
     let mut map = ChipMap::new(&cfg, &cost, chip, 256, 256, false, &HeadBlocks::default());
     let base = afm::chip::simulate_mapped(&cfg, &p, &file, &map, &spec, &mut |_, _| {})

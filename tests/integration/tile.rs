@@ -66,6 +66,21 @@ fn assert_within_adc_slack(label: &str, got: &[f32], want: &[f32], slack: &[f32]
     );
 }
 
+/// The fused CPU MVM of `layer` on `x` (`tokens` rows) against its plain-tensor reference, with
+/// [`ranges_for`] ranges and MVM call 3: equal but for outputs one ADC step per block apart.
+fn check_fused_against_reference(label: &str, layer: &AnalogLayer, x: &[f32], tokens: usize) {
+    let ranges = ranges_for(layer, 1.5);
+    let fused = analog_mvm(layer, x, tokens, &ranges, 3).unwrap();
+    let xt = Tensor::from_slice(x, (tokens, layer.in_features()), &Device::Cpu).unwrap();
+    let reference = analog_mvm_reference(layer, &xt, &ranges, 3)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_within_adc_slack(label, &fused, &reference, &adc_slack(layer, &ranges));
+}
+
 #[test]
 fn quantizer_hand_values() {
     // 8 bits: 254 steps over [-1, 1], step 1/127; 63.5 rounds half to even -> 64.
@@ -105,21 +120,7 @@ fn fused_matches_reference_on_random_shapes() {
             let w = normals(seed, n_out * n_in, 0.1);
             let x = normals(seed + 1000, tokens * n_in, 1.0);
             let layer = AnalogLayer::program(&w, n_out, n_in, &p, seed, "layer").unwrap();
-            let ranges = ranges_for(&layer, 1.5);
-            let fused = analog_mvm(&layer, &x, tokens, &ranges, 3).unwrap();
-            let xt = Tensor::from_slice(&x, (tokens, n_in), &Device::Cpu).unwrap();
-            let reference = analog_mvm_reference(&layer, &xt, &ranges, 3)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            assert_within_adc_slack(
-                &format!("shape {k} device {d}"),
-                &fused,
-                &reference,
-                &adc_slack(&layer, &ranges),
-            );
+            check_fused_against_reference(&format!("shape {k} device {d}"), &layer, &x, tokens);
         }
     }
 }
@@ -429,19 +430,5 @@ fn head_copies_average_the_head_blocks_programming_noise() {
     let layer = prog(&p, 4).unwrap();
     let tokens = 5;
     let x = normals(77, tokens * n_in, 1.0);
-    let ranges = ranges_for(&layer, 1.5);
-    let fused = analog_mvm(&layer, &x, tokens, &ranges, 3).unwrap();
-    let xt = Tensor::from_slice(&x, (tokens, n_in), &Device::Cpu).unwrap();
-    let reference = analog_mvm_reference(&layer, &xt, &ranges, 3)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    assert_within_adc_slack(
-        "head copies",
-        &fused,
-        &reference,
-        &adc_slack(&layer, &ranges),
-    );
+    check_fused_against_reference("head copies", &layer, &x, tokens);
 }

@@ -110,7 +110,7 @@ mod hwa {
 
     const SEQ: usize = 64;
 
-    fn digital_training() -> AnalogTrainConfig {
+    pub(super) fn digital_training() -> AnalogTrainConfig {
         AnalogTrainConfig {
             dac_bits: 0,
             adc_bits: 0,
@@ -702,15 +702,7 @@ fn gradients_reach_every_layer_of_the_student() {
     let grads = kl.backward().unwrap();
     // The composed forms compute what the fused kernels do: a student without converters or
     // noise, whose forward takes them, gives the teacher's logits.
-    let plain = AnalogTrainConfig {
-        dac_bits: 0,
-        adc_bits: 0,
-        out_bound: 0.0,
-        weight_noise: 0.0,
-        clip_alpha: 0.0,
-        range_init_batches: 0,
-        ..AnalogTrainConfig::default()
-    };
+    let plain = hwa::digital_training();
     let digital = build_student(&teacher, &plain, 5, false, DType::F32).unwrap();
     let d = digital.forward(&ids, &mut KvCache::default()).unwrap();
     assert!(d.track_op() && !t.track_op());
