@@ -8,7 +8,8 @@
 # model) get their `ideal` row in WORK/eval-exports, and with EXPORT_SEEDS=N their rows on the
 # first N chips too. With EXTRA_EVAL=FLAGS the final model's five chips again with those flags
 # (e.g. --weight-clip least-error) into WORK/eval-extra; SKIP_EVAL=1 leaves out the final
-# model's plain rows and the exports' (only EXTRA_EVAL's and FP_EXTRA's run).
+# model's plain rows and the exports' (only EXTRA_EVAL's and FP_EXTRA's run); with IDEAL=1 as
+# well, the final model's plain `ideal` row still runs (WORK/eval/afm-ideal).
 # With CONFIG2 set (a configuration, or several separated by spaces), a run of the first follows
 # in WORK/second (same data, steps and evaluation), the next in WORK/second/second, and so on.
 # WORK/done marks the end of all.
@@ -19,6 +20,8 @@ SKIP_DATAGEN=1 STOP_AFTER=train scripts/afm-experiment.sh "$afm" "$work" 0 "$ste
   > "$work/gpu.log" 2>&1
 [ -n "${SKIP_EVAL:-}" ] || SKIP_FP=1 scripts/device/gpu-eval.sh "$afm" "$work/train/final" \
   "$work/eval" "$limit" > "$work/eval.log" 2>&1
+[ -z "${SKIP_EVAL:-}" ] || [ -z "${IDEAL:-}" ] || SKIP_FP=1 SEEDS=0 scripts/device/gpu-eval.sh \
+  "$afm" "$work/train/final" "$work/eval" "$limit" > "$work/eval.log" 2>&1
 for m in "$work"/train/model-*; do
   [ -z "${SKIP_EVAL:-}" ] && [ -d "$m" ] && [ "$((10#${m##*model-}))" != "$steps" ] || continue
   SKIP_FP=1 SEEDS=${EXPORT_SEEDS:-0} scripts/device/gpu-eval.sh "$afm" "$m" \
