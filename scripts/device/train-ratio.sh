@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # On the device, after start.sh's unpacking, on an idle GPU: training tokens/s of SmolLM2-135M
 # (benches/RESULTS.md) for (1) the release recipe against the same loop with every analog
-# feature off (issue 5 item 5), alternated full / off / full / off, 30 steps of batch 8 x 512
-# each on the committed synthetic data, and (2) with LIGHTNING_WHEEL set (an aihwkit-lightning
-# 2.1.0 wheel, installed --no-deps), the peer's step on HF transformers
-# (benches/train_step_gpu.py, issue 9 item 3), after the second full run.
+# feature off (issue 5 item 5), alternated full / off (PAIRS times, default 1), 30 steps of
+# batch 8 x 512 each on the committed synthetic data, and (2) with LIGHTNING_WHEELS set (the
+# aihwkit-lightning 2.1.0 wheel and gguf's, for transformers' GGUF loader; installed --no-deps),
+# the peer's step on HF transformers (benches/train_step_gpu.py, issue 9 item 3), last.
 # full.toml: `[run] batch_size = 8, checkpoint_every = 0; [analog] range_init_batches = 5`
 # (release recipe otherwise: 8-bit DAC with learned ranges, 8-bit ADC at lambda 14, weight noise
 # 0.03, clipping at 2.5 std, every projection and lm_head analog and trained); off.toml: the same
 # with `dac_bits = 0, adc_bits = 0, out_bound = 0, weight_noise = 0, clip_alpha = 0,
 # range_init_batches = 0`. Logs go to OUT_DIR/ratio-*.jsonl, medians of steps 6-30 to
 # OUT_DIR/ratio.md.
-# Usage: [LIGHTNING_WHEEL=WHL] scripts/device/train-ratio.sh AFM_BINARY DATA_DIR OUT_DIR
+# Usage: [PAIRS=N] [LIGHTNING_WHEELS="WHL..."] scripts/device/train-ratio.sh AFM_BINARY DATA_DIR OUT_DIR
 set -euo pipefail
 afm=$1 data=$2 out=$3
 mkdir -p "$out"
@@ -26,7 +26,7 @@ clip_alpha = 0" > "$out/off.toml"
 echo "| order | recipe | tokens/s (median of steps 6-30) | KL at step 30 |" > "$out/ratio.md"
 echo "|---:|---|---:|---:|" >> "$out/ratio.md"
 k=0
-for r in full off full off; do
+for r in $(for _ in $(seq "${PAIRS:-1}"); do echo full off; done); do
   k=$((k + 1)); rm -rf "$out/o"
   "$afm" train --teacher smollm2-135m-instruct --data "$data" --out "$out/o" \
     --config "$out/$r.toml" --tiles afm-paper --steps 30 --device cuda > "$out/train.log" 2>&1 \
@@ -38,13 +38,14 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 tps = statistics.median(r["tokens_per_s"] for r in rows[5:30])
 print(f"| {sys.argv[2]} | {sys.argv[3]} | {tps:,.0f} | {rows[-1]['kl']:.4f} |")
 PY
-  if [ "$k" = 3 ] && [ -n "${LIGHTNING_WHEEL:-}" ]; then
-    pip install -q --no-deps --target "$out/site" "$LIGHTNING_WHEEL" > /dev/null 2>&1
-    gguf=~/.cache/afm/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
-    (cd benches && PYTHONPATH="$out/site" python3 train_step_gpu.py --gguf "$gguf" --steps 25) \
-      > "$out/lightning-step.json" 2> "$out/lightning-step.log" || tail -5 "$out/lightning-step.log"
-    cat "$out/lightning-step.json"
-  fi
 done
 rm -rf "$out/o"
+if [ -n "${LIGHTNING_WHEELS:-}" ]; then
+  # shellcheck disable=SC2086
+  pip install -q --no-deps --target "$out/site" $LIGHTNING_WHEELS > /dev/null 2>&1
+  gguf=~/.cache/afm/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
+  (cd benches && PYTHONPATH="$out/site" python3 train_step_gpu.py --gguf "$gguf" --steps 25) \
+    > "$out/lightning-step.json" 2> "$out/lightning-step.log" || tail -5 "$out/lightning-step.log"
+  cat "$out/lightning-step.json"
+fi
 cat "$out/ratio.md"

@@ -117,9 +117,12 @@ impl AdamW {
         for (name, var) in vars {
             let Some(g) = grads.get(name) else { continue };
             let w = var.as_tensor();
+            // Detached: a moment that kept the gradient's graph would hold on to every step's
+            // activations through the next step's moment.
+            let g = g.detach();
             let m = match self.m.get(name) {
-                Some(m) => ((m * b1)? + (g * (1.0 - b1))?)?,
-                None => (g * (1.0 - b1))?,
+                Some(m) => ((m * b1)? + (&g * (1.0 - b1))?)?,
+                None => (&g * (1.0 - b1))?,
             };
             let v = match self.v.get(name) {
                 Some(v) => ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?,

@@ -740,3 +740,32 @@ fn gradients_reach_every_layer_of_the_student() {
         );
     }
 }
+
+#[test]
+fn adam_moments_keep_no_graph_of_the_step() {
+    use afm::train::optim::{AdamW, OptimConfig};
+    use candle_core::{Device, Tensor, Var};
+    let dev = Device::Cpu;
+    let w =
+        Var::from_tensor(&Tensor::ones((2, 3), candle_core::DType::F32, &dev).unwrap()).unwrap();
+    let xv =
+        Var::from_tensor(&Tensor::ones((4, 3), candle_core::DType::F32, &dev).unwrap()).unwrap();
+    // An activation: tracked, so the weight's gradient (x^T g) comes back attached to it.
+    let x = (xv.as_tensor() * 2.0).unwrap();
+    let loss = x
+        .matmul(&w.as_tensor().t().unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let g = loss.backward().unwrap().get(w.as_tensor()).unwrap().clone();
+    assert!(
+        g.track_op(),
+        "candle now detaches a variable's gradient: drop the detach"
+    );
+    let vars = [("l.weight".to_string(), w)].into_iter().collect();
+    let grads = [("l.weight".to_string(), g)].into_iter().collect();
+    let mut opt = AdamW::default();
+    opt.step(&OptimConfig::default(), &vars, &grads, 1e-3)
+        .unwrap();
+    assert!(!opt.m["l.weight"].track_op() && !opt.v["l.weight"].track_op());
+}
