@@ -12,6 +12,7 @@
 #                   GPU, in WORK-par (same data, steps and evaluation; no CONFIG2 or FP_EXTRA)
 #   FP_PAR=FLAGS    the FP model's rows (digital and five chips) with those `afm eval` flags at
 #                   GPU_EVAL items, beside the run from its start, in WORK-fp (WORK-fp/done)
+#   NO_RUN=1        unpack and test only (the caller runs what it wants next)
 #   RATIO=1         first, on the quiet GPU, the training tokens/s of the full recipe against
 #                   every analog feature off (scripts/device/train-ratio.sh, into WORK/ratio)
 set -u
@@ -25,6 +26,7 @@ $W/afm model fetch smollm2-135m-instruct || exit 1   # checks the cached file's 
 tar -C $W -xJf $W/shared-data.tar.xz && mkdir -p $W/WORK && cp -r scripts $W/
 tar -C $W/WORK -xJf datasets/smollm2-135m-instruct-seed0-21m.tar.xz
 $W/itest cuda:: 2>&1 | tail -4
+[ -z "${NO_RUN:-}" ] || exit 0
 [ -z "${RATIO:-}" ] || AFM_DATA=$W/data scripts/device/train-ratio.sh $W/afm $W/WORK/data $W/WORK/ratio
 if [ -n "${GPU_EVAL:-}" ]; then
   cd $W && AFM_DATA=$W/data setsid nohup scripts/device/train-and-eval.sh $W/afm $W/WORK \
