@@ -3,6 +3,7 @@
 
 pub mod datagen;
 pub mod fused;
+pub mod gpu_pool;
 pub mod layer;
 pub mod ops;
 pub mod optim;

@@ -71,6 +71,9 @@ pub struct RunConfig {
     /// On CUDA, run f32 matrix products in TF32 on the tensor cores (PyTorch's
     /// `allow_tf32`); no effect on the CPU.
     pub tf32: bool,
+    /// On CUDA, wait for the device after each step and trim its memory pool back to the
+    /// memory in use (`train::gpu_pool`: without it the pool grew ~0.5 GB a step) [true].
+    pub trim_gpu_pool: bool,
     /// Dtype of the analog layers' products and stages: "f32", or on CUDA "bf16" / "f16"
     /// (the weights are rounded from the f32 master weights at every forward; the optimizer
     /// state stays f32) [f32].
@@ -106,6 +109,7 @@ impl Default for RunConfig {
             frozen: Vec::new(),
             max_bad_steps: 10,
             tf32: true,
+            trim_gpu_pool: true,
             analog_dtype: "f32".into(),
         }
     }
@@ -629,6 +633,9 @@ pub fn train_rank(
                 "training stopped: {bad} consecutive steps with a non-finite loss or gradient \
                  (last at step {step}); lower optim.lr or check the data"
             )));
+        }
+        if cfg.run.trim_gpu_pool {
+            super::gpu_pool::trim(&dev)?;
         }
         let every = cfg.run.checkpoint_every;
         if lead && (step == cfg.run.steps || (every > 0 && step % every == 0)) {
