@@ -117,8 +117,8 @@ impl AdamW {
         for (name, var) in vars {
             let Some(g) = grads.get(name) else { continue };
             let w = var.as_tensor();
-            // Detached: a moment that kept the gradient's graph would hold on to every step's
-            // activations through the next step's moment.
+            // candle leaves a variable's gradient attached to the graph that made it: a moment
+            // built from it would hold every step's activations through the next step's moment.
             let g = g.detach();
             let m = match self.m.get(name) {
                 Some(m) => ((m * b1)? + (&g * (1.0 - b1))?)?,
