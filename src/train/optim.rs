@@ -117,8 +117,8 @@ impl AdamW {
         for (name, var) in vars {
             let Some(g) = grads.get(name) else { continue };
             let w = var.as_tensor();
-            // candle leaves a variable's gradient attached to the graph that made it: a moment
-            // built from it would hold every step's activations through the next step's moment.
+            // A gradient still attached to a graph would hold that step's activations through
+            // the moments into every later step.
             let g = g.detach();
             let m = match self.m.get(name) {
                 Some(m) => ((m * b1)? + (&g * (1.0 - b1))?)?,

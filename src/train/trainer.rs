@@ -553,8 +553,7 @@ pub fn train_rank(
             let grads = loss.backward()?;
             for (name, var) in &vars {
                 if let Some(g) = grads.get(var.as_tensor()) {
-                    // candle leaves a variable's gradient attached to the step's graph.
-                    let g = g.to_dtype(DType::F32)?.detach();
+                    let g = g.to_dtype(DType::F32)?;
                     let acc = match sums.remove(name) {
                         Some(a) => (a + g)?,
                         None => g,
