@@ -17,7 +17,6 @@ variant() {
     analogoff) printf '%s\n' "$base" | sed -e 's/^range_init_batches = .*/range_init_batches = 0/' \
       -e '/^range_init_mse/d' -e 's/^\[analog\]/[analog]\ndac_bits = 0\nadc_bits = 0\nout_bound = 0\nweight_noise = 0/' ;;
     batch4) printf '%s\n' "$base" | sed 's/^batch_size = .*/batch_size = 4/' ;;
-    noclipstat) printf '%s\n' "$base" | sed 's/^range_lr_scale = .*/range_lr_scale = 0.0/' ;;
   esac
 }
 for v in ${VARIANTS:-base allfrozen analogoff batch4}; do

@@ -17,12 +17,9 @@ afm=$1 data=$2 out=$3
 mkdir -p "$out"
 printf '[run]\nbatch_size = 8\ncheckpoint_every = 0\n[analog]\nrange_init_batches = 5\n' \
   > "$out/full.toml"
-printf '[run]\nbatch_size = 8\ncheckpoint_every = 0\n[analog]\nrange_init_batches = 0\n%s\n' \
-  "dac_bits = 0
-adc_bits = 0
-out_bound = 0
-weight_noise = 0
-clip_alpha = 0" > "$out/off.toml"
+{ sed 's/^range_init_batches = .*/range_init_batches = 0/' "$out/full.toml"
+  printf 'dac_bits = 0\nadc_bits = 0\nout_bound = 0\nweight_noise = 0\nclip_alpha = 0\n'; } \
+  > "$out/off.toml"
 echo "| order | recipe | tokens/s (median of steps 6-30) | KL at step 30 |" > "$out/ratio.md"
 echo "|---:|---|---:|---:|" >> "$out/ratio.md"
 k=0

@@ -499,7 +499,6 @@ impl AnalogTrainLinear {
 
     /// Adds `n` clipped inputs (a device scalar) out of `k` to the training statistics.
     fn add_clip_stats(&self, n: Tensor, k: usize) -> Result<()> {
-        let n = n.detach();
         let mut acc = self
             .clip_stats
             .lock()
