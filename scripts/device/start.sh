@@ -15,6 +15,7 @@
 #   NO_RUN=1        unpack and test only (the caller runs what it wants next)
 #   RATIO=1         first, on the quiet GPU, the training tokens/s of the full recipe against
 #                   every analog feature off (scripts/device/train-ratio.sh, into WORK/ratio)
+#                   (with PROFILE=1 as well, each phase of the step timed: train-ratio.sh)
 set -u
 tokens=$1 steps=$2 W=/tmp/w
 [ -d /work/main ] || { mkdir -p /work; ln -s "$PWD" /work/main; }

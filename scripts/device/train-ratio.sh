@@ -11,12 +11,14 @@
 # with `dac_bits = 0, adc_bits = 0, out_bound = 0, weight_noise = 0, clip_alpha = 0,
 # range_init_batches = 0`. Logs go to OUT_DIR/ratio-*.jsonl, medians of steps 6-30 to
 # OUT_DIR/ratio.md.
-# Usage: [PAIRS=N] [LIGHTNING_WHEELS="WHL..."] scripts/device/train-ratio.sh AFM_BINARY DATA_DIR OUT_DIR
+# PROFILE=1 adds `[run] profile = true` to both (each phase waits for the device, so the
+# tokens/s are then a profiled step's, not the plain loop's) and a row of median phase times.
+# Usage: [PAIRS=N] [PROFILE=1] [LIGHTNING_WHEELS="WHL..."] scripts/device/train-ratio.sh AFM_BINARY DATA_DIR OUT_DIR
 set -euo pipefail
 afm=$1 data=$2 out=$3
 mkdir -p "$out"
-printf '[run]\nbatch_size = 8\ncheckpoint_every = 0\n[analog]\nrange_init_batches = 5\n' \
-  > "$out/full.toml"
+printf '[run]\nbatch_size = 8\ncheckpoint_every = 0\n%b[analog]\nrange_init_batches = 5\n' \
+  "$([ -z "${PROFILE:-}" ] || echo 'profile = true\n')" > "$out/full.toml"
 { sed 's/^range_init_batches = .*/range_init_batches = 0/' "$out/full.toml"
   printf 'dac_bits = 0\nadc_bits = 0\nout_bound = 0\nweight_noise = 0\nclip_alpha = 0\n'; } \
   > "$out/off.toml"
@@ -34,6 +36,9 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 tps = statistics.median(r["tokens_per_s"] for r in rows[5:30])
 print(f"| {sys.argv[2]} | {sys.argv[3]} | {tps:,.0f} | {rows[-1]['kl']:.4f} |")
+if "phase_ms" in rows[-1]:
+    ph = {k: statistics.median(r["phase_ms"].get(k, 0.0) for r in rows[5:30]) for k in rows[-1]["phase_ms"]}
+    print("|   | phases, median ms: " + ", ".join(f"{k} {v:.1f}" for k, v in ph.items()) + " | | |")
 PY
 done
 rm -rf "$out/o"

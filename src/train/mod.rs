@@ -9,6 +9,7 @@ pub mod ops;
 pub mod optim;
 pub mod outliers;
 pub mod parallel;
+pub mod profile;
 pub mod range_search;
 pub mod rotate;
 pub mod shards;

@@ -3,7 +3,7 @@
 //! checkpoint saves and restores them exactly.
 
 use crate::error::{Error, Result};
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -91,13 +91,21 @@ pub struct AdamW {
     pub v: BTreeMap<String, Tensor>,
 }
 
-/// The global L2 norm of the gradients.
+/// The global L2 norm of the gradients: each tensor's sum of squares on its device, read back
+/// once for all (one wait for the device instead of one per tensor) and added in f64 in name
+/// order, so that the norm does not depend on the map's iteration order.
 pub fn grad_norm(grads: &HashMap<String, Tensor>) -> Result<f64> {
-    let mut s = 0f64;
-    for g in grads.values() {
-        s += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+    let mut names: Vec<&String> = grads.keys().collect();
+    names.sort();
+    let sums = names
+        .iter()
+        .map(|n| grads[*n].to_dtype(DType::F32)?.sqr()?.sum_all())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    if sums.is_empty() {
+        return Ok(0.0);
     }
-    Ok(s.sqrt())
+    let sums = Tensor::stack(&sums, 0)?.to_vec1::<f32>()?;
+    Ok(sums.iter().map(|&x| f64::from(x)).sum::<f64>().sqrt())
 }
 
 impl AdamW {

@@ -13,6 +13,7 @@ use super::layer::AnalogTrainConfig;
 use super::optim::{grad_norm, AdamW, OptimConfig};
 use super::outliers::Isolate;
 use super::parallel::{average, Collective, Solo};
+use super::profile::StepPhases;
 use super::shards::read_split;
 use super::student::{
     build_student, layer_states, save_model, set_layer_states, set_training, trainable,
@@ -23,7 +24,7 @@ use crate::executor::load::layer_named;
 use crate::rng::{Effect, StreamKey};
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -74,6 +75,9 @@ pub struct RunConfig {
     /// On CUDA, wait for the device after each step and trim its memory pool back to the
     /// memory in use (`train::gpu_pool`: without it the pool grew ~0.5 GB a step) [true].
     pub trim_gpu_pool: bool,
+    /// Wait for the device at the end of each phase of a step and log the phases' wall times
+    /// (`phase_ms` in `log.jsonl`; `train::profile`); slows the step a little [false].
+    pub profile: bool,
     /// Dtype of the analog layers' products and stages: "f32", or on CUDA "bf16" / "f16"
     /// (the weights are rounded from the f32 master weights at every forward; the optimizer
     /// state stays f32) [f32].
@@ -110,6 +114,7 @@ impl Default for RunConfig {
             max_bad_steps: 10,
             tf32: true,
             trim_gpu_pool: true,
+            profile: false,
             analog_dtype: "f32".into(),
         }
     }
@@ -202,8 +207,12 @@ pub struct LogLine {
     pub mean_range: f64,
     /// Whether the step was skipped (non-finite loss or gradient).
     pub skipped: bool,
-    /// Tokens per second of this step (wall clock; not part of the reproducible numbers).
+    /// Tokens per second of this step (wall clock, the pool trim included; not part of the
+    /// reproducible numbers).
     pub tokens_per_s: f64,
+    /// With `[run] profile`, each phase's wall time in ms (`train::profile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_ms: Option<BTreeMap<String, f64>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -521,6 +530,7 @@ pub fn train_rank(
     let tokens_per_step = cfg.run.batch_size * cfg.run.grad_accum * seq;
     while step < cfg.run.steps {
         let t0 = std::time::Instant::now();
+        let mut phases = StepPhases::new(&dev, cfg.run.profile);
         set_training(&student, true)?;
         // Per analog layer, whether its ranges initialize in this step (only ranks need it).
         let initializing = if world > 1 {
@@ -539,18 +549,23 @@ pub fn train_rank(
             let mine = &idx[rank * share..(rank + 1) * share];
             let flat = batch_tokens(&rows, mine, first + rank * share, cfg.run.seed, seq, crop);
             let ids = Tensor::from_vec(flat, (share, seq), &dev)?;
+            phases.mark("data")?;
             let s_logits = student.forward(&ids, &mut KvCache::default())?;
+            phases.mark("student_forward")?;
             let t_logits = if cfg.run.kl_weight > 0.0 {
                 teacher.forward(&ids, &mut KvCache::default())?.detach()
             } else {
                 s_logits.detach()
             };
+            phases.mark("teacher_forward")?;
             let (kl, ce) = distill_loss(&t_logits, &s_logits, &ids, cfg.run.temperature)?;
             let loss = ((&kl * cfg.run.kl_weight)? + (ce * cfg.run.ce_weight)?)?;
             let loss = (loss / cfg.run.grad_accum as f64)?;
             loss_sum += f64::from(loss.to_scalar::<f32>()?);
             kl_sum += f64::from(kl.to_scalar::<f32>()?) / cfg.run.grad_accum as f64;
+            phases.mark("loss")?;
             let grads = loss.backward()?;
+            phases.mark("backward")?;
             for (name, var) in &vars {
                 if let Some(g) = grads.get(var.as_tensor()) {
                     let g = g.to_dtype(DType::F32)?;
@@ -561,12 +576,15 @@ pub fn train_rank(
                     sums.insert(name.clone(), acc);
                 }
             }
+            phases.mark("accumulate")?;
         }
         if world > 1 {
             (loss_sum, kl_sum) = average_step(group, &mut sums, loss_sum, kl_sum, &dev)?;
             average_initializing_ranges(group, &student, &initializing)?;
+            phases.mark("all_reduce")?;
         }
         let norm = grad_norm(&sums)?;
+        phases.mark("grad_norm")?;
         let lr = cfg.optim.lr_at(step, cfg.run.steps);
         let skipped = !loss_sum.is_finite() || !norm.is_finite();
         if skipped {
@@ -580,12 +598,14 @@ pub fn train_rank(
                 }
             }
             opt.step(&cfg.optim, &vars, &sums, lr)?;
+            phases.mark("optimizer")?;
             let alpha = cfg.analog.clip_alpha_at(step + 1);
             for (name, l) in super::student::train_layers(&student) {
                 if !layer_named(&name, &cfg.run.frozen) {
                     l.clip_weights(alpha)?;
                 }
             }
+            phases.mark("clip_weights")?;
         }
         step += 1;
         // One read-back for the whole model: the clip counts and ranges summed on the device.
@@ -609,6 +629,11 @@ pub fn train_rank(
         } else {
             f64::from(Tensor::cat(&ranges, 0)?.mean_all()?.to_scalar::<f32>()?)
         };
+        phases.mark("stats")?;
+        if cfg.run.trim_gpu_pool {
+            super::gpu_pool::trim(&dev)?;
+        }
+        phases.mark("trim")?;
         let line = LogLine {
             step,
             loss: loss_sum,
@@ -619,6 +644,7 @@ pub fn train_rank(
             mean_range,
             skipped,
             tokens_per_s: tokens_per_step as f64 / t0.elapsed().as_secs_f64(),
+            phase_ms: phases.finish(),
         };
         if lead {
             append_log(&out.join("log.jsonl"), &line)?;
@@ -630,9 +656,6 @@ pub fn train_rank(
                 "training stopped: {bad} consecutive steps with a non-finite loss or gradient \
                  (last at step {step}); lower optim.lr or check the data"
             )));
-        }
-        if cfg.run.trim_gpu_pool {
-            super::gpu_pool::trim(&dev)?;
         }
         let every = cfg.run.checkpoint_every;
         if lead && (step == cfg.run.steps || (every > 0 && step % every == 0)) {

@@ -29,3 +29,4 @@ mod sweep;
 mod tile;
 mod train;
 mod train_golden;
+mod train_log;

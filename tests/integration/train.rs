@@ -7,7 +7,7 @@ use afm::train::datagen::{datagen, sample_rows, DatagenConfig};
 use afm::train::shards::{read_split, DataIndex};
 use candle_core::DType;
 
-fn tiny() -> afm::executor::load::LoadedModel {
+pub(crate) fn tiny() -> afm::executor::load::LoadedModel {
     load_model(
         repo("tests/golden/executor/tiny-llama").to_str().unwrap(),
         DType::F32,
@@ -395,7 +395,7 @@ fn text_data_cuts_bos_rows_and_holds_out() {
 /// largest inputs (statistics from 2 batches): a fresh folder with `rows` rows of
 /// tinyshakespeare in DIR/data, and the config for `steps` steps with `range_init` batches of
 /// range initialization.
-fn isolating_run(
+pub(crate) fn isolating_run(
     name: &str,
     rows: usize,
     steps: usize,
