@@ -1,6 +1,7 @@
 //! Analog foundation model training (DESIGN §3.4): synthetic data sampled from the teacher,
 //! then hardware-aware distillation into a student whose projections are analog training layers.
 
+pub mod config;
 pub mod datagen;
 pub mod fused;
 pub mod gpu_pool;
