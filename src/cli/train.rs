@@ -6,6 +6,7 @@ use afm::train::trainer::{train, train_rank, LogLine, TrainConfig};
 use anyhow::bail;
 use candle_core::DType;
 use clap::Args;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Options of `afm train`.
@@ -47,6 +48,10 @@ pub struct TrainArgs {
     /// same arithmetic, for checks; no speed-up).
     #[arg(long, default_value_t = 1)]
     ranks: usize,
+    /// Time each phase of every step (sets [run] profile: the device is waited for after each
+    /// phase, so steps run a little slower); logged as `phase_ms` and summed up at the end.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// Runs `afm train`.
@@ -61,6 +66,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         }
         cfg.run.steps = s;
     }
+    cfg.run.profile |= a.profile;
     if let Some(t) = &a.tiles {
         let p = TilePreset::load(&resolve_preset_path(t))?;
         cfg.analog.tile_rows = p.rows();
@@ -93,6 +99,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         &super::open_device(&a.device)?,
     )?;
     let bar = progress_bar(cfg.run.steps);
+    let mut phases = Vec::new();
     let student = train(
         &m.decoder,
         m.tokenizer.as_ref(),
@@ -100,16 +107,48 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         &a.out,
         &cfg,
         a.resume,
-        &mut |l| show(&bar, l),
+        &mut |l| {
+            show(&bar, l);
+            phases.extend(l.phase_ms.clone());
+        },
     )?;
     bar.finish_and_clear();
     drop(student);
+    if !phases.is_empty() {
+        eprint!("{}", phase_table(&phases));
+    }
     eprintln!(
         "{}: final model in {}/final (log: log.jsonl)",
         a.out.display(),
         a.out.display()
     );
     Ok(())
+}
+
+/// Median time of each phase over the profiled steps, the first left out when there are more
+/// (it holds one-time work: the ranges' data initialization, the first allocations), largest
+/// first, with its share of the summed medians.
+fn phase_table(steps: &[BTreeMap<String, f64>]) -> String {
+    let steps = if steps.len() > 1 { &steps[1..] } else { steps };
+    let mut names: Vec<&String> = steps.iter().flat_map(|s| s.keys()).collect();
+    names.sort();
+    names.dedup();
+    let mut rows: Vec<(&String, f64)> = names
+        .into_iter()
+        .map(|n| {
+            let mut v: Vec<f64> = steps.iter().map(|s| *s.get(n).unwrap_or(&0.0)).collect();
+            v.sort_by(f64::total_cmp);
+            (n, v[v.len() / 2])
+        })
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = rows.iter().map(|r| r.1).sum();
+    let mut out = format!("step phases, median of {} steps:\n", steps.len());
+    for (n, ms) in rows {
+        let share = 100.0 * ms / total.max(f64::MIN_POSITIVE);
+        out += &format!("  {n:<16} {ms:>10.2} ms  {share:>5.1}%\n");
+    }
+    out
 }
 
 fn progress_bar(steps: usize) -> indicatif::ProgressBar {
@@ -230,4 +269,35 @@ fn run_ranks(a: &TrainArgs, cfg: &TrainConfig) -> anyhow::Result<()> {
         a.out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::phase_table;
+    use std::collections::BTreeMap;
+
+    /// The first step is left out, each phase gets its median, the largest comes first.
+    #[test]
+    fn phase_table_takes_medians_after_the_first_step() {
+        let step = |fwd: f64, bwd: f64| {
+            BTreeMap::from([("forward".to_string(), fwd), ("backward".to_string(), bwd)])
+        };
+        let t = phase_table(&[
+            step(900.0, 900.0),
+            step(1.0, 4.0),
+            step(3.0, 6.0),
+            step(2.0, 5.0),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "step phases, median of 3 steps:");
+        assert!(
+            lines[1].contains("backward") && lines[1].contains("5.00 ms"),
+            "{t}"
+        );
+        assert!(lines[1].contains("71.4%"), "{t}");
+        assert!(
+            lines[2].contains("forward") && lines[2].contains("2.00 ms"),
+            "{t}"
+        );
+    }
 }
