@@ -10,8 +10,11 @@ tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
 piece=$((limit - tree))
 gguf=${AFM_CACHE:-$HOME/.cache/afm}/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
 [ -f "$gguf" ] || { echo "no GGUF at $gguf: run \`afm model fetch smollm2-135m-instruct\`" >&2; exit 1; }
-(source ../shared/tools/cuda-env.sh && CARGO_TARGET_DIR=target/cuda \
-  cargo build --release --features cuda --bins --tests)
+# FEATURES=nccl builds the multi-GPU binary (scripts/nccl-env.sh: a link-time stub of libnccl;
+# on the device the library that comes with PyTorch loads at run time: scripts/device/scale-2gpu.sh).
+if [ "${FEATURES:-cuda}" = nccl ]; then env=scripts/nccl-env.sh; else env=../shared/tools/cuda-env.sh; fi
+(source "$env" && CARGO_TARGET_DIR=target/cuda \
+  cargo build --release --features "${FEATURES:-cuda}" --bins --tests)
 itest=$(ls -t target/cuda/release/deps/integration-* | grep -v '\.d$' | head -1)
 rm -rf cuda-bin && mkdir -p cuda-bin/payload
 strip -o cuda-bin/afm target/cuda/release/afm

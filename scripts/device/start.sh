@@ -20,6 +20,9 @@ set -u
 tokens=$1 steps=$2 W=/tmp/w
 [ -d /work/main ] || { mkdir -p /work; ln -s "$PWD" /work/main; }
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib
+# A binary packed with FEATURES=nccl needs libnccl.so.2 at start: the one PyTorch ships.
+nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' \
+  2> /dev/null) && export LD_LIBRARY_PATH=$nccl:$LD_LIBRARY_PATH
 cat $W/pieces/piece.* | tar -C $W -xf - || exit 1
 M=~/.cache/afm/models/smollm2-135m-instruct; mkdir -p $M && mv $W/model.gguf $M/SmolLM2-135M-Instruct.Q4_1.gguf
 xz -d $W/afm.xz $W/itest.xz && chmod +x $W/afm $W/itest
