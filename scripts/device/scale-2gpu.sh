@@ -1,25 +1,20 @@
 #!/usr/bin/env bash
-# Issue 9 item 4 on a machine with two GPUs (kind nvidia-h200-x2), after
-# `NO_RUN=1 scripts/device/start.sh` has unpacked a binary packed with `FEATURES=nccl
-# scripts/device/pack.sh`: the data-parallel scaling of SmolLM2-135M training. One GPU at batch
+# Issue 9 item 4 on a machine with two GPUs (kind nvidia-h200-x2), from `SCALE=1
+# scripts/device/start.sh` (which unpacks a binary packed with `FEATURES=nccl
+# scripts/device/pack.sh` and puts PyTorch's libnccl.so.2 on LD_LIBRARY_PATH): the data-parallel scaling of SmolLM2-135M training. One GPU at batch
 # 8 x 512 against two GPUs at global batch 16 (8 rows per GPU, the same work per GPU: weak
 # scaling), alternated PAIRS times (default 1), 30 steps each with the release recipe of
 # scripts/device/train-ratio.sh's full.toml, median tokens/s of steps 6-30 from log.jsonl.
-# Efficiency = tokens/s on two GPUs / (2 x tokens/s on one). libnccl.so.2 comes from the
-# machine's PyTorch (nvidia.nccl), added to LD_LIBRARY_PATH here.
+# Efficiency = tokens/s on two GPUs / (2 x tokens/s on one).
 # Usage: [PAIRS=N] scripts/device/scale-2gpu.sh AFM_BINARY DATA_DIR OUT_DIR
 set -euo pipefail
 afm=$1 data=$2 out=$3
 mkdir -p "$out"
-nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))')
-export LD_LIBRARY_PATH=$nccl:${LD_LIBRARY_PATH:-}
 for b in 8 16; do
   printf '[run]\nbatch_size = %d\ncheckpoint_every = 0\n[analog]\nrange_init_batches = 5\n' "$b" \
     > "$out/batch$b.toml"
 done
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$out/gpus.txt"
-echo "| order | GPUs | global batch | tokens/s (median of steps 6-30) | KL at step 30 |" > "$out/scale.md"
-echo "|---:|---:|---:|---:|---:|" >> "$out/scale.md"
 k=0
 for ranks in $(for _ in $(seq "${PAIRS:-1}"); do echo 1 2; done); do
   k=$((k + 1)); b=$((8 * ranks)); rm -rf "$out/o"
@@ -27,20 +22,20 @@ for ranks in $(for _ in $(seq "${PAIRS:-1}"); do echo 1 2; done); do
     --config "$out/batch$b.toml" --tiles afm-paper --steps 30 --device cuda --ranks "$ranks" \
     > "$out/train.log" 2>&1 || { tail -5 "$out/train.log"; exit 1; }
   cp "$out/o/log.jsonl" "$out/scale-$k-gpus$ranks.jsonl"
-  python3 - "$out/o/log.jsonl" "$k" "$ranks" "$b" >> "$out/scale.md" <<'PY'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-tps = statistics.median(r["tokens_per_s"] for r in rows[5:30])
-print(f"| {sys.argv[2]} | {sys.argv[3]} | {sys.argv[4]} | {tps:,.0f} | {rows[-1]['kl']:.4f} |")
-PY
 done
 rm -rf "$out/o"
-python3 - "$out" >> "$out/scale.md" <<'PY'
+python3 - "$out" > "$out/scale.md" <<'PY'
 import glob, json, statistics, sys
+print("| order | GPUs | global batch | tokens/s (median of steps 6-30) | KL at step 30 |")
+print("|---:|---:|---:|---:|---:|")
 med = {1: [], 2: []}
-for f in sorted(glob.glob(f"{sys.argv[1]}/scale-*-gpus*.jsonl")):
+files = glob.glob(f"{sys.argv[1]}/scale-*-gpus*.jsonl")
+for f in sorted(files, key=lambda f: int(f.split("scale-")[-1].split("-")[0])):
+    k, gpus = f.split("scale-")[-1].removesuffix(".jsonl").split("-gpus")
     rows = [json.loads(l) for l in open(f)]
-    med[int(f.split("gpus")[-1].split(".")[0])].append(statistics.median(r["tokens_per_s"] for r in rows[5:30]))
+    tps = statistics.median(r["tokens_per_s"] for r in rows[5:30])
+    med[int(gpus)].append(tps)
+    print(f"| {k} | {gpus} | {8 * int(gpus)} | {tps:,.0f} | {rows[-1]['kl']:.4f} |")
 one, two = statistics.mean(med[1]), statistics.mean(med[2])
 print(f"\nScaling efficiency: {two:,.0f} / (2 x {one:,.0f}) = **{two / (2 * one):.2f}**")
 PY

@@ -16,6 +16,9 @@
 #   RATIO=1         first, on the quiet GPU, the training tokens/s of the full recipe against
 #                   every analog feature off (scripts/device/train-ratio.sh, into WORK/ratio)
 #                   (with PROFILE=1 as well, each phase of the step timed: train-ratio.sh)
+#   SCALE=1         on a two-GPU machine with a binary packed with FEATURES=nccl, the NCCL test
+#                   and the data-parallel scaling (scripts/device/scale-2gpu.sh, into WORK/scale),
+#                   before NO_RUN's exit (SCALE=1 NO_RUN=1: that alone)
 set -u
 tokens=$1 steps=$2 W=/tmp/w
 [ -d /work/main ] || { mkdir -p /work; ln -s "$PWD" /work/main; }
@@ -30,6 +33,8 @@ $W/afm model fetch smollm2-135m-instruct || exit 1   # checks the cached file's 
 tar -C $W -xJf $W/shared-data.tar.xz && mkdir -p $W/WORK && cp -r scripts $W/
 tar -C $W/WORK -xJf datasets/smollm2-135m-instruct-seed0-21m.tar.xz
 $W/itest cuda:: 2>&1 | tail -4
+[ -z "${SCALE:-}" ] || { $W/itest parallel::nccl 2>&1 | tail -4
+  AFM_DATA=$W/data scripts/device/scale-2gpu.sh $W/afm $W/WORK/data $W/WORK/scale; }
 [ -z "${NO_RUN:-}" ] || exit 0
 [ -z "${RATIO:-}" ] || AFM_DATA=$W/data scripts/device/train-ratio.sh $W/afm $W/WORK/data $W/WORK/ratio
 if [ -n "${GPU_EVAL:-}" ]; then

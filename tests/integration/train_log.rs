@@ -48,7 +48,7 @@ fn profiled_steps_log_their_phases_and_train_the_same() {
                 .unwrap_or_else(|| panic!("no phase {name}"));
             assert!(ms.is_finite() && *ms >= 0.0, "{name}: {ms}");
         }
-        let step_ms = 1e3 * (2 * 64) as f64 / b.tokens_per_s;
+        let step_ms = 1e3 * (c.run.batch_size * 64) as f64 / b.tokens_per_s;
         let sum: f64 = phases.values().sum();
         assert!(
             sum <= step_ms * 1.001 + 1e-3,
