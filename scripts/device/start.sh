@@ -13,9 +13,12 @@
 #   FP_PAR=FLAGS    the FP model's rows (digital and five chips) with those `afm eval` flags at
 #                   GPU_EVAL items, beside the run from its start, in WORK-fp (WORK-fp/done)
 #   NO_RUN=1        unpack and test only (the caller runs what it wants next)
-#   RATIO=1         first, on the quiet GPU, the training tokens/s of the full recipe against
+#   RATIO=1         first (before NO_RUN's exit), on the quiet GPU, the training tokens/s of
+#                   the full recipe against
 #                   every analog feature off (scripts/device/train-ratio.sh, into WORK/ratio)
 #                   (with PROFILE=1 as well, each phase of the step timed: train-ratio.sh)
+#   KPROF=1         on the quiet GPU, every kernel of one training step timed by ncu and summed
+#                   by name (scripts/device/kernel-profile.sh, into WORK/kernels)
 #   SCALE=1         on a two-GPU machine with a binary packed with FEATURES=nccl, the NCCL test
 #                   and the data-parallel scaling (scripts/device/scale-2gpu.sh, into WORK/scale),
 #                   before NO_RUN's exit (SCALE=1 NO_RUN=1: that alone)
@@ -35,8 +38,10 @@ tar -C $W/WORK -xJf datasets/smollm2-135m-instruct-seed0-21m.tar.xz
 $W/itest cuda:: 2>&1 | tail -4
 [ -z "${SCALE:-}" ] || { $W/itest parallel::nccl 2>&1 | tail -4
   AFM_DATA=$W/data scripts/device/scale-2gpu.sh $W/afm $W/WORK/data $W/WORK/scale; }
-[ -z "${NO_RUN:-}" ] || exit 0
 [ -z "${RATIO:-}" ] || AFM_DATA=$W/data scripts/device/train-ratio.sh $W/afm $W/WORK/data $W/WORK/ratio
+[ -z "${KPROF:-}" ] || PATH=$PATH:/usr/local/cuda-13.0/bin AFM_DATA=$W/data \
+  scripts/device/kernel-profile.sh $W/afm $W/WORK/data $W/WORK/kernels
+[ -z "${NO_RUN:-}" ] || exit 0
 if [ -n "${GPU_EVAL:-}" ]; then
   cd $W && AFM_DATA=$W/data setsid nohup scripts/device/train-and-eval.sh $W/afm $W/WORK \
     "$steps" "$GPU_EVAL" > $W/run.log 2>&1 < /dev/null &

@@ -221,7 +221,8 @@ impl Decoder {
             self.embed
                 .index_select(&ids.flatten_all()?, 0)?
                 .reshape((b, t, c.hidden_size))?;
-        let mask = if left_pad.iter().any(|&p| p > 0) {
+        let causal = !left_pad.iter().any(|&p| p > 0);
+        let mask = if !causal {
             if left_pad.len() != b {
                 return Err(crate::Error::Shape(format!(
                     "left_pad has {} rows for a batch of {b}",
@@ -234,7 +235,7 @@ impl Decoder {
         };
         for (i, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &block.input_norm, c.rms_norm_eps as f32)?;
-            let a = self.attention(i, &h, &cos, &sin, mask.as_ref(), cache)?;
+            let a = self.attention(i, &h, (&cos, &sin), (mask.as_ref(), causal), cache)?;
             x = (x + a)?;
             let h = rms_norm(&x, &block.post_norm, c.rms_norm_eps as f32)?;
             x = (x + self.mlp(block, &h)?)?;
@@ -280,9 +281,8 @@ impl Decoder {
         &self,
         layer: usize,
         h: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
+        (cos, sin): (&Tensor, &Tensor),
+        (mask, causal): (Option<&Tensor>, bool),
         cache: &mut KvCache,
     ) -> Result<Tensor> {
         let c = &self.cfg;
@@ -312,12 +312,19 @@ impl Decoder {
         // out group by group, so this is a reshape of the contiguous q).
         let rep = nh / nkv;
         let q = q.reshape((b, nkv, rep * t, hd))?;
-        let att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let mut att = att.reshape((b, nh, t, s))?;
-        if let Some(m) = mask {
-            att = att.broadcast_add(m)?;
-        }
-        let att = softmax_last_dim(&att)?.reshape((b, nkv, rep * t, s))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = q.matmul(&k.t()?)?.reshape((b, nh, t, s))?;
+        let att = if causal && scores.track_op() && scores.dtype() == DType::F32 {
+            // Training: one fused op with its own backward instead of ~13 generic passes.
+            crate::train::step_ops::causal_softmax(&scores, scale)?
+        } else {
+            let mut att = (scores * scale)?;
+            if let Some(m) = mask {
+                att = att.broadcast_add(m)?;
+            }
+            softmax_last_dim(&att)?
+        };
+        let att = att.reshape((b, nkv, rep * t, s))?;
         let y = att
             .matmul(&v)?
             .reshape((b, nh, t, hd))?

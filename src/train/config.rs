@@ -59,6 +59,10 @@ pub struct RunConfig {
     /// Wait for the device at the end of each phase of a step and log the phases' wall times
     /// (`phase_ms` in `log.jsonl`; `train::profile`); slows the step a little [false].
     pub profile: bool,
+    /// On CUDA, bracket this step (1-based) with `cuProfilerStart` / `cuProfilerStop`, so that
+    /// `ncu --profile-from-start off` records that one step's kernels alone
+    /// (`scripts/device/kernel-profile.sh`) [0: never].
+    pub cuda_profile_step: usize,
     /// Dtype of the analog layers' products and stages: "f32", or on CUDA "bf16" / "f16"
     /// (the weights are rounded from the f32 master weights at every forward; the optimizer
     /// state stays f32) [f32].
@@ -96,6 +100,7 @@ impl Default for RunConfig {
             tf32: true,
             trim_gpu_pool: true,
             profile: false,
+            cuda_profile_step: 0,
             analog_dtype: "f32".into(),
         }
     }

@@ -15,5 +15,6 @@ pub mod range_search;
 pub mod rotate;
 pub mod shards;
 pub mod smooth;
+pub mod step_ops;
 pub mod student;
 pub mod trainer;

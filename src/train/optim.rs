@@ -128,22 +128,33 @@ impl AdamW {
             // A gradient still attached to a graph would hold that step's activations through
             // the moments into every later step.
             let g = g.detach();
-            let m = match self.m.get(name) {
-                Some(m) => ((m * b1)? + (&g * (1.0 - b1))?)?,
-                None => (&g * (1.0 - b1))?,
-            };
-            let v = match self.v.get(name) {
-                Some(v) => ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?,
-                None => (g.sqr()? * (1.0 - b2))?,
-            };
-            let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + cfg.eps)?)?;
             let (decay, lr) = if name.ends_with(".input_range") {
                 (0.0, lr * cfg.range_lr_scale)
             } else {
                 (cfg.weight_decay, lr)
             };
-            let next = ((w * (1.0 - lr * decay))? - (update * lr)?)?;
-            var.set(&next)?;
+            let zeros = || w.zeros_like();
+            let (m, v) = match (self.m.get(name), self.v.get(name)) {
+                (Some(m), Some(v)) => (m.clone(), v.clone()),
+                _ => (zeros()?, zeros()?),
+            };
+            let k = super::step_ops::AdamStep {
+                b1,
+                b2,
+                ic1: 1.0 / c1,
+                ic2: 1.0 / c2,
+                eps: cfg.eps,
+                lr,
+                decay,
+            };
+            let (m, v) = if super::step_ops::adamw_fusable(w, &m, &v, &g) {
+                super::step_ops::adamw_update(w, &m, &v, &g, &k)?;
+                (m, v)
+            } else {
+                let (next, m, v) = super::step_ops::adamw_reference(w, &m, &v, &g, &k)?;
+                var.set(&next)?;
+                (m, v)
+            };
             self.m.insert(name.clone(), m);
             self.v.insert(name.clone(), v);
         }

@@ -44,3 +44,28 @@ impl StepPhases {
         self.dev.map(|_| self.ms)
     }
 }
+
+/// Starts (`on`) or stops the CUDA profiler's collection (`cuProfilerStart` / `Stop`), after
+/// waiting for the device so that the bracket holds exactly the work queued inside it; a
+/// no-op on the CPU.
+pub fn cuda_profiler(dev: &Device, on: bool) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cu) = dev {
+        use candle_core::cuda_backend::cudarc::driver::sys;
+        use candle_core::cuda_backend::WrapErr;
+        let stream = cu.cuda_stream();
+        stream.synchronize().w()?;
+        stream.context().bind_to_thread().w()?;
+        // SAFETY: plain driver calls on the current context; they only toggle collection.
+        unsafe {
+            if on {
+                sys::cuProfilerStart().result().w()?;
+            } else {
+                sys::cuProfilerStop().result().w()?;
+            }
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = (dev, on);
+    Ok(())
+}

@@ -145,18 +145,32 @@ pub fn distill_loss(
     ids: &Tensor,
     temperature: f64,
 ) -> Result<(Tensor, Tensor)> {
+    Ok((
+        distill_kl(teacher_logits, student_logits, temperature)?,
+        next_token_ce(student_logits, ids)?,
+    ))
+}
+
+/// KL(teacher || student) * T^2 averaged over positions, one fused op per row
+/// (`train::step_ops::kl_rows`); the teacher's logits get no gradient.
+pub fn distill_kl(
+    teacher_logits: &Tensor,
+    student_logits: &Tensor,
+    temperature: f64,
+) -> Result<Tensor> {
     let v = student_logits.dim(D::Minus1)?;
     let s = student_logits.to_dtype(DType::F32)?.reshape(((), v))?;
-    let t = teacher_logits
-        .to_dtype(DType::F32)?
-        .reshape(((), v))?
-        .detach();
-    let lt = candle_nn::ops::log_softmax(&(t / temperature)?, D::Minus1)?;
-    let ls = candle_nn::ops::log_softmax(&(&s / temperature)?, D::Minus1)?;
-    let kl = (lt.exp()? * (&lt - &ls)?)?.sum(D::Minus1)?.mean_all()?;
-    let kl = (kl * (temperature * temperature))?;
+    let t = teacher_logits.to_dtype(DType::F32)?.reshape(((), v))?;
+    let kl = super::step_ops::kl_rows(&t, &s, temperature)?.mean_all()?;
+    Ok((kl * (temperature * temperature))?)
+}
+
+/// The mean next-token cross-entropy of logits (batch, tokens, vocab) on `ids` (batch, tokens).
+pub fn next_token_ce(student_logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let v = student_logits.dim(D::Minus1)?;
+    let s = student_logits.to_dtype(DType::F32)?.reshape(((), v))?;
     let (b, l) = ids.dims2()?;
-    let ce = if l > 1 {
+    Ok(if l > 1 {
         let lp = candle_nn::ops::log_softmax(&s, D::Minus1)?.reshape((b, l, v))?;
         let next = ids.narrow(1, 1, l - 1)?.unsqueeze(2)?;
         let picked = lp
@@ -166,8 +180,7 @@ pub fn distill_loss(
         picked.mean_all()?.neg()?
     } else {
         Tensor::zeros((), DType::F32, s.device())?
-    };
-    Ok((kl, ce))
+    })
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -371,6 +384,10 @@ pub fn train_rank(
     let tokens_per_step = cfg.run.batch_size * cfg.run.grad_accum * seq;
     while step < cfg.run.steps {
         let t0 = std::time::Instant::now();
+        let profiled = cfg.run.cuda_profile_step == step + 1;
+        if profiled {
+            super::profile::cuda_profiler(&dev, true)?;
+        }
         let mut phases = StepPhases::new(&dev, cfg.run.profile);
         set_training(&student, true)?;
         // Per analog layer, whether its ranges initialize in this step (only ranks need it).
@@ -399,8 +416,11 @@ pub fn train_rank(
                 s_logits.detach()
             };
             phases.mark("teacher_forward")?;
-            let (kl, ce) = distill_loss(&t_logits, &s_logits, &ids, cfg.run.temperature)?;
-            let loss = ((&kl * cfg.run.kl_weight)? + (ce * cfg.run.ce_weight)?)?;
+            let kl = distill_kl(&t_logits, &s_logits, cfg.run.temperature)?;
+            let mut loss = (&kl * cfg.run.kl_weight)?;
+            if cfg.run.ce_weight > 0.0 {
+                loss = (loss + (next_token_ce(&s_logits, &ids)? * cfg.run.ce_weight)?)?;
+            }
             let loss = (loss / cfg.run.grad_accum as f64)?;
             loss_sum += f64::from(loss.to_scalar::<f32>()?);
             kl_sum += f64::from(kl.to_scalar::<f32>()?) / cfg.run.grad_accum as f64;
@@ -418,6 +438,9 @@ pub fn train_rank(
                 }
             }
             phases.mark("accumulate")?;
+            // Freeing the step's graph (thousands of device buffers) is host work of its own.
+            drop((grads, loss, kl, s_logits, t_logits));
+            phases.mark("release")?;
         }
         if world > 1 {
             (loss_sum, kl_sum) = average_step(group, &mut sums, loss_sum, kl_sum, &dev)?;
@@ -475,6 +498,9 @@ pub fn train_rank(
             super::gpu_pool::trim(&dev)?;
         }
         phases.mark("trim")?;
+        if profiled {
+            super::profile::cuda_profiler(&dev, false)?;
+        }
         let line = LogLine {
             step,
             loss: loss_sum,

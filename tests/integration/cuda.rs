@@ -88,3 +88,8 @@ fn cuda_kth_largest_equals_the_cpu() {
 fn cuda_blocked_analog_mvm_matches_cpu() {
     crate::tile::check_blocked_against_fused(&gpu());
 }
+
+#[test]
+fn cuda_step_ops_match_the_generic_compositions() {
+    crate::step_ops::check_step_ops(&gpu());
+}

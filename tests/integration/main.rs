@@ -25,6 +25,7 @@ mod presets;
 mod quant;
 mod reliability;
 mod rotate;
+mod step_ops;
 mod sweep;
 mod tile;
 mod train;

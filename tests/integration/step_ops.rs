@@ -1,0 +1,135 @@
+//! The fused step ops (causal softmax, distillation KL, AdamW) against the generic compositions
+//! they replace, on ragged random shapes; `check_step_ops` is shared with the CUDA tests.
+
+use crate::common::{assert_close, normals};
+use afm::train::step_ops::{
+    adamw_reference, adamw_update, causal_softmax, causal_softmax_reference, kl_rows,
+    kl_rows_reference, AdamStep,
+};
+use candle_core::{Device, Tensor, Var};
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all()
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+/// A random f32 tensor of `dims` from stream `seed`, on `dev`.
+fn rand(seed: u64, dims: &[usize], scale: f32, dev: &Device) -> Tensor {
+    let n = dims.iter().product();
+    Tensor::from_vec(normals(seed, n, scale), dims, dev).unwrap()
+}
+
+/// Value and gradient of `f(x)` under the loss sum(f(x) * g).
+fn value_and_grad(
+    x: &Tensor,
+    g: &Tensor,
+    f: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> (Vec<f32>, Vec<f32>) {
+    let v = Var::from_tensor(x).unwrap();
+    let y = f(v.as_tensor()).unwrap();
+    let grads = (&y * g).unwrap().sum_all().unwrap().backward().unwrap();
+    (flat(&y), flat(grads.get(v.as_tensor()).unwrap()))
+}
+
+/// The fused ops on `dev` against the generic compositions on the CPU.
+pub fn check_step_ops(dev: &Device) {
+    let cpu = Device::Cpu;
+    // Causal softmax: whole squares, cached keys (t < s), one query, rows longer than a warp.
+    for (k, dims) in [
+        [2, 3, 5, 5],
+        [1, 2, 7, 12],
+        [2, 1, 1, 9],
+        [1, 4, 37, 37],
+        [1, 1, 70, 100],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 10 + k as u64;
+        let scale = 0.125 + 0.1 * k as f64;
+        let x = rand(seed, dims, 3.0, dev);
+        let g = rand(seed + 100, dims, 1.0, dev);
+        let (y, dx) = value_and_grad(&x, &g, |x| causal_softmax(x, scale));
+        let (x, g) = (x.to_device(&cpu).unwrap(), g.to_device(&cpu).unwrap());
+        let (yr, dxr) = value_and_grad(&x, &g, |x| causal_softmax_reference(x, scale));
+        assert_close(&format!("causal softmax {dims:?}"), &y, &yr, 1e-6, 1e-5);
+        assert_close(
+            &format!("causal softmax grad {dims:?}"),
+            &dx,
+            &dxr,
+            1e-6,
+            1e-4,
+        );
+    }
+    // Distillation KL: a vocabulary shorter than a block, one not a multiple of it.
+    for (k, (rows, v, temp)) in [(3, 7, 1.0), (5, 1000, 2.0), (2, 3001, 1.0)]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 30 + k as u64;
+        let t = rand(seed, &[rows, v], 4.0, dev);
+        let s = rand(seed + 100, &[rows, v], 4.0, dev);
+        let g = rand(seed + 200, &[rows], 1.0, dev);
+        let (kl, ds) = value_and_grad(&s, &g, |s| kl_rows(&t, s, temp));
+        let (t, s, g) = (
+            t.to_device(&cpu).unwrap(),
+            s.to_device(&cpu).unwrap(),
+            g.to_device(&cpu).unwrap(),
+        );
+        let (klr, dsr) = value_and_grad(&s, &g, |s| kl_rows_reference(&t, s, temp));
+        assert!(
+            kl.iter().all(|&x| x > 0.0),
+            "KL of different logits must be > 0"
+        );
+        assert_close(&format!("kl rows {rows}x{v}"), &kl, &klr, 1e-5, 1e-4);
+        assert_close(&format!("kl grad {rows}x{v}"), &ds, &dsr, 1e-7, 1e-4);
+    }
+    // AdamW: three steps in place against the generic composition; the same bits on the CPU.
+    let dims = [37, 11];
+    let w0 = rand(50, &dims, 1.0, dev);
+    let (w, m, v) = (
+        w0.copy().unwrap(),
+        w0.zeros_like().unwrap(),
+        w0.zeros_like().unwrap(),
+    );
+    // Copies: on the CPU `to_device` would share the storage the in-place update writes.
+    let own = |t: &Tensor| t.to_device(&cpu).unwrap().copy().unwrap();
+    let mut want = (own(&w0), own(&m), own(&v));
+    for step in 1..=3 {
+        let g = rand(60 + step, &dims, 0.1, dev);
+        let k = AdamStep {
+            b1: 0.9,
+            b2: 0.999,
+            ic1: 1.0 / (1.0 - 0.9f64.powi(step as i32)),
+            ic2: 1.0 / (1.0 - 0.999f64.powi(step as i32)),
+            eps: 1e-8,
+            lr: 1e-2,
+            decay: 0.1,
+        };
+        adamw_update(&w, &m, &v, &g, &k).unwrap();
+        want = adamw_reference(&want.0, &want.1, &want.2, &g.to_device(&cpu).unwrap(), &k).unwrap();
+        for (what, got, want) in [("w", &w, &want.0), ("m", &m, &want.1), ("v", &v, &want.2)] {
+            if dev.is_cpu() {
+                assert_eq!(flat(got), flat(want), "adamw {what} after step {step}");
+            } else {
+                assert_close(
+                    &format!("adamw {what} step {step}"),
+                    &flat(got),
+                    &flat(want),
+                    1e-7,
+                    1e-5,
+                );
+            }
+        }
+    }
+    assert_ne!(flat(&w), flat(&w0), "the update moved the weights");
+}
+
+#[test]
+fn fused_step_ops_match_the_generic_compositions() {
+    check_step_ops(&Device::Cpu);
+}
