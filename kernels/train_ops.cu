@@ -159,3 +159,43 @@ extern "C" __global__ void adam_w_f32(float* w, const float* m, const float* v, 
     w[i] = w[i] * keep - u * lr;
   }
 }
+
+// ---- RMSNorm: one warp per row of n features --------------------------------------------------
+// y = (x / sqrt(mean(x^2) + eps)) * w, as candle's generic composition rounds it.
+
+extern "C" __global__ void rms_norm_f32(const float* x, const float* w, float* y, i64 rows, int n,
+                                        float eps) {
+  i64 row = ((i64)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+  int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const float* xr = x + row * n;
+  float ss = 0.f;
+  for (int j = lane; j < n; j += 32) ss += xr[j] * xr[j];
+  float d = sqrtf(warp_sum(ss) / (float)n + eps);
+  for (int j = lane; j < n; j += 32) y[row * n + j] = (xr[j] / d) * w[j];
+}
+
+// out[0] = dx = (w g) / d - x / (n d^3) * sum_j(w_j g_j x_j); out[1] = g * x / d (summed over
+// rows by the caller for dw).
+extern "C" __global__ void rms_norm_grad_f32(const float* x, const float* w, const float* g,
+                                             float* out, i64 rows, int n, float eps) {
+  i64 row = ((i64)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+  int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const float* xr = x + row * n;
+  const float* gr = g + row * n;
+  float ss = 0.f, dot = 0.f;
+  for (int j = lane; j < n; j += 32) {
+    ss += xr[j] * xr[j];
+    dot += w[j] * gr[j] * xr[j];
+  }
+  float d = sqrtf(warp_sum(ss) / (float)n + eps);
+  dot = warp_sum(dot);
+  float k = dot / ((float)n * d * d * d);
+  float* dx = out + row * n;
+  float* gx = out + rows * n + row * n;
+  for (int j = lane; j < n; j += 32) {
+    dx[j] = (w[j] * gr[j]) / d - xr[j] * k;
+    gx[j] = gr[j] * (xr[j] / d);
+  }
+}

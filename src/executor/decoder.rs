@@ -313,20 +313,22 @@ impl Decoder {
         let rep = nh / nkv;
         let q = q.reshape((b, nkv, rep * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = q.matmul(&k.t()?)?.reshape((b, nh, t, s))?;
-        let att = if causal && scores.track_op() && scores.dtype() == DType::F32 {
-            // Training: one fused op with its own backward instead of ~13 generic passes.
-            crate::train::step_ops::causal_softmax(&scores, scale)?
+        let tracked = q.track_op() || k.track_op() || v.track_op();
+        let y = if causal && tracked && q.dtype() == DType::F32 {
+            // Training: one graph node with a recomputing backward instead of the scores'
+            // generic ops (train::step_ops::causal_attention).
+            crate::train::step_ops::causal_attention(&q, &k, &v, t, scale)?
         } else {
-            let mut att = (scores * scale)?;
+            let att = (q.matmul(&k.t()?)? * scale)?;
+            let mut att = att.reshape((b, nh, t, s))?;
             if let Some(m) = mask {
                 att = att.broadcast_add(m)?;
             }
             softmax_last_dim(&att)?
+                .reshape((b, nkv, rep * t, s))?
+                .matmul(&v)?
         };
-        let att = att.reshape((b, nkv, rep * t, s))?;
-        let y = att
-            .matmul(&v)?
+        let y = y
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?;
@@ -399,11 +401,15 @@ fn causal_mask(t: usize, start: usize, dev: &Device, dtype: DType) -> Result<Opt
 
 /// RMSNorm of the last dimension of `x` with weight `w`.
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
-    Ok(if x.track_op() {
-        candle_nn::ops::rms_norm_slow(x, w, eps)?
-    } else {
-        candle_nn::ops::rms_norm(x, w, eps)?
-    })
+    Ok(
+        if x.track_op() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+            crate::train::step_ops::rms_norm(x, w, eps)?
+        } else if x.track_op() {
+            candle_nn::ops::rms_norm_slow(x, w, eps)?
+        } else {
+            candle_nn::ops::rms_norm(x, w, eps)?
+        },
+    )
 }
 
 /// Softmax over the last dimension.

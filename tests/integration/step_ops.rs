@@ -3,8 +3,8 @@
 
 use crate::common::{assert_close, normals};
 use afm::train::step_ops::{
-    adamw_reference, adamw_update, causal_softmax, causal_softmax_reference, kl_rows,
-    kl_rows_reference, AdamStep,
+    adamw_reference, adamw_update, causal_attention, causal_attention_reference, causal_softmax,
+    causal_softmax_reference, kl_rows, kl_rows_reference, rms_norm, rms_norm_reference, AdamStep,
 };
 use candle_core::{Device, Tensor, Var};
 
@@ -62,6 +62,88 @@ pub fn check_step_ops(dev: &Device) {
             &dx,
             &dxr,
             1e-6,
+            1e-4,
+        );
+    }
+    // Causal attention (one graph node): grouped heads, cached keys, gradients of q, k and v.
+    for (k, (b, g, rep, t, s_len, d)) in [
+        (2, 1, 1, 5, 5, 4),
+        (1, 2, 3, 7, 12, 8),
+        (1, 3, 2, 40, 40, 16),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 70 + 3 * k as u64;
+        let q = rand(seed, &[b, g, rep * t, d], 1.0, dev);
+        let kk = rand(seed + 1, &[b, g, s_len, d], 1.0, dev);
+        let v = rand(seed + 2, &[b, g, s_len, d], 1.0, dev);
+        let up = rand(seed + 3, &[b, g, rep * t, d], 1.0, dev);
+        let grads = |q: &Tensor, kk: &Tensor, v: &Tensor, reference: bool| {
+            let vars = [q, kk, v].map(|x| Var::from_tensor(x).unwrap());
+            let f = if reference {
+                causal_attention_reference
+            } else {
+                causal_attention
+            };
+            let [qv, kv, vv] = &vars;
+            let y = f(qv.as_tensor(), kv.as_tensor(), vv.as_tensor(), t, 0.3).unwrap();
+            let up = up.to_device(q.device()).unwrap();
+            let gr = (&y * up).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut out = vec![flat(&y)];
+            out.extend(vars.iter().map(|x| flat(gr.get(x.as_tensor()).unwrap())));
+            out
+        };
+        let got = grads(&q, &kk, &v, false);
+        let c = |x: &Tensor| x.to_device(&cpu).unwrap();
+        let want = grads(&c(&q), &c(&kk), &c(&v), true);
+        for (what, (a, e)) in ["y", "dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
+            let label = format!("causal attention {what} {b}x{g}x{rep}x{t}x{s_len}x{d}");
+            assert_close(&label, a, e, 1e-5, 1e-4);
+        }
+    }
+    // RMSNorm: rows shorter than a warp, longer, and not a multiple of it; gradients of x and w.
+    for (k, dims) in [[2, 3, 5], [1, 4, 70], [3, 1, 576]].iter().enumerate() {
+        let seed = 20 + k as u64;
+        let x = rand(seed, dims, 2.0, dev);
+        let w = rand(seed + 100, &dims[2..], 1.0, dev);
+        let g = rand(seed + 200, dims, 1.0, dev);
+        let grads = |x: &Tensor, w: &Tensor, reference: bool| {
+            let (xv, wv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap());
+            let f = if reference {
+                rms_norm_reference
+            } else {
+                rms_norm
+            };
+            let y = f(xv.as_tensor(), wv.as_tensor(), 1e-5).unwrap();
+            let gr = (&y * g.to_device(x.device()).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let grad = |v: &Var| flat(gr.get(v.as_tensor()).unwrap());
+            (flat(&y), grad(&xv), grad(&wv))
+        };
+        let got = grads(&x, &w, false);
+        let want = grads(
+            &x.to_device(&cpu).unwrap(),
+            &w.to_device(&cpu).unwrap(),
+            true,
+        );
+        assert_close(&format!("rms norm {dims:?}"), &got.0, &want.0, 1e-6, 1e-5);
+        assert_close(
+            &format!("rms norm dx {dims:?}"),
+            &got.1,
+            &want.1,
+            1e-5,
+            1e-4,
+        );
+        assert_close(
+            &format!("rms norm dw {dims:?}"),
+            &got.2,
+            &want.2,
+            1e-5,
             1e-4,
         );
     }

@@ -694,11 +694,18 @@ fn gradients_reach_every_layer_of_the_student() {
         ..AnalogTrainConfig::default()
     };
     let student = build_student(&teacher, &cfg, 5, false, DType::F32).unwrap();
+    // In training mode, as the trainer runs it: outside it the layers compute digitally and
+    // the student can equal the teacher bit for bit (KL 0, every gradient 0).
+    afm::train::student::set_training(&student, true).unwrap();
     let ids: Vec<u32> = (0..2 * 16).map(|i| (i * 7 + 3) % 200).collect();
     let ids = Tensor::from_vec(ids, (2, 16), &Device::Cpu).unwrap();
     let t = teacher.forward(&ids, &mut KvCache::default()).unwrap();
     let s = student.forward(&ids, &mut KvCache::default()).unwrap();
     let (kl, _) = distill_loss(&t, &s, &ids, 1.0).unwrap();
+    assert!(
+        kl.to_scalar::<f32>().unwrap() > 1e-4,
+        "the analog student differs from the teacher"
+    );
     let grads = kl.backward().unwrap();
     // The composed forms compute what the fused kernels do: a student without converters or
     // noise, whose forward takes them, gives the teacher's logits.

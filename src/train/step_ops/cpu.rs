@@ -111,3 +111,38 @@ pub fn adam_weights(w: &mut [f32], m: &[f32], v: &[f32], k: &AdamConsts) {
             *w = *w * k.keep - u * k.lr;
         });
 }
+
+/// RMSNorm of rows of `n` features: (x / sqrt(mean(x^2) + eps)) * w.
+pub fn rms_norm(x: &[f32], w: &[f32], n: usize, eps: f32) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(n)
+        .zip(x.par_chunks(n))
+        .for_each(|(yr, xr)| {
+            let ss: f32 = xr.iter().map(|v| v * v).sum();
+            let d = (ss / n as f32 + eps).sqrt();
+            for ((o, &xj), &wj) in yr.iter_mut().zip(xr).zip(w) {
+                *o = (xj / d) * wj;
+            }
+        });
+    y
+}
+
+/// Gradient of [`rms_norm`]: dx, then g * x / d (whose sum over rows is dw), one after the other.
+pub fn rms_norm_grad(x: &[f32], w: &[f32], g: &[f32], n: usize, eps: f32) -> Vec<f32> {
+    let mut out = vec![0f32; 2 * x.len()];
+    let (dx, gx) = out.split_at_mut(x.len());
+    dx.par_chunks_mut(n)
+        .zip(gx.par_chunks_mut(n))
+        .zip(x.par_chunks(n).zip(g.par_chunks(n)))
+        .for_each(|((dr, hr), (xr, gr))| {
+            let ss: f32 = xr.iter().map(|v| v * v).sum();
+            let d = (ss / n as f32 + eps).sqrt();
+            let dot: f32 = xr.iter().zip(gr).zip(w).map(|((x, g), w)| w * g * x).sum();
+            let k = dot / (n as f32 * d * d * d);
+            for j in 0..n {
+                dr[j] = (w[j] * gr[j]) / d - xr[j] * k;
+                hr[j] = gr[j] * (xr[j] / d);
+            }
+        });
+    out
+}

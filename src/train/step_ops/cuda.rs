@@ -169,3 +169,42 @@ pub fn adam_weights(
     unsafe { b.launch(elementwise(n)) }.w()?;
     Ok(())
 }
+
+pub fn rms_norm(
+    x: (&CudaStorage, &Layout),
+    w: (&CudaStorage, &Layout),
+    rows: usize,
+    n: usize,
+    eps: f32,
+) -> Result<CudaStorage> {
+    let dev = x.0.device().clone();
+    let (xv, wv) = (view(x.0, x.1)?, view(w.0, w.1)?);
+    let y = unsafe { dev.alloc::<f32>(rows * n) }?;
+    let f = dev.get_or_load_custom_func("rms_norm_f32", MODULE, PTX)?;
+    let mut b = f.builder();
+    b.arg(&xv).arg(&wv).arg(&y);
+    candle_core::builder_arg!(b, rows as i64, n as i32, eps);
+    unsafe { b.launch(warp_rows(rows)) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(y, dev))
+}
+
+pub fn rms_norm_grad(
+    args: [(&CudaStorage, &Layout); 3],
+    rows: usize,
+    n: usize,
+    eps: f32,
+) -> Result<CudaStorage> {
+    let dev = args[0].0.device().clone();
+    let (xv, wv, gv) = (
+        view(args[0].0, args[0].1)?,
+        view(args[1].0, args[1].1)?,
+        view(args[2].0, args[2].1)?,
+    );
+    let out = unsafe { dev.alloc::<f32>(2 * rows * n) }?;
+    let f = dev.get_or_load_custom_func("rms_norm_grad_f32", MODULE, PTX)?;
+    let mut b = f.builder();
+    b.arg(&xv).arg(&wv).arg(&gv).arg(&out);
+    candle_core::builder_arg!(b, rows as i64, n as i32, eps);
+    unsafe { b.launch(warp_rows(rows)) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}

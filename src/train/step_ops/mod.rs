@@ -1,5 +1,5 @@
-//! Fused ops of the training step outside the analog layer: attention's causal softmax, the
-//! distillation KL and AdamW's update.
+//! Fused ops of the training step outside the analog layer: attention's causal softmax,
+//! RMSNorm, the distillation KL and AdamW's update.
 //!
 //! Built from candle's generic ops, a layer's causal softmax was about 13 launches forward and
 //! backward, each a pass over the (batch, heads, tokens, keys) scores, and the KL over the
@@ -10,9 +10,12 @@
 //! `kernels/train_ops.cu`), f32 only; the `*_reference` functions beside them are the generic
 //! compositions they replace, which the tests hold them to.
 
+mod attention;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+
+pub use attention::{causal_attention, causal_attention_reference};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -278,6 +281,131 @@ pub fn kl_rows_reference(t: &Tensor, s: &Tensor, temperature: f64) -> Result<Ten
     let lt = candle_nn::ops::log_softmax(&(t.detach() / temperature)?, D::Minus1)?;
     let ls = candle_nn::ops::log_softmax(&(s / temperature)?, D::Minus1)?;
     (lt.exp()? * (&lt - &ls)?)?.sum(D::Minus1)
+}
+
+/// RMSNorm of x (..., n) with weights w (n,): (x / sqrt(mean(x^2) + eps)) * w.
+#[derive(Debug, Clone, Copy)]
+struct RmsNorm {
+    eps: f32,
+}
+
+/// (rows, n) of x (..., n) and w (n,), checked to agree.
+fn norm_dims(lx: &Layout, lw: &Layout, op: &str) -> Result<(usize, usize)> {
+    let n = lx.dims().last().copied().unwrap_or(0);
+    if lw.dims() != [n] || n == 0 {
+        candle_core::bail!(
+            "{op}: weights {:?} do not match the input's last dimension {:?}",
+            lw.dims(),
+            lx.dims()
+        );
+    }
+    Ok((lx.shape().elem_count() / n, n))
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "afm-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, n) = norm_dims(l1, l2, self.name())?;
+        let (x, w) = (cpu_f32(s1, l1, self.name())?, cpu_f32(s2, l2, self.name())?);
+        Ok((
+            CpuStorage::F32(cpu::rms_norm(x, w, n, self.eps)),
+            l1.shape().clone(),
+        ))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (rows, n) = norm_dims(l1, l2, self.name())?;
+        let y = cuda::rms_norm((s1, l1), (s2, l2), rows, n, self.eps)?;
+        Ok((y, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = w.dim(0)?;
+        let g = grad.contiguous()?;
+        let both = x.apply_op3_no_bwd(w, &g, &RmsNormGrad { eps: self.eps })?;
+        let dx = both.narrow(0, 0, x.elem_count())?.reshape(x.shape())?;
+        let dw = both
+            .narrow(0, x.elem_count(), x.elem_count())?
+            .reshape(((), n))?
+            .sum(0)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// dx and g * x / d one after the other (2 * len elements, flat); arguments (x, w, g).
+#[derive(Debug, Clone, Copy)]
+struct RmsNormGrad {
+    eps: f32,
+}
+
+impl CustomOp3 for RmsNormGrad {
+    fn name(&self) -> &'static str {
+        "afm-rms-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, n) = norm_dims(l1, l2, self.name())?;
+        let (x, w) = (cpu_f32(s1, l1, self.name())?, cpu_f32(s2, l2, self.name())?);
+        let g = cpu_f32(s3, l3, self.name())?;
+        let out = cpu::rms_norm_grad(x, w, g, n, self.eps);
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (rows, n) = norm_dims(l1, l2, self.name())?;
+        let out = cuda::rms_norm_grad([(s1, l1), (s2, l2), (s3, l3)], rows, n, self.eps)?;
+        Ok((out, Shape::from(2 * rows * n)))
+    }
+}
+
+/// RMSNorm of f32 `x` (..., n) with weights `w` (n,), differentiable in both.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps })
+}
+
+/// [`rms_norm`] from generic ops (candle's `rms_norm_slow`).
+pub fn rms_norm_reference(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    candle_nn::ops::rms_norm_slow(x, w, eps)
 }
 
 /// One AdamW step's constants (each rounded to f32 as candle's scalar ops round them).
