@@ -199,3 +199,23 @@ extern "C" __global__ void rms_norm_grad_f32(const float* x, const float* w, con
     gx[j] = gr[j] * (xr[j] / d);
   }
 }
+
+// ---- weight clipping: one warp per output channel (row of n), in place -----------------------
+// w = clamp(w, -alpha * std, alpha * std), std with n - 1 in the denominator.
+
+extern "C" __global__ void clip_rows_f32(float* w, i64 rows, int n, float alpha) {
+  i64 row = ((i64)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+  int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  float* wr = w + row * n;
+  float s = 0.f;
+  for (int j = lane; j < n; j += 32) s += wr[j];
+  float mean = warp_sum(s) / (float)n;
+  float ss = 0.f;
+  for (int j = lane; j < n; j += 32) {
+    float d = wr[j] - mean;
+    ss += d * d;
+  }
+  float lim = sqrtf(warp_sum(ss) / (float)max(n - 1, 1)) * alpha;
+  for (int j = lane; j < n; j += 32) wr[j] = fmaxf(fminf(wr[j], lim), -lim);
+}

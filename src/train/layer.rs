@@ -13,7 +13,7 @@ use super::range_search;
 use crate::error::{Error, Result};
 use crate::rng::{name_hash, Effect, StreamKey};
 use crate::tile::mapping::split_with_head;
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
@@ -711,14 +711,7 @@ impl AnalogTrainLinear {
         if alpha <= 0.0 {
             return Ok(());
         }
-        let w = self.weight.as_tensor();
-        let n = w.dims()[1] as f64;
-        let mean = w.mean_keepdim(D::Minus1)?;
-        let var = (w.broadcast_sub(&mean)?.sqr()?.sum_keepdim(D::Minus1)? / (n - 1.0).max(1.0))?;
-        let lim = (var.sqrt()? * alpha)?;
-        let clipped = w.broadcast_minimum(&lim)?.broadcast_maximum(&lim.neg()?)?;
-        self.weight.set(&clipped)?;
-        Ok(())
+        Ok(super::step_ops::clip_rows(&self.weight, alpha)?)
     }
 }
 

@@ -4,7 +4,8 @@
 use crate::common::{assert_close, normals};
 use afm::train::step_ops::{
     adamw_reference, adamw_update, causal_attention, causal_attention_reference, causal_softmax,
-    causal_softmax_reference, kl_rows, kl_rows_reference, rms_norm, rms_norm_reference, AdamStep,
+    causal_softmax_reference, clip_rows, clip_rows_reference, kl_rows, kl_rows_reference, rms_norm,
+    rms_norm_reference, AdamStep,
 };
 use candle_core::{Device, Tensor, Var};
 
@@ -169,6 +170,22 @@ pub fn check_step_ops(dev: &Device) {
         );
         assert_close(&format!("kl rows {rows}x{v}"), &kl, &klr, 1e-5, 1e-4);
         assert_close(&format!("kl grad {rows}x{v}"), &ds, &dsr, 1e-7, 1e-4);
+    }
+    // Weight clipping in place: rows shorter than a warp and longer, against the clipped copy.
+    for (k, dims) in [[3usize, 5usize], [7, 70], [2, 1536]].iter().enumerate() {
+        let w = rand(80 + k as u64, dims, 1.0, dev);
+        let want = clip_rows_reference(&w.to_device(&cpu).unwrap(), 1.5).unwrap();
+        let var = Var::from_tensor(&w).unwrap();
+        clip_rows(&var, 1.5).unwrap();
+        let got = flat(var.as_tensor());
+        assert_close(
+            &format!("clip rows {dims:?}"),
+            &got,
+            &flat(&want),
+            1e-6,
+            1e-5,
+        );
+        assert_ne!(got, flat(&w), "alpha 1.5 clips some of {dims:?}");
     }
     // AdamW: three steps in place against the generic composition; the same bits on the CPU.
     let dims = [37, 11];

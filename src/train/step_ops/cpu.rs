@@ -146,3 +146,13 @@ pub fn rms_norm_grad(x: &[f32], w: &[f32], g: &[f32], n: usize, eps: f32) -> Vec
         });
     out
 }
+
+/// Clips each row of `n` weights to +-alpha times its standard deviation (n - 1), in place.
+pub fn clip_rows(w: &mut [f32], n: usize, alpha: f32) {
+    w.par_chunks_mut(n).for_each(|r| {
+        let mean = r.iter().sum::<f32>() / n as f32;
+        let ss: f32 = r.iter().map(|v| (v - mean) * (v - mean)).sum();
+        let lim = (ss / (n.max(2) - 1) as f32).sqrt() * alpha;
+        r.iter_mut().for_each(|v| *v = v.min(lim).max(-lim));
+    });
+}

@@ -208,3 +208,14 @@ pub fn rms_norm_grad(
     unsafe { b.launch(warp_rows(rows)) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
+
+pub fn clip_rows(w: &mut CudaStorage, l: &Layout, rows: usize, n: usize, alpha: f32) -> Result<()> {
+    let dev = w.device().clone();
+    let mut wv = view_mut(w, l)?;
+    let f = dev.get_or_load_custom_func("clip_rows_f32", MODULE, PTX)?;
+    let mut b = f.builder();
+    b.arg(&mut wv);
+    candle_core::builder_arg!(b, rows as i64, n as i32, alpha);
+    unsafe { b.launch(warp_rows(rows)) }.w()?;
+    Ok(())
+}

@@ -1,5 +1,6 @@
-//! Fused ops of the training step outside the analog layer: attention's causal softmax,
-//! RMSNorm, the distillation KL and AdamW's update.
+//! Fused ops of the training step outside the analog layer: attention (its causal softmax as
+//! one kernel, the whole of it as one graph node), RMSNorm, the distillation KL, AdamW's update
+//! and the weight clipping after it.
 //!
 //! Built from candle's generic ops, a layer's causal softmax was about 13 launches forward and
 //! backward, each a pass over the (batch, heads, tokens, keys) scores, and the KL over the
@@ -11,11 +12,13 @@
 //! compositions they replace, which the tests hold them to.
 
 mod attention;
+mod clip;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
 pub use attention::{causal_attention, causal_attention_reference};
+pub use clip::{clip_rows, clip_rows_reference};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
