@@ -219,3 +219,43 @@ extern "C" __global__ void clip_rows_f32(float* w, i64 rows, int n, float alpha)
   float lim = sqrtf(warp_sum(ss) / (float)max(n - 1, 1)) * alpha;
   for (int j = lane; j < n; j += 32) wr[j] = fmaxf(fminf(wr[j], lim), -lim);
 }
+
+// ---- SwiGLU: y = silu(a) * b, element-wise ----------------------------------------------------
+
+__device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + expf(-v)); }
+
+extern "C" __global__ void swiglu_f32(const float* a, const float* b, float* y, i64 n) {
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+    y[i] = a[i] * sigmoid(a[i]) * b[i];
+}
+
+// out[0..n] = da = g * b * silu'(a), out[n..2n] = db = g * silu(a);
+// silu'(a) = s + a * s * (1 - s) with s = sigmoid(a).
+extern "C" __global__ void swiglu_grad_f32(const float* a, const float* b, const float* g,
+                                           float* out, i64 n) {
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+    float s = sigmoid(a[i]);
+    out[i] = g[i] * b[i] * (s + a[i] * s * (1.f - s));
+    out[n + i] = g[i] * (a[i] * s);
+  }
+}
+
+// ---- rotary embedding of x (rows of d = 2h; row r is token r % t), and its inverse ------------
+// y[i] = x[i] c - x[i + h] s, y[i + h] = x[i + h] c + x[i] s with c, s = cos, sin[token, i];
+// `inverse` rotates by -angle (the backward).
+
+extern "C" __global__ void rope_f32(const float* x, const float* cs, const float* sn, float* y,
+                                    i64 rows, int t, int h, int inverse) {
+  i64 n = rows * h;
+  for (i64 k = (i64)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (i64)gridDim.x * blockDim.x) {
+    i64 r = k / h;
+    int i = (int)(k % h);
+    int tok = (int)(r % t);
+    float c = cs[tok * h + i], s = sn[tok * h + i];
+    if (inverse) s = -s;
+    const float* xr = x + r * 2 * h;
+    float x1 = xr[i], x2 = xr[i + h];
+    y[r * 2 * h + i] = x1 * c - x2 * s;
+    y[r * 2 * h + i + h] = x2 * c + x1 * s;
+  }
+}

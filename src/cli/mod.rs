@@ -76,16 +76,7 @@ pub fn open_device(s: &str) -> anyhow::Result<candle_core::Device> {
     if !candle_core::utils::cuda_is_available() {
         anyhow::bail!("device `{s}`: this afm was built without CUDA (build with --features cuda)");
     }
-    let dev = candle_core::Device::new_cuda(ordinal)?;
-    // Experiment switch (issue 9): cudarc's per-buffer event tracking off.
-    #[cfg(feature = "cuda")]
-    if std::env::var("AFM_CUDA_EVENT_TRACKING").as_deref() == Ok("0") {
-        if let candle_core::Device::Cuda(cu) = &dev {
-            // SAFETY: experiment only; every tensor of a training run is used on one stream.
-            unsafe { cu.disable_event_tracking() };
-        }
-    }
-    Ok(dev)
+    Ok(candle_core::Device::new_cuda(ordinal)?)
 }
 
 /// Runs a parsed command line.

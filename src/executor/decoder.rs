@@ -344,7 +344,12 @@ impl Decoder {
                 (y.narrow(D::Minus1, 0, i)?, y.narrow(D::Minus1, i, i)?)
             }
         };
-        block.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
+        let act = if (gate.track_op() || up.track_op()) && gate.dtype() == DType::F32 {
+            crate::train::step_ops::swiglu(&gate, &up)?
+        } else {
+            (candle_nn::ops::silu(&gate)? * up)?
+        };
+        block.down.forward(&act)
     }
 }
 
@@ -423,9 +428,13 @@ fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 /// Rotary embedding of `x` (batch, heads, tokens, head dim) by the tables `cos`, `sin`.
 fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    Ok(if x.track_op() {
-        candle_nn::rotary_emb::rope_slow(x, cos, sin)?
-    } else {
-        candle_nn::rotary_emb::rope(x, cos, sin)?
-    })
+    Ok(
+        if x.track_op() && x.dtype() == DType::F32 && cos.dtype() == DType::F32 {
+            crate::train::step_ops::rope(x, cos, sin)?
+        } else if x.track_op() {
+            candle_nn::rotary_emb::rope_slow(x, cos, sin)?
+        } else {
+            candle_nn::rotary_emb::rope(x, cos, sin)?
+        },
+    )
 }

@@ -1,11 +1,11 @@
-//! The fused step ops (causal softmax, distillation KL, AdamW) against the generic compositions
-//! they replace, on ragged random shapes; `check_step_ops` is shared with the CUDA tests.
+//! The fused step ops (attention, RMSNorm, SwiGLU, rotary embedding, distillation KL, AdamW,
+//! weight clipping) against the generic compositions they replace, on ragged random shapes; `check_step_ops` is shared with the CUDA tests.
 
 use crate::common::{assert_close, normals};
 use afm::train::step_ops::{
     adamw_reference, adamw_update, causal_attention, causal_attention_reference, causal_softmax,
     causal_softmax_reference, clip_rows, clip_rows_reference, kl_rows, kl_rows_reference, rms_norm,
-    rms_norm_reference, AdamStep,
+    rms_norm_reference, rope, rope_reference, swiglu, swiglu_reference, AdamStep,
 };
 use candle_core::{Device, Tensor, Var};
 
@@ -102,6 +102,36 @@ pub fn check_step_ops(dev: &Device) {
             let label = format!("causal attention {what} {b}x{g}x{rep}x{t}x{s_len}x{d}");
             assert_close(&label, a, e, 1e-5, 1e-4);
         }
+    }
+    // SwiGLU (gradients of both inputs) and the rotary embedding (gradient of x).
+    for (k, dims) in [[2usize, 3usize, 5usize], [1, 7, 70]].iter().enumerate() {
+        let seed = 90 + 4 * k as u64;
+        let (a, b) = (rand(seed, dims, 2.0, dev), rand(seed + 1, dims, 1.0, dev));
+        let g = rand(seed + 2, dims, 1.0, dev);
+        let run = |a: &Tensor, b: &Tensor, reference: bool| {
+            let (av, bv) = (Var::from_tensor(a).unwrap(), Var::from_tensor(b).unwrap());
+            let f = if reference { swiglu_reference } else { swiglu };
+            let y = f(av.as_tensor(), bv.as_tensor()).unwrap();
+            let g = g.to_device(a.device()).unwrap();
+            let gr = (&y * g).unwrap().sum_all().unwrap().backward().unwrap();
+            let grad = |v: &Var| flat(gr.get(v.as_tensor()).unwrap());
+            [flat(&y), grad(&av), grad(&bv)]
+        };
+        let c = |x: &Tensor| x.to_device(&cpu).unwrap();
+        let (got, want) = (run(&a, &b, false), run(&c(&a), &c(&b), true));
+        for (what, (x, e)) in ["y", "da", "db"].iter().zip(got.iter().zip(&want)) {
+            assert_close(&format!("swiglu {what} {dims:?}"), x, e, 1e-6, 1e-5);
+        }
+        let (b_, h, t, d) = (2, 3, 4 + 3 * k, 8 + 8 * k);
+        let x = rand(seed + 3, &[b_, h, t, d], 1.0, dev);
+        let angles: Vec<f32> = (0..t * d / 2).map(|i| 0.37 * i as f32).collect();
+        let ang = Tensor::from_vec(angles, (t, d / 2), dev).unwrap();
+        let (cos, sin) = (ang.cos().unwrap(), ang.sin().unwrap());
+        let up = rand(seed + 4, &[b_, h, t, d], 1.0, dev);
+        let (y, dx) = value_and_grad(&x, &up, |x| rope(x, &cos, &sin));
+        let (yr, dxr) = value_and_grad(&c(&x), &c(&up), |x| rope_reference(x, &c(&cos), &c(&sin)));
+        assert_close(&format!("rope {t}x{d}"), &y, &yr, 1e-6, 1e-5);
+        assert_close(&format!("rope grad {t}x{d}"), &dx, &dxr, 1e-6, 1e-5);
     }
     // RMSNorm: rows shorter than a warp, longer, and not a multiple of it; gradients of x and w.
     for (k, dims) in [[2, 3, 5], [1, 4, 70], [3, 1, 576]].iter().enumerate() {

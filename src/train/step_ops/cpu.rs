@@ -156,3 +156,50 @@ pub fn clip_rows(w: &mut [f32], n: usize, alpha: f32) {
         r.iter_mut().for_each(|v| *v = v.min(lim).max(-lim));
     });
 }
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+/// silu(a) * b element-wise.
+pub fn swiglu(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.par_iter()
+        .zip(b.par_iter())
+        .map(|(&a, &b)| a * sigmoid(a) * b)
+        .collect()
+}
+
+/// Gradient of [`swiglu`]: da then db, one after the other.
+pub fn swiglu_grad(a: &[f32], b: &[f32], g: &[f32]) -> Vec<f32> {
+    let n = a.len();
+    let mut out = vec![0f32; 2 * n];
+    let (da, db) = out.split_at_mut(n);
+    da.par_iter_mut()
+        .zip(db.par_iter_mut())
+        .enumerate()
+        .for_each(|(i, (da, db))| {
+            let s = sigmoid(a[i]);
+            *da = g[i] * b[i] * (s + a[i] * s * (1.0 - s));
+            *db = g[i] * (a[i] * s);
+        });
+    out
+}
+
+/// Rotary embedding of rows of `2h` (row r is token r % t) by the (t, h) tables, or by the
+/// opposite angles with `inverse` (its backward).
+pub fn rope(x: &[f32], cos: &[f32], sin: &[f32], t: usize, h: usize, inverse: bool) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(2 * h)
+        .zip(x.par_chunks(2 * h))
+        .enumerate()
+        .for_each(|(r, (yr, xr))| {
+            let tok = r % t;
+            for i in 0..h {
+                let (c, s) = (cos[tok * h + i], sin[tok * h + i]);
+                let s = if inverse { -s } else { s };
+                yr[i] = xr[i] * c - xr[i + h] * s;
+                yr[i + h] = xr[i + h] * c + xr[i] * s;
+            }
+        });
+    y
+}

@@ -219,3 +219,62 @@ pub fn clip_rows(w: &mut CudaStorage, l: &Layout, rows: usize, n: usize, alpha: 
     unsafe { b.launch(warp_rows(rows)) }.w()?;
     Ok(())
 }
+
+/// One launch of an element-wise kernel over `n` outputs (`per` f32 outputs per element) whose
+/// arguments are `ins`, then `n` as i64.
+fn elementwise_op(
+    name: &str,
+    ins: &[(&CudaStorage, &Layout)],
+    n: usize,
+    per: usize,
+) -> Result<CudaStorage> {
+    let dev = ins[0].0.device().clone();
+    let views = ins
+        .iter()
+        .map(|(s, l)| view(s, l))
+        .collect::<Result<Vec<_>>>()?;
+    let out = unsafe { dev.alloc::<f32>(per * n) }?;
+    let f = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+    let mut b = f.builder();
+    for v in &views {
+        b.arg(v);
+    }
+    b.arg(&out);
+    candle_core::builder_arg!(b, n as i64);
+    unsafe { b.launch(elementwise(n)) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}
+
+pub fn swiglu(
+    a: (&CudaStorage, &Layout),
+    b: (&CudaStorage, &Layout),
+    n: usize,
+) -> Result<CudaStorage> {
+    elementwise_op("swiglu_f32", &[a, b], n, 1)
+}
+
+pub fn swiglu_grad(args: [(&CudaStorage, &Layout); 3], n: usize) -> Result<CudaStorage> {
+    elementwise_op("swiglu_grad_f32", &args, n, 2)
+}
+
+pub fn rope(
+    args: [(&CudaStorage, &Layout); 3],
+    rows: usize,
+    t: usize,
+    h: usize,
+    inverse: bool,
+) -> Result<CudaStorage> {
+    let dev = args[0].0.device().clone();
+    let (x, c, s) = (
+        view(args[0].0, args[0].1)?,
+        view(args[1].0, args[1].1)?,
+        view(args[2].0, args[2].1)?,
+    );
+    let y = unsafe { dev.alloc::<f32>(rows * 2 * h) }?;
+    let f = dev.get_or_load_custom_func("rope_f32", MODULE, PTX)?;
+    let mut b = f.builder();
+    b.arg(&x).arg(&c).arg(&s).arg(&y);
+    candle_core::builder_arg!(b, rows as i64, t as i32, h as i32, i32::from(inverse));
+    unsafe { b.launch(elementwise(rows * h)) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(y, dev))
+}

@@ -1,6 +1,6 @@
 //! Fused ops of the training step outside the analog layer: attention (its causal softmax as
 //! one kernel, the whole of it as one graph node), RMSNorm, the distillation KL, AdamW's update
-//! and the weight clipping after it.
+//! and the weight clipping after it; SwiGLU and the rotary embedding.
 //!
 //! Built from candle's generic ops, a layer's causal softmax was about 13 launches forward and
 //! backward, each a pass over the (batch, heads, tokens, keys) scores, and the KL over the
@@ -16,9 +16,11 @@ mod clip;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod pointwise;
 
 pub use attention::{causal_attention, causal_attention_reference};
 pub use clip::{clip_rows, clip_rows_reference};
+pub use pointwise::{rope, rope_reference, swiglu, swiglu_reference};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
