@@ -4,7 +4,7 @@
 //!
 //! Built from candle's generic ops, a layer's causal softmax was about 13 launches forward and
 //! backward, each a pass over the (batch, heads, tokens, keys) scores, and the KL over the
-//! (tokens, vocabulary) logits about 30; on an H200 those passes were ~40% of a SmolLM2 step's
+//! (tokens, vocabulary) logits about 30; on an H200 those passes were ~53% of a SmolLM2 step's
 //! kernel time (`scripts/device/kernel-profile.sh`, benches/RESULTS.md). Here each is one pass
 //! forward and one backward, and AdamW is three in-place passes per tensor instead of ~15
 //! allocating ones. Every op has a CPU path (`cpu`) and a CUDA path (`cuda`,
