@@ -30,6 +30,27 @@ fn pass_through_cuda(
     Ok((s.try_clone(l)?, l.shape().clone()))
 }
 
+/// A tensor computed outside the autograd graph, copied out as a custom op's result on the
+/// CPU: how an op whose forward runs untracked (the fused analog layer, the causal attention)
+/// hands that forward's value to the graph.
+pub(crate) fn held_value_cpu(t: &Tensor, op: &str) -> Result<(CpuStorage, Shape)> {
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        candle_core::Storage::Cpu(c) => Ok((c.try_clone(l)?, l.shape().clone())),
+        _ => candle_core::bail!("{op}: its value is not on the CPU"),
+    }
+}
+
+/// [`held_value_cpu`] on the GPU.
+#[cfg(feature = "cuda")]
+pub(crate) fn held_value_cuda(t: &Tensor, op: &str) -> Result<(candle_core::CudaStorage, Shape)> {
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        candle_core::Storage::Cuda(c) => Ok((c.try_clone(l)?, l.shape().clone())),
+        _ => candle_core::bail!("{op}: its value is not on the GPU"),
+    }
+}
+
 /// Input stage of one row block: x (tokens, n) clipped to the range beta (shape (1,)) and
 /// quantized; arguments (x, beta, value).
 #[derive(Debug, Clone, Copy)]

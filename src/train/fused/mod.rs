@@ -18,7 +18,6 @@ mod cuda;
 
 use crate::rng::{Effect, StreamKey};
 use crate::train::layer::NoiseShape;
-use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
@@ -653,11 +652,7 @@ impl CustomOp3 for LayerPass {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (s, l) = self.0.value.storage_and_layout();
-        match &*s {
-            candle_core::Storage::Cpu(c) => Ok((c.try_clone(l)?, l.shape().clone())),
-            _ => candle_core::bail!("analog layer: its value is not on the CPU"),
-        }
+        crate::train::ops::held_value_cpu(&self.0.value, "analog layer")
     }
 
     #[cfg(feature = "cuda")]
@@ -670,11 +665,7 @@ impl CustomOp3 for LayerPass {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (s, l) = self.0.value.storage_and_layout();
-        match &*s {
-            candle_core::Storage::Cuda(c) => Ok((c.try_clone(l)?, l.shape().clone())),
-            _ => candle_core::bail!("analog layer: its value is not on the GPU"),
-        }
+        crate::train::ops::held_value_cuda(&self.0.value, "analog layer")
     }
 
     fn bwd(

@@ -9,8 +9,7 @@
 //! flash-attention's backward does.
 
 use super::{CausalSoftmax, CausalSoftmaxGrad};
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// The attention result computed untracked in [`causal_attention`], handed to the graph.
 struct CausalAttention {
@@ -47,11 +46,7 @@ impl CustomOp3 for CausalAttention {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (s, l) = self.out.storage_and_layout();
-        match &*s {
-            Storage::Cpu(s) => Ok((s.try_clone(l)?, l.shape().clone())),
-            _ => candle_core::bail!("causal attention: the result is not on the CPU"),
-        }
+        crate::train::ops::held_value_cpu(&self.out, self.name())
     }
 
     #[cfg(feature = "cuda")]
@@ -64,11 +59,7 @@ impl CustomOp3 for CausalAttention {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (s, l) = self.out.storage_and_layout();
-        match &*s {
-            Storage::Cuda(s) => Ok((s.try_clone(l)?, l.shape().clone())),
-            _ => candle_core::bail!("causal attention: the result is not on the GPU"),
-        }
+        crate::train::ops::held_value_cuda(&self.out, self.name())
     }
 
     fn bwd(

@@ -432,16 +432,23 @@ pub struct AdamStep {
     pub decay: f64,
 }
 
-/// m = m * b1 + g * (1 - b1), in place on m; argument g.
-struct AdamM(f32, f32);
-/// v = v * b2 + g^2 * (1 - b2), in place on v; argument g.
-struct AdamV(f32, f32);
+/// One AdamW moment in place, argument g: m = m * b + g * one_b, or with `square`
+/// v = v * b + g^2 * one_b.
+struct AdamMoment {
+    b: f32,
+    one_b: f32,
+    square: bool,
+}
 /// w = w * (1 - lr * decay) - (m / c1) / (sqrt(v / c2) + eps) * lr, in place on w.
 struct AdamW(cpu::AdamConsts);
 
-impl InplaceOp2 for AdamM {
+impl InplaceOp2 for AdamMoment {
     fn name(&self) -> &'static str {
-        "afm-adam-m"
+        if self.square {
+            "afm-adam-v"
+        } else {
+            "afm-adam-m"
+        }
     }
     fn cpu_fwd(
         &self,
@@ -451,7 +458,8 @@ impl InplaceOp2 for AdamM {
         l2: &Layout,
     ) -> Result<()> {
         let g = cpu_f32(s2, l2, self.name())?;
-        cpu::adam_moment(cpu_f32_mut(s1, l1, self.name())?, g, self.0, self.1, false);
+        let m = cpu_f32_mut(s1, l1, self.name())?;
+        cpu::adam_moment(m, g, self.b, self.one_b, self.square);
         Ok(())
     }
     #[cfg(feature = "cuda")]
@@ -462,34 +470,7 @@ impl InplaceOp2 for AdamM {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<()> {
-        cuda::adam_moment(s1, l1, s2, l2, self.0, self.1, false)
-    }
-}
-
-impl InplaceOp2 for AdamV {
-    fn name(&self) -> &'static str {
-        "afm-adam-v"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        let g = cpu_f32(s2, l2, self.name())?;
-        cpu::adam_moment(cpu_f32_mut(s1, l1, self.name())?, g, self.0, self.1, true);
-        Ok(())
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &mut candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        cuda::adam_moment(s1, l1, s2, l2, self.0, self.1, true)
+        cuda::adam_moment(s1, l1, s2, l2, self.b, self.one_b, self.square)
     }
 }
 
@@ -536,8 +517,13 @@ pub fn adamw_fusable(w: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor) -> bool {
 /// order as the generic composition in `train::optim`, so on the CPU the same bits.
 pub fn adamw_update(w: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, k: &AdamStep) -> Result<()> {
     let f = |x: f64| x as f32;
-    m.inplace_op2(g, &AdamM(f(k.b1), f(1.0 - k.b1)))?;
-    v.inplace_op2(g, &AdamV(f(k.b2), f(1.0 - k.b2)))?;
+    let moment = |b: f64, square| AdamMoment {
+        b: f(b),
+        one_b: f(1.0 - b),
+        square,
+    };
+    m.inplace_op2(g, &moment(k.b1, false))?;
+    v.inplace_op2(g, &moment(k.b2, true))?;
     w.inplace_op3(
         m,
         v,
