@@ -24,15 +24,7 @@ for setting in "$@"; do
     --config "$out/ab.toml" --tiles afm-paper --steps 30 --device cuda > "$out/train.log" 2>&1 \
     || { tail -5 "$out/train.log"; exit 1; }
   cp "$out/o/log.jsonl" "$out/ab-$k.jsonl"
-  python3 - "$out/o/log.jsonl" "$k" "$setting" >> "$out/ab.md" <<'PY'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-tps = statistics.median(r["tokens_per_s"] for r in rows[5:30])
-print(f"| {sys.argv[2]} | `{sys.argv[3]}` | {tps:,.0f} | {rows[-1]['kl']:.4f} |")
-if "phase_ms" in rows[-1]:
-    ph = {k: statistics.median(r["phase_ms"].get(k, 0.0) for r in rows[5:30]) for k in rows[-1]["phase_ms"]}
-    print("|   | phases, median ms: " + ", ".join(f"{k} {v:.1f}" for k, v in ph.items()) + " | | |")
-PY
+  python3 "$(dirname "$0")/step-row.py" "$out/o/log.jsonl" "$k" "\`$setting\`" >> "$out/ab.md"
 done
 rm -rf "$out/o"
 cat "$out/ab.md"
