@@ -9,7 +9,7 @@ fn compile_kernels() {
     println!("cargo:rerun-if-changed=kernels");
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".into());
-    for name in ["analog_train", "adc_gemm", "analog_eval", "sampling", "train_ops"] {
+    for name in ["analog_train", "analog_eval", "sampling", "train_ops"] {
         let status = std::process::Command::new(&nvcc)
             .args([
                 "--ptx",

@@ -9,10 +9,24 @@
 // yb (nb, T, out). Compiled with --fmad=false so the noise and the rounding match the CPU bit
 // for bit (no fused multiply-add where the CPU has none).
 
-#include "analog_common.cuh"
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <mma.h>
+#include <stdint.h>
 
 using namespace nvcuda;
+
+typedef long long i64;
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
+  return __float2bfloat16(v);
+}
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half(v); }
 
 // With a head block (head > 0) block 0 holds the first `head` inputs and blocks 1.. split the
 // rest; head = 0 is the plain split.
@@ -402,6 +416,30 @@ __device__ void unblock_w(const T *gwb, T *gw, int out, int n_in, int base, int 
 
 // ---- ADC: per block round and clamp to lambda * w_max * range, then the sum over blocks ----
 
+__device__ __forceinline__ float adc_q(float y, float bd, float inv_states, int adc) {
+  if (adc) {
+    float res = (bd * 2.0f) * inv_states;
+    y = roundf(y / res) * res;
+  }
+  return y;
+}
+
+// Edge of the square (tokens x channels) tiles of the clamp flags (FLAG_TILE in
+// src/train/fused/mod.rs); a multiple of 8, so one thread's eight channels share a tile.
+#define FLAG_TILE 64
+
+// round(y / res) with the quotient exactly as the IEEE division gives it, without dividing:
+// y * (1 / res) lies within 2 ulp of fl(y / res), so both round to the same integer unless
+// the product lies within 4 ulp of a half-integer (or is not finite); there the division
+// decides. The window scales with the product, so it holds for any ADC resolution. The ADC
+// kernel is bound by arithmetic, and the division was most of it.
+__device__ __forceinline__ float adc_level(float y, float res, float inv_res) {
+  float a = y * inv_res;
+  float r = rintf(a);
+  if (!(fabsf(a - r) < 0.5f - fabsf(a) * 4.8e-7f)) return roundf(y / res);
+  return r;
+}
+
 // 1 / res of every (block, channel) bound: what adc_level multiplies by. Grid (n).
 extern "C" __global__ void adc_inv(const float *bound, float *inv, int n, float inv_states) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -437,7 +475,13 @@ __device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T
       bool clamped = false;
 #pragma unroll
       for (int k = 0; k < 8; k++) {
-        float x = adc_out(to_f(v.v[k]), bd.v[k], two_inv, iv.v[k], adc, clamped);
+        float x = to_f(v.v[k]), b = bd.v[k];
+        if (b > 0.0f) {
+          float res = b * two_inv;
+          float q = adc ? adc_level(x, res, iv.v[k]) * res : x;
+          x = fmaxf(fminf(q, b), -b);
+          clamped |= x != q;
+        }
         acc[k] = s == 0 ? x : acc[k] + x;
       }
       if (clamped) {

@@ -2,7 +2,7 @@
 # On the device, in one call: the CUDA tests and issue 9's layer benchmark, from a folder of
 # xz binaries that `scripts/device/pack-layer.sh` made here (the test binary and the
 # train_layer bench, ~15 MB together: no data or GGUF needed). Run from the repository root:
-#   scripts/device/layer-bench.sh cuda-bin/layer OUT [--afm-paths fused,fused-cublas,plain ...]
+#   scripts/device/layer-bench.sh cuda-bin/layer OUT [--afm-paths fused,plain --baseline-bench BIN ...]
 # Writes OUT/tests.log, OUT/layer.json and OUT/layer.md; extra arguments go to
 # benches/train_layer_gpu.py. TESTS=filter picks the tests (default cuda::; "-": none).
 set -u
@@ -18,5 +18,5 @@ if [ "${TESTS:-cuda::}" != - ]; then
   echo "tests: exit $?"; grep -E "^test |test result|panicked|differ" "$out/tests.log" | tail -20
 fi
 python3 benches/train_layer_gpu.py --afm-bench "$W/train_layer" --json "$out/layer.json" \
-  --afm-paths fused,fused-cublas,plain "$@" > "$out/layer.md" 2> "$out/layer.err"
+  --afm-paths fused,plain "$@" > "$out/layer.md" 2> "$out/layer.err"
 echo "bench: exit $?"; cat "$out/layer.md"; tail -3 "$out/layer.err"

@@ -323,9 +323,6 @@ pub struct AnalogTrainLinear {
     pub compute: DType,
     /// Run the plain-tensor reference forward instead of the fused one (slow; for checks).
     pub reference: bool,
-    /// Let the fused forward run its product and ADC as one CUDA kernel where it can (see
-    /// [`LayerSpec::adc_gemm`]); false keeps the cuBLAS product and the separate ADC kernel.
-    pub adc_gemm: bool,
     /// (clipped inputs, inputs) of the training forwards since the last
     /// [`AnalogTrainLinear::take_clip_stats`], summed on the device.
     clip_stats: Mutex<Option<(Tensor, usize)>>,
@@ -378,7 +375,6 @@ impl AnalogTrainLinear {
             clip_stats: Mutex::new(None),
             compute: DType::F32,
             reference: false,
-            adc_gemm: true,
             blocks,
             head,
             cfg: cfg.clone(),
@@ -604,7 +600,6 @@ impl AnalogTrainLinear {
             call,
             compute: self.compute,
             bound_grad: self.cfg.adc_bound_grad,
-            adc_gemm: self.adc_gemm,
         };
         Ok((spec, w))
     }

@@ -33,8 +33,6 @@ pub struct Run<'a> {
     pub reference: bool,
     /// Compute dtype of the fused path.
     pub compute: DType,
-    /// Product and ADC in one CUDA kernel where it applies (`AnalogTrainLinear::adc_gemm`).
-    pub adc_gemm: bool,
 }
 
 impl<'a> Run<'a> {
@@ -44,7 +42,6 @@ impl<'a> Run<'a> {
             dev,
             reference: false,
             compute: DType::F32,
-            adc_gemm: true,
         }
     }
 }
@@ -76,7 +73,6 @@ pub fn run_layer(
     );
     layer.reference = run.reference;
     layer.compute = run.compute;
-    layer.adc_gemm = run.adc_gemm;
     if let Some(r) = ranges {
         layer.ranges.set(&r.to_device(dev).unwrap()).unwrap();
     }
@@ -165,24 +161,21 @@ pub fn assert_mostly_close(
     }
 }
 
-/// What a layer case exercises beyond the release config.
-#[derive(PartialEq)]
-pub enum CaseKind {
-    /// The release config.
-    Release,
-    /// Learns through the ADC bound, with ranges and a bound tight enough that inputs and
-    /// outputs clip.
-    Clamp,
-    /// The chips' PCM-shaped weight noise instead of the flat one.
-    Pcm,
-    /// Outputs clamp at the ADC bound lambda (which passes no gradient), in some of the
-    /// backward's 64 x 64 correction tiles and not in others.
-    ClampOnly(f64),
-}
-
 /// Random ragged layer cases (tokens, inputs, outputs, tile rows) with their tensors.
 pub fn ragged_cases() -> Vec<(String, [Tensor; 4], AnalogTrainConfig)> {
-    use CaseKind::*;
+    use Kind::*;
+    #[derive(PartialEq)]
+    enum Kind {
+        Release,
+        // Learns through the ADC bound, with ranges and a bound tight enough that inputs and
+        // outputs clip.
+        Clamp,
+        // The chips' PCM-shaped weight noise instead of the flat one.
+        Pcm,
+        // Outputs clamp at the ADC bound (which passes no gradient), in some of the backward's
+        // 64 x 64 correction tiles and not in others.
+        ClampOnly(f64),
+    }
     // (tokens, inputs, outputs, tile rows, isolated head block, kind)
     let cases = [
         (7, 13, 5, 4, 2, Release),
@@ -198,22 +191,12 @@ pub fn ragged_cases() -> Vec<(String, [Tensor; 4], AnalogTrainConfig)> {
         (80, 600, 136, 256, 0, ClampOnly(3.0)),
         (150, 530, 200, 256, 5, ClampOnly(6.0)),
     ];
-    layer_cases(&cases, 40)
-}
-
-/// Layer cases (tokens, inputs, outputs, tile rows, isolated head block, kind) with their
-/// tensors, case i drawn from seeds `seed0 + i` on.
-pub fn layer_cases(
-    cases: &[(usize, usize, usize, usize, usize, CaseKind)],
-    seed0: u64,
-) -> Vec<(String, [Tensor; 4], AnalogTrainConfig)> {
-    use CaseKind::*;
     cases
         .iter()
         .enumerate()
         .map(|(i, (tokens, n_in, n_out, rows, head, kind))| {
             let (tokens, n_in, n_out, rows, head) = (*tokens, *n_in, *n_out, *rows, *head);
-            let seed = seed0 + i as u64;
+            let seed = 40 + i as u64;
             let t = |s: u64, shape: (usize, usize), scale: f32| {
                 Tensor::from_vec(normals(s, shape.0 * shape.1, scale), shape, &Device::Cpu).unwrap()
             };

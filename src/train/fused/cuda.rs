@@ -1,13 +1,12 @@
 //! Launches of `kernels/analog_train.cu` (compiled to PTX by `build.rs` under the `cuda`
 //! feature) for the fused stages; no host synchronization anywhere.
 
-use super::{adc_flags, ClampFix, FixTarget, FusedOp, Stage, FLAG_TILE};
+use super::{ClampFix, FixTarget, FusedOp, Stage, FLAG_TILE};
 use crate::rng::{layer_key, Effect};
 use crate::train::layer::NoiseShape;
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{
@@ -16,14 +15,6 @@ use candle_core::{
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/analog_train.ptx"));
 const MODULE: &str = "afm_analog_train";
-const GEMM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adc_gemm.ptx"));
-const GEMM_MODULE: &str = "afm_adc_gemm";
-
-/// `kernels/adc_gemm.cu`'s tile edges (tokens, channels), threads and dynamic shared memory:
-/// four pipeline stages of 128 x 32 and 128 x 32 two-byte operands.
-const GEMM_TILE: (usize, usize) = (128, 128);
-const GEMM_THREADS: u32 = 256;
-const GEMM_SMEM: u32 = 4 * (128 + 128) * 32 * 2;
 
 /// Threads per block of every kernel (the range reduction's shared arrays hold 256).
 const THREADS: u32 = 256;
@@ -240,8 +231,13 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             let mut packed = alloc_t(n)?;
             let (mut y, mut flags) = packed.split_at_mut(d[1] * d[2]);
             dev.cuda_stream().memset_zeros(&mut flags).w()?;
-            let inv = inv_states.unwrap_or(0.0);
-            let inv_res = adc_inv(dev, &bound, d[0] * d[2], inv)?;
+            let inv_res = unsafe { dev.alloc::<f32>(d[0] * d[2])? };
+            let func = dev.get_or_load_custom_func("adc_inv", MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&bound).arg(&inv_res);
+            let (nbo, inv) = (i(d[0] * d[2]), inv_states.unwrap_or(0.0));
+            candle_core::builder_arg!(b, nbo, inv);
+            unsafe { b.launch(grid(d[0] * d[2])) }.w()?;
             let func = f("adc_sum")?;
             let mut b = func.builder();
             b.arg(&yb)
@@ -254,93 +250,7 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             unsafe { b.launch(rows8(d[1], 1, d[2])) }.w()?;
             Ok(wrap_t(packed))
         }
-        Stage::AdcGemm { inv_states } => {
-            if suf == "f32" {
-                candle_core::bail!(
-                    "fused analog op: the product with the ADC inside takes bf16 or f16, not f32"
-                )
-            }
-            let (xb, wb, bound) = (t(0)?, t(1)?, f32_arg(2)?);
-            let (tokens, out) = (args[0].1.dims()[1], args[1].1.dims()[1]);
-            let plane = tokens * out;
-            let mut packed = alloc_t(n)?;
-            let (mut y, mut rest) = packed.split_at_mut(plane);
-            let (mut flags, mut yb) = rest.split_at_mut(adc_flags(g.nb, tokens, out));
-            dev.cuda_stream().memset_zeros(&mut flags).w()?;
-            let inv = inv_states.unwrap_or(0.0);
-            let inv_res = adc_inv(dev, &bound, g.nb * out, inv)?;
-            adc_gemm::<T>(
-                dev,
-                suf,
-                [&xb, &wb],
-                [&bound, &inv_res.as_view()],
-                [&mut y, &mut flags, &mut yb],
-                (tokens, out, g.r, g.nb),
-                *inv_states,
-                [args[0].1.start_offset(), args[1].1.start_offset()],
-            )?;
-            Ok(wrap_t(packed))
-        }
     }
-}
-
-/// 1 / res of every one of the `n` ADC bounds (what the ADC kernels multiply by).
-fn adc_inv(
-    dev: &CudaDevice,
-    bound: &CudaView<f32>,
-    n: usize,
-    inv_states: f32,
-) -> Result<CudaSlice<f32>> {
-    let inv_res = unsafe { dev.alloc::<f32>(n)? };
-    let func = dev.get_or_load_custom_func("adc_inv", MODULE, PTX)?;
-    let mut b = func.builder();
-    b.arg(bound).arg(&inv_res);
-    let n32 = i(n);
-    candle_core::builder_arg!(b, n32, inv_states);
-    unsafe { b.launch(grid(n)) }.w()?;
-    Ok(inv_res)
-}
-
-/// Launches `adc_gemm_{suf}` on xb (nb, T, r) and wb (nb, out, r) (element offsets `offsets`
-/// in their buffers), writing y, the flags (zeroed) and the flagged tiles of yb.
-#[allow(clippy::too_many_arguments)]
-fn adc_gemm<T: CudaDType + DeviceRepr>(
-    dev: &CudaDevice,
-    suf: &str,
-    [xb, wb]: [&CudaView<T>; 2],
-    [bound, inv_res]: [&CudaView<f32>; 2],
-    [y, flags, yb]: [&mut CudaViewMut<T>; 3],
-    (tokens, out, r, nb): (usize, usize, usize, usize),
-    inv_states: Option<f32>,
-    offsets: [usize; 2],
-) -> Result<()> {
-    // 16-byte loads need rows of whole 16-byte chunks that start 16-byte aligned (the
-    // buffers themselves are allocated aligned).
-    let vec = r % 8 == 0 && offsets.iter().all(|o| o % 8 == 0);
-    let name = if vec { "adc_gemm16" } else { "adc_gemm" };
-    let func = dev.get_or_load_custom_func(&format!("{name}_{suf}"), GEMM_MODULE, GEMM_PTX)?;
-    func.set_attribute(
-        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        GEMM_SMEM as i32,
-    )
-    .w()?;
-    let (ft, fo) = (i(tokens.div_ceil(FLAG_TILE)), i(out.div_ceil(FLAG_TILE)));
-    let (adc, inv) = (i32::from(inv_states.is_some()), inv_states.unwrap_or(0.0));
-    let (tk, o, rr, nbk) = (i(tokens), i(out), i(r), i(nb));
-    let mut b = func.builder();
-    b.arg(xb).arg(wb).arg(bound).arg(inv_res).arg(y).arg(flags).arg(yb);
-    candle_core::builder_arg!(b, tk, o, rr, nbk, inv, adc, ft, fo);
-    let cfg = LaunchConfig {
-        grid_dim: (
-            (tokens.div_ceil(GEMM_TILE.0) * out.div_ceil(GEMM_TILE.1)) as u32,
-            1,
-            1,
-        ),
-        block_dim: (GEMM_THREADS, 1, 1),
-        shared_mem_bytes: GEMM_SMEM,
-    };
-    unsafe { b.launch(cfg) }.w()?;
-    Ok(())
 }
 
 /// The storage of a tensor on the GPU.

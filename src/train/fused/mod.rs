@@ -167,26 +167,12 @@ pub enum Stage {
         /// 1 / (2^bits - 2) of the ADC, None: no rounding (clamp only).
         inv_states: Option<f32>,
     },
-    /// (xb (nb, T, r), wb (nb, out, r), bound (nb, out)) -> what the product yb = xb wb^T and
-    /// [`Stage::Adc`] give, in one CUDA kernel (`kernels/adc_gemm.cu`; bf16 and f16 only):
-    /// y and the flags packed as there, then yb (nb, T, out) holding only the block outputs of
-    /// the flagged tiles (what [`ClampFix`] reads); the rest of yb is left unwritten.
-    AdcGemm {
-        /// As in [`Stage::Adc`].
-        inv_states: Option<f32>,
-    },
 }
 
 /// Edge of the square (tokens x channels) tiles of the ADC's clamp flags: the backward
 /// corrects the plain products tile by tile where outputs clamped (`FLAG_TILE` in
 /// `kernels/analog_train.cu`).
 pub const FLAG_TILE: usize = 64;
-
-/// Length of the ADC's clamp flags for `nb` blocks of (tokens, out) outputs: one per block and
-/// flag tile, then the "anything clamped" flag.
-pub fn adc_flags(nb: usize, tokens: usize, out: usize) -> usize {
-    nb * tokens.div_ceil(FLAG_TILE) * out.div_ceil(FLAG_TILE) + 1
-}
 
 /// One fused stage of the analog training layer over the row blocks `blocks`.
 #[derive(Debug, Clone)]
@@ -221,10 +207,9 @@ impl FusedOp {
             Stage::AbsMax => (g.nb, a[0]).into(),
             Stage::NoisyWeights { .. } => (g.nb, a[0], g.r).into(),
             Stage::Unblock => (a[1], g.n_in).into(),
-            Stage::Adc { .. } => (a[1] * a[2] + adc_flags(g.nb, a[1], a[2])).into(),
-            Stage::AdcGemm { .. } => {
-                let plane = a[1] * b[1];
-                (plane + adc_flags(g.nb, a[1], b[1]) + g.nb * plane).into()
+            Stage::Adc { .. } => {
+                let flags = g.nb * a[1].div_ceil(FLAG_TILE) * a[2].div_ceil(FLAG_TILE) + 1;
+                (a[1] * a[2] + flags).into()
             }
         })
     }
@@ -328,12 +313,6 @@ impl CustomOp3 for FusedOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        if let Stage::AdcGemm { .. } = self.stage {
-            candle_core::bail!(
-                "fused analog op: the product with the ADC inside runs on CUDA only (the CPU \
-                 takes the product, then Stage::Adc)"
-            )
-        }
         let g = &self.blocks;
         let a = f32s(s1, l1, "input 1")?;
         let (b, c) = (f32s(s2, l2, "input 2")?, f32s(s3, l3, "input 3")?);
@@ -470,9 +449,6 @@ pub struct LayerSpec {
     /// Whether the ADC bound passes a gradient to the ranges and the channels' max |w| (see
     /// `AnalogTrainConfig::adc_bound_grad`).
     pub bound_grad: bool,
-    /// Run the product and the ADC as one kernel ([`Stage::AdcGemm`]) where it applies: on a
-    /// GPU, bf16 or f16 compute, no bound gradient (which reads every block output).
-    pub adc_gemm: bool,
 }
 
 /// What the layer's forward keeps for its backward.
@@ -532,40 +508,22 @@ impl LayerPass {
                 call: spec.call,
             }),
         )?;
+        let yb = xb.matmul(&wb.transpose(1, 2)?)?;
         let bound = if spec.out_bound > 0.0 && spec.used {
             (&wmax * spec.out_bound)?.broadcast_mul(&rd.reshape((spec.blocks.nb, 1))?)?
         } else {
             Tensor::zeros((spec.blocks.nb, wc.dims()[0]), DType::F32, x.device())?
         };
+        let packed = yb.apply_op2_no_bwd(
+            &bound,
+            &op(Stage::Adc {
+                inv_states: spec.adc,
+            }),
+        )?;
         let (tokens, out) = (xb.dims()[1], wb.dims()[1]);
-        let (plane, n_flags) = (tokens * out, adc_flags(spec.blocks.nb, tokens, out));
-        let one_kernel = spec.adc_gemm
-            && x.device().is_cuda()
-            && matches!(spec.compute, DType::BF16 | DType::F16)
-            && !spec.bound_grad;
-        let (packed, yb) = if one_kernel {
-            let packed = xb.apply_op3_no_bwd(
-                &wb,
-                &bound,
-                &op(Stage::AdcGemm {
-                    inv_states: spec.adc,
-                }),
-            )?;
-            let yb = packed.narrow(0, plane + n_flags, spec.blocks.nb * plane)?;
-            let yb = yb.reshape((spec.blocks.nb, tokens, out))?;
-            (packed, yb)
-        } else {
-            let yb = xb.matmul(&wb.transpose(1, 2)?)?;
-            let packed = yb.apply_op2_no_bwd(
-                &bound,
-                &op(Stage::Adc {
-                    inv_states: spec.adc,
-                }),
-            )?;
-            (packed, yb)
-        };
+        let plane = tokens * out;
         let value = packed.narrow(0, 0, plane)?.reshape((tokens, out))?;
-        let flags = packed.narrow(0, plane, n_flags)?;
+        let flags = packed.narrow(0, plane, packed.elem_count() - plane)?;
         Ok(LayerPass(Saved {
             spec: spec.clone(),
             x: xc,
