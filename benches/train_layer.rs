@@ -6,7 +6,10 @@
 //! reference goes through candle's autograd (loss sum(y * g)).
 //!
 //! One JSON line per (path, dims, tokens) on stdout, times in ms (median and min over --reps
-//! after --warmup; CUDA events on the GPU):
+//! after --warmup; CUDA events on the GPU; `host_median_ms`: the time to queue a step). The
+//! GPU's memory pool keeps freed memory, as the trainer's does within a step
+//! (`--pool-keep-gb N`: at most N GB; 0: the driver's default, which releases it at every
+//! synchronization):
 //!
 //! ```sh
 //! cargo bench --bench train_layer                                   # CPU, small shapes
@@ -28,6 +31,9 @@ struct Args {
     paths: Vec<String>,
     /// ADC bound lambda (None: the release config's); small values make many outputs clamp.
     out_bound: Option<f64>,
+    /// Freed GPU memory the pool keeps across synchronizations (`gpu_pool::retain`), GB
+    /// (None: all of it, as the trainer keeps it within a step; 0: the driver's default).
+    pool_keep_gb: Option<u64>,
 }
 
 fn list(v: &str) -> Vec<usize> {
@@ -46,6 +52,7 @@ fn args() -> Args {
         warmup: 2,
         paths: vec!["fused".into(), "reference".into(), "plain".into()],
         out_bound: None,
+        pool_keep_gb: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -70,28 +77,40 @@ fn args() -> Args {
             "--warmup" => a.warmup = v.parse().expect("--warmup: a number"),
             "--paths" => a.paths = v.split(',').map(str::to_string).collect(),
             "--out-bound" => a.out_bound = Some(v.parse().expect("--out-bound: a number")),
+            "--pool-keep-gb" => a.pool_keep_gb = Some(v.parse().expect("--pool-keep-gb: a number")),
             _ => panic!("unknown option {k}"),
         }
     }
     a
 }
 
-/// Times `f` once: CUDA events around it on the GPU, the wall clock on the CPU.
-fn time_ms(dev: &Device, f: &mut dyn FnMut()) -> f64 {
+/// Times `f` once: (CUDA events around it on the GPU, the wall clock on the CPU; the host's
+/// time until `f` returned, which on the GPU is the time to queue its work: near the first,
+/// the step waits on the host).
+fn time_ms(dev: &Device, f: &mut dyn FnMut()) -> (f64, f64) {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(d) = dev {
         use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
         let stream = d.cuda_stream();
         let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
         let start = stream.record_event(flags).expect("event");
+        let t = Instant::now();
         f();
+        let host = t.elapsed().as_secs_f64() * 1e3;
         let end = stream.record_event(flags).expect("event");
-        return f64::from(start.elapsed_ms(&end).expect("event time"));
+        return (f64::from(start.elapsed_ms(&end).expect("event time")), host);
     }
     let t = Instant::now();
     f();
     dev.synchronize().expect("synchronize");
-    t.elapsed().as_secs_f64() * 1e3
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    (ms, ms)
+}
+
+/// The median of `v`.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn main() {
@@ -101,6 +120,8 @@ fn main() {
         "cuda" => Device::new_cuda(0).expect("a CUDA device (build with --features cuda)"),
         d => panic!("--device: cpu or cuda, not {d}"),
     };
+    let keep = a.pool_keep_gb.map_or(u64::MAX, |gb| gb << 30);
+    afm::train::gpu_pool::retain(&dev, keep).expect("pool release threshold");
     let base = AnalogTrainConfig::default();
     let cfg = AnalogTrainConfig {
         range_init_batches: 0,
@@ -156,17 +177,18 @@ fn main() {
                         drop(loss.backward().unwrap());
                     }
                 };
-                let mut times: Vec<f64> = (0..a.warmup + a.reps)
+                let (times, host): (Vec<f64>, Vec<f64>) = (0..a.warmup + a.reps)
                     .map(|_| time_ms(&dev, &mut step))
                     .skip(a.warmup)
-                    .collect();
-                times.sort_by(f64::total_cmp);
+                    .unzip();
+                let min = times.iter().copied().fold(f64::INFINITY, f64::min);
                 println!(
                     "{}",
                     serde_json::json!({
                         "path": path, "device": a.device, "dtype": format!("{:?}", a.dtype),
                         "dims": d, "tokens": tokens, "reps": a.reps, "out_bound": cfg.out_bound,
-                        "median_ms": times[times.len() / 2], "min_ms": times[0],
+                        "median_ms": median(times), "min_ms": min, "host_median_ms": median(host),
+                        "pool_keep_gb": a.pool_keep_gb,
                     })
                 );
             }

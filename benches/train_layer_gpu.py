@@ -118,10 +118,10 @@ def torch_rows(dims, tokens, reps, warmup):
     return rows
 
 
-def afm_rows(binary, dims, tokens, reps, warmup, paths, label):
+def afm_rows(binary, dims, tokens, reps, warmup, paths, label, extra=()):
     cmd = [binary, "--device", "cuda", "--dtype", "bf16", "--dims", ",".join(map(str, dims)),
            "--tokens", ",".join(map(str, tokens)), "--reps", str(reps), "--warmup", str(warmup),
-           "--paths", paths]
+           "--paths", paths, *extra]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     rows = []
     for line in out.stdout.splitlines():
@@ -169,10 +169,17 @@ def main():
     ap.add_argument("--baseline-bench",
                     help="a second afm binary (an earlier commit) whose fused path is timed in "
                          "the same run, as afm-baseline-fused")
+    ap.add_argument("--afm-variant", action="append", default=[], metavar="NAME=ARGS",
+                    help="the afm binary's paths again with extra arguments (e.g. "
+                         "keep=--pool-keep-gb 64), as afm-NAME-PATH rows")
     a = ap.parse_args()
     dims = [int(v) for v in a.dims.split(",")]
     tokens = [int(v) for v in a.tokens.split(",")]
     rows = afm_rows(a.afm_bench, dims, tokens, a.reps, a.warmup, a.afm_paths, "afm-")
+    for v in a.afm_variant:
+        name, extra = v.split("=", 1)
+        rows += afm_rows(a.afm_bench, dims, tokens, a.reps, a.warmup, a.afm_paths,
+                         f"afm-{name}-", extra.split())
     if a.baseline_bench:
         rows += afm_rows(a.baseline_bench, dims, tokens, a.reps, a.warmup, "fused",
                          "afm-baseline-")

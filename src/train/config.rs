@@ -53,8 +53,9 @@ pub struct RunConfig {
     /// On CUDA, run f32 matrix products in TF32 on the tensor cores (PyTorch's
     /// `allow_tf32`); no effect on the CPU.
     pub tf32: bool,
-    /// On CUDA, wait for the device after each step and trim its memory pool back to the
-    /// memory in use (`train::gpu_pool`: without it the pool grew ~0.5 GB a step) [true].
+    /// On CUDA, let the memory pool keep freed memory within a step, and after each step wait
+    /// for the device and trim the pool back to the most memory the step had in use
+    /// (`train::gpu_pool`: without the trim the pool grew ~0.5 GB a step) [true].
     pub trim_gpu_pool: bool,
     /// Wait for the device at the end of each phase of a step and log the phases' wall times
     /// (`phase_ms` in `log.jsonl`; `train::profile`); slows the step a little [false].

@@ -381,6 +381,10 @@ pub fn train_rank(
     if dev.is_cuda() {
         candle_core::cuda_backend::set_gemm_reduced_precision_f32(cfg.run.tf32);
     }
+    if cfg.run.trim_gpu_pool {
+        // Freed memory stays in the pool within a step; the trim after it bounds what stays.
+        super::gpu_pool::retain(&dev, u64::MAX)?;
+    }
     let tokens_per_step = cfg.run.batch_size * cfg.run.grad_accum * seq;
     while step < cfg.run.steps {
         let t0 = std::time::Instant::now();
