@@ -360,7 +360,10 @@ __device__ __forceinline__ float noise_rel(float r, int pcm) {
 // wb[s, c, j] = w[c, start_s + j] + (wmax[s, c] * gamma * noise_rel(|w| / wmax)) * n, n the
 // element c * len_s + j of block s's counter-based stream (pair el / 2, component el % 2).
 // Each thread draws one pair and writes both its elements (where a row starts at an odd
-// element, its first element's pair is drawn again, for that element alone). Grid (out, nb).
+// element, its first element's pair is drawn again, for that element alone). Grid
+// (ceil(out / NOISE_ROWS), nb): a thread block takes NOISE_ROWS channels, so that each thread
+// derives the block's stream key (four 64-bit mixes, a third of a pair's work) once for them.
+#define NOISE_ROWS 4
 template <typename T>
 __device__ __forceinline__ float noisy_w(const T *row, int j, float n, float m, float sc, int pcm) {
   float v = to_f(row[j]);
@@ -372,27 +375,30 @@ template <typename T>
 __device__ void noisy_wblocks(const T *w, const float *wmax, T *wb, uint64_t layer_key,
                               uint64_t tag, uint64_t call, int out, int n_in, int base, int extra, int head,
                               int r, float gamma, int pcm) {
-  int c = blockIdx.x, s = blockIdx.y;
+  int s = blockIdx.y;
   int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
-  const T *row = w + (i64)c * n_in + start;
-  T *o = wb + ((i64)s * out + c) * r;
-  for (int j = len + threadIdx.x; j < r; j += blockDim.x) o[j] = from_f<T>(0.0f);
-  if (!(gamma > 0.0f)) {
-    for (int j = threadIdx.x; j < len; j += blockDim.x) o[j] = row[j];
-    return;
-  }
-  uint32_t k0, k1;
-  block_keys(layer_key, tag, call, s, &k0, &k1);
-  float m = wmax[(i64)s * out + c];
-  float sc = m * gamma;
-  uint32_t el0 = (uint32_t)c * (uint32_t)len;
-  int first = (int)(el0 & 1u);
-  for (int j = 2 * (int)threadIdx.x - first; j < len; j += 2 * (int)blockDim.x) {
-    // Elements j (even in the stream) and j + 1 (odd) share pair (el0 + j) / 2.
-    float a, b;
-    normal_pair(k0, k1, (el0 + (uint32_t)(j + first)) >> 1, &a, &b);
-    if (j >= 0) o[j] = from_f<T>(noisy_w(row, j, a, m, sc, pcm));
-    if (j + 1 < len) o[j + 1] = from_f<T>(noisy_w(row, j + 1, b, m, sc, pcm));
+  uint32_t k0 = 0, k1 = 0;
+  if (gamma > 0.0f) block_keys(layer_key, tag, call, s, &k0, &k1);
+  int c_end = min(out, (int)(blockIdx.x + 1) * NOISE_ROWS);
+  for (int c = blockIdx.x * NOISE_ROWS; c < c_end; c++) {
+    const T *row = w + (i64)c * n_in + start;
+    T *o = wb + ((i64)s * out + c) * r;
+    for (int j = len + threadIdx.x; j < r; j += blockDim.x) o[j] = from_f<T>(0.0f);
+    if (!(gamma > 0.0f)) {
+      for (int j = threadIdx.x; j < len; j += blockDim.x) o[j] = row[j];
+      continue;
+    }
+    float m = wmax[(i64)s * out + c];
+    float sc = m * gamma;
+    uint32_t el0 = (uint32_t)c * (uint32_t)len;
+    int first = (int)(el0 & 1u);
+    for (int j = 2 * (int)threadIdx.x - first; j < len; j += 2 * (int)blockDim.x) {
+      // Elements j (even in the stream) and j + 1 (odd) share pair (el0 + j) / 2.
+      float a, b;
+      normal_pair(k0, k1, (el0 + (uint32_t)(j + first)) >> 1, &a, &b);
+      if (j >= 0) o[j] = from_f<T>(noisy_w(row, j, a, m, sc, pcm));
+      if (j + 1 < len) o[j + 1] = from_f<T>(noisy_w(row, j + 1, b, m, sc, pcm));
+    }
   }
 }
 
@@ -429,15 +435,23 @@ __device__ __forceinline__ float adc_q(float y, float bd, float inv_states, int 
 #define FLAG_TILE 64
 
 // round(y / res) with the quotient exactly as the IEEE division gives it, without dividing:
-// y * (1 / res) lies within 2 ulp of fl(y / res), so both round to the same integer unless
-// the product lies within 4 ulp of a half-integer (or is not finite); there the division
-// decides. The window scales with the product, so it holds for any ADC resolution. The ADC
-// kernel is bound by arithmetic, and the division was most of it.
-__device__ __forceinline__ float adc_level(float y, float res, float inv_res) {
+// a = y * (1 / res) lies within 2 ulp of fl(y / res), so both round to the same integer unless a
+// lies within 4 ulp of a half-integer (or is not finite); there the division decides. `win` is
+// that window for every |a| up to the ADC's L levels + 3 (adc_window): a wider |a| clamps
+// whichever neighbouring integer it rounds to (|r| >= L + 2 > L), so the clamped output and the
+// clamp are the same either way, and one window for all serves, two operations per output
+// fewer than a window proportional to |a|. The ADC kernel is bound by arithmetic, and the
+// division was most of it.
+__device__ __forceinline__ float adc_level(float y, float res, float inv_res, float win) {
   float a = y * inv_res;
   float r = rintf(a);
-  if (!(fabsf(a - r) < 0.5f - fabsf(a) * 4.8e-7f)) return roundf(y / res);
+  if (!(fabsf(a - r) < win)) return roundf(y / res);
   return r;
+}
+
+// adc_level's window for an ADC of 1 / inv_states = 2 L states: 4 ulp of L + 3 below a half.
+__device__ __forceinline__ float adc_window(float inv_states) {
+  return 0.5f - 4.8e-7f * (0.5f / inv_states + 3.0f);
 }
 
 // 1 / res of every (block, channel) bound: what adc_level multiplies by. Grid (n).
@@ -461,7 +475,7 @@ __device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T
              aligned16(inv_res);
   const T one = from_f<T>(1.0f);
   // (b * 2) * inv_states as adc_q has it: the same product, since doubling is exact.
-  float two_inv = 2.0f * inv_states;
+  float two_inv = 2.0f * inv_states, win = adc ? adc_window(inv_states) : 0.0f;
   for (int c = threadIdx.x * 8; c < out; c += blockDim.x * 8) {
     int n = min(8, out - c);
     i64 e = (i64)t * out + c;
@@ -478,7 +492,7 @@ __device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T
         float x = to_f(v.v[k]), b = bd.v[k];
         if (b > 0.0f) {
           float res = b * two_inv;
-          float q = adc ? adc_level(x, res, iv.v[k]) * res : x;
+          float q = adc ? adc_level(x, res, iv.v[k], win) * res : x;
           x = fmaxf(fminf(q, b), -b);
           clamped |= x != q;
         }

@@ -2,10 +2,11 @@
 # On the device: GPU memory against training step for variants of run 16's recipe
 # (scripts/smollm2-afm-run16.toml, 16 steps each), to find what grows the memory from step to
 # step (session 24: ~0.5 GB a step until out of memory). Prints per variant the memory at the
-# first sample at or after steps 4 and 16 and the growth per step between them.
-# Usage: scripts/device/mem-bisect.sh AFM_BINARY DATA_DIR OUT_DIR
+# first sample at or after step 4 and the last one, the growth per step between them, and the
+# peak.
+# Usage: [VARIANTS="base ..."] [STEPS=16] scripts/device/mem-bisect.sh AFM_BINARY DATA_DIR OUT_DIR
 set -uo pipefail
-afm=$1 data=$2 out=$3
+afm=$1 data=$2 out=$3 steps=${STEPS:-16}
 mkdir -p "$out"
 base=$(sed -e 's/^checkpoint_every = .*/checkpoint_every = 0/' -e 's/^export_every = .*/export_every = 0/' \
   -e '/^#/d' scripts/smollm2-afm-run16.toml)
@@ -23,7 +24,7 @@ for v in ${VARIANTS:-base allfrozen analogoff batch4}; do
   variant "$v" > "$out/$v.toml"
   rm -rf "$out/o"
   "$afm" train --teacher smollm2-135m-instruct --data "$data" --out "$out/o" --config "$out/$v.toml" \
-    --tiles afm-paper --steps 16 --device cuda > "$out/$v.log" 2>&1 &
+    --tiles afm-paper --steps "$steps" --device cuda > "$out/$v.log" 2>&1 &
   pid=$!
   : > "$out/$v.mem"
   while kill -0 $pid 2> /dev/null; do
@@ -31,8 +32,9 @@ for v in ${VARIANTS:-base allfrozen analogoff batch4}; do
     echo "${s:-0} $(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits)" >> "$out/$v.mem"
     sleep 0.5
   done
-  awk -v v="$v" '$1 >= 4 && !a { a = $2; sa = $1 } $1 >= 16 && !b { b = $2; sb = $1 }
-    END { if (b) printf "%-10s step %d: %d MiB, step %d: %d MiB, %.0f MiB/step\n", v, sa, a, sb, b, (b - a) / (sb - sa);
-          else print v ": no step 16 (" $0 ")" }' "$out/$v.mem"
+  awk -v v="$v" '$1 >= 4 && !a { a = $2; sa = $1 } { b = $2; sb = $1 }
+    END { if (a && sb > sa) printf "%-10s step %d: %d MiB, step %d: %d MiB, %.0f MiB/step\n", v, sa, a, sb, b, (b - a) / (sb - sa);
+          else print v ": no steps after 4 (" $0 ")" }' "$out/$v.mem"
+  sort -k2 -n "$out/$v.mem" | tail -1 | awk -v v="$v" '{ printf "%-10s peak %d MiB at step %d\n", v, $2, $1 }'
   grep -m1 -i "error" "$out/$v.log"
 done

@@ -19,6 +19,9 @@ const MODULE: &str = "afm_analog_train";
 /// Threads per block of every kernel (the range reduction's shared arrays hold 256).
 const THREADS: u32 = 256;
 
+/// Channels per thread block of `noisy_wblocks` (NOISE_ROWS in the kernel).
+const NOISE_ROWS: usize = 4;
+
 /// A grid of (x, y) blocks of [`THREADS`] threads.
 fn rows(x: usize, y: usize) -> LaunchConfig {
     LaunchConfig {
@@ -208,7 +211,7 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             candle_core::builder_arg!(
                 b, lk, tag, *call, o, n_in, base, extra, head, r, *gamma, pcm
             );
-            unsafe { b.launch(rows(out, g.nb)) }.w()?;
+            unsafe { b.launch(rows(out.div_ceil(NOISE_ROWS), g.nb)) }.w()?;
             Ok(wrap_t(y))
         }
         Stage::Unblock => {
