@@ -210,6 +210,27 @@ impl Decoder {
         cache: &mut KvCache,
         left_pad: &[usize],
     ) -> Result<Tensor> {
+        self.hidden(ids, cache, left_pad, false)
+    }
+
+    /// Logits (batch, tokens, vocab) of a frozen model for whole sequences `ids` (no cache),
+    /// with the attention of f32 models through the training path's fused causal softmax
+    /// (`train::step_ops`) as the student's is: the trainer's teacher. Evaluation keeps
+    /// [`Decoder::forward`], whose numbers are the generic ops'.
+    pub fn forward_frozen(&self, ids: &Tensor) -> Result<Tensor> {
+        let hidden = self.hidden(ids, &mut KvCache::default(), &[], true)?;
+        self.lm_head.forward(&hidden)
+    }
+
+    /// [`Decoder::forward_hidden_padded`]; `fused`: causal attention in f32 through the fused
+    /// causal softmax even where nothing is tracked.
+    fn hidden(
+        &self,
+        ids: &Tensor,
+        cache: &mut KvCache,
+        left_pad: &[usize],
+        fused: bool,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let c = &self.cfg;
         let start = cache.len;
@@ -235,7 +256,7 @@ impl Decoder {
         };
         for (i, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &block.input_norm, c.rms_norm_eps as f32)?;
-            let a = self.attention(i, &h, (&cos, &sin), (mask.as_ref(), causal), cache)?;
+            let a = self.attention(i, &h, (&cos, &sin), (mask.as_ref(), causal, fused), cache)?;
             x = (x + a)?;
             let h = rms_norm(&x, &block.post_norm, c.rms_norm_eps as f32)?;
             x = (x + self.mlp(block, &h)?)?;
@@ -282,7 +303,7 @@ impl Decoder {
         layer: usize,
         h: &Tensor,
         (cos, sin): (&Tensor, &Tensor),
-        (mask, causal): (Option<&Tensor>, bool),
+        (mask, causal, fused): (Option<&Tensor>, bool, bool),
         cache: &mut KvCache,
     ) -> Result<Tensor> {
         let c = &self.cfg;
@@ -314,9 +335,10 @@ impl Decoder {
         let q = q.reshape((b, nkv, rep * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
         let tracked = q.track_op() || k.track_op() || v.track_op();
-        let y = if causal && tracked && q.dtype() == DType::F32 {
+        let y = if causal && (tracked || fused) && q.dtype() == DType::F32 {
             // Training: one graph node with a recomputing backward instead of the scores'
-            // generic ops (train::step_ops::causal_attention).
+            // generic ops (train::step_ops::causal_attention); the frozen teacher's forward
+            // takes its fused softmax too.
             crate::train::step_ops::causal_attention(&q, &k, &v, t, scale)?
         } else {
             let att = (q.matmul(&k.t()?)? * scale)?;

@@ -415,7 +415,7 @@ pub fn train_rank(
             let s_logits = student.forward(&ids, &mut KvCache::default())?;
             phases.mark("student_forward")?;
             let t_logits = if cfg.run.kl_weight > 0.0 {
-                teacher.forward(&ids, &mut KvCache::default())?.detach()
+                teacher.forward_frozen(&ids)?.detach()
             } else {
                 s_logits.detach()
             };

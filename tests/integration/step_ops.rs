@@ -256,6 +256,32 @@ pub fn check_step_ops(dev: &Device) {
         }
     }
     assert_ne!(flat(&w), flat(&w0), "the update moved the weights");
+
+    // The trainer's frozen teacher (fused causal softmax, nothing tracked) against the generic
+    // forward that evaluation keeps, on a tiny checkpoint.
+    let m = afm::executor::load::load_model_on(
+        crate::common::repo("tests/golden/executor/tiny-llama")
+            .to_str()
+            .unwrap(),
+        candle_core::DType::F32,
+        dev,
+    )
+    .unwrap();
+    let vocab = m.decoder.cfg.vocab_size as u32;
+    let ids: Vec<u32> = (0..2 * 11).map(|i| (i * 37 + 5) % vocab).collect();
+    let ids = Tensor::from_vec(ids, (2, 11), dev).unwrap();
+    let generic = m
+        .decoder
+        .forward(&ids, &mut afm::executor::decoder::KvCache::default())
+        .unwrap();
+    let frozen = m.decoder.forward_frozen(&ids).unwrap();
+    assert_close(
+        "frozen forward",
+        &flat(&frozen),
+        &flat(&generic),
+        1e-5,
+        1e-4,
+    );
 }
 
 #[test]

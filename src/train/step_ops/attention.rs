@@ -116,6 +116,10 @@ pub fn causal_attention(
     };
     let p = op.weights(&q.detach(), &k.detach())?;
     op.out = p.matmul(&v.detach())?;
+    if !(q.track_op() || k.track_op() || v.track_op()) {
+        // Nothing to differentiate (a frozen teacher): the value is all.
+        return Ok(op.out);
+    }
     q.apply_op3(&k, &v, op)
 }
 
