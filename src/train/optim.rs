@@ -91,29 +91,37 @@ pub struct AdamW {
     pub v: BTreeMap<String, Tensor>,
 }
 
-/// The global L2 norm of the gradients: each tensor's sum of squares on its device, read back
-/// once for all (one wait for the device instead of one per tensor) and added in f64 in name
-/// order, so that the norm does not depend on the map's iteration order.
+/// Elements per row of [`grad_norm`]'s sum: a whole-tensor sum is one thread block on CUDA,
+/// ~10x slower than rows first.
+const NORM_ROW: usize = 4096;
+
+/// The global L2 norm of the gradients: all of them, in name order (so that the norm does not
+/// depend on the map's iteration order), laid end to end in one vector padded with zeros to
+/// whole rows, squared and summed by rows, then the rows: a handful of kernels and one wait for
+/// the device, where a sum per tensor took three launches each (SmolLM2: 420 tensors).
 pub fn grad_norm(grads: &HashMap<String, Tensor>) -> Result<f64> {
     let mut names: Vec<&String> = grads.keys().collect();
     names.sort();
-    let sums = names
-        .iter()
-        .map(|n| {
-            // Rows first: a whole-tensor sum is one thread block on CUDA, ~10x slower.
-            let g = grads[*n].to_dtype(DType::F32)?;
-            let g = match g.rank() {
-                0 | 1 => g.flatten_all()?.unsqueeze(0)?,
-                r => g.flatten_to(r - 2)?,
-            };
-            g.sqr()?.sum(1)?.sum_all()
-        })
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    if sums.is_empty() {
+    let Some(first) = names.first() else {
         return Ok(0.0);
+    };
+    let dev = grads[*first].device().clone();
+    let mut parts = names
+        .iter()
+        .map(|n| grads[*n].to_dtype(DType::F32)?.flatten_all())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let len: usize = parts.iter().map(Tensor::elem_count).sum();
+    let padded = len.next_multiple_of(NORM_ROW).max(NORM_ROW);
+    if padded > len {
+        parts.push(Tensor::zeros(padded - len, DType::F32, &dev)?);
     }
-    let sums = Tensor::stack(&sums, 0)?.to_vec1::<f32>()?;
-    Ok(sums.iter().map(|&x| f64::from(x)).sum::<f64>().sqrt())
+    let sum = Tensor::cat(&parts, 0)?
+        .reshape((padded / NORM_ROW, NORM_ROW))?
+        .sqr()?
+        .sum(1)?
+        .sum_all()?
+        .to_scalar::<f32>()?;
+    Ok(f64::from(sum).sqrt())
 }
 
 impl AdamW {
@@ -199,5 +207,33 @@ impl AdamW {
             }
         }
         Ok(a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn grad_norm_is_the_l2_norm_over_all_tensors_of_any_shape() {
+        let dev = Device::Cpu;
+        let mut grads = HashMap::new();
+        // Ragged lengths across a row boundary, a scalar-like tensor and a matrix.
+        let a: Vec<f32> = (0..5000).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
+        let b: Vec<f32> = (0..12).map(|i| i as f32 * 0.5).collect();
+        let want = a
+            .iter()
+            .chain(&b)
+            .chain(&[2.0f32])
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum::<f64>()
+            .sqrt();
+        grads.insert("a".to_string(), Tensor::from_vec(a, 5000, &dev).unwrap());
+        grads.insert("b".to_string(), Tensor::from_vec(b, (3, 4), &dev).unwrap());
+        grads.insert("c".to_string(), Tensor::new(&[2.0f32], &dev).unwrap());
+        let got = grad_norm(&grads).unwrap();
+        assert!((got - want).abs() < 1e-5 * want, "{got} against {want}");
+        assert_eq!(grad_norm(&HashMap::new()).unwrap(), 0.0);
     }
 }
