@@ -136,16 +136,19 @@ extern "C" __global__ void kl_grad_f32(const float* t, const float* s, const flo
 
 // ---- AdamW, in place; each line is one of the generic path's f32 operations -----------------
 
-// m = m * b1 + g * (1 - b1)
-extern "C" __global__ void adam_m_f32(float* m, const float* g, i64 n, float b1, float one_b1) {
+// m = m * b1 + gs * (1 - b1), gs = g * scale (the clip's factor)
+extern "C" __global__ void adam_m_f32(float* m, const float* g, i64 n, float b1, float one_b1,
+                                      float scale) {
   for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
-    m[i] = m[i] * b1 + g[i] * one_b1;
+    m[i] = m[i] * b1 + (g[i] * scale) * one_b1;
 }
 
-// v = v * b2 + g^2 * (1 - b2)
-extern "C" __global__ void adam_v_f32(float* v, const float* g, i64 n, float b2, float one_b2) {
+// v = v * b2 + gs^2 * (1 - b2)
+extern "C" __global__ void adam_v_f32(float* v, const float* g, i64 n, float b2, float one_b2,
+                                      float scale) {
   for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-    float gg = g[i] * g[i];
+    float gs = g[i] * scale;
+    float gg = gs * gs;
     v[i] = v[i] * b2 + gg * one_b2;
   }
 }

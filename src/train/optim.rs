@@ -125,14 +125,15 @@ pub fn grad_norm(grads: &HashMap<String, Tensor>) -> Result<f64> {
 }
 
 impl AdamW {
-    /// One update of `vars` with `grads` (already clipped) at learning rate `lr`; variables
-    /// named `*.input_range` get no weight decay and `lr * range_lr_scale`.
+    /// One update of `vars` with `grads` times `scale` (the global-norm clip's factor, applied
+    /// inside the update; 1: none) at learning rate `lr`; variables named `*.input_range` get no
+    /// weight decay and `lr * range_lr_scale`.
     pub fn step(
         &mut self,
         cfg: &OptimConfig,
         vars: &BTreeMap<String, Var>,
         grads: &HashMap<String, Tensor>,
-        lr: f64,
+        (lr, scale): (f64, f64),
     ) -> Result<()> {
         self.t += 1;
         let (b1, b2) = (cfg.beta1, cfg.beta2);
@@ -162,6 +163,7 @@ impl AdamW {
                 eps: cfg.eps,
                 lr,
                 decay,
+                scale,
             };
             let (m, v) = if super::step_ops::adamw_fusable(w, &m, &v, &g) {
                 super::step_ops::adamw_update(w, &m, &v, &g, &k)?;

@@ -459,13 +459,12 @@ pub fn train_rank(
             bad += 1;
         } else {
             bad = 0;
-            if cfg.optim.grad_clip > 0.0 && norm > cfg.optim.grad_clip {
-                let k = cfg.optim.grad_clip / norm;
-                for g in sums.values_mut() {
-                    *g = (&*g * k)?;
-                }
-            }
-            opt.step(&cfg.optim, &vars, &sums, lr)?;
+            let scale = if cfg.optim.grad_clip > 0.0 && norm > cfg.optim.grad_clip {
+                cfg.optim.grad_clip / norm
+            } else {
+                1.0
+            };
+            opt.step(&cfg.optim, &vars, &sums, (lr, scale))?;
             phases.mark("optimizer")?;
             let alpha = cfg.analog.clip_alpha_at(step + 1);
             for (name, l) in super::student::train_layers(&student) {

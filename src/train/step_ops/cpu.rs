@@ -80,8 +80,9 @@ pub fn kl_grad(t: &[f32], s: &[f32], g: &[f32], v: usize, inv_t: f32) -> Vec<f32
 }
 
 /// m = m * b + g * one_b, or with `square` v = v * b + g^2 * one_b (AdamW's moments).
-pub fn adam_moment(m: &mut [f32], g: &[f32], b: f32, one_b: f32, square: bool) {
+pub fn adam_moment(m: &mut [f32], g: &[f32], (b, one_b, scale): (f32, f32, f32), square: bool) {
     m.par_iter_mut().zip(g.par_iter()).for_each(|(m, &g)| {
+        let g = g * scale;
         let g = if square { g * g } else { g };
         *m = *m * b + g * one_b;
     });

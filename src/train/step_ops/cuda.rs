@@ -132,8 +132,7 @@ pub fn adam_moment(
     lm: &Layout,
     g: &CudaStorage,
     lg: &Layout,
-    b: f32,
-    one_b: f32,
+    (b, one_b, scale): (f32, f32, f32),
     square: bool,
 ) -> Result<()> {
     let dev = m.device().clone();
@@ -147,7 +146,7 @@ pub fn adam_moment(
     )?;
     let mut bld = f.builder();
     bld.arg(&mut mv).arg(&gv);
-    candle_core::builder_arg!(bld, n as i64, b, one_b);
+    candle_core::builder_arg!(bld, n as i64, b, one_b, scale);
     unsafe { bld.launch(elementwise(n)) }.w()?;
     Ok(())
 }

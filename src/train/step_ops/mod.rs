@@ -430,14 +430,17 @@ pub struct AdamStep {
     pub lr: f64,
     /// Decoupled weight decay.
     pub decay: f64,
+    /// Factor on the gradient (the global-norm clip's; 1: none), applied as the moments read it.
+    pub scale: f64,
 }
 
-/// One AdamW moment in place, argument g: m = m * b + g * one_b, or with `square`
-/// v = v * b + g^2 * one_b.
+/// One AdamW moment in place, argument g scaled first (gs = g * scale): m = m * b + gs * one_b,
+/// or with `square` v = v * b + gs^2 * one_b.
 struct AdamMoment {
     b: f32,
     one_b: f32,
     square: bool,
+    scale: f32,
 }
 /// w = w * (1 - lr * decay) - (m / c1) / (sqrt(v / c2) + eps) * lr, in place on w.
 struct AdamW(cpu::AdamConsts);
@@ -459,7 +462,7 @@ impl InplaceOp2 for AdamMoment {
     ) -> Result<()> {
         let g = cpu_f32(s2, l2, self.name())?;
         let m = cpu_f32_mut(s1, l1, self.name())?;
-        cpu::adam_moment(m, g, self.b, self.one_b, self.square);
+        cpu::adam_moment(m, g, (self.b, self.one_b, self.scale), self.square);
         Ok(())
     }
     #[cfg(feature = "cuda")]
@@ -470,7 +473,14 @@ impl InplaceOp2 for AdamMoment {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<()> {
-        cuda::adam_moment(s1, l1, s2, l2, self.b, self.one_b, self.square)
+        cuda::adam_moment(
+            s1,
+            l1,
+            s2,
+            l2,
+            (self.b, self.one_b, self.scale),
+            self.square,
+        )
     }
 }
 
@@ -512,7 +522,8 @@ pub fn adamw_fusable(w: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor) -> bool {
         .all(|t| t.dtype() == DType::F32 && t.is_contiguous() && t.dims() == w.dims())
 }
 
-/// One AdamW update in place: the moments `m`, `v` from the gradient `g`, then the weights `w`
+/// One AdamW update in place: the moments `m`, `v` from the gradient `g` (times `k.scale`), then
+/// the weights `w`
 /// (all contiguous f32 of one shape, [`adamw_fusable`]). The same f32 operations in the same
 /// order as the generic composition in `train::optim`, so on the CPU the same bits.
 pub fn adamw_update(w: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, k: &AdamStep) -> Result<()> {
@@ -521,6 +532,7 @@ pub fn adamw_update(w: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, k: &AdamStep
         b: f(b),
         one_b: f(1.0 - b),
         square,
+        scale: f(k.scale),
     };
     m.inplace_op2(g, &moment(k.b1, false))?;
     v.inplace_op2(g, &moment(k.b2, true))?;
@@ -545,7 +557,8 @@ pub fn adamw_reference(
     g: &Tensor,
     k: &AdamStep,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let m = ((m * k.b1)? + (g * (1.0 - k.b1))?)?;
+    let g = (g * k.scale)?;
+    let m = ((m * k.b1)? + (&g * (1.0 - k.b1))?)?;
     let v = ((v * k.b2)? + (g.sqr()? * (1.0 - k.b2))?)?;
     let update = ((&m * k.ic1)? / ((&v * k.ic2)?.sqrt()? + k.eps)?)?;
     let w = ((w * (1.0 - k.lr * k.decay))? - (update * k.lr)?)?;
