@@ -352,7 +352,9 @@ fn input_ranges_take_their_own_learning_rate_and_no_decay() {
         weight_decay: 0.1,
         ..OptimConfig::default()
     };
-    AdamW::default().step(&cfg, &vars, &grads, (1e-3, 1.0)).unwrap();
+    AdamW::default()
+        .step(&cfg, &vars, &grads, (1e-3, 1.0))
+        .unwrap();
     let get = |k: &str| vars[k].as_tensor().to_vec1::<f32>().unwrap()[0];
     // First Adam step: update = g / |g| (up to eps) = 1; weight: decay 1e-4 then - 1e-3.
     assert!(
