@@ -679,20 +679,24 @@ __device__ __forceinline__ void fix_store(T *dst, const float acc[4][4], int s, 
     }
 }
 
-// One 64 x 64 tile (bx, by) of block s of a correction. With GW false: gxb[s, t, k] -= sum over
-// clamped o of g[t, o] wb[s, o, k] for the tokens of tile by, summed over its flagged channel
-// tiles; with GW true: gwb[s, o, k] -= sum over clamped t of g[t, o] xb[s, t, k] for the
-// channels of tile by, summed over its flagged token tiles. `other` is wb or xb.
+// One 64 x 64 tile of a correction, per thread block; grid (ceil(r / 64), ft or fo, nb). With
+// GW false: gxb[s, t, k] -= sum over clamped o of g[t, o] wb[s, o, k] for the tokens of tile
+// blockIdx.y, summed over its flagged channel tiles; with GW true: gwb[s, o, k] -= sum over
+// clamped t of g[t, o] xb[s, t, k] for the channels of tile blockIdx.y, summed over its flagged
+// token tiles. `other` is wb or xb. The flag after the tiles' (flags[nb * ft * fo]) says
+// whether anything clamped at all: when nothing did, as with the release config, every block
+// leaves after one load.
 template <typename T, bool GW>
-__device__ void clamp_fix_tile(T *dst, const T *g, const T *yb, const float *bound,
-                               const T *flags, const T *other, int tokens, int out, int r, int ft,
-                               int fo, float inv_states, int adc, int bx, int by, int s) {
+__device__ void clamp_fix(T *dst, const T *g, const T *yb, const float *bound, const T *flags,
+                          const T *other, int tokens, int out, int r, int ft, int fo,
+                          float inv_states, int adc) {
+  if (to_f(flags[(i64)gridDim.z * ft * fo]) == 0.0f) return;
   typedef typename FixAcc<T>::S S;
   __shared__ __align__(128) FixTile<S> sm;
   __shared__ FlagScan scan;
-  int k0 = bx * FLAG_TILE, row0 = by * FLAG_TILE;
+  int k0 = blockIdx.x * FLAG_TILE, row0 = blockIdx.y * FLAG_TILE, s = blockIdx.z;
   int rows = GW ? out : tokens, sum_len = GW ? tokens : out;
-  const T *fl = GW ? flags + (i64)s * ft * fo + by : flags + ((i64)s * ft + by) * fo;
+  const T *fl = GW ? flags + (i64)s * ft * fo + blockIdx.y : flags + ((i64)s * ft + blockIdx.y) * fo;
   int stride = GW ? fo : 1, count = GW ? ft : fo;
   FixAcc<T> acc;
   acc.zero();
@@ -726,23 +730,6 @@ __device__ void clamp_fix_tile(T *dst, const T *g, const T *yb, const float *bou
   float part[4][4];
   acc.take(sm, part);
   fix_store(dst, part, s, rows, r, row0, k0);
-}
-
-// A correction over all its tiles (ceil(r / 64) x (ft or fo) x nb), thread blocks striding
-// over them. The flag after the tiles' (flags[nb * ft * fo]) says whether anything clamped at
-// all: when nothing did, as with the release config, every block leaves after one load, so the
-// grid is kept to a few blocks per SM (one block per tile took 28 us at d = 2048 x 4096 tokens,
-// 7% of the layer's step, to do nothing).
-template <typename T, bool GW>
-__device__ void clamp_fix(T *dst, const T *g, const T *yb, const float *bound, const T *flags,
-                          const T *other, int tokens, int out, int r, int ft, int fo,
-                          float inv_states, int adc, int nb) {
-  if (to_f(flags[(i64)nb * ft * fo]) == 0.0f) return;
-  int gx = (r + FLAG_TILE - 1) / FLAG_TILE, gy = GW ? fo : ft;
-  int total = gx * gy * nb;
-  for (int tile = blockIdx.x; tile < total; tile += gridDim.x)
-    clamp_fix_tile<T, GW>(dst, g, yb, bound, flags, other, tokens, out, r, ft, fo, inv_states, adc,
-                          tile % gx, (tile / gx) % gy, tile / (gx * gy));
 }
 
 #define INSTANTIATE(T, SUF)                                                                        \
@@ -783,16 +770,14 @@ __device__ void clamp_fix(T *dst, const T *g, const T *yb, const float *bound, c
   extern "C" __global__ void clamp_fix_gx_##SUF(T *gxb, const T *g, const T *yb,                   \
                                                 const float *bound, const T *flags, const T *wb,   \
                                                 int tokens, int out, int r, int ft, int fo,        \
-                                                float inv_states, int adc, int nb) {               \
-    clamp_fix<T, false>(gxb, g, yb, bound, flags, wb, tokens, out, r, ft, fo, inv_states, adc,     \
-                        nb);                                                                       \
+                                                float inv_states, int adc) {                       \
+    clamp_fix<T, false>(gxb, g, yb, bound, flags, wb, tokens, out, r, ft, fo, inv_states, adc);    \
   }                                                                                                \
   extern "C" __global__ void clamp_fix_gw_##SUF(T *gwb, const T *g, const T *yb,                   \
                                                 const float *bound, const T *flags, const T *xb,   \
                                                 int tokens, int out, int r, int ft, int fo,        \
-                                                float inv_states, int adc, int nb) {               \
-    clamp_fix<T, true>(gwb, g, yb, bound, flags, xb, tokens, out, r, ft, fo, inv_states, adc,      \
-                        nb);                                                                       \
+                                                float inv_states, int adc) {                       \
+    clamp_fix<T, true>(gwb, g, yb, bound, flags, xb, tokens, out, r, ft, fo, inv_states, adc);     \
   }
 
 INSTANTIATE(float, f32)

@@ -19,9 +19,6 @@ const MODULE: &str = "afm_analog_train";
 /// Threads per block of every kernel (the range reduction's shared arrays hold 256).
 const THREADS: u32 = 256;
 
-/// Most thread blocks of a clamp correction (`clamp_fix_*`), which stride over its tiles.
-const FIX_BLOCKS: usize = 512;
-
 /// Channels per thread block of `noisy_wblocks` (NOISE_ROWS in the kernel).
 const NOISE_ROWS: usize = 4;
 
@@ -324,13 +321,10 @@ fn clamp_fix_t<T: CudaDType + DeviceRepr>(
         fix.inv_states.unwrap_or(0.0),
         i32::from(fix.inv_states.is_some()),
     );
-    let (tk, o, rr, ft, fo, nbk) = (i(tokens), i(out), i(r), i(ft), i(fo), i(nb));
-    candle_core::builder_arg!(bl, tk, o, rr, ft, fo, inv, adc, nbk);
-    // Thread blocks stride over the tiles; a few per SM, since with nothing clamped each only
-    // reads one flag.
-    let tiles = r.div_ceil(FLAG_TILE) * rows * nb;
+    let (tk, o, rr, ft, fo) = (i(tokens), i(out), i(r), i(ft), i(fo));
+    candle_core::builder_arg!(bl, tk, o, rr, ft, fo, inv, adc);
     let cfg = LaunchConfig {
-        grid_dim: (tiles.clamp(1, FIX_BLOCKS) as u32, 1, 1),
+        grid_dim: (r.div_ceil(FLAG_TILE) as u32, rows as u32, nb as u32),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
