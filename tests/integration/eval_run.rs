@@ -7,8 +7,7 @@ use afm::eval::hellaswag::{capitalize_last_fragment, preprocess};
 use afm::eval::loglik;
 use afm::eval::tasks::{self, TaskData};
 use afm::executor::decoder::KvCache;
-use afm::executor::load::load_model;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor, D};
 use std::path::{Path, PathBuf};
 
 /// GPT-2's byte-to-character table: printable bytes stand for themselves, the rest shift up.
@@ -321,11 +320,7 @@ fn a_calibrated_cell_does_not_depend_on_the_tasks_before_it() {
 
 #[test]
 fn batched_logliks_equal_plain_forwards() {
-    let m = load_model(
-        repo("tests/golden/executor/tiny-llama").to_str().unwrap(),
-        DType::F32,
-    )
-    .unwrap();
+    let m = crate::train::tiny();
     let dec = &m.decoder;
     let plain = |ctx: &[u32], cont: &[u32]| -> (f64, bool) {
         let ids: Vec<u32> = ctx.iter().chain(cont).copied().collect();

@@ -4,20 +4,13 @@
 
 use crate::common::{afm, assert_close, repo, shakespeare_data, temp_dir};
 use afm::executor::decoder::Decoder;
-use afm::executor::load::load_model;
 use afm::train::parallel::{Collective, HostGroup};
 use afm::train::student::trainable;
 use afm::train::trainer::{train, train_rank, TrainConfig};
-use candle_core::DType;
 use std::path::{Path, PathBuf};
 
 fn teacher() -> Decoder {
-    load_model(
-        repo("tests/golden/executor/tiny-llama").to_str().unwrap(),
-        DType::F32,
-    )
-    .unwrap()
-    .decoder
+    crate::train::tiny().decoder
 }
 
 /// A temp folder `name` with 48 rows of Shakespeare in `data/`; returns (folder, data).

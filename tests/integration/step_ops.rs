@@ -261,14 +261,7 @@ pub fn check_step_ops(dev: &Device) {
 
     // The trainer's frozen teacher (fused causal softmax, nothing tracked) against the generic
     // forward that evaluation keeps, on a tiny checkpoint.
-    let m = afm::executor::load::load_model_on(
-        crate::common::repo("tests/golden/executor/tiny-llama")
-            .to_str()
-            .unwrap(),
-        candle_core::DType::F32,
-        dev,
-    )
-    .unwrap();
+    let m = crate::train::tiny_on(dev);
     let vocab = m.decoder.cfg.vocab_size as u32;
     let ids: Vec<u32> = (0..2 * 11).map(|i| (i * 37 + 5) % vocab).collect();
     let ids = Tensor::from_vec(ids, (2, 11), dev).unwrap();

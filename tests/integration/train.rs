@@ -2,15 +2,21 @@
 //! the shard files.
 
 use crate::common::{repo, temp_dir};
-use afm::executor::load::load_model;
+use afm::executor::load::{load_model, load_model_on};
 use afm::train::datagen::{datagen, sample_rows, DatagenConfig};
 use afm::train::shards::{read_split, DataIndex};
 use candle_core::DType;
 
 pub(crate) fn tiny() -> afm::executor::load::LoadedModel {
-    load_model(
+    tiny_on(&candle_core::Device::Cpu)
+}
+
+/// The tiny-llama checkpoint in f32 on `dev`.
+pub(crate) fn tiny_on(dev: &candle_core::Device) -> afm::executor::load::LoadedModel {
+    load_model_on(
         repo("tests/golden/executor/tiny-llama").to_str().unwrap(),
         DType::F32,
+        dev,
     )
     .unwrap()
 }
