@@ -23,30 +23,18 @@ pub fn trim(dev: &Device) -> Result<()> {
         use cuda::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
         cu.cuda_stream().synchronize().w()?;
         let pool = cuda::default_pool(cu)?;
-        let mut high = 0u64;
-        // SAFETY: USED_MEM_HIGH is a u64 attribute (setting it to 0 resets the mark); `high`
-        // outlives the calls; trimming only releases memory that no allocation holds.
-        unsafe {
-            cuda::sys::cuMemPoolGetAttribute(pool, CU_MEMPOOL_ATTR_USED_MEM_HIGH, ptr(&mut high))
-                .result()
-                .w()?;
-            cuda::sys::cuMemPoolTrimTo(pool, high as usize)
-                .result()
-                .w()?;
-            let mut zero = 0u64;
-            cuda::sys::cuMemPoolSetAttribute(pool, CU_MEMPOOL_ATTR_USED_MEM_HIGH, ptr(&mut zero))
-                .result()
-                .w()?;
-        }
+        let high = cuda::get(pool, CU_MEMPOOL_ATTR_USED_MEM_HIGH)?;
+        // SAFETY: `pool` is the live device's; trimming only releases memory that no
+        // allocation holds.
+        unsafe { cuda::sys::cuMemPoolTrimTo(pool, high as usize) }
+            .result()
+            .w()?;
+        // Setting the mark to 0 resets it.
+        cuda::set(pool, CU_MEMPOOL_ATTR_USED_MEM_HIGH, 0)?;
     }
     #[cfg(not(feature = "cuda"))]
     let _ = dev;
     Ok(())
-}
-
-#[cfg(feature = "cuda")]
-fn ptr(v: &mut u64) -> *mut std::ffi::c_void {
-    (v as *mut u64).cast()
 }
 
 /// Lets `dev`'s default pool keep up to `bytes` of freed memory across synchronizations (its
@@ -54,18 +42,12 @@ fn ptr(v: &mut u64) -> *mut std::ffi::c_void {
 pub fn retain(dev: &Device, bytes: u64) -> Result<()> {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(cu) = dev {
-        use candle_core::cuda_backend::WrapErr;
-        let mut v = bytes;
-        // SAFETY: the release threshold is a u64 attribute; `v` outlives the call.
-        unsafe {
-            cuda::sys::cuMemPoolSetAttribute(
-                cuda::default_pool(cu)?,
-                cuda::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                ptr(&mut v),
-            )
-        }
-        .result()
-        .w()?;
+        use cuda::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
+        cuda::set(
+            cuda::default_pool(cu)?,
+            CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            bytes,
+        )?;
     }
     #[cfg(not(feature = "cuda"))]
     let _ = (dev, bytes);
@@ -77,6 +59,7 @@ mod cuda {
     pub use candle_core::cuda_backend::cudarc::driver::sys;
     use candle_core::cuda_backend::WrapErr;
     use candle_core::CudaDevice;
+    use sys::CUmemPool_attribute as Attr;
 
     /// The device's default memory pool, the one cudarc's `cuMemAllocAsync` draws from.
     pub fn default_pool(cu: &CudaDevice) -> candle_core::Result<sys::CUmemoryPool> {
@@ -89,5 +72,25 @@ mod cuda {
         .result()
         .w()?;
         Ok(pool)
+    }
+
+    /// A u64 attribute of `pool` (the byte counts and the release threshold are u64).
+    pub fn get(pool: sys::CUmemoryPool, attr: Attr) -> candle_core::Result<u64> {
+        let mut v = 0u64;
+        // SAFETY: `attr` is a u64 attribute and `v` outlives the call.
+        unsafe { sys::cuMemPoolGetAttribute(pool, attr, (&mut v as *mut u64).cast()) }
+            .result()
+            .w()?;
+        Ok(v)
+    }
+
+    /// Sets a u64 attribute of `pool`.
+    pub fn set(pool: sys::CUmemoryPool, attr: Attr, value: u64) -> candle_core::Result<()> {
+        let mut v = value;
+        // SAFETY: `attr` is a u64 attribute and `v` outlives the call.
+        unsafe { sys::cuMemPoolSetAttribute(pool, attr, (&mut v as *mut u64).cast()) }
+            .result()
+            .w()?;
+        Ok(())
     }
 }
