@@ -1,15 +1,15 @@
 //! Batched log-likelihood of continuations, the one primitive behind multiple-choice,
 //! LAMBADA-style and few-shot scoring.
 //!
-//! Requests that share a context run that context once and continue its KV cache for all
-//! continuations in one right-padded batch; requests with different contexts run as one padded
-//! batch of full sequences. Right padding is safe because attention is causal: a valid position
-//! never sees a pad. The language-model head runs only on the positions that predict a
-//! continuation token, which saves most of its cost on long contexts.
+//! A batch of requests runs as one tree batch (`executor::tree`): each distinct context once,
+//! every continuation after it, packed without padding, so the projections see only real
+//! tokens however ragged the lengths. The language-model head runs only on the positions that
+//! predict a continuation token, which saves most of its cost on long contexts.
 
 use crate::error::{Error, Result};
-use crate::executor::decoder::{Decoder, KvCache};
-use candle_core::{DType, Device, Tensor, D};
+use crate::executor::decoder::Decoder;
+use crate::executor::tree::TreeBatch;
+use candle_core::{DType, Tensor, D};
 
 /// Log-likelihood of one continuation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,89 +47,41 @@ fn pick(logits: &Tensor, targets: &[u32], lens: &[usize]) -> Result<Vec<Loglik>>
     Ok(out)
 }
 
-/// (batch, max length) ids: right-padded, or left-padded (returning the pad per row).
-fn ids_tensor(rows: &[Vec<u32>], left: bool, dev: &Device) -> Result<(Tensor, Vec<usize>)> {
-    let t = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let mut flat = Vec::with_capacity(rows.len() * t);
-    let mut pads = Vec::with_capacity(rows.len());
-    for r in rows {
-        let pad = std::iter::repeat_n(0u32, t - r.len());
-        if left {
-            flat.extend(pad.chain(r.iter().copied()));
-        } else {
-            flat.extend(r.iter().copied().chain(pad));
-        }
-        pads.push(t - r.len());
-    }
-    Ok((Tensor::from_vec(flat, (rows.len(), t), dev)?, pads))
-}
-
-/// Hidden rows (batch b, position p) gathered from (batch, tokens, hidden) in the given order.
-fn gather_rows(hidden: &Tensor, rows: &[(usize, usize)]) -> Result<Tensor> {
-    let (b, t, h) = hidden.dims3()?;
-    let flat = hidden.reshape((b * t, h))?;
-    let idx: Vec<u32> = rows.iter().map(|&(i, p)| (i * t + p) as u32).collect();
-    let idx = Tensor::from_vec(idx, rows.len(), hidden.device())?;
-    Ok(flat.index_select(&idx, 0)?)
-}
-
 /// A context and the continuations scored after it.
 pub type Group = (Vec<u32>, Vec<Vec<u32>>);
 
-/// Log-likelihoods of every continuation of every group, in two batched passes: the contexts
-/// (left-padded, so that each ends at the same position), then all continuations (right-padded)
-/// on copies of their context's cache. Each context is run once however many continuations
-/// follow it; the head runs only on rows that predict a continuation token.
+/// Log-likelihoods of every continuation of every group in one forward pass over a tree batch
+/// (`executor::tree`): each context once, each continuation after it, and no padding in the
+/// projections. The head runs only on the rows that predict a continuation token.
 pub fn grouped(model: &Decoder, groups: &[Group]) -> Result<Vec<Vec<Loglik>>> {
     if groups.iter().any(|(c, _)| c.is_empty()) {
         return Err(Error::Value(
             "empty context: lm-eval would prepend an end-of-text token".into(),
         ));
     }
-    if groups.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ctxs: Vec<Vec<u32>> = groups.iter().map(|g| g.0.clone()).collect();
-    let (x, pads) = ids_tensor(&ctxs, true, model.device())?;
-    let t = x.dims()[1];
-    let mut cache = KvCache::default();
-    let h = model.forward_hidden_padded(&x, &mut cache, &pads)?;
-    // Rows of the head's input: each context's last position, then the continuation positions
-    // that predict a following continuation token.
-    let last: Vec<(usize, usize)> = (0..groups.len()).map(|g| (g, t - 1)).collect();
-    let mut rows = vec![gather_rows(&h, &last)?];
-    let (mut owner, mut rest, mut row_pads) = (Vec::new(), Vec::new(), Vec::new());
-    for (g, (_, conts)) in groups.iter().enumerate() {
-        for c in conts {
-            owner.push(g as u32);
-            rest.push(c[..c.len().saturating_sub(1)].to_vec());
-            row_pads.push(pads[g]);
-        }
-    }
-    let mut order = Vec::new();
-    if rest.iter().any(|r| !r.is_empty()) {
-        let mut cache = cache.select(&owner)?;
-        let (xb, _) = ids_tensor(&rest, false, model.device())?;
-        let hb = model.forward_hidden_padded(&xb, &mut cache, &row_pads)?;
-        for (i, r) in rest.iter().enumerate() {
-            order.extend((0..r.len()).map(|p| (i, p)));
-        }
-        rows.push(gather_rows(&hb, &order)?);
-    }
-    // Head input rows: [last of group 0.., then continuation rows in `order`].
+    // A continuation's last token is only a target: its branch ends one token before it.
+    let trees: Vec<(&[u32], Vec<&[u32]>)> = groups
+        .iter()
+        .map(|(ctx, conts)| {
+            let branches = conts
+                .iter()
+                .map(|c| &c[..c.len().saturating_sub(1)])
+                .collect();
+            (ctx.as_slice(), branches)
+        })
+        .collect();
+    let tb = TreeBatch::new(&trees)?;
+    // Head rows: the context's last row predicts a continuation's first token, the
+    // continuation's own rows the rest.
     let (mut sel, mut targets, mut lens) = (Vec::new(), Vec::new(), Vec::new());
-    let mut base = groups.len() as u32;
-    let mut k = 0;
-    for (g, (_, conts)) in groups.iter().enumerate() {
-        for c in conts {
+    for (g, (ctx, conts)) in groups.iter().enumerate() {
+        for (k, c) in conts.iter().enumerate() {
             if !c.is_empty() {
-                sel.push(g as u32);
-                sel.extend((0..c.len() - 1).map(|p| base + p as u32));
+                sel.push(tb.prefix_row(g, ctx.len() - 1) as u32);
+                sel.extend((0..c.len() - 1).map(|j| tb.branch_row(g, k, j) as u32));
                 targets.extend_from_slice(c);
             }
-            base += rest[k].len() as u32;
             lens.push(c.len());
-            k += 1;
         }
     }
     let flat = if targets.is_empty() {
@@ -141,9 +93,9 @@ pub fn grouped(model: &Decoder, groups: &[Group]) -> Result<Vec<Vec<Loglik>>> {
             })
             .collect()
     } else {
-        let logits = model.logits(&Tensor::cat(&rows, 0)?)?;
-        let sel = Tensor::from_vec(sel, targets.len(), logits.device())?;
-        pick(&logits.index_select(&sel, 0)?, &targets, &lens)?
+        let h = model.forward_trees(&tb)?;
+        let sel = Tensor::from_vec(sel, targets.len(), h.device())?;
+        pick(&model.logits(&h.index_select(&sel, 0)?)?, &targets, &lens)?
     };
     let mut it = flat.into_iter();
     Ok(groups

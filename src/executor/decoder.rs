@@ -8,6 +8,7 @@
 use super::config::HfConfig;
 use super::linear::Projection;
 use super::rope::Rope;
+use super::tree::TreeBatch;
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor, D};
 
@@ -197,20 +198,7 @@ impl Decoder {
     /// tokens; [`Decoder::logits`] turns rows of it into logits, so that scoring can skip the
     /// language-model head where no prediction is needed.
     pub fn forward_hidden(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        self.forward_hidden_padded(ids, cache, &[])
-    }
-
-    /// [`Decoder::forward_hidden`] for a batch whose row `r` starts with `left_pad[r]` padding
-    /// positions (counted from the start of the cache): no query sees them, so every row gets
-    /// the numbers of its own unpadded sequence (RoPE scores depend only on distances). Empty
-    /// `left_pad`: no padding.
-    pub fn forward_hidden_padded(
-        &self,
-        ids: &Tensor,
-        cache: &mut KvCache,
-        left_pad: &[usize],
-    ) -> Result<Tensor> {
-        self.hidden(ids, cache, left_pad, false)
+        self.hidden(ids, cache, false)
     }
 
     /// Logits (batch, tokens, vocab) of a frozen model for whole sequences `ids` (no cache),
@@ -218,19 +206,13 @@ impl Decoder {
     /// (`train::step_ops`) as the student's is: the trainer's teacher. Evaluation keeps
     /// [`Decoder::forward`], whose numbers are the generic ops'.
     pub fn forward_frozen(&self, ids: &Tensor) -> Result<Tensor> {
-        let hidden = self.hidden(ids, &mut KvCache::default(), &[], true)?;
+        let hidden = self.hidden(ids, &mut KvCache::default(), true)?;
         self.lm_head.forward(&hidden)
     }
 
-    /// [`Decoder::forward_hidden_padded`]; `fused`: causal attention in f32 through the fused
-    /// causal softmax even where nothing is tracked.
-    fn hidden(
-        &self,
-        ids: &Tensor,
-        cache: &mut KvCache,
-        left_pad: &[usize],
-        fused: bool,
-    ) -> Result<Tensor> {
+    /// [`Decoder::forward_hidden`]; `fused`: causal attention in f32 through the fused causal
+    /// softmax even where nothing is tracked.
+    fn hidden(&self, ids: &Tensor, cache: &mut KvCache, fused: bool) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let c = &self.cfg;
         let start = cache.len;
@@ -242,27 +224,54 @@ impl Decoder {
             self.embed
                 .index_select(&ids.flatten_all()?, 0)?
                 .reshape((b, t, c.hidden_size))?;
-        let causal = !left_pad.iter().any(|&p| p > 0);
-        let mask = if !causal {
-            if left_pad.len() != b {
-                return Err(crate::Error::Shape(format!(
-                    "left_pad has {} rows for a batch of {b}",
-                    left_pad.len()
-                )));
-            }
-            Some(padded_mask(t, start, left_pad, self.device(), dtype)?)
-        } else {
-            causal_mask(t, start, self.device(), dtype)?
-        };
+        let mask = causal_mask(t, start, self.device(), dtype)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &block.input_norm, c.rms_norm_eps as f32)?;
-            let a = self.attention(i, &h, (&cos, &sin), (mask.as_ref(), causal, fused), cache)?;
+            let a = self.attention(i, &h, (&cos, &sin), (mask.as_ref(), fused), cache)?;
             x = (x + a)?;
             let h = rms_norm(&x, &block.post_norm, c.rms_norm_eps as f32)?;
             x = (x + self.mlp(block, &h)?)?;
         }
         cache.len += t;
         rms_norm(&x, &self.norm, c.rms_norm_eps as f32)
+    }
+
+    /// The final-normed hidden states (rows, hidden) of a tree batch's packed rows
+    /// ([`TreeBatch`]): each row's is that of its own sequence, prefix + branch, with no cache.
+    /// The projections see real tokens only.
+    pub fn forward_trees(&self, batch: &TreeBatch) -> Result<Tensor> {
+        let c = &self.cfg;
+        let dev = self.device();
+        let dtype = self.embed.dtype();
+        let (rows, trees, slots) = (batch.rows(), batch.trees(), batch.slots());
+        if rows == 0 {
+            return Ok(Tensor::zeros((0, c.hidden_size), dtype, dev)?);
+        }
+        let (cos, sin) = self
+            .rope
+            .rows(batch.slot_positions(), (trees, slots), dev)?;
+        let tb = TreeTensors {
+            rows,
+            trees,
+            slots,
+            gather: batch.gather_index(dev)?,
+            scatter: batch.scatter_index(dev)?,
+            mask: batch.mask(dev, dtype)?,
+            cos: cos.to_dtype(dtype)?,
+            sin: sin.to_dtype(dtype)?,
+        };
+        let ids = Tensor::from_slice(&batch.ids, rows, dev)?;
+        let mut x = self
+            .embed
+            .index_select(&ids, 0)?
+            .reshape((1, rows, c.hidden_size))?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let h = rms_norm(&x, &block.input_norm, c.rms_norm_eps as f32)?;
+            x = (x + self.tree_attention(i, &h, &tb)?)?;
+            let h = rms_norm(&x, &block.post_norm, c.rms_norm_eps as f32)?;
+            x = (x + self.mlp(block, &h)?)?;
+        }
+        Ok(rms_norm(&x, &self.norm, c.rms_norm_eps as f32)?.squeeze(0)?)
     }
 
     /// Logits of hidden states (..., hidden) from [`Decoder::forward_hidden`].
@@ -303,14 +312,43 @@ impl Decoder {
         layer: usize,
         h: &Tensor,
         (cos, sin): (&Tensor, &Tensor),
-        (mask, causal, fused): (Option<&Tensor>, bool, bool),
+        (mask, fused): (Option<&Tensor>, bool),
         cache: &mut KvCache,
     ) -> Result<Tensor> {
         let c = &self.cfg;
         let block = &self.blocks[layer];
         let (b, t, _) = h.dims3()?;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let (q, k, v) = match &block.qkv {
+        let (q, k, v) = self.qkv(block, h)?;
+        let heads = |x: Tensor, n: usize| -> Result<Tensor> {
+            Ok(x.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = rope(&heads(q, nh)?, cos, sin)?;
+        let k = rope(&heads(k, nkv)?, cos, sin)?;
+        let (k, v) = cache.append(layer, k, heads(v, nkv)?)?;
+        let tracked = q.track_op() || k.track_op() || v.track_op();
+        let y = if (tracked || fused) && q.dtype() == DType::F32 {
+            // Training: one graph node with a recomputing backward instead of the scores'
+            // generic ops (train::step_ops::causal_attention); the frozen teacher's forward
+            // takes its fused softmax too.
+            let q = q.reshape((b, nkv, nh / nkv * t, hd))?;
+            let scale = 1.0 / (hd as f64).sqrt();
+            crate::train::step_ops::causal_attention(&q, &k, &v, t, scale)?
+        } else {
+            self.attend(&q, &k, &v, mask)?
+        };
+        let y = y
+            .reshape((b, nh, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?;
+        block.o.forward(&y)
+    }
+
+    /// The query, key and value rows of `h` (..., hidden).
+    fn qkv(&self, block: &Block, h: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let c = &self.cfg;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        Ok(match &block.qkv {
             Qkv::Separate { q, k, v } => (q.forward(h)?, k.forward(h)?, v.forward(h)?),
             Qkv::Fused(f) => {
                 let y = f.forward(h)?;
@@ -320,40 +358,54 @@ impl Decoder {
                     y.narrow(D::Minus1, (nh + nkv) * hd, nkv * hd)?,
                 )
             }
-        };
-        let heads = |x: Tensor, n: usize| -> Result<Tensor> {
-            Ok(x.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
-        };
-        let q = rope(&heads(q, nh)?, cos, sin)?;
-        let k = rope(&heads(k, nkv)?, cos, sin)?;
-        let (k, v) = cache.append(layer, k, heads(v, nkv)?)?;
-        let s = k.dims()[2];
+        })
+    }
+
+    /// Softmax attention of queries (b, heads, t, hd) over keys and values (b, kv heads, s,
+    /// hd) under an additive mask broadcast to (b, heads, t, s); the result is (b, heads, t,
+    /// hd).
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, nh, t, hd) = q.dims4()?;
+        let (nkv, s) = (k.dims()[1], k.dims()[2]);
         // Grouped-query attention without copying the keys and values per query head: the
         // query heads that share a key/value head become rows of one product (heads are laid
         // out group by group, so this is a reshape of the contiguous q).
         let rep = nh / nkv;
         let q = q.reshape((b, nkv, rep * t, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let tracked = q.track_op() || k.track_op() || v.track_op();
-        let y = if causal && (tracked || fused) && q.dtype() == DType::F32 {
-            // Training: one graph node with a recomputing backward instead of the scores'
-            // generic ops (train::step_ops::causal_attention); the frozen teacher's forward
-            // takes its fused softmax too.
-            crate::train::step_ops::causal_attention(&q, &k, &v, t, scale)?
-        } else {
-            let att = (q.matmul(&k.t()?)? * scale)?;
-            let mut att = att.reshape((b, nh, t, s))?;
-            if let Some(m) = mask {
-                att = att.broadcast_add(m)?;
-            }
-            softmax_last_dim(&att)?
-                .reshape((b, nkv, rep * t, s))?
-                .matmul(&v)?
+        let att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        let mut att = att.reshape((b, nh, t, s))?;
+        if let Some(m) = mask {
+            att = att.broadcast_add(m)?;
+        }
+        Ok(softmax_last_dim(&att)?
+            .reshape((b, nkv, rep * t, s))?
+            .matmul(v)?
+            .reshape((b, nh, t, hd))?)
+    }
+
+    /// Attention of a tree batch's packed rows `h` (1, rows, hidden): each tree's rows go to
+    /// the padded (trees, slots) layout, attend under the tree mask and come back packed.
+    fn tree_attention(&self, layer: usize, h: &Tensor, tb: &TreeTensors) -> Result<Tensor> {
+        let c = &self.cfg;
+        let block = &self.blocks[layer];
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let (n, slots) = (tb.rows, tb.slots);
+        let (q, k, v) = self.qkv(block, h)?;
+        let heads = |x: Tensor, m: usize| -> Result<Tensor> {
+            Ok(x.reshape((n, m * hd))?
+                .index_select(&tb.gather, 0)?
+                .reshape((tb.trees, slots, m, hd))?
+                .transpose(1, 2)?
+                .contiguous()?)
         };
+        let q = rope(&heads(q, nh)?, &tb.cos, &tb.sin)?;
+        let k = rope(&heads(k, nkv)?, &tb.cos, &tb.sin)?;
+        let y = self.attend(&q, &k, &heads(v, nkv)?, Some(&tb.mask))?;
         let y = y
-            .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
-            .reshape((b, t, nh * hd))?;
+            .reshape((tb.trees * slots, nh * hd))?
+            .index_select(&tb.scatter, 0)?
+            .reshape((1, n, nh * hd))?;
         block.o.forward(&y)
     }
 
@@ -375,31 +427,16 @@ impl Decoder {
     }
 }
 
-/// Additive mask (b x 1 x t x (start + t)): -inf where a query would see a later key or a
-/// padding key of its row. A padding query keeps its own key, so that its softmax stays finite
-/// (a NaN there would reach real rows through zero attention weights times NaN values).
-fn padded_mask(
-    t: usize,
-    start: usize,
-    left_pad: &[usize],
-    dev: &Device,
-    dtype: DType,
-) -> Result<Tensor> {
-    let s = start + t;
-    let mut m = Vec::with_capacity(left_pad.len() * t * s);
-    for &pad in left_pad {
-        for i in 0..t {
-            let q = start + i;
-            m.extend((0..s).map(|j| {
-                if j > q || (j < pad && j != q) {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            }));
-        }
-    }
-    Ok(Tensor::from_vec(m, (left_pad.len(), 1, t, s), dev)?.to_dtype(dtype)?)
+/// A tree batch's layout as tensors on the model's device, built once per forward.
+struct TreeTensors {
+    rows: usize,
+    trees: usize,
+    slots: usize,
+    gather: Tensor,
+    scatter: Tensor,
+    mask: Tensor,
+    cos: Tensor,
+    sin: Tensor,
 }
 
 /// Additive mask (t x (start + t)): -inf where a query would see a later key.

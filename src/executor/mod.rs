@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod rope;
 pub mod sampling;
 pub mod save;
+pub mod tree;
 pub mod weights;
 
 pub use manifest::{resolve_model_path, Architecture, LinearShape, Manifest, ModelConfig};

@@ -96,25 +96,36 @@ impl Rope {
         total: usize,
         dev: &Device,
     ) -> Result<(Tensor, Tensor)> {
-        let inv = match &self.long {
-            Some((long, orig)) if total > *orig => long,
-            _ => &self.short,
-        };
-        let half = inv.len();
-        let (mut cos, mut sin) = (
-            Vec::with_capacity(len * half),
-            Vec::with_capacity(len * half),
-        );
-        for p in start..start + len {
+        self.rows((start..start + len).map(|p| (p, total)), (len,), dev)
+    }
+
+    /// (cos, sin) rows for `(position, total length of its sequence)` pairs, shaped `shape`
+    /// with head_dim / 2 appended: the tables of a packed batch whose rows belong to sequences
+    /// of different lengths.
+    pub fn rows(
+        &self,
+        at: impl Iterator<Item = (usize, usize)>,
+        shape: impl Into<candle_core::Shape>,
+        dev: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let half = self.short.len();
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for (p, total) in at {
+            let inv = match &self.long {
+                Some((long, orig)) if total > *orig => long,
+                _ => &self.short,
+            };
             for &f in inv {
                 let a = f * p as f32;
                 cos.push(a.cos() * self.attention_factor);
                 sin.push(a.sin() * self.attention_factor);
             }
         }
+        let mut dims = shape.into().dims().to_vec();
+        dims.push(half);
         Ok((
-            Tensor::from_vec(cos, (len, half), dev)?,
-            Tensor::from_vec(sin, (len, half), dev)?,
+            Tensor::from_vec(cos, dims.clone(), dev)?,
+            Tensor::from_vec(sin, dims, dev)?,
         ))
     }
 }

@@ -371,7 +371,55 @@ fn batched_logliks_equal_plain_forwards() {
         );
         assert_eq!(batch[k].greedy, greedy);
     }
+    // Several contexts, each with ragged continuations (one empty), in one tree batch.
+    let groups: Vec<loglik::Group> = vec![
+        (vec![9u32, 8, 7], vec![vec![6u32, 5], vec![4u32], vec![]]),
+        (vec![200u32; 11], vec![vec![1u32; 9], vec![2u32, 3, 4]]),
+        (vec![77u32], vec![vec![78u32]]),
+    ];
+    let trees = loglik::grouped(dec, &groups).unwrap();
+    for ((ctx, conts), got) in groups.iter().zip(&trees) {
+        for (c, l) in conts.iter().zip(got) {
+            let (sum, greedy) = plain(ctx, c);
+            assert!((l.sum - sum).abs() < 1e-4, "tree: {} vs {sum}", l.sum);
+            assert_eq!((l.greedy, l.tokens), (greedy, c.len()));
+        }
+    }
     assert!(loglik::batch(dec, &[(vec![], vec![1])]).is_err());
+}
+
+#[test]
+fn tree_batch_layout() {
+    use afm::executor::tree::TreeBatch;
+    let (p, a, b): (&[u32], &[u32], &[u32]) = (&[1, 2], &[3, 4, 5], &[6]);
+    let tb = TreeBatch::new(&[(p, vec![a, b]), (&[7], vec![&[]])]).unwrap();
+    assert_eq!(tb.ids, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!((tb.rows(), tb.trees(), tb.slots()), (7, 2, 6));
+    assert_eq!((tb.branch_row(0, 1, 0), tb.prefix_row(1, 0)), (5, 6));
+    // Branch b's token (slot 5, position 2) sees the prefix and itself, not branch a.
+    let seen: Vec<usize> = (0..6).filter(|&k| tb.sees(0, 5, k)).collect();
+    assert_eq!(seen, [0, 1, 5]);
+    // Branch a's second token sees the prefix and a's first two tokens; the prefix sees back.
+    let seen: Vec<usize> = (0..6).filter(|&k| tb.sees(0, 3, k)).collect();
+    assert_eq!(seen, [0, 1, 2, 3]);
+    assert!(!tb.sees(0, 0, 1));
+    // Tree 1 has one row: its empty slots see slot 0 only and point at its row.
+    assert!(tb.sees(1, 3, 0) && !tb.sees(1, 3, 3) && !tb.sees(1, 0, 1));
+    let gather = tb
+        .gather_index(&Device::Cpu)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
+    assert_eq!(gather, [0, 1, 2, 3, 4, 5, 6, 6, 6, 6, 6, 6]);
+    let scatter = tb
+        .scatter_index(&Device::Cpu)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
+    assert_eq!(scatter, [0, 1, 2, 3, 4, 5, 6]);
+    let pos: Vec<(usize, usize)> = tb.slot_positions().take(6).collect();
+    assert_eq!(pos, [(0, 5), (1, 5), (2, 5), (3, 5), (4, 5), (2, 5)]);
+    assert!(TreeBatch::new(&[(&[], vec![a])]).is_err());
 }
 
 #[test]
