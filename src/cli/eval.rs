@@ -152,9 +152,10 @@ pub struct EvalArgs {
     /// products) instead of the fused op: shows what another summation order alone changes.
     #[arg(long)]
     blocked_mvm: bool,
-    /// Items per batched pass of the multiple-choice and continuation tasks (a GPU wants 64 or
-    /// more). Scores do not depend on it beyond float rounding, except that analog rows
-    /// without --calib-text or learned ranges calibrate on each task's first batch.
+    /// Items per batched pass of the multiple-choice and continuation tasks, and completions
+    /// (items x --samples) decoded side by side in generation tasks (a GPU wants 64 or more).
+    /// Scores do not depend on it beyond float rounding, except that analog rows without
+    /// --calib-text or learned ranges calibrate on each task's first batch.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     batch: u16,
 }

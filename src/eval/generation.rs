@@ -215,6 +215,29 @@ pub fn generate_batch(
     sampling: Sampling,
     rngs: &mut [Rng],
 ) -> Result<Vec<String>> {
+    let ids = encode(tok, prompt)?;
+    let spec = Decode {
+        max_new,
+        stops,
+        sampling,
+    };
+    generate_prompts(model, tok, &[ids], None, &spec, rngs)
+}
+
+/// How completions are decoded: at most `max_new` tokens, cut at the first of `stops`, drawn
+/// under `sampling`.
+#[derive(Debug, Clone, Copy)]
+pub struct Decode<'a> {
+    /// New tokens per completion at most.
+    pub max_new: usize,
+    /// Stop strings: a completion ends before the first one it contains.
+    pub stops: &'a [&'a str],
+    /// Greedy or sampled.
+    pub sampling: Sampling,
+}
+
+/// The token ids of `prompt` (an error when it has none).
+pub fn encode(tok: &Tokenizer, prompt: &str) -> Result<Vec<u32>> {
     let ids = tok
         .encode(prompt, false)
         .map_err(|e| Error::Value(format!("tokenizer: {e}")))?
@@ -223,35 +246,128 @@ pub fn generate_batch(
     if ids.is_empty() {
         return Err(Error::Value("the prompt encodes to no tokens".into()));
     }
-    let n = rngs.len();
+    Ok(ids)
+}
+
+/// Shortest common prompt prefix worth running once for all prompts, in tokens.
+pub const MIN_SHARED_PREFIX: usize = 16;
+
+/// The tokens that every prompt of a task starts with (its few-shot examples), run once: each
+/// batch of prompts continues a copy of this cache instead of running them again.
+#[derive(Debug, Clone)]
+pub struct SharedPrefix {
+    ids: Vec<u32>,
+    cache: KvCache,
+}
+
+impl SharedPrefix {
+    /// The longest common token prefix of `prompts`, leaving each at least one token of its
+    /// own (none when that is shorter than [`MIN_SHARED_PREFIX`]).
+    pub fn new(model: &Decoder, prompts: &[Vec<u32>]) -> Result<Option<Self>> {
+        let Some(first) = prompts.first() else {
+            return Ok(None);
+        };
+        let mut n = first.len().saturating_sub(1);
+        for p in &prompts[1..] {
+            n = n.min(p.len().saturating_sub(1));
+            n = first[..n].iter().zip(p).take_while(|(a, b)| a == b).count();
+        }
+        // A short prefix saves less than its own forward and cache copies cost.
+        if n < MIN_SHARED_PREFIX {
+            return Ok(None);
+        }
+        let mut cache = KvCache::default();
+        let x = Tensor::from_slice(&first[..n], (1, n), model.device())?;
+        model.forward_hidden(&x, &mut cache)?;
+        Ok(Some(SharedPrefix {
+            ids: first[..n].to_vec(),
+            cache,
+        }))
+    }
+
+    /// Tokens in the prefix.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether the prefix has no tokens (never, as built).
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Completions of several prompts decoded side by side, `rngs.len() / prompts.len()` samples
+/// each (row `p * samples + k` is sample k of prompt p and draws from `rngs` at that index).
+/// The prompts run as one ragged batch after `prefix` where they all start with it (else from
+/// scratch); rows end on their own as in [`generate_batch`].
+pub fn generate_prompts(
+    model: &Decoder,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    prefix: Option<&SharedPrefix>,
+    spec: &Decode,
+    rngs: &mut [Rng],
+) -> Result<Vec<String>> {
+    let np = prompts.len();
+    if np == 0 || rngs.len() % np != 0 || prompts.iter().any(Vec::is_empty) {
+        return Err(Error::Value(format!(
+            "{} prompts (none empty) and {} sample streams, a multiple of them, expected",
+            np,
+            rngs.len()
+        )));
+    }
+    let (rows, n) = (rngs.len(), rngs.len() / np);
     let eos = &model.cfg.eos_token_ids;
-    let mut texts = vec![String::new(); n];
-    let mut new: Vec<Vec<u32>> = vec![Vec::new(); n];
-    if n == 0 || max_new == 0 {
+    let mut texts = vec![String::new(); rows];
+    let mut new: Vec<Vec<u32>> = vec![Vec::new(); rows];
+    if n == 0 || spec.max_new == 0 {
         return Ok(texts);
     }
-    let mut cache = KvCache::default();
-    let x = Tensor::from_slice(&ids, (1, ids.len()), model.device())?;
-    let h = model.forward_hidden(&x, &mut cache)?;
-    let first = model
-        .logits(&h.i((0, ids.len() - 1))?.unsqueeze(0)?)?
-        .to_dtype(DType::F32)?
-        .to_vec2::<f32>()?;
-    let mut rows: Vec<Vec<f32>> = vec![first[0].clone(); n];
-    // Rows still decoding, in the order of the cache's batch rows.
-    let mut active: Vec<usize> = (0..n).collect();
-    if n > 1 {
-        cache = cache.select(&vec![0u32; n])?;
+    let prefix = prefix.filter(|p| {
+        prompts
+            .iter()
+            .all(|q| q.len() > p.len() && q.starts_with(&p.ids))
+    });
+    let skip = prefix.map_or(0, SharedPrefix::len);
+    // Each prompt runs on its own (a prefill needs no batch to fill the machine, and padding
+    // would only add work), then the caches stack into one ragged batch for decoding.
+    let (mut caches, mut first) = (Vec::with_capacity(np), Vec::with_capacity(np));
+    for q in prompts {
+        let mut cache = prefix.map_or_else(KvCache::default, |p| p.cache.clone());
+        let own = &q[skip..];
+        let x = Tensor::from_slice(own, (1, own.len()), model.device())?;
+        let h = model.forward_hidden(&x, &mut cache)?;
+        let h = h.i((0, own.len() - 1))?.unsqueeze(0)?;
+        first.push(
+            model
+                .logits(&h)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?
+                .remove(0),
+        );
+        caches.push(cache);
     }
-    for step in 0..max_new {
+    let mut cache = match caches.len() {
+        1 => caches.remove(0),
+        _ => KvCache::stack(&caches)?,
+    };
+    drop(caches);
+    let mut logits: Vec<Vec<f32>> = (0..rows).map(|r| first[r / n].clone()).collect();
+    // Rows still decoding, in the order of the cache's batch rows.
+    let mut active: Vec<usize> = (0..rows).collect();
+    if n > 1 {
+        let rep: Vec<u32> = (0..rows).map(|r| (r / n) as u32).collect();
+        cache = cache.select(&rep)?;
+    }
+    for step in 0..spec.max_new {
         let mut keep = Vec::with_capacity(active.len());
         let mut next = Vec::with_capacity(active.len());
         for (slot, &r) in active.iter().enumerate() {
-            let logits = &rows[slot];
-            if logits.iter().any(|v| v.is_nan()) {
+            let row = &logits[slot];
+            if row.iter().any(|v| v.is_nan()) {
                 return Err(Error::Value("the model produced NaN logits".into()));
             }
-            let t = sampling.pick(logits, &mut rngs[r]);
+            let t = spec.sampling.pick(row, &mut rngs[r]);
             if eos.contains(&t) {
                 continue;
             }
@@ -259,14 +375,14 @@ pub fn generate_batch(
             texts[r] = tok
                 .decode(&new[r], true)
                 .map_err(|e| Error::Value(format!("tokenizer: {e}")))?;
-            if let Some(cut) = stops.iter().filter_map(|s| texts[r].find(s)).min() {
+            if let Some(cut) = spec.stops.iter().filter_map(|s| texts[r].find(s)).min() {
                 texts[r].truncate(cut);
                 continue;
             }
             keep.push(slot as u32);
             next.push(t);
         }
-        if next.is_empty() || step + 1 == max_new {
+        if next.is_empty() || step + 1 == spec.max_new {
             break;
         }
         if keep.len() < active.len() {
@@ -275,7 +391,7 @@ pub fn generate_batch(
         }
         let x = Tensor::from_slice(&next, (next.len(), 1), model.device())?;
         let h = model.forward_hidden(&x, &mut cache)?;
-        rows = model
+        logits = model
             .logits(&h.squeeze(1)?)?
             .to_dtype(DType::F32)?
             .to_vec2::<f32>()?;

@@ -3,7 +3,9 @@
 //! and `ppl` (exp of minus the mean per-item log-likelihood); generation gives `exact_match`;
 //! a text gives token perplexity `ppl` and `nll`.
 
-use super::generation::{final_answer, generate_batch, majority, reference_answer};
+use super::generation::{
+    encode, final_answer, generate_prompts, majority, reference_answer, Decode, SharedPrefix,
+};
 use super::loglik;
 use super::multiple_choice::{items_logliks, score, split_tokens};
 use super::perplexity::perplexity;
@@ -24,7 +26,8 @@ pub struct HarnessOptions {
     pub window: usize,
     /// New tokens per generation at most.
     pub max_new_tokens: usize,
-    /// Items per batched pass (multiple choice and continuation tasks).
+    /// Items per batched pass (multiple choice and continuation tasks); completions decoded
+    /// side by side (generation tasks: items x samples, at least one item).
     pub batch: usize,
     /// Sampled completions per generation item (1: one greedy completion).
     pub samples: usize,
@@ -135,23 +138,32 @@ pub fn evaluate(
                 }
             };
             // Answers per item, in sample order; each (item, sample) has its own stream, so
-            // the samples do not depend on what ran before them. N samples decode as one batch.
+            // the samples do not depend on what ran before them or beside them. The items'
+            // shared few-shot prefix runs once; `batch` rows (items x samples) decode together.
+            let prompts = items
+                .iter()
+                .map(|it| encode(tok, &it.prompt))
+                .collect::<Result<Vec<_>>>()?;
+            let prefix = SharedPrefix::new(model, &prompts)?;
+            let spec = Decode {
+                max_new: opt.max_new_tokens,
+                stops: &stops,
+                sampling,
+            };
+            let per = (opt.batch / n).max(1);
             let mut answers: Vec<Vec<Option<String>>> = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
-                let mut rngs: Vec<_> = (0..n)
-                    .map(|k| StreamKey::new(0, i as u64, k as u64, Effect::Data).rng(0))
+            for (c, chunk) in prompts.chunks(per).enumerate() {
+                let mut rngs: Vec<_> = (0..chunk.len() * n)
+                    .map(|r| {
+                        let i = (c * per + r / n) as u64;
+                        StreamKey::new(0, i, (r % n) as u64, Effect::Data).rng(0)
+                    })
                     .collect();
-                let outs = generate_batch(
-                    model,
-                    tok,
-                    &item.prompt,
-                    opt.max_new_tokens,
-                    &stops,
-                    sampling,
-                    &mut rngs,
-                )?;
-                answers.push(outs.iter().map(|o| final_answer(*style, o)).collect());
-                progress(1);
+                let outs = generate_prompts(model, tok, chunk, prefix.as_ref(), &spec, &mut rngs)?;
+                for o in outs.chunks(n) {
+                    answers.push(o.iter().map(|x| final_answer(*style, x)).collect());
+                }
+                progress(chunk.len());
             }
             let refs: Vec<String> = items
                 .iter()

@@ -211,23 +211,54 @@ impl Decoder {
     }
 
     /// [`Decoder::forward_hidden`]; `fused`: causal attention in f32 through the fused causal
-    /// softmax even where nothing is tracked.
+    /// softmax even where nothing is tracked. On a ragged cache ([`KvCache::stack`]) each row
+    /// continues at its own position and never sees the padding slots.
     fn hidden(&self, ids: &Tensor, cache: &mut KvCache, fused: bool) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let c = &self.cfg;
         let start = cache.len;
         cache.ensure_layers(self.blocks.len());
-        let (cos, sin) = self.rope.tables(start, t, start + t, self.device())?;
         let dtype = self.embed.dtype();
+        let ragged = cache.ragged.is_some();
+        let ((cos, sin), mask) = match cache.ragged.as_mut() {
+            Some(r) => {
+                if r.next.len() != b {
+                    return Err(crate::Error::Shape(format!(
+                        "a forward of {b} rows on a ragged cache of {} rows",
+                        r.next.len()
+                    )));
+                }
+                let at = r
+                    .next
+                    .iter()
+                    .flat_map(|&p| (0..t).map(move |j| (p + j, p + t)));
+                let tables = self.rope.rows(at, (b, t), self.device())?;
+                let mask = ragged_mask(&r.real, t, self.device(), dtype)?;
+                for (real, next) in r.real.iter_mut().zip(&mut r.next) {
+                    real.extend(std::iter::repeat_n(true, t));
+                    *next += t;
+                }
+                (tables, Some(mask))
+            }
+            None => {
+                let tables = self.rope.tables(start, t, start + t, self.device())?;
+                (tables, causal_mask(t, start, self.device(), dtype)?)
+            }
+        };
         let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
         let mut x =
             self.embed
                 .index_select(&ids.flatten_all()?, 0)?
                 .reshape((b, t, c.hidden_size))?;
-        let mask = causal_mask(t, start, self.device(), dtype)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &block.input_norm, c.rms_norm_eps as f32)?;
-            let a = self.attention(i, &h, (&cos, &sin), (mask.as_ref(), fused), cache)?;
+            let a = self.attention(
+                i,
+                &h,
+                (&cos, &sin),
+                (mask.as_ref(), fused && !ragged),
+                cache,
+            )?;
             x = (x + a)?;
             let h = rms_norm(&x, &block.post_norm, c.rms_norm_eps as f32)?;
             x = (x + self.mlp(block, &h)?)?;
@@ -326,8 +357,9 @@ impl Decoder {
         let q = rope(&heads(q, nh)?, cos, sin)?;
         let k = rope(&heads(k, nkv)?, cos, sin)?;
         let (k, v) = cache.append(layer, k, heads(v, nkv)?)?;
+        // A ragged cache's mask is not causal alone: it keeps the generic ops.
         let tracked = q.track_op() || k.track_op() || v.track_op();
-        let y = if (tracked || fused) && q.dtype() == DType::F32 {
+        let y = if (tracked || fused) && cache.ragged.is_none() && q.dtype() == DType::F32 {
             // Training: one graph node with a recomputing backward instead of the scores'
             // generic ops (train::step_ops::causal_attention); the frozen teacher's forward
             // takes its fused softmax too.
@@ -437,6 +469,23 @@ struct TreeTensors {
     mask: Tensor,
     cos: Tensor,
     sin: Tensor,
+}
+
+/// Additive mask (b x 1 x t x (start + t)) of a forward on a ragged cache whose rows' real
+/// slots are `real` (before this forward): query `j` sees the real slots and the new ones up to
+/// its own.
+fn ragged_mask(real: &[Vec<bool>], t: usize, dev: &Device, dtype: DType) -> Result<Tensor> {
+    let start = real.first().map_or(0, Vec::len);
+    let s = start + t;
+    let mut m = Vec::with_capacity(real.len() * t * s);
+    let see = |ok: bool| if ok { 0.0 } else { f32::NEG_INFINITY };
+    for row in real {
+        for j in 0..t {
+            m.extend(row.iter().map(|&ok| see(ok)));
+            m.extend((0..t).map(|k| see(k <= j)));
+        }
+    }
+    Ok(Tensor::from_vec(m, (real.len(), 1, t, s), dev)?.to_dtype(dtype)?)
 }
 
 /// Additive mask (t x (start + t)): -inf where a query would see a later key.

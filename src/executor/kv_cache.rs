@@ -5,8 +5,12 @@
 //! and values live in a buffer with spare room along the sequence and each new token is written
 //! into it in place. The first forward's keys and values are kept as they are: a forward with
 //! an empty cache (training, scoring) copies nothing and stays differentiable.
+//!
+//! Caches of different lengths (prompts run one by one, then decoded side by side) stack into
+//! one ragged cache: shorter rows are padded with empty slots, each row records which slots
+//! hold real tokens and the position of its next token, and the decoder masks the empty slots.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
 
 /// One layer's keys and values, (batch, kv heads, tokens, head dim) each.
@@ -94,6 +98,15 @@ impl LayerKv {
     }
 }
 
+/// Which slots of each batch row hold real tokens, for rows of different lengths.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Ragged {
+    /// Per row, per slot: a real token (false: padding).
+    pub(crate) real: Vec<Vec<bool>>,
+    /// Per row: the position of its next token (its real tokens so far).
+    pub(crate) next: Vec<usize>,
+}
+
 /// Keys and values of the tokens seen so far, per layer.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
@@ -101,6 +114,8 @@ pub struct KvCache {
     pub(crate) len: usize,
     /// Positions to reserve when the buffers are first made (0: grow by doubling).
     reserve: usize,
+    /// Rows of different lengths (none: every slot of every row is real).
+    pub(crate) ragged: Option<Ragged>,
 }
 
 impl KvCache {
@@ -144,6 +159,58 @@ impl KvCache {
         }
     }
 
+    /// One cache whose batch rows are the rows of `caches` in order, each padded with empty
+    /// slots to the longest (a ragged cache): prompts of different lengths, each run on its
+    /// own, then decoded side by side.
+    pub fn stack(caches: &[KvCache]) -> Result<KvCache> {
+        let len = caches.iter().map(|c| c.len).max().unwrap_or(0);
+        let layers = caches.first().map_or(0, |c| c.layers.len());
+        if caches.iter().any(|c| c.layers.len() != layers) {
+            return Err(Error::Shape(
+                "stacked caches come from models of different depths".into(),
+            ));
+        }
+        let (mut real, mut next) = (Vec::new(), Vec::new());
+        for c in caches {
+            let rows = match c.layers.iter().flatten().next() {
+                Some(l) => l.view()?.0.dims()[0],
+                None => 1,
+            };
+            for i in 0..rows {
+                let mut r = match &c.ragged {
+                    Some(g) => g.real[i].clone(),
+                    None => vec![true; c.len],
+                };
+                r.resize(len, false);
+                real.push(r);
+                next.push(c.ragged.as_ref().map_or(c.len, |g| g.next[i]));
+            }
+        }
+        let mut out = Vec::with_capacity(layers);
+        for i in 0..layers {
+            let (mut ks, mut vs) = (Vec::new(), Vec::new());
+            for c in caches {
+                let Some(l) = &c.layers[i] else {
+                    return Err(Error::Shape(format!("stacked cache without layer {i}")));
+                };
+                let (k, v) = l.view()?;
+                let pad = len - l.len();
+                ks.push(k.pad_with_zeros(2, 0, pad)?);
+                vs.push(v.pad_with_zeros(2, 0, pad)?);
+            }
+            out.push(Some(LayerKv::First(
+                Tensor::cat(&ks, 0)?,
+                Tensor::cat(&vs, 0)?,
+            )));
+        }
+        Ok(KvCache {
+            layers: out,
+            len,
+            reserve: caches.first().map_or(0, |c| c.reserve),
+            ragged: Some(Ragged { real, next }),
+        })
+    }
+
     /// A cache whose batch rows are rows `rows` of this one (repeats allowed), so that several
     /// continuations can follow each cached context.
     pub fn select(&self, rows: &[u32]) -> Result<KvCache> {
@@ -163,10 +230,15 @@ impl KvCache {
                 None => Ok(None),
             })
             .collect::<Result<Vec<_>>>()?;
+        let ragged = self.ragged.as_ref().map(|r| Ragged {
+            real: rows.iter().map(|&i| r.real[i as usize].clone()).collect(),
+            next: rows.iter().map(|&i| r.next[i as usize]).collect(),
+        });
         Ok(KvCache {
             layers,
             len: self.len,
             reserve: self.reserve,
+            ragged,
         })
     }
 }

@@ -279,7 +279,30 @@ fn matmul(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> 
     let dims = x.dims().to_vec();
     let (lead, n_in) = dims.split_at(dims.len() - 1);
     let rows: usize = lead.iter().product();
-    let y = x.reshape((rows, n_in[0]))?.matmul(&weight.t()?)?;
+    let x2 = x.reshape((rows, n_in[0]))?;
+    let few = rows <= super::few_rows::MAX_ROWS
+        && x.device().is_cpu()
+        && (x.dtype(), weight.dtype()) == (DType::F32, DType::F32)
+        && !(x.track_op() || weight.track_op());
+    let y = if few {
+        // Decoding: a few rows; see `few_rows` for why not candle's matmul.
+        let (n, k) = weight.dims2()?;
+        let xs = x2.flatten_all()?.to_vec1::<f32>()?;
+        let w = weight.contiguous()?.flatten_all()?;
+        let (w, layout) = w.storage_and_layout();
+        let candle_core::Storage::Cpu(w) = &*w else {
+            unreachable!("checked to be on the CPU")
+        };
+        let at = layout.start_offset();
+        let w = &w.as_slice::<f32>()?[at..at + n * k];
+        Tensor::from_vec(
+            super::few_rows::product(&xs, rows, w, n, k),
+            (rows, n),
+            x.device(),
+        )?
+    } else {
+        x2.matmul(&weight.t()?)?
+    };
     let mut shape = lead.to_vec();
     shape.push(weight.dims()[0]);
     let y = y.reshape(shape)?;

@@ -2,7 +2,8 @@
 //! accuracy at every k <= N from the same samples.
 
 use afm::eval::generation::{
-    final_answer, generate, generate_batch, majority, AnswerStyle, GenItem,
+    encode, final_answer, generate, generate_batch, generate_prompts, majority, AnswerStyle,
+    Decode, GenItem, SharedPrefix, MIN_SHARED_PREFIX,
 };
 use afm::eval::harness::{evaluate, HarnessOptions, Select};
 use afm::eval::tasks::{Task, TaskData};
@@ -157,5 +158,73 @@ fn batched_generation_matches_one_at_a_time() {
             "{c:?} vs {o:?}"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn prompts_decoded_side_by_side_match_each_alone() {
+    let dir = crate::common::temp_dir("gen-prompts");
+    let model = crate::eval_run::tiny_model_with_tokenizer(&dir);
+    let m = load_model(model.to_str().unwrap(), DType::F32).unwrap();
+    let (dec, tok) = (&m.decoder, m.tokenizer.clone().unwrap());
+    let base = "Question: how many legs has a cat? Answer: four.\n\n";
+    let texts = [
+        format!("{base}Q: a"),
+        format!("{base}Q: bcd efg hij"),
+        format!("{base}Question: why is the sky blue at noon?"),
+    ];
+    let prompts: Vec<Vec<u32>> = texts.iter().map(|t| encode(&tok, t).unwrap()).collect();
+    let prefix = SharedPrefix::new(dec, &prompts)
+        .unwrap()
+        .expect("a shared prefix");
+    assert!(prefix.len() >= MIN_SHARED_PREFIX, "{}", prefix.len());
+    let short = [encode(&tok, "ab").unwrap(), encode(&tok, "cd").unwrap()];
+    assert!(SharedPrefix::new(dec, &short).unwrap().is_none());
+    let rng = |i: u64, k: u64| StreamKey::new(5, i, k, Effect::Data).rng(0);
+    for sampling in [
+        Sampling::GREEDY,
+        Sampling {
+            temperature: 1.3,
+            top_k: 0,
+            top_p: 1.0,
+        },
+    ] {
+        let spec = Decode {
+            max_new: 24,
+            stops: &[],
+            sampling,
+        };
+        let mut rngs: Vec<_> = (0..6).map(|r| rng(r / 2, r % 2)).collect();
+        let together =
+            generate_prompts(dec, &tok, &prompts, Some(&prefix), &spec, &mut rngs).unwrap();
+        // A stop string from one row's text ends rows at different steps: the batch shrinks.
+        let stop = together[3].chars().nth(2).unwrap().to_string();
+        let stops = [stop.as_str()];
+        let mut rngs: Vec<_> = (0..6).map(|r| rng(r / 2, r % 2)).collect();
+        let cut = Decode {
+            stops: &stops,
+            ..spec
+        };
+        let cut = generate_prompts(dec, &tok, &prompts, Some(&prefix), &cut, &mut rngs).unwrap();
+        for (i, t) in texts.iter().enumerate() {
+            for (stops, all) in [(&[][..], &together), (&stops[..], &cut)] {
+                let mut rngs: Vec<_> = (0..2).map(|k| rng(i as u64, k)).collect();
+                let alone = generate_batch(dec, &tok, t, 24, stops, sampling, &mut rngs).unwrap();
+                assert_eq!(
+                    all[2 * i..2 * i + 2],
+                    alone[..],
+                    "prompt {i}, stops {stops:?}"
+                );
+            }
+        }
+        assert!(cut[3].len() < together[3].len());
+    }
+    let mut rngs: Vec<_> = (0..4).map(|r| rng(0, r)).collect();
+    let spec = Decode {
+        max_new: 4,
+        stops: &[],
+        sampling: Sampling::GREEDY,
+    };
+    assert!(generate_prompts(dec, &tok, &prompts, None, &spec, &mut rngs).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
