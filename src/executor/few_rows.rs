@@ -191,7 +191,16 @@ mod tests {
         ] {
             let (x, w) = (rand(m * k), rand(n * k));
             let got = product(&x, m, &w, n, k);
-            assert_eq!(got, product_reference(&x, m, &w, n, k), "{m}x{n}x{k}");
+            let want = product_reference(&x, m, &w, n, k);
+            assert_eq!(got, want, "{m}x{n}x{k}");
+            // The path of CPUs without AVX2 (column-major out), bit for bit too.
+            let mut plain = vec![0f32; n * m];
+            columns_plain(&x, m, &w, k, &mut plain);
+            for (j, col) in plain.chunks_exact(m).enumerate() {
+                for (r, &v) in col.iter().enumerate() {
+                    assert_eq!(v, want[r * n + j], "plain path {m}x{n}x{k}");
+                }
+            }
             // Each row's result does not depend on the rows beside it.
             for r in 0..m {
                 let one = product(&x[r * k..(r + 1) * k], 1, &w, n, k);
