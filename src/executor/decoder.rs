@@ -219,7 +219,6 @@ impl Decoder {
         let start = cache.len;
         cache.ensure_layers(self.blocks.len());
         let dtype = self.embed.dtype();
-        let ragged = cache.ragged.is_some();
         let ((cos, sin), mask) = match cache.ragged.as_mut() {
             Some(r) => {
                 if r.next.len() != b {
@@ -252,13 +251,7 @@ impl Decoder {
                 .reshape((b, t, c.hidden_size))?;
         for (i, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &block.input_norm, c.rms_norm_eps as f32)?;
-            let a = self.attention(
-                i,
-                &h,
-                (&cos, &sin),
-                (mask.as_ref(), fused && !ragged),
-                cache,
-            )?;
+            let a = self.attention(i, &h, (&cos, &sin), (mask.as_ref(), fused), cache)?;
             x = (x + a)?;
             let h = rms_norm(&x, &block.post_norm, c.rms_norm_eps as f32)?;
             x = (x + self.mlp(block, &h)?)?;
@@ -282,9 +275,7 @@ impl Decoder {
             .rope
             .rows(batch.slot_positions(), (trees, slots), dev)?;
         let tb = TreeTensors {
-            rows,
-            trees,
-            slots,
+            batch,
             gather: batch.gather_index(dev)?,
             scatter: batch.scatter_index(dev)?,
             mask: batch.mask(dev, dtype)?,
@@ -421,12 +412,12 @@ impl Decoder {
         let c = &self.cfg;
         let block = &self.blocks[layer];
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let (n, slots) = (tb.rows, tb.slots);
+        let (n, trees, slots) = (tb.batch.rows(), tb.batch.trees(), tb.batch.slots());
         let (q, k, v) = self.qkv(block, h)?;
         let heads = |x: Tensor, m: usize| -> Result<Tensor> {
             Ok(x.reshape((n, m * hd))?
                 .index_select(&tb.gather, 0)?
-                .reshape((tb.trees, slots, m, hd))?
+                .reshape((trees, slots, m, hd))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
@@ -435,7 +426,7 @@ impl Decoder {
         let y = self.attend(&q, &k, &heads(v, nkv)?, Some(&tb.mask))?;
         let y = y
             .transpose(1, 2)?
-            .reshape((tb.trees * slots, nh * hd))?
+            .reshape((trees * slots, nh * hd))?
             .index_select(&tb.scatter, 0)?
             .reshape((1, n, nh * hd))?;
         block.o.forward(&y)
@@ -460,10 +451,8 @@ impl Decoder {
 }
 
 /// A tree batch's layout as tensors on the model's device, built once per forward.
-struct TreeTensors {
-    rows: usize,
-    trees: usize,
-    slots: usize,
+struct TreeTensors<'a> {
+    batch: &'a TreeBatch,
     gather: Tensor,
     scatter: Tensor,
     mask: Tensor,

@@ -177,13 +177,13 @@ impl KvCache {
                 None => 1,
             };
             for i in 0..rows {
-                let mut r = match &c.ragged {
-                    Some(g) => g.real[i].clone(),
-                    None => vec![true; c.len],
+                let (mut r, n) = match &c.ragged {
+                    Some(g) => (g.real[i].clone(), g.next[i]),
+                    None => (vec![true; c.len], c.len),
                 };
                 r.resize(len, false);
                 real.push(r);
-                next.push(c.ragged.as_ref().map_or(c.len, |g| g.next[i]));
+                next.push(n);
             }
         }
         let mut out = Vec::with_capacity(layers);
