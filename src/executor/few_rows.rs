@@ -28,12 +28,30 @@ pub fn product(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
             .for_each(|(out, w)| columns(x, m, w, k, out));
     }
     let mut y = vec![0f32; m * n];
+    transpose_into(&t, m, n, &mut y);
+    y
+}
+
+/// [`product`] on the calling thread, into `y` (m x n, row-major): for callers that split the
+/// work over threads themselves (the analog MVM's column chunks).
+pub fn product_serial(x: &[f32], m: usize, w: &[f32], n: usize, k: usize, y: &mut [f32]) {
+    assert_eq!(x.len(), m * k, "few_rows::product_serial: x is not m x k");
+    assert_eq!(w.len(), n * k, "few_rows::product_serial: w is not n x k");
+    assert_eq!(y.len(), m * n, "few_rows::product_serial: y is not m x n");
+    let mut t = vec![0f32; n * m];
+    if m > 0 {
+        columns(x, m, w, k, &mut t);
+    }
+    transpose_into(&t, m, n, y);
+}
+
+/// `t` (n x m, column-major results) into `y` (m x n, row-major).
+fn transpose_into(t: &[f32], m: usize, n: usize, y: &mut [f32]) {
     for (j, col) in t.chunks_exact(m.max(1)).enumerate().take(n) {
         for (r, &v) in col.iter().enumerate() {
             y[r * n + j] = v;
         }
     }
-    y
 }
 
 /// The plain triple loop with the same summation order as [`product`]: the reference its test

@@ -9,6 +9,7 @@
 
 use super::program::AnalogLayer;
 use crate::error::{Error, Result};
+use crate::executor::few_rows;
 use crate::rng::{Effect, StreamKey};
 use rayon::prelude::*;
 
@@ -155,18 +156,33 @@ pub fn mvm_stream(layer: &AnalogLayer, s: usize, effect: Effect, call: u64) -> S
     StreamKey::new(layer.seed, layer.layer, s as u64, effect).child(call)
 }
 
+/// Token rows below which the work splits over output columns only (decode and short prompts).
+const FEW_TOKENS: usize = 128;
+
 /// Columns per work item when there are few tokens (decode), so several cores get work. Even,
 /// so every chunk starts a pair of counter-based normals.
 const COL_CHUNK: usize = 256;
 
-/// (tokens, columns) per work item. Larger token chunks amortize the packing of the weights in
-/// the GEMM; with few tokens the columns are split instead. The split depends on the sizes only,
-/// never on the thread count.
-fn item_shape(tokens: usize, n_out: usize) -> (usize, usize) {
+/// Tokens per work item: larger chunks amortize the packing of the weights in the GEMM. Depends
+/// on the sizes only, never on the thread count.
+fn token_chunk(tokens: usize) -> usize {
     match tokens {
-        t if t >= 1024 => (256, n_out),
-        t if t >= 128 => (64, n_out),
-        t => (t.max(1), COL_CHUNK),
+        t if t >= 1024 => 256,
+        t if t >= FEW_TOKENS => 64,
+        t => t.max(1),
+    }
+}
+
+/// Columns per work item for a chunk of `mt` tokens. With many tokens the chunk's partial
+/// products (mt x columns, f32) stay near 256 KiB, so that the GEMM's output, the ADC's pass
+/// over it and the output rows it adds to stay in L2: with every column in one item, lm_head's
+/// 49,152 columns streamed ~50 MB per row block through memory and took 2.8x a plain matmul.
+/// Even, so every chunk starts a pair of counter-based normals.
+fn col_chunk(mt: usize) -> usize {
+    if mt < FEW_TOKENS {
+        COL_CHUNK
+    } else {
+        (64 * 1024 / mt).max(COL_CHUNK) / 2 * 2
     }
 }
 
@@ -175,6 +191,43 @@ struct BlockConsts {
     bound: Vec<f32>,
     step: Vec<f32>,
     out_noise: Vec<f32>,
+}
+
+/// The DAC's output for a chunk of tokens: every row block's inputs clipped to its range and
+/// rounded to the DAC's levels (and squared, for conductance-proportional read noise).
+struct DacRows {
+    xq: Vec<f32>,
+    xq2: Vec<f32>,
+}
+
+impl DacRows {
+    fn new(layer: &AnalogLayer, x: &[f32], ranges: &[f32], t0: usize, mt: usize) -> Self {
+        let n_in = layer.in_features();
+        let mut xq = vec![0f32; mt * n_in];
+        for (q, xr) in xq.chunks_mut(n_in).zip(x[t0 * n_in..].chunks(n_in)) {
+            for (b, &r) in layer.blocks.iter().zip(ranges) {
+                for (qv, &xv) in q[b.start..b.start + b.len]
+                    .iter_mut()
+                    .zip(&xr[b.start..b.start + b.len])
+                {
+                    *qv = quantize(xv, r, layer.cfg.dac_bits);
+                }
+            }
+        }
+        let xq2 = if layer.cfg.read_rel > 0.0 {
+            xq.iter().map(|v| v * v).collect()
+        } else {
+            Vec::new()
+        };
+        DacRows { xq, xq2 }
+    }
+}
+
+/// Rows of an output to add into: row r's columns at `data[r * stride + col..][..cols]`.
+struct OutRows<'a> {
+    data: &'a mut [f32],
+    stride: usize,
+    col: usize,
 }
 
 /// Runs the analog MVM of `layer` on `tokens` input rows `x` (tokens x in, row-major) with
@@ -220,82 +273,116 @@ pub fn analog_mvm(
             }
         })
         .collect();
-    let (token_chunk, col_chunk) = item_shape(tokens, n_out);
-    let mut items = Vec::new();
-    for t0 in (0..tokens).step_by(token_chunk) {
-        for c0 in (0..n_out).step_by(col_chunk.max(1)) {
-            items.push((
-                t0,
-                token_chunk.min(tokens - t0),
-                c0,
-                col_chunk.min(n_out - c0),
-            ));
-        }
-    }
-    let parts: Vec<Vec<f32>> = items
-        .par_iter()
-        .map(|&(t0, mt, c0, nc)| run_item(layer, &consts, x, ranges, call, t0, mt, c0, nc))
-        .collect();
     let mut y = vec![0f32; tokens * n_out];
-    for (&(t0, mt, c0, nc), part) in items.iter().zip(&parts) {
-        for r in 0..mt {
-            y[(t0 + r) * n_out + c0..(t0 + r) * n_out + c0 + nc]
-                .copy_from_slice(&part[r * nc..(r + 1) * nc]);
+    if tokens == 0 || n_out == 0 {
+        return Ok(y);
+    }
+    let tc = token_chunk(tokens);
+    let cc = col_chunk(tc);
+    if tokens >= FEW_TOKENS {
+        // Each item owns whole output rows; its column chunks run one after the other.
+        y.par_chunks_mut(tc * n_out)
+            .enumerate()
+            .for_each(|(i, rows)| {
+                let (t0, mt) = (i * tc, rows.len() / n_out);
+                let dac = DacRows::new(layer, x, ranges, t0, mt);
+                for c0 in (0..n_out).step_by(cc) {
+                    let out = OutRows {
+                        data: &mut *rows,
+                        stride: n_out,
+                        col: c0,
+                    };
+                    let nc = cc.min(n_out - c0);
+                    run_item(layer, &consts, &dac, call, (t0, mt), (c0, nc), out);
+                }
+            });
+    } else {
+        // Few tokens: the columns are what splits over the cores.
+        let dac = DacRows::new(layer, x, ranges, 0, tokens);
+        let parts: Vec<Vec<f32>> = (0..n_out)
+            .into_par_iter()
+            .step_by(cc)
+            .map(|c0| {
+                let nc = cc.min(n_out - c0);
+                let mut part = vec![0f32; tokens * nc];
+                let out = OutRows {
+                    data: &mut part,
+                    stride: nc,
+                    col: 0,
+                };
+                run_item(layer, &consts, &dac, call, (0, tokens), (c0, nc), out);
+                part
+            })
+            .collect();
+        for (i, part) in parts.iter().enumerate() {
+            let (c0, nc) = (i * cc, cc.min(n_out - i * cc));
+            for (r, p) in part.chunks_exact(nc).enumerate() {
+                y[r * n_out + c0..r * n_out + c0 + nc].copy_from_slice(p);
+            }
         }
     }
     Ok(y)
 }
 
-/// One work item: tokens t0..t0+mt, columns c0..c0+nc, all row blocks.
+/// C (m x n, row-major) = rows of `a` (m x k, row stride `lda`) times B^T (B: n x k,
+/// row-major). A few rows take [`few_rows`]' products, which read each weight once where the
+/// GEMM would first pack them all; the choice depends on `m` only.
 #[allow(clippy::too_many_arguments)]
+fn block_product(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    c: &mut [f32],
+    rows: &mut Vec<f32>,
+) {
+    if m > few_rows::MAX_ROWS {
+        return gemm_abt(m, n, k, a, lda, b, c);
+    }
+    rows.clear();
+    for r in 0..m {
+        rows.extend_from_slice(&a[r * lda..r * lda + k]);
+    }
+    few_rows::product_serial(rows, m, &b[..n * k], n, k, &mut c[..m * n]);
+}
+
+/// One work item: tokens t0..t0+mt, columns c0..c0+nc, all row blocks, added into `out`.
 fn run_item(
     layer: &AnalogLayer,
     consts: &[BlockConsts],
-    x: &[f32],
-    ranges: &[f32],
+    dac: &DacRows,
     call: u64,
-    t0: usize,
-    mt: usize,
-    c0: usize,
-    nc: usize,
-) -> Vec<f32> {
+    (t0, mt): (usize, usize),
+    (c0, nc): (usize, usize),
+    out: OutRows,
+) {
     let n_in = layer.in_features();
     let cfg = layer.cfg;
-    let mut xq = vec![0f32; mt * n_in];
-    for (q, xr) in xq.chunks_mut(n_in).zip(x[t0 * n_in..].chunks(n_in)) {
-        for (b, &r) in layer.blocks.iter().zip(ranges) {
-            for (qv, &xv) in q[b.start..b.start + b.len]
-                .iter_mut()
-                .zip(&xr[b.start..b.start + b.len])
-            {
-                *qv = quantize(xv, r, cfg.dac_bits);
-            }
-        }
-    }
-    let xq2: Vec<f32> = if cfg.read_rel > 0.0 {
-        xq.iter().map(|v| v * v).collect()
-    } else {
-        Vec::new()
-    };
+    let (xq, xq2) = (&dac.xq, &dac.xq2);
     let needs_var = cfg.read_rel > 0.0 || cfg.read_abs > 0.0;
-    let mut y = vec![0f32; mt * nc];
     let mut buf = vec![0f32; mt * nc];
     let mut var = vec![0f32; if cfg.read_rel > 0.0 { mt * nc } else { 0 }];
     let mut noise = vec![0f32; nc];
+    let mut rows = Vec::new();
     let half = steps(cfg.adc_bits.max(1)) / 2.0;
     for (s, (b, k)) in layer.blocks.iter().zip(consts).enumerate() {
         let cols = c0 * b.len..(c0 + nc) * b.len;
-        gemm_abt(
-            mt,
-            nc,
-            b.len,
-            &xq[b.start..],
-            n_in,
-            &b.w[cols.clone()],
-            &mut buf,
-        );
+        let w = &b.w[cols.clone()];
+        block_product(mt, nc, b.len, &xq[b.start..], n_in, w, &mut buf, &mut rows);
         if let Some(sig2) = &b.sigma2 {
-            gemm_abt(mt, nc, b.len, &xq2[b.start..], n_in, &sig2[cols], &mut var);
+            let s2 = &sig2[cols];
+            block_product(
+                mt,
+                nc,
+                b.len,
+                &xq2[b.start..],
+                n_in,
+                s2,
+                &mut var,
+                &mut rows,
+            );
         }
         let read_key = mvm_stream(layer, s, Effect::ReadPerMvm, call);
         let out_key = mvm_stream(layer, s, Effect::OutputNoise, call);
@@ -328,7 +415,7 @@ fn run_item(
                     *v += g * n;
                 }
             }
-            let yr = &mut y[r * nc..(r + 1) * nc];
+            let yr = &mut out.data[r * out.stride + out.col..][..nc];
             if cfg.adc_bits > 0 {
                 let bound = &k.bound[c0..c0 + nc];
                 let step = &k.step[c0..c0 + nc];
@@ -342,5 +429,4 @@ fn run_item(
             }
         }
     }
-    y
 }

@@ -105,13 +105,19 @@ fn fused_matches_reference_on_random_shapes() {
         preset("pcm-aihwkit").device,
         preset("hermes").device,
     ];
-    // (in, out, tokens, tile rows, tile cols): ragged last tiles in both directions.
+    // (in, out, tokens, tile rows, tile cols): ragged last tiles in both directions; up to 8
+    // tokens take the few-row products, then the GEMM split over columns (20 tokens), over
+    // token chunks of 64 with column chunks of 1024 (130 tokens: a ragged last chunk of each)
+    // and over chunks of 256 tokens and 256 columns (1030 tokens).
     let shapes = [
         (37, 11, 3, 16, 8),
         (100, 70, 5, 32, 64),
         (513, 129, 4, 512, 128),
         (300, 33, 7, 64, 16),
         (1100, 96, 6, 512, 512),
+        (70, 40, 20, 32, 16),
+        (300, 1100, 130, 128, 256),
+        (100, 300, 1030, 64, 64),
     ];
     for (k, &(n_in, n_out, tokens, rows, cols)) in shapes.iter().enumerate() {
         for (d, dev) in devices.iter().enumerate() {
