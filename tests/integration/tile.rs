@@ -105,7 +105,7 @@ fn fused_matches_reference_on_random_shapes() {
         preset("pcm-aihwkit").device,
         preset("hermes").device,
     ];
-    // (in, out, tokens, tile rows, tile cols): ragged last tiles in both directions; up to 8
+    // (in, out, tokens, tile rows, tile cols): ragged last tiles in both directions; up to 16
     // tokens take the few-row products, then the GEMM split over columns (20 tokens), over
     // token chunks of 64 with column chunks of 1024 (130 tokens: a ragged last chunk of each)
     // and over chunks of 256 tokens and 256 columns (1030 tokens).
