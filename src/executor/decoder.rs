@@ -386,8 +386,11 @@ impl Decoder {
 
     /// Softmax attention of queries (b, heads, t, hd) over keys and values (b, kv heads, s,
     /// hd) under an additive mask broadcast to (b, heads, t, s); the result is (b, heads, t,
-    /// hd).
+    /// hd). A few queries on the CPU (decoding) read the cache in place (`few_queries`).
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        if let Some(y) = super::few_queries::attend(q, k, v, mask)? {
+            return Ok(y);
+        }
         let (b, nh, t, hd) = q.dims4()?;
         let (nkv, s) = (k.dims()[1], k.dims()[2]);
         // Grouped-query attention without copying the keys and values per query head: the

@@ -8,6 +8,7 @@ pub mod chat;
 pub mod config;
 pub mod decoder;
 pub mod fetch;
+pub mod few_queries;
 pub mod few_rows;
 pub mod gguf;
 pub mod gguf_check;
