@@ -35,18 +35,17 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
     if !fits {
         return Ok(None);
     }
-    let mask = match mask {
+    // The mask as values with the distance between batch rows (0: one mask for all rows).
+    let mask = match mask.map(|m| (m, m.dims())) {
         None => None,
-        Some(m) if m.dims() == [t, s] => Some((m, 0)),
-        Some(m) if m.dims() == [b, 1, t, s] => Some((m, t * s)),
+        Some((m, d)) if d == [t, s] || d == [b, 1, t, s] => {
+            let per_row = if d.len() == 4 { t * s } else { 0 };
+            Some((
+                m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+                per_row,
+            ))
+        }
         Some(_) => return Ok(None),
-    };
-    let mask = match mask {
-        Some((m, per_row)) => Some((
-            m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
-            per_row,
-        )),
-        None => None,
     };
     let q = q.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let (ks, kl) = k.storage_and_layout();
