@@ -1,7 +1,8 @@
 //! The CUDA paths against the CPU: the analog training layer (forward, range initialization and
 //! the gradients of x, W, bias and ranges) on ragged random shapes and on aihwkit-lightning's
-//! golden cases, and on-device sampling against the softmax. Built with `--features cuda` and
-//! run on a machine with a GPU (the CPU CI compiles none of this).
+//! golden cases, on-device sampling against the softmax, and the decoder's tree-batch scoring
+//! and ragged decoding. Built with `--features cuda` and run on a machine with a GPU (the CPU
+//! CI compiles none of this).
 
 use crate::train_golden::{assert_mostly_close, ragged_cases, run_case, Run};
 use candle_core::{DType, Device, Tensor};
@@ -92,4 +93,63 @@ fn cuda_blocked_analog_mvm_matches_cpu() {
 #[test]
 fn cuda_step_ops_match_the_generic_compositions() {
     crate::step_ops::check_step_ops(&gpu());
+}
+
+/// The decoder's tree-batch scoring and ragged side-by-side decoding on the GPU against the CPU
+/// (tiny Llama, f32): log-likelihoods within float rounding, the same greedy choices and texts.
+#[test]
+fn cuda_tree_scoring_and_ragged_decoding_match_the_cpu() {
+    use afm::eval::generation::{encode, generate_prompts, Decode, SharedPrefix};
+    use afm::eval::loglik;
+    use afm::executor::load::load_model_on;
+    use afm::executor::sampling::Sampling;
+    use afm::rng::{Effect, StreamKey};
+    let dir = crate::common::temp_dir("cuda-decode");
+    let model = crate::eval_run::tiny_model_with_tokenizer(&dir);
+    let path = model.to_str().unwrap();
+    let cpu = load_model_on(path, DType::F32, &Device::Cpu).unwrap();
+    let gpu = load_model_on(path, DType::F32, &gpu()).unwrap();
+    let groups: Vec<loglik::Group> = vec![
+        (vec![9u32, 8, 7], vec![vec![6u32, 5], vec![4u32], vec![]]),
+        (vec![200u32; 11], vec![vec![1u32; 9], vec![2u32, 3, 4]]),
+        (vec![77u32], vec![vec![78u32]]),
+    ];
+    let want = loglik::grouped(&cpu.decoder, &groups).unwrap();
+    let got = loglik::grouped(&gpu.decoder, &groups).unwrap();
+    for (w, g) in want.iter().flatten().zip(got.iter().flatten()) {
+        assert!((w.sum - g.sum).abs() < 1e-3, "tree: {} vs {}", g.sum, w.sum);
+        assert_eq!((w.greedy, w.tokens), (g.greedy, g.tokens));
+    }
+    let tok = cpu.tokenizer.clone().unwrap();
+    let base = "Question: how many legs has a cat? Answer: four.\n\n";
+    let prompts: Vec<Vec<u32>> = [
+        format!("{base}Q: a"),
+        format!("{base}Q: bcd efg hij"),
+        format!("{base}Question: why is the sky blue at noon?"),
+    ]
+    .iter()
+    .map(|t| encode(&tok, t).unwrap())
+    .collect();
+    let spec = Decode {
+        max_new: 16,
+        stops: &[],
+        sampling: Sampling::GREEDY,
+    };
+    let run = |m: &afm::executor::load::LoadedModel| {
+        let prefix = SharedPrefix::new(&m.decoder, &prompts).unwrap();
+        let mut rngs: Vec<_> = (0..3)
+            .map(|r| StreamKey::new(5, r, 0, Effect::Data).rng(0))
+            .collect();
+        generate_prompts(
+            &m.decoder,
+            &tok,
+            &prompts,
+            prefix.as_ref(),
+            &spec,
+            &mut rngs,
+        )
+        .unwrap()
+    };
+    assert_eq!(run(&gpu), run(&cpu));
+    let _ = std::fs::remove_dir_all(&dir);
 }
