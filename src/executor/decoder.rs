@@ -480,8 +480,14 @@ fn ragged_mask(real: &[Vec<bool>], t: usize, dev: &Device, dtype: DType) -> Resu
     Ok(Tensor::from_vec(m, (real.len(), 1, t, s), dev)?.to_dtype(dtype)?)
 }
 
-/// Additive mask (t x (start + t)): -inf where a query would see a later key.
-fn causal_mask(t: usize, start: usize, dev: &Device, dtype: DType) -> Result<Option<Tensor>> {
+/// Additive mask (t x (start + t)): -inf where a query would see a later key; `None` for one
+/// query, which sees every key.
+pub(crate) fn causal_mask(
+    t: usize,
+    start: usize,
+    dev: &Device,
+    dtype: DType,
+) -> Result<Option<Tensor>> {
     if t <= 1 {
         return Ok(None);
     }
