@@ -9,6 +9,7 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::op::BackpropOp;
 use candle_core::{
     CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, StorageRef, Tensor,
 };
@@ -18,6 +19,10 @@ const MODULE: &str = "afm_analog_train";
 
 /// Threads per block of every kernel (the range reduction's shared arrays hold 256).
 const THREADS: u32 = 256;
+
+/// Thread blocks `block_partial` aims for (tokens split into chunks per row block): a few per
+/// SM, since each holds only r / 8 threads.
+const PARTIAL_BLOCKS: usize = 2048;
 
 /// Channels per thread block of `noisy_wblocks` (NOISE_ROWS in the kernel).
 const NOISE_ROWS: usize = 4;
@@ -89,52 +94,59 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
     let alloc_t = |n: usize| unsafe { dev.alloc::<T>(n) };
     let wrap_t = |y: CudaSlice<T>| CudaStorage::wrap_cuda_slice(y, dev.clone());
     match &op.stage {
-        Stage::Dac { used, inv_states } => {
+        Stage::Dac {
+            used,
+            inv_states,
+            clips,
+        } => {
             let (x, ranges) = (t(0)?, f32_arg(1)?);
             let tokens = args[0].1.dims()[0];
             let y = alloc_t(n)?;
+            let part = match clips {
+                Some(_) => Some(unsafe { dev.alloc::<f32>(g.nb * tokens * 2)? }),
+                None => None,
+            };
             let func = f("dac_fwd")?;
             let mut b = func.builder();
+            let null = 0u64;
             b.arg(&x).arg(&ranges).arg(&y);
+            match &part {
+                Some(p) => b.arg(p),
+                None => b.arg(&null),
+            };
             let (inv, dac) = (inv_states.unwrap_or(0.0), i32::from(inv_states.is_some()));
             let (tk, used) = (i(tokens), i32::from(*used));
             candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, inv, used, dac);
             unsafe { b.launch(rows8(tokens, g.nb, g.r)) }.w()?;
+            if let (Some(side), Some(part)) = (clips, part) {
+                // dac_fwd's counts are chunks of one token each.
+                let cnt = unsafe { dev.alloc::<f32>(g.nb)? };
+                let func = dev.get_or_load_custom_func("clip_count_final", MODULE, PTX)?;
+                let mut b = func.builder();
+                b.arg(&part).arg(&ranges).arg(&cnt);
+                candle_core::builder_arg!(b, nb, tk, used);
+                unsafe { b.launch(rows(g.nb, 1)) }.w()?;
+                side.put(device_tensor(cnt, g.nb, dev))?;
+            }
             Ok(wrap_t(y))
         }
-        Stage::DacGradX { used } => {
+        Stage::DacGrad {
+            used,
+            decay,
+            min_inside,
+            ranges_grad,
+        } => {
             let (gxb, x, ranges) = (t(0)?, t(1)?, f32_arg(2)?);
             let tokens = args[1].1.dims()[0];
-            let y = alloc_t(n)?;
-            let func = f("dac_grad_x")?;
-            let mut b = func.builder();
-            b.arg(&gxb).arg(&x).arg(&ranges).arg(&y);
-            let (tk, used) = (i(tokens), i32::from(*used));
-            candle_core::builder_arg!(b, tk, n_in, base, extra, head, nb, r, used);
-            unsafe { b.launch(rows8(tokens, 1, g.r)) }.w()?;
-            Ok(wrap_t(y))
-        }
-        Stage::RangeGrad { .. } | Stage::ClipCount { .. } => {
-            let grad = matches!(op.stage, Stage::RangeGrad { .. });
-            let (x, ranges) = if grad {
-                (t(1)?, f32_arg(2)?)
-            } else {
-                (t(0)?, f32_arg(1)?)
-            };
-            let tokens = args[usize::from(grad)].1.dims()[0];
-            let chunks = tokens.clamp(1, 128);
+            // Enough thread blocks to fill the GPU (each is short: r / 8 threads).
+            let chunks = tokens.clamp(1, (PARTIAL_BLOCKS / g.nb).max(128));
             let part = unsafe { dev.alloc::<f32>(g.nb * chunks * 2)? };
-            let func = f("block_partial")?;
+            let gx = alloc_t(n)?;
+            let func = f("dac_grad")?;
             let mut b = func.builder();
-            let gxb = if grad { Some(t(0)?) } else { None };
-            let null = 0u64;
-            match &gxb {
-                Some(v) => b.arg(v),
-                None => b.arg(&null),
-            };
-            b.arg(&x).arg(&ranges).arg(&part);
-            let (tk, ch) = (i(tokens), i(chunks));
-            candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, ch);
+            b.arg(&gxb).arg(&x).arg(&ranges).arg(&part).arg(&gx);
+            let (tk, ch, used) = (i(tokens), i(chunks), i32::from(*used));
+            candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, ch, used);
             // The shared-memory reduction halves the threads: a power of two.
             let threads =
                 g.r.div_ceil(8)
@@ -145,42 +157,15 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
                 ..rows(chunks, g.nb)
             };
             unsafe { b.launch(cfg) }.w()?;
-            let out = unsafe { dev.alloc::<f32>(g.nb)? };
-            match &op.stage {
-                Stage::RangeGrad {
-                    used,
-                    decay,
-                    min_inside,
-                } => {
-                    let func = dev.get_or_load_custom_func("range_grad_final", MODULE, PTX)?;
-                    let mut b = func.builder();
-                    b.arg(&part).arg(&ranges).arg(&out);
-                    let used = i32::from(*used);
-                    candle_core::builder_arg!(
-                        b,
-                        tk,
-                        base,
-                        extra,
-                        head,
-                        nb,
-                        ch,
-                        *decay,
-                        *min_inside,
-                        used
-                    );
-                    unsafe { b.launch(grid(g.nb)) }.w()?;
-                }
-                Stage::ClipCount { used } => {
-                    let func = dev.get_or_load_custom_func("clip_count_final", MODULE, PTX)?;
-                    let mut b = func.builder();
-                    b.arg(&part).arg(&ranges).arg(&out);
-                    let used = i32::from(*used);
-                    candle_core::builder_arg!(b, nb, ch, used);
-                    unsafe { b.launch(grid(g.nb)) }.w()?;
-                }
-                _ => unreachable!("matched above"),
-            }
-            Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+            let gr = unsafe { dev.alloc::<f32>(g.nb)? };
+            let func = dev.get_or_load_custom_func("range_grad_final", MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&part).arg(&ranges).arg(&gr);
+            candle_core::builder_arg!(b, tk, base, extra, head, nb, ch, *decay, *min_inside, used);
+            // One block of THREADS per row block sums its chunks (part_totals).
+            unsafe { b.launch(rows(g.nb, 1)) }.w()?;
+            ranges_grad.put(device_tensor(gr, g.nb, dev))?;
+            Ok(wrap_t(gx))
         }
         Stage::AbsMax => {
             let w = t(0)?;
@@ -254,6 +239,12 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             Ok(wrap_t(packed))
         }
     }
+}
+
+/// A tensor (no gradient) of `n` f32 on the GPU from `v`.
+fn device_tensor(v: CudaSlice<f32>, n: usize, dev: &CudaDevice) -> Tensor {
+    let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(v, dev.clone()));
+    Tensor::from_storage(storage, n, BackpropOp::none(), false)
 }
 
 /// The storage of a tensor on the GPU.

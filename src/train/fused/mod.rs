@@ -21,6 +21,7 @@ use crate::train::layer::NoiseShape;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
+use std::sync::{Arc, Mutex};
 
 /// How a layer's inputs split into row blocks (as `tile::mapping::split_with_head`: an optional
 /// head block of the first `head` inputs, then the rest as `split_sizes` splits it: the first
@@ -112,32 +113,27 @@ impl Blocks {
 #[derive(Debug, Clone)]
 pub enum Stage {
     /// (x (T, n_in), ranges (nb)) -> xb (nb, T, r): clip to the range and round to the DAC's
-    /// levels; its gradients are [`Stage::DacGradX`] and [`Stage::RangeGrad`].
+    /// levels; its gradients come from [`Stage::DacGrad`].
     Dac {
         /// Whether the ranges are in use (a block with range 0 is not yet initialized: exact).
         used: bool,
         /// 1 / (2^bits - 2) of the DAC, None: no rounding.
         inv_states: Option<f32>,
+        /// Where to leave the inputs with |x| >= range per row block (nb, f32; 0 for blocks
+        /// whose range is not in use), counted in the same pass (training statistics).
+        clips: Option<SideOutput>,
     },
-    /// (gxb, x, ranges) -> gx (T, n_in).
-    DacGradX {
-        /// As in [`Stage::Dac`].
-        used: bool,
-    },
-    /// (gxb, x, ranges) -> gradient of the ranges (nb).
-    RangeGrad {
+    /// (gxb, x, ranges) -> gx (T, n_in), and the gradient of the ranges (nb, f32) into
+    /// `ranges_grad`: one pass over gxb and x for both.
+    DacGrad {
         /// As in [`Stage::Dac`].
         used: bool,
         /// Range decay.
         decay: f32,
         /// Share of inputs inside above which the decay acts.
         min_inside: f32,
-    },
-    /// (x, ranges) -> inputs with |x| >= range per row block (nb), 0 for blocks whose range is
-    /// not in use; no gradient (training statistics).
-    ClipCount {
-        /// As in [`Stage::Dac`].
-        used: bool,
+        /// Where the op leaves the ranges' gradient.
+        ranges_grad: SideOutput,
     },
     /// w (out, n_in) -> max |w| per (block, channel) (nb, out); no gradient.
     AbsMax,
@@ -167,6 +163,31 @@ pub enum Stage {
         /// 1 / (2^bits - 2) of the ADC, None: no rounding (clamp only).
         inv_states: Option<f32>,
     },
+}
+
+/// A second output of a [`FusedOp`] (candle's custom ops return one tensor): the op puts it
+/// here and the caller takes it after the op ran.
+#[derive(Debug, Clone, Default)]
+pub struct SideOutput(Arc<Mutex<Option<Tensor>>>);
+
+impl SideOutput {
+    fn put(&self, t: Tensor) -> Result<()> {
+        *self.0.lock().map_err(|_| side_poisoned())? = Some(t);
+        Ok(())
+    }
+
+    /// The tensor the op left, once.
+    pub fn take(&self) -> Result<Tensor> {
+        self.0
+            .lock()
+            .map_err(|_| side_poisoned())?
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("fused analog op: no side output".into()))
+    }
+}
+
+fn side_poisoned() -> candle_core::Error {
+    candle_core::Error::Msg("fused analog op: side output lock poisoned".into())
 }
 
 /// Edge of the square (tokens x channels) tiles of the ADC's clamp flags: the backward
@@ -202,8 +223,7 @@ impl FusedOp {
         let g = &self.blocks;
         Ok(match &self.stage {
             Stage::Dac { .. } => (g.nb, a[0], g.r).into(),
-            Stage::DacGradX { .. } => b.to_vec().into(),
-            Stage::RangeGrad { .. } | Stage::ClipCount { .. } => g.nb.into(),
+            Stage::DacGrad { .. } => b.to_vec().into(),
             Stage::AbsMax => (g.nb, a[0]).into(),
             Stage::NoisyWeights { .. } => (g.nb, a[0], g.r).into(),
             Stage::Unblock => (a[1], g.n_in).into(),
@@ -259,7 +279,15 @@ impl CustomOp2 for FusedOp {
         let shape = self.shape(l1.dims(), l2.dims())?;
         let d = l1.dims();
         match &self.stage {
-            Stage::Dac { used, inv_states } => {
+            Stage::Dac {
+                used,
+                inv_states,
+                clips,
+            } => {
+                if let Some(side) = clips {
+                    let n = cpu::clip_count(a, b, g, d[0], *used);
+                    side.put(Tensor::from_vec(n, g.nb, &candle_core::Device::Cpu)?)?;
+                }
                 out(cpu::dac_fwd(a, b, g, d[0], *inv_states, *used), shape)
             }
             Stage::NoisyWeights {
@@ -281,7 +309,6 @@ impl CustomOp2 for FusedOp {
             Stage::Adc { inv_states } => {
                 out(cpu::adc_sum(a, b, d[0], d[1], d[2], *inv_states), shape)
             }
-            Stage::ClipCount { used } => out(cpu::clip_count(a, b, g, d[0], *used), shape),
             s => candle_core::bail!("fused analog op: {s:?} does not take two arguments"),
         }
     }
@@ -318,17 +345,17 @@ impl CustomOp3 for FusedOp {
         let (b, c) = (f32s(s2, l2, "input 2")?, f32s(s3, l3, "input 3")?);
         let shape = self.shape(l1.dims(), l2.dims())?;
         match &self.stage {
-            Stage::DacGradX { used } => {
-                out(cpu::dac_grad_x(a, b, c, g, l2.dims()[0], *used), shape)
-            }
-            Stage::RangeGrad {
+            Stage::DacGrad {
                 used,
                 decay,
                 min_inside,
-            } => out(
-                cpu::range_grad(a, b, c, g, l2.dims()[0], *used, (*decay, *min_inside)),
-                shape,
-            ),
+                ranges_grad,
+            } => {
+                let tokens = l2.dims()[0];
+                let gr = cpu::range_grad(a, b, c, g, tokens, *used, (*decay, *min_inside));
+                ranges_grad.put(Tensor::from_vec(gr, g.nb, &candle_core::Device::Cpu)?)?;
+                out(cpu::dac_grad_x(a, b, c, g, tokens, *used), shape)
+            }
             s => candle_core::bail!("fused analog op: {s:?} does not take three arguments"),
         }
     }
@@ -449,6 +476,8 @@ pub struct LayerSpec {
     /// Whether the ADC bound passes a gradient to the ranges and the channels' max |w| (see
     /// `AnalogTrainConfig::adc_bound_grad`).
     pub bound_grad: bool,
+    /// Where the DAC leaves its clipped-input counts (see [`Stage::Dac`]), None: not counted.
+    pub clips: Option<SideOutput>,
 }
 
 /// What the layer's forward keeps for its backward.
@@ -495,6 +524,7 @@ impl LayerPass {
             &op(Stage::Dac {
                 used: spec.used,
                 inv_states: spec.dac,
+                clips: spec.clips.clone(),
             }),
         )?;
         let wmax = wc.apply_op1_no_bwd(&op(Stage::AbsMax))?;
@@ -568,20 +598,18 @@ impl LayerPass {
                 other: other.clone(),
             })?;
         }
+        let ranges_grad = SideOutput::default();
         let gx = gxb.apply_op3_no_bwd(
             &sv.x,
             &sv.ranges,
-            &self.op(Stage::DacGradX { used: spec.used }),
-        )?;
-        let gr = gxb.apply_op3_no_bwd(
-            &sv.x,
-            &sv.ranges,
-            &self.op(Stage::RangeGrad {
+            &self.op(Stage::DacGrad {
                 used: spec.used,
                 decay: spec.decay,
                 min_inside: spec.min_inside,
+                ranges_grad: ranges_grad.clone(),
             }),
         )?;
+        let gr = ranges_grad.take()?;
         let gw = gwb.apply_op1_no_bwd(&self.op(Stage::Unblock))?;
         if spec.bound_grad && spec.out_bound > 0.0 && spec.used {
             let (gw_b, gr_b) = self.bound_grads(&g)?;

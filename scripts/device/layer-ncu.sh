@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# On the device: every kernel of two steps (forward + backward) of the train_layer bench's
+# `plain` and `fused` paths timed by ncu with the clocks and caches
+# left as they are, per shape. Run from the repository root with the folder that
+# `scripts/device/pack-layer.sh` made here:
+#   scripts/device/layer-ncu.sh cuda-bin/layer OUT 2048x4096 4096x4096 ...
+# Writes OUT/ncu_DxT.csv (one row per kernel) and prints every kernel in order (the bench's
+# set-up, then the plain product's two steps, then the fused layer's two).
+set -u
+bin=$1 out=$2
+shift 2
+export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib
+W=$(mktemp -d)
+xz -dc "$bin/train_layer.xz" > "$W/tl" && chmod +x "$W/tl"
+mkdir -p "$out"
+for shape in "$@"; do
+  d=${shape%x*} t=${shape#*x}
+  ncu --metrics gpu__time_duration.sum --clock-control none --cache-control none --csv \
+    --print-units base "$W/tl" --device cuda --dtype bf16 --dims "$d" --tokens "$t" \
+    --paths plain,fused --warmup 1 --reps 1 > "$out/ncu_$shape.csv" 2> "$out/ncu_$shape.err"
+  echo "== $shape (exit $?): kernels of the second step, us"
+  python3 - "$out/ncu_$shape.csv" <<'PY'
+import csv, sys, collections
+rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
+head, rows = rows[0], rows[1:]
+k, v = head.index("Kernel Name"), head.index("Metric Value")
+names = [(r[k], float(r[v].replace(",", "")) / 1e3) for r in rows]
+for i, (n, us) in enumerate(names):
+    print(f"{i:4d} {us:9.1f}  {n[:100]}")
+PY
+done
