@@ -473,11 +473,17 @@ __device__ __forceinline__ float adc_q(float y, float bd, float inv_states, int 
 // src/train/fused/mod.rs); a multiple of 8, so one thread's eight channels share a tile.
 #define FLAG_TILE 64
 
-// 1 / res of every (block, channel) bound: what adc_level multiplies by. Grid (n).
-extern "C" __global__ void adc_inv(const float *bound, float *inv, int n, float inv_states) {
+// The bound (wmax * lambda) * range of every (block, channel) (0 for lambda 0: no ADC) and
+// 1 / res, what adc_level multiplies by; and the clamp flags zeroed for adc_sum. Grid
+// (max(nb * out, nflags)).
+template <typename T>
+__device__ void adc_prep(const float *wmax, const float *ranges, float *bound, float *inv,
+                         T *flags, int nbo, int out, int nflags, float lambda, float inv_states) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  float b = bound[i];
+  if (i < nflags) flags[i] = from_f<T>(0.0f);
+  if (i >= nbo) return;
+  float b = lambda > 0.0f ? (wmax[i] * lambda) * ranges[i / out] : 0.0f;
+  bound[i] = b;
   inv[i] = b > 0.0f ? 1.0f / ((b * 2.0f) * inv_states) : 0.0f;
 }
 
@@ -788,6 +794,11 @@ __device__ void clamp_fix(T *dst, const T *g, const T *yb, const float *bound, c
   extern "C" __global__ void unblock_w_##SUF(const T *gwb, T *gw, int out, int n_in, int base,     \
                                              int extra, int head, int nb, int r) {                 \
     unblock_w<T>(gwb, gw, out, n_in, base, extra, head, nb, r);                                    \
+  }                                                                                                \
+  extern "C" __global__ void adc_prep_##SUF(const float *wmax, const float *ranges, float *bound,  \
+                                            float *inv, T *flags, int nbo, int out, int nflags,    \
+                                            float lambda, float inv_states) {                      \
+    adc_prep<T>(wmax, ranges, bound, inv, flags, nbo, out, nflags, lambda, inv_states);           \
   }                                                                                                \
   extern "C" __global__ void adc_sum_##SUF(const T *yb, const float *bound, const float *inv_res, \
                                            T *y, T *flags, int tokens, int out, int nb,            \

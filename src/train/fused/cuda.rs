@@ -211,40 +211,51 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             unsafe { b.launch(rows8(out, 1, g.r)) }.w()?;
             Ok(wrap_t(y))
         }
-        Stage::Adc { inv_states } => {
-            let (yb, bound) = (t(0)?, f32_arg(1)?);
+        Stage::Adc {
+            inv_states,
+            lambda,
+            bound,
+        } => {
+            let (yb, wmax, ranges) = (t(0)?, f32_arg(1)?, f32_arg(2)?);
             let d = args[0].1.dims();
             let (nbk, tokens, out) = (i(d[0]), i(d[1]), i(d[2]));
             let (ft, fo) = (i(d[1].div_ceil(FLAG_TILE)), i(d[2].div_ceil(FLAG_TILE)));
             let mut packed = alloc_t(n)?;
             let (mut y, mut flags) = packed.split_at_mut(d[1] * d[2]);
-            dev.cuda_stream().memset_zeros(&mut flags).w()?;
-            let inv_res = unsafe { dev.alloc::<f32>(d[0] * d[2])? };
-            let func = dev.get_or_load_custom_func("adc_inv", MODULE, PTX)?;
+            let nbo = d[0] * d[2];
+            let bd = unsafe { dev.alloc::<f32>(nbo)? };
+            let inv_res = unsafe { dev.alloc::<f32>(nbo)? };
+            let func = f("adc_prep")?;
             let mut b = func.builder();
-            b.arg(&bound).arg(&inv_res);
-            let (nbo, inv) = (i(d[0] * d[2]), inv_states.unwrap_or(0.0));
-            candle_core::builder_arg!(b, nbo, inv);
-            unsafe { b.launch(grid(d[0] * d[2])) }.w()?;
+            b.arg(&wmax)
+                .arg(&ranges)
+                .arg(&bd)
+                .arg(&inv_res)
+                .arg(&mut flags);
+            let nflags = n - d[1] * d[2];
+            let (nbo_i, nfl, inv) = (i(nbo), i(nflags), inv_states.unwrap_or(0.0));
+            candle_core::builder_arg!(b, nbo_i, out, nfl, *lambda, inv);
+            unsafe { b.launch(grid(nbo.max(nflags))) }.w()?;
             let func = f("adc_sum")?;
             let mut b = func.builder();
             b.arg(&yb)
-                .arg(&bound)
+                .arg(&bd)
                 .arg(&inv_res)
                 .arg(&mut y)
                 .arg(&mut flags);
             let adc = i32::from(inv_states.is_some());
             candle_core::builder_arg!(b, tokens, out, nbk, inv, adc, ft, fo);
             unsafe { b.launch(rows8(d[1], 1, d[2])) }.w()?;
+            bound.put(device_tensor(bd, (d[0], d[2]), dev))?;
             Ok(wrap_t(packed))
         }
     }
 }
 
-/// A tensor (no gradient) of `n` f32 on the GPU from `v`.
-fn device_tensor(v: CudaSlice<f32>, n: usize, dev: &CudaDevice) -> Tensor {
+/// A tensor (no gradient) of `shape` f32 on the GPU from `v`.
+fn device_tensor(v: CudaSlice<f32>, shape: impl Into<Shape>, dev: &CudaDevice) -> Tensor {
     let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(v, dev.clone()));
-    Tensor::from_storage(storage, n, BackpropOp::none(), false)
+    Tensor::from_storage(storage, shape, BackpropOp::none(), false)
 }
 
 /// The storage of a tensor on the GPU.

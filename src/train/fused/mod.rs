@@ -154,14 +154,19 @@ pub enum Stage {
     },
     /// gwb (nb, out, r) -> gw (out, n_in).
     Unblock,
-    /// (yb (nb, T, out), bound (nb, out)) -> y (T, out) and the clamp flags, packed into one
-    /// vector (T * out + nb * ceil(T / [`FLAG_TILE`]) * ceil(out / [`FLAG_TILE`]) + 1): ADC
-    /// per block, summed (bound 0: exact); a flag is 1 where some output of its tile clamps in
-    /// that block, the last one where any output clamps. Its gradient is [`ClampFix`] after two
-    /// plain products.
+    /// (yb (nb, T, out), wmax (nb, out), ranges (nb)) -> y (T, out) and the clamp flags,
+    /// packed into one vector (T * out + nb * ceil(T / [`FLAG_TILE`]) * ceil(out /
+    /// [`FLAG_TILE`]) + 1): ADC per block with the bound (wmax * lambda) * range, summed (bound
+    /// 0: exact); a flag is 1 where some output of its tile clamps in that block, the last one
+    /// where any output clamps. The bounds (nb, out, f32) go to `bound`. Its gradient is
+    /// [`ClampFix`] after two plain products.
     Adc {
         /// 1 / (2^bits - 2) of the ADC, None: no rounding (clamp only).
         inv_states: Option<f32>,
+        /// Bound in units of w_max * range (0: no bound, the outputs pass exactly).
+        lambda: f32,
+        /// Where the op leaves the bounds.
+        bound: SideOutput,
     },
 }
 
@@ -306,9 +311,6 @@ impl CustomOp2 for FusedOp {
                 let wb = cpu::noisy_wblocks(a, b, &keys, g, d[0], *gamma, *noise);
                 out(wb, shape)
             }
-            Stage::Adc { inv_states } => {
-                out(cpu::adc_sum(a, b, d[0], d[1], d[2], *inv_states), shape)
-            }
             s => candle_core::bail!("fused analog op: {s:?} does not take two arguments"),
         }
     }
@@ -355,6 +357,17 @@ impl CustomOp3 for FusedOp {
                 let gr = cpu::range_grad(a, b, c, g, tokens, *used, (*decay, *min_inside));
                 ranges_grad.put(Tensor::from_vec(gr, g.nb, &candle_core::Device::Cpu)?)?;
                 out(cpu::dac_grad_x(a, b, c, g, tokens, *used), shape)
+            }
+            Stage::Adc {
+                inv_states,
+                lambda,
+                bound,
+            } => {
+                let d = l1.dims();
+                let bd = cpu::adc_bounds(b, c, *lambda);
+                let y = cpu::adc_sum(a, &bd, d[0], d[1], d[2], *inv_states);
+                bound.put(Tensor::from_vec(bd, l2.dims(), &candle_core::Device::Cpu)?)?;
+                out(y, shape)
             }
             s => candle_core::bail!("fused analog op: {s:?} does not take three arguments"),
         }
@@ -539,17 +552,22 @@ impl LayerPass {
             }),
         )?;
         let yb = xb.matmul(&wb.transpose(1, 2)?)?;
-        let bound = if spec.out_bound > 0.0 && spec.used {
-            (&wmax * spec.out_bound)?.broadcast_mul(&rd.reshape((spec.blocks.nb, 1))?)?
+        let bound = SideOutput::default();
+        let lambda = if spec.out_bound > 0.0 && spec.used {
+            spec.out_bound as f32
         } else {
-            Tensor::zeros((spec.blocks.nb, wc.dims()[0]), DType::F32, x.device())?
+            0.0
         };
-        let packed = yb.apply_op2_no_bwd(
-            &bound,
+        let packed = yb.apply_op3_no_bwd(
+            &wmax,
+            &rd,
             &op(Stage::Adc {
                 inv_states: spec.adc,
+                lambda,
+                bound: bound.clone(),
             }),
         )?;
+        let bound = bound.take()?;
         let (tokens, out) = (xb.dims()[1], wb.dims()[1]);
         let plane = tokens * out;
         let value = packed.narrow(0, 0, plane)?.reshape((tokens, out))?;
