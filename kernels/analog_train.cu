@@ -366,23 +366,6 @@ extern "C" __global__ void clip_count_final(const float *part, const float *rang
 
 // ---- weights: per (block, channel) max |w|, then the noisy blocked copy --------------------
 
-template <typename T>
-__device__ void block_absmax(const T *w, float *wmax, int out, int n_in, int base, int extra, int head,
-                             int nb) {
-  // One warp per (block, channel).
-  int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
-  int lane = threadIdx.x % 32;
-  if (warp >= nb * out) return;
-  int s = warp / out;
-  int c = warp % out;
-  int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
-  const T *row = w + (i64)c * n_in + start;
-  float m = 0.0f;
-  for (int j = lane; j < len; j += 32) m = fmaxf(m, fabsf(to_f(row[j])));
-  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-  if (lane == 0) wmax[(i64)s * out + c] = m;
-}
-
 // The noise std of a weight at r = |w| / wmax of its block channel, relative to wmax: 1, or
 // with `pcm` the AFM paper's programming-noise fit at wmax = 180 units (device::afm_sigma,
 // NoiseShape::rel_std on the host).
@@ -397,37 +380,52 @@ __device__ __forceinline__ float noise_rel(float r, int pcm) {
 }
 
 // wb[s, c, j] = w[c, start_s + j] + (wmax[s, c] * gamma * noise_rel(|w| / wmax)) * n, n the
-// element c * len_s + j of block s's counter-based stream (pair el / 2, component el % 2).
-// Each thread draws one pair and writes both its elements (where a row starts at an odd
-// element, its first element's pair is drawn again, for that element alone). Grid
-// (ceil(out / NOISE_ROWS), nb): a thread block takes NOISE_ROWS channels, so that each thread
-// derives the block's stream key (four 64-bit mixes, a third of a pair's work) once for them.
+// element c * len_s + j of block s's counter-based stream (pair el / 2, component el % 2), with
+// w as T rounds it (the weights may come in f32: the cast to the compute type happens here) and
+// wmax[s, c] its max |w| over the block, written too. Each thread draws one pair and writes both
+// its elements (where a row starts at an odd element, its first element's pair is drawn again,
+// for that element alone). Grid (ceil(out / NOISE_ROWS), nb) of 256 threads: a thread block
+// takes NOISE_ROWS channels, so that each thread derives the block's stream key (four 64-bit
+// mixes, a third of a pair's work) once for them.
 #define NOISE_ROWS 4
-template <typename T>
-__device__ __forceinline__ float noisy_w(const T *row, int j, float n, float m, float sc, int pcm) {
-  float v = to_f(row[j]);
+template <typename T, typename W> __device__ __forceinline__ float as_t(W v) {
+  return to_f(from_f<T>(to_f(v)));
+}
+
+template <typename T, typename W>
+__device__ __forceinline__ float noisy_w(const W *row, int j, float n, float m, float sc, int pcm) {
+  float v = as_t<T>(row[j]);
   float rel = noise_rel(m > 0.0f ? fabsf(v) / m : 0.0f, pcm);
   return v + n * sc * rel;
 }
 
-template <typename T>
-__device__ void noisy_wblocks(const T *w, const float *wmax, T *wb, uint64_t layer_key,
-                              uint64_t tag, uint64_t call, int out, int n_in, int base, int extra, int head,
+template <typename T, typename W>
+__device__ void noisy_wblocks(const W *w, float *wmax, T *wb, uint64_t layer_key, uint64_t tag,
+                              uint64_t call, int out, int n_in, int base, int extra, int head,
                               int r, float gamma, int pcm) {
+  __shared__ float wm[8];
   int s = blockIdx.y;
   int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
   uint32_t k0 = 0, k1 = 0;
   if (gamma > 0.0f) block_keys(layer_key, tag, call, s, &k0, &k1);
   int c_end = min(out, (int)(blockIdx.x + 1) * NOISE_ROWS);
   for (int c = blockIdx.x * NOISE_ROWS; c < c_end; c++) {
-    const T *row = w + (i64)c * n_in + start;
+    const W *row = w + (i64)c * n_in + start;
     T *o = wb + ((i64)s * out + c) * r;
+    // The channel's max |w| (fmaxf: the same in any order).
+    float m = 0.0f;
+    for (int j = threadIdx.x; j < len; j += blockDim.x) m = fmaxf(m, fabsf(as_t<T>(row[j])));
+    for (int d = 16; d > 0; d >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, d));
+    if (threadIdx.x % 32 == 0) wm[threadIdx.x / 32] = m;
+    __syncthreads();
+    for (int k = 0; k < (int)blockDim.x / 32; k++) m = fmaxf(m, wm[k]);
+    __syncthreads();
+    if (threadIdx.x == 0) wmax[(i64)s * out + c] = m;
     for (int j = len + threadIdx.x; j < r; j += blockDim.x) o[j] = from_f<T>(0.0f);
     if (!(gamma > 0.0f)) {
-      for (int j = threadIdx.x; j < len; j += blockDim.x) o[j] = row[j];
+      for (int j = threadIdx.x; j < len; j += blockDim.x) o[j] = from_f<T>(as_t<T>(row[j]));
       continue;
     }
-    float m = wmax[(i64)s * out + c];
     float sc = m * gamma;
     uint32_t el0 = (uint32_t)c * (uint32_t)len;
     int first = (int)(el0 & 1u);
@@ -435,8 +433,8 @@ __device__ void noisy_wblocks(const T *w, const float *wmax, T *wb, uint64_t lay
       // Elements j (even in the stream) and j + 1 (odd) share pair (el0 + j) / 2.
       float a, b;
       normal_pair(k0, k1, (el0 + (uint32_t)(j + first)) >> 1, &a, &b);
-      if (j >= 0) o[j] = from_f<T>(noisy_w(row, j, a, m, sc, pcm));
-      if (j + 1 < len) o[j + 1] = from_f<T>(noisy_w(row, j + 1, b, m, sc, pcm));
+      if (j >= 0) o[j] = from_f<T>(noisy_w<T>(row, j, a, m, sc, pcm));
+      if (j + 1 < len) o[j + 1] = from_f<T>(noisy_w<T>(row, j + 1, b, m, sc, pcm));
     }
   }
 }
@@ -781,15 +779,17 @@ __device__ void clamp_fix(T *dst, const T *g, const T *yb, const float *bound, c
                                             int extra, int head, int r, int chunks, int used) {    \
     dac_grad<T>(gxb, x, ranges, part, gx, tokens, n_in, base, extra, head, r, chunks, used);       \
   }                                                                                                \
-  extern "C" __global__ void block_absmax_##SUF(const T *w, float *wmax, int out, int n_in,        \
-                                                int base, int extra, int head, int nb) {           \
-    block_absmax<T>(w, wmax, out, n_in, base, extra, head, nb);                                    \
-  }                                                                                                \
   extern "C" __global__ void noisy_wblocks_##SUF(                                                  \
-      const T *w, const float *wmax, T *wb, uint64_t layer_key, uint64_t tag, uint64_t call,       \
+      const T *w, float *wmax, T *wb, uint64_t layer_key, uint64_t tag, uint64_t call, int out,    \
+      int n_in, int base, int extra, int head, int r, float gamma, int pcm) {                      \
+    noisy_wblocks<T, T>(w, wmax, wb, layer_key, tag, call, out, n_in, base, extra, head, r, gamma, \
+                        pcm);                                                                      \
+  }                                                                                                \
+  extern "C" __global__ void noisy_wblocks_f32w_##SUF(                                             \
+      const float *w, float *wmax, T *wb, uint64_t layer_key, uint64_t tag, uint64_t call,         \
       int out, int n_in, int base, int extra, int head, int r, float gamma, int pcm) {             \
-    noisy_wblocks<T>(w, wmax, wb, layer_key, tag, call, out, n_in, base, extra, head, r, gamma,    \
-                     pcm);                                                                         \
+    noisy_wblocks<T, float>(w, wmax, wb, layer_key, tag, call, out, n_in, base, extra, head, r,    \
+                            gamma, pcm);                                                           \
   }                                                                                                \
   extern "C" __global__ void unblock_w_##SUF(const T *gwb, T *gw, int out, int n_in, int base,     \
                                              int extra, int head, int nb, int r) {                 \

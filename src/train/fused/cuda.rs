@@ -69,7 +69,12 @@ fn i(v: usize) -> i32 {
 pub fn run(op: &FusedOp, args: &[(&CudaStorage, &Layout)], shape: &Shape) -> Result<CudaStorage> {
     let dev = args[0].0.device().clone();
     // The data tensors (first argument first) share one dtype; ranges, w_max and bounds are f32.
-    match args[0].0.dtype() {
+    // The weight noise writes its compute dtype from f32 or compute-dtype weights.
+    let dtype = match &op.stage {
+        Stage::NoisyWeights { compute, .. } => *compute,
+        _ => args[0].0.dtype(),
+    };
+    match dtype {
         DType::F32 => run_t::<f32>(op, args, shape, &dev, "f32"),
         DType::BF16 => run_t::<half::bf16>(op, args, shape, &dev, "bf16"),
         DType::F16 => run_t::<half::f16>(op, args, shape, &dev, "f16"),
@@ -167,36 +172,44 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             ranges_grad.put(device_tensor(gr, g.nb, dev))?;
             Ok(wrap_t(gx))
         }
-        Stage::AbsMax => {
-            let w = t(0)?;
-            let out = i(args[0].1.dims()[0]);
-            let m = unsafe { dev.alloc::<f32>(n)? };
-            let func = f("block_absmax")?;
-            let mut b = func.builder();
-            b.arg(&w).arg(&m);
-            candle_core::builder_arg!(b, out, n_in, base, extra, head, nb);
-            unsafe { b.launch(grid(n * 32)) }.w()?;
-            Ok(CudaStorage::wrap_cuda_slice(m, dev.clone()))
-        }
         Stage::NoisyWeights {
             gamma,
             shape: noise,
             seed,
             layer,
             call,
+            wmax,
+            ..
         } => {
-            let (w, wmax) = (t(0)?, f32_arg(1)?);
             let out = args[0].1.dims()[0];
+            let m = unsafe { dev.alloc::<f32>(g.nb * out)? };
             let y = alloc_t(n)?;
-            let func = f("noisy_wblocks")?;
+            // f32 master weights go in as they are (the kernel rounds them to T).
+            let f32_in = args[0].0.dtype() == DType::F32 && suf != "f32";
+            let func = f(if f32_in {
+                "noisy_wblocks_f32w"
+            } else {
+                "noisy_wblocks"
+            })?;
             let mut b = func.builder();
-            b.arg(&w).arg(&wmax).arg(&y);
+            let (w_t, w_f) = if f32_in {
+                (None, Some(f32_arg(0)?))
+            } else {
+                (Some(t(0)?), None)
+            };
+            match (&w_t, &w_f) {
+                (Some(w), _) => b.arg(w),
+                (_, Some(w)) => b.arg(w),
+                _ => unreachable!("one of the two is set"),
+            };
+            b.arg(&m).arg(&y);
             let (lk, tag, o) = (layer_key(*seed, *layer), Effect::WeightNoise.tag(), i(out));
             let pcm = i32::from(*noise == NoiseShape::Pcm);
             candle_core::builder_arg!(
                 b, lk, tag, *call, o, n_in, base, extra, head, r, *gamma, pcm
             );
             unsafe { b.launch(rows(out.div_ceil(NOISE_ROWS), g.nb)) }.w()?;
+            wmax.put(device_tensor(m, (g.nb, out), dev))?;
             Ok(wrap_t(y))
         }
         Stage::Unblock => {

@@ -135,11 +135,14 @@ pub enum Stage {
         /// Where the op leaves the ranges' gradient.
         ranges_grad: SideOutput,
     },
-    /// w (out, n_in) -> max |w| per (block, channel) (nb, out); no gradient.
-    AbsMax,
-    /// (w, wmax) -> wb (nb, out, r) with (wmax * gamma) * normals added; backward:
-    /// [`Stage::Unblock`].
+    /// w (out, n_in; f32 or the compute dtype) -> wb (nb, out, r) in the compute dtype: w as
+    /// that dtype rounds it, plus (wmax * gamma) * normals, with wmax (nb, out, f32) the max |w|
+    /// per (block, channel), also left in `wmax`; backward: [`Stage::Unblock`].
     NoisyWeights {
+        /// The dtype of wb (the products' inputs).
+        compute: DType,
+        /// Where the op leaves the max |w| per (block, channel).
+        wmax: SideOutput,
         /// Noise relative to the channel's max |w| (0: none).
         gamma: f32,
         /// How the std depends on |w| (times `gamma`).
@@ -229,7 +232,6 @@ impl FusedOp {
         Ok(match &self.stage {
             Stage::Dac { .. } => (g.nb, a[0], g.r).into(),
             Stage::DacGrad { .. } => b.to_vec().into(),
-            Stage::AbsMax => (g.nb, a[0]).into(),
             Stage::NoisyWeights { .. } => (g.nb, a[0], g.r).into(),
             Stage::Unblock => (a[1], g.n_in).into(),
             Stage::Adc { .. } => {
@@ -250,7 +252,31 @@ impl CustomOp1 for FusedOp {
         let a = f32s(s, l, "input")?;
         let shape = self.shape(l.dims(), &[])?;
         match &self.stage {
-            Stage::AbsMax => out(cpu::block_absmax(a, g, l.dims()[0]), shape),
+            Stage::NoisyWeights {
+                gamma,
+                shape: noise,
+                seed,
+                layer,
+                call,
+                wmax,
+                ..
+            } => {
+                let out_f = l.dims()[0];
+                let keys: Vec<_> = (0..g.nb)
+                    .map(|s| {
+                        StreamKey::new(*seed, *layer, s as u64, Effect::WeightNoise)
+                            .counter_keys(*call)
+                    })
+                    .collect();
+                let m = cpu::block_absmax(a, g, out_f);
+                let wb = cpu::noisy_wblocks(a, &m, &keys, g, out_f, *gamma, *noise);
+                wmax.put(Tensor::from_vec(
+                    m,
+                    (g.nb, out_f),
+                    &candle_core::Device::Cpu,
+                )?)?;
+                out(wb, shape)
+            }
             Stage::Unblock => out(cpu::unblock_w(a, g, l.dims()[1]), shape),
             s => candle_core::bail!("fused analog op: {s:?} takes more arguments"),
         }
@@ -294,22 +320,6 @@ impl CustomOp2 for FusedOp {
                     side.put(Tensor::from_vec(n, g.nb, &candle_core::Device::Cpu)?)?;
                 }
                 out(cpu::dac_fwd(a, b, g, d[0], *inv_states, *used), shape)
-            }
-            Stage::NoisyWeights {
-                gamma,
-                shape: noise,
-                seed,
-                layer,
-                call,
-            } => {
-                let keys: Vec<_> = (0..g.nb)
-                    .map(|s| {
-                        StreamKey::new(*seed, *layer, s as u64, Effect::WeightNoise)
-                            .counter_keys(*call)
-                    })
-                    .collect();
-                let wb = cpu::noisy_wblocks(a, b, &keys, g, d[0], *gamma, *noise);
-                out(wb, shape)
             }
             s => candle_core::bail!("fused analog op: {s:?} does not take two arguments"),
         }
@@ -530,7 +540,13 @@ impl LayerPass {
             stage,
         };
         let xc = x.detach().to_dtype(spec.compute)?.contiguous()?;
-        let wc = w.detach().to_dtype(spec.compute)?.contiguous()?;
+        // The weight noise kernel takes f32 master weights as they are (and rounds them to the
+        // compute dtype itself).
+        let wc = match w.dtype() {
+            DType::F32 => w.detach(),
+            _ => w.detach().to_dtype(spec.compute)?,
+        }
+        .contiguous()?;
         let rd = ranges.detach().contiguous()?;
         let xb = xc.apply_op2_no_bwd(
             &rd,
@@ -540,17 +556,17 @@ impl LayerPass {
                 clips: spec.clips.clone(),
             }),
         )?;
-        let wmax = wc.apply_op1_no_bwd(&op(Stage::AbsMax))?;
-        let wb = wc.apply_op2_no_bwd(
-            &wmax,
-            &op(Stage::NoisyWeights {
-                gamma: spec.gamma,
-                shape: spec.noise_shape,
-                seed: spec.seed,
-                layer: spec.layer,
-                call: spec.call,
-            }),
-        )?;
+        let wmax = SideOutput::default();
+        let wb = wc.apply_op1_no_bwd(&op(Stage::NoisyWeights {
+            compute: spec.compute,
+            wmax: wmax.clone(),
+            gamma: spec.gamma,
+            shape: spec.noise_shape,
+            seed: spec.seed,
+            layer: spec.layer,
+            call: spec.call,
+        }))?;
+        let wmax = wmax.take()?;
         let yb = xb.matmul(&wb.transpose(1, 2)?)?;
         let bound = SideOutput::default();
         let lambda = if spec.out_bound > 0.0 && spec.used {
@@ -661,10 +677,11 @@ impl LayerPass {
         let per_wmax = (g_bound.broadcast_mul(&sv.ranges.reshape((gb.nb, 1))?)? * lambda)?;
         let mut parts = Vec::with_capacity(gb.nb);
         for s in 0..gb.nb {
-            // In f32: the weights may be bf16/f16 while their maxima are f32 (exactly the
-            // same values, so the comparison finds them).
+            // As the compute dtype rounds them (the maxima are of those), compared in f32
+            // (exactly the same values, so the comparison finds them).
             let ws =
-                sv.w.narrow(1, gb.start(s), gb.len(s))?
+                sv.w.to_dtype(spec.compute)?
+                    .narrow(1, gb.start(s), gb.len(s))?
                     .to_dtype(DType::F32)?;
             let m = wmax.narrow(0, s, 1)?.t()?;
             let at_max = ws.abs()?.broadcast_eq(&m)?.to_dtype(DType::F32)?;
