@@ -5,6 +5,7 @@
 //! CI compiles none of this).
 
 use crate::train_golden::{assert_mostly_close, ragged_cases, run_case, Run};
+use afm::train::layer::AnalogTrainLinear;
 use candle_core::{DType, Device, Tensor};
 
 fn gpu() -> Device {
@@ -58,6 +59,37 @@ fn cuda_training_layer_matches_cpu_on_ragged_shapes() {
                 &got,
                 &want,
                 (rel, 0.1, step),
+            );
+        }
+    }
+}
+
+#[test]
+fn cuda_clip_statistics_follow_the_cpu() {
+    // The DAC counts the clipped inputs in its own pass on the GPU; the count moves only where
+    // a range initialized on the GPU differs from the CPU's in its last bits.
+    for (label, t, cfg) in ragged_cases() {
+        let stats = |dev: &Device, compute: DType| {
+            let t: Vec<Tensor> = t.iter().map(|x| x.to_device(dev).unwrap()).collect();
+            let mut layer = AnalogTrainLinear::new(&t[0], Some(&t[1]), &cfg, 3, "l").unwrap();
+            layer.compute = compute;
+            layer.state.lock().unwrap().training = true;
+            for _ in 0..2 {
+                layer.forward(&t[2]).unwrap();
+            }
+            let (n, k) = layer.take_clip_stats().unwrap().unwrap();
+            (n.to_scalar::<f32>().unwrap(), k)
+        };
+        let want = stats(&Device::Cpu, DType::F32);
+        for compute in [DType::F32, DType::BF16] {
+            let got = stats(&gpu(), compute);
+            assert_eq!(got.1, want.1, "{label} {compute:?}: inputs counted");
+            let tol = if compute == DType::F32 { 0.01 } else { 0.05 };
+            assert!(
+                (got.0 - want.0).abs() <= tol * want.0.max(100.0),
+                "{label} {compute:?}: {} clipped on the GPU, {} on the CPU",
+                got.0,
+                want.0
             );
         }
     }
