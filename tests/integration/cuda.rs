@@ -66,8 +66,9 @@ fn cuda_training_layer_matches_cpu_on_ragged_shapes() {
 
 #[test]
 fn cuda_clip_statistics_follow_the_cpu() {
-    // The DAC counts the clipped inputs in its own pass on the GPU; the count moves only where
-    // a range initialized on the GPU differs from the CPU's in its last bits.
+    // The fused layer counts the clipped inputs on the GPU; the count moves only where a range
+    // initialized on the GPU differs from the CPU's in its last bits (or, in bf16, where
+    // rounding moves an input across its range).
     for (label, t, cfg) in ragged_cases() {
         let stats = |dev: &Device, compute: DType| {
             let t: Vec<Tensor> = t.iter().map(|x| x.to_device(dev).unwrap()).collect();
