@@ -18,9 +18,9 @@ for shape in "$@"; do
   ncu --metrics gpu__time_duration.sum --clock-control none --cache-control none --csv \
     --print-units base "$W/tl" --device cuda --dtype bf16 --dims "$d" --tokens "$t" \
     --paths plain,fused --warmup 1 --reps 1 > "$out/ncu_$shape.csv" 2> "$out/ncu_$shape.err"
-  echo "== $shape (exit $?): kernels of the second step, us"
+  echo "== $shape (exit $?): every kernel in order, us"
   python3 - "$out/ncu_$shape.csv" <<'PY'
-import csv, sys, collections
+import csv, sys
 rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
 head, rows = rows[0], rows[1:]
 k, v = head.index("Kernel Name"), head.index("Metric Value")

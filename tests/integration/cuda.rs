@@ -4,8 +4,7 @@
 //! and ragged decoding. Built with `--features cuda` and run on a machine with a GPU (the CPU
 //! CI compiles none of this).
 
-use crate::train_golden::{assert_mostly_close, ragged_cases, run_case, Run};
-use afm::train::layer::AnalogTrainLinear;
+use crate::train_golden::{assert_mostly_close, clip_stats, ragged_cases, run_case, Run};
 use candle_core::{DType, Device, Tensor};
 
 fn gpu() -> Device {
@@ -70,20 +69,9 @@ fn cuda_clip_statistics_follow_the_cpu() {
     // initialized on the GPU differs from the CPU's in its last bits (or, in bf16, where
     // rounding moves an input across its range).
     for (label, t, cfg) in ragged_cases() {
-        let stats = |dev: &Device, compute: DType| {
-            let t: Vec<Tensor> = t.iter().map(|x| x.to_device(dev).unwrap()).collect();
-            let mut layer = AnalogTrainLinear::new(&t[0], Some(&t[1]), &cfg, 3, "l").unwrap();
-            layer.compute = compute;
-            layer.state.lock().unwrap().training = true;
-            for _ in 0..2 {
-                layer.forward(&t[2]).unwrap();
-            }
-            let (n, k) = layer.take_clip_stats().unwrap().unwrap();
-            (n.to_scalar::<f32>().unwrap(), k)
-        };
-        let want = stats(&Device::Cpu, DType::F32);
+        let want = clip_stats(&t, &cfg, &Device::Cpu, DType::F32, false);
         for compute in [DType::F32, DType::BF16] {
-            let got = stats(&gpu(), compute);
+            let got = clip_stats(&t, &cfg, &gpu(), compute, false);
             assert_eq!(got.1, want.1, "{label} {compute:?}: inputs counted");
             let tol = if compute == DType::F32 { 0.01 } else { 0.05 };
             assert!(

@@ -493,20 +493,32 @@ fn clipping_ramps_down_to_its_final_alpha() {
     assert!(layer.weight.as_tensor().to_vec2::<f32>().unwrap()[0][3] < 5.0);
 }
 
+/// The clip statistics (clipped inputs, inputs counted) of two training forwards (the first
+/// initializes the ranges, both count) of a ragged case's layer on `dev`, computing in
+/// `compute`, the fused path or the plain-tensor reference.
+pub fn clip_stats(
+    t: &[Tensor; 4],
+    cfg: &AnalogTrainConfig,
+    dev: &Device,
+    compute: DType,
+    reference: bool,
+) -> (f32, usize) {
+    let t: Vec<Tensor> = t.iter().map(|x| x.to_device(dev).unwrap()).collect();
+    let mut layer = AnalogTrainLinear::new(&t[0], Some(&t[1]), cfg, 3, "l").unwrap();
+    layer.compute = compute;
+    layer.reference = reference;
+    layer.state.lock().unwrap().training = true;
+    for _ in 0..2 {
+        layer.forward(&t[2]).unwrap();
+    }
+    let (n, k) = layer.take_clip_stats().unwrap().unwrap();
+    (n.to_scalar::<f32>().unwrap(), k)
+}
+
 #[test]
 fn fused_clip_statistics_equal_the_reference() {
     for (label, t, cfg) in ragged_cases() {
-        let stats = |reference: bool| {
-            let mut layer = AnalogTrainLinear::new(&t[0], Some(&t[1]), &cfg, 3, "l").unwrap();
-            layer.reference = reference;
-            layer.state.lock().unwrap().training = true;
-            // Two forwards: the first initializes the ranges, both count.
-            for _ in 0..2 {
-                layer.forward(&t[2]).unwrap();
-            }
-            let (n, k) = layer.take_clip_stats().unwrap().unwrap();
-            (n.to_scalar::<f32>().unwrap(), k)
-        };
+        let stats = |reference| clip_stats(&t, &cfg, &Device::Cpu, DType::F32, reference);
         let (fused, plain) = (stats(false), stats(true));
         assert_eq!(fused, plain, "{label}");
         assert!(fused.1 > 0, "{label}: nothing counted");
