@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# On the device, one call for the product with the ADC inside (docs/experiments/
+# adc-gemm-wgmma.patch, branch adc-gemm-wgmma, stacked on fused-passes-s30): the branch's CUDA
+# tests with the one kernel off (AFM_NO_ADC_GEMM=1: fused-passes-s30's path alone) and on
+# (among them cuda_adc_gemm_matches_the_two_kernel_path), then the layer benchmark with the
+# `fused` (one kernel) and `fused-cublas` (cuBLAS's product and fused-passes-s30's ADC kernel)
+# paths beside main's fused path (cuda-bin/base), then ncu of one step at d = 2048 x 4096
+# tokens. Every stage has a time limit, so that a kernel that hangs costs one stage, not the
+# call. Carry ["cuda-bin/layer", "cuda-bin/base"]; run from the root:
+#   scripts/device/layer-wgmma.sh OUT
+set -u
+out=$1
+mkdir -p "$out"
+export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib
+W=$(mktemp -d)
+xz -dc cuda-bin/layer/itest.xz > "$W/itest" && chmod +x "$W/itest"
+xz -dc cuda-bin/base/train_layer.xz > "$W/base-tl" && chmod +x "$W/base-tl"
+AFM_NO_ADC_GEMM=1 timeout 150 "$W/itest" cuda:: --skip adc_gemm --test-threads 1 \
+  > "$out/tests-s30.log" 2>&1
+echo "tests without the one kernel: exit $?"
+grep -E "^test |test result|panicked" "$out/tests-s30.log" | tail -12
+TESTS=cuda:: timeout 300 scripts/device/layer-bench.sh cuda-bin/layer "$out/bench" \
+  --afm-paths fused,fused-cublas,plain --baseline-bench "$W/base-tl"
+echo "layer-bench: exit $?"
+timeout 120 scripts/device/layer-ncu.sh cuda-bin/layer "$out/ncu" 2048x4096 > "$out/ncu.log" 2>&1
+echo "ncu: exit $?"; tail -30 "$out/ncu.log"
