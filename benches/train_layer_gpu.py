@@ -135,23 +135,23 @@ def afm_rows(binary, dims, tokens, reps, warmup, paths, label, extra=()):
 def table(rows, dims, tokens):
     get = {(r["path"], r["dims"], r["tokens"]): r.get("median_ms") for r in rows}
     cols = ["afm-fused", "afm-reference", "afm-plain", "lightning-torch", "lightning-triton",
-            "torch-bf16-linear", "afm-baseline-fused"]
-    head = "| d | tokens | " + " | ".join(c + " (ms)" for c in cols)
-    head += " | fused / lightning-torch | fused / lightning-triton | fused / torch linear |"
-    head += " fused / baseline fused |"
-    lines = [head, "|" + "---:|" * (len(cols) + 6)]
+            "torch-bf16-linear", "afm-baseline-fused", "afm-fused-cublas"]
+    # fused / each of these
+    over = ["lightning-torch", "lightning-triton", "torch-bf16-linear", "afm-baseline-fused",
+            "afm-fused-cublas"]
+    head = "| d | tokens | " + " | ".join(c + " (ms)" for c in cols) + " | "
+    head += " | ".join("fused / " + c for c in over) + " |"
+    lines = [head, "|" + "---:|" * (len(cols) + len(over) + 2)]
     for d in dims:
         for t in tokens:
-            v = [get.get((c, d, t)) for c in cols]
-            cell = ["%.3f" % x if x is not None else "–" for x in v]
+            v = {c: get.get((c, d, t)) for c in cols}
+            cell = ["%.3f" % v[c] if v[c] is not None else "–" for c in cols]
 
             def ratio(a, b):
                 return "%.2f" % (a / b) if a is not None and b else "–"
 
             lines.append(f"| {d} | {t} | " + " | ".join(cell) + " | "
-                         + " | ".join([ratio(v[0], v[3]), ratio(v[0], v[4]), ratio(v[0], v[5]),
-                                       ratio(v[0], v[6])])
-                         + " |")
+                         + " | ".join(ratio(v["afm-fused"], v[c]) for c in over) + " |")
     return "\n".join(lines)
 
 
@@ -165,7 +165,8 @@ def main():
     ap.add_argument("--json", required=True)
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--afm-paths", default="fused,reference,plain",
-                    help="paths of the afm binary to time (the reference is slow)")
+                    help="paths of the afm binary to time (the reference is slow; fused-cublas: "
+                         "the fused layer with cuBLAS's product and the separate ADC kernel)")
     ap.add_argument("--baseline-bench",
                     help="a second afm binary (an earlier commit) whose fused path is timed in "
                          "the same run, as afm-baseline-fused")
