@@ -13,6 +13,9 @@ set -u
 out=$1
 mkdir -p "$out"
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib
+# The tests find their files under the checkout they were built in (CARGO_MANIFEST_DIR).
+mkdir -p /work
+for d in /work/main /work/wt-adc; do [ -e $d ] || ln -s "$PWD" $d; done
 W=$(mktemp -d)
 xz -dc cuda-bin/layer/itest.xz > "$W/itest" && chmod +x "$W/itest"
 xz -dc cuda-bin/base/train_layer.xz > "$W/base-tl" && chmod +x "$W/base-tl"
