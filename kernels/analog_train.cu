@@ -178,18 +178,45 @@ __device__ __forceinline__ bool vec_rows(int start, int n_in, int r, const void 
   return (start % 8 | n_in % 8 | r % 8) == 0 && aligned16(p) && aligned16(q);
 }
 
-// Grid (tokens, nb); eight adjacent inputs per thread at a time.
+// round(y / res) with the quotient exactly as the IEEE division gives it, without dividing:
+// a = y * (1 / res) lies within 3 ulp of fl(y / res), so both round to the same integer unless a
+// lies within 4 ulp of a half-integer (or is not finite); there the division decides. `win` is
+// that window for every |a| up to the ADC's L levels + 3 (adc_window): a wider |a| clamps
+// whichever neighbouring integer it rounds to (|r| >= L + 2 > L), so the clamped output and the
+// clamp are the same either way, and one window for all serves, two operations per output
+// fewer than a window proportional to |a|. The ADC kernel is bound by arithmetic, and the
+// division was most of it.
+__device__ __forceinline__ float adc_level(float y, float res, float inv_res, float win) {
+  float a = y * inv_res;
+  float r = rintf(a);
+  if (!(fabsf(a - r) < win)) return roundf(y / res);
+  return r;
+}
+
+// adc_level's window for an ADC of 1 / inv_states = 2 L states: 4 ulp of L + 3 below a half.
+__device__ __forceinline__ float adc_window(float inv_states) {
+  return 0.5f - 4.8e-7f * (0.5f / inv_states + 3.0f);
+}
+
+// Grid (tokens, nb); eight adjacent inputs per thread at a time. With `part`, also the count of
+// the row's inputs with |x| >= range, one chunk per token of dac_grad's layout:
+// part[(s * tokens + t) * 2 + 1] (and 0 in the pull's slot), for clip_count_final.
 template <typename T>
-__device__ void dac_fwd(const T *x, const float *ranges, T *xb, int tokens, int n_in, int base,
-                        int extra, int head, int r, float inv_states, int used, int dac) {
+__device__ void dac_fwd(const T *x, const float *ranges, T *xb, float *part, int tokens, int n_in,
+                        int base, int extra, int head, int r, float inv_states, int used,
+                        int dac) {
   int t = blockIdx.x, s = blockIdx.y;
   int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
   float b = ranges[s];
   bool act = used && b > 0.0f;
   float res = (b * 2.0f) * inv_states;
+  // adc_level's rounding by 1 / res (|v / res| <= L after the clip, inside its window's range):
+  // the IEEE quotient's roundf without a division per input.
+  float inv_res = act && dac ? 1.0f / res : 0.0f, win = dac ? adc_window(inv_states) : 0.0f;
   const T *row = x + (i64)t * n_in + start;
   T *o = xb + ((i64)s * tokens + t) * r;
   bool vec = vec_rows(start, n_in, r, x, xb);
+  float cnt = 0.0f;
   for (int j = threadIdx.x * 8; j < r; j += blockDim.x * 8) {
     int n = min(8, r - j), nl = max(0, min(8, len - j));
     Pack8<T> in = load8(row + j, vec && nl == 8, nl), y;
@@ -198,70 +225,59 @@ __device__ void dac_fwd(const T *x, const float *ranges, T *xb, int tokens, int 
       float v = 0.0f;
       if (k < nl) {
         v = to_f(in.v[k]);
+        if (v >= b || v <= -b) cnt += 1.0f;
         if (act) {
           v = fmaxf(fminf(v, b), -b);
-          if (dac) v = roundf(v / res) * res;
+          if (dac) v = adc_level(v, res, inv_res, win) * res;
         }
       }
       y.v[k] = from_f<T>(v);
     }
     store8(o + j, y, vec && n == 8, n);
   }
-}
-
-// Gradient of x: straight through, zero where the input was clipped (|x| > range).
-// Grid (tokens); eight adjacent inputs per thread at a time.
-template <typename T>
-__device__ void dac_grad_x(const T *gxb, const T *x, const float *ranges, T *gx, int tokens,
-                           int n_in, int base, int extra, int head, int nb, int r, int used) {
-  int t = blockIdx.x;
-  for (int s = 0; s < nb; s++) {
-    int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
-    float b = ranges[s];
-    bool act = used && b > 0.0f;
-    const T *g = gxb + ((i64)s * tokens + t) * r;
-    const T *xr = x + (i64)t * n_in + start;
-    T *o = gx + (i64)t * n_in + start;
-    bool vec = vec_rows(start, n_in, r, x, gxb) && aligned16(gx);
-    for (int j = threadIdx.x * 8; j < len; j += blockDim.x * 8) {
-      int n = min(8, len - j);
-      bool v8 = vec && n == 8;
-      Pack8<T> gv = load8(g + j, v8, n), xv = load8(xr + j, v8, n);
-#pragma unroll
-      for (int k = 0; k < 8; k++)
-        if (act && fabsf(to_f(xv.v[k])) > b) gv.v[k] = from_f<T>(0.0f);
-      store8(o + j, gv, v8, n);
-    }
+  if (!part) return;
+  // Whole warps (rows8): shuffles, then the warps' sums in order (integers: exact).
+  __shared__ float wc[8];  // rows8 launches at most 256 threads
+  for (int off = 16; off > 0; off >>= 1) cnt += __shfl_down_sync(0xffffffffu, cnt, off);
+  if (threadIdx.x % 32 == 0) wc[threadIdx.x / 32] = cnt;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float c = 0.0f;
+    for (int w = 0; w < (int)blockDim.x / 32; w++) c += wc[w];
+    part[((i64)s * tokens + t) * 2] = 0.0f;
+    part[((i64)s * tokens + t) * 2 + 1] = c;
   }
 }
 
-// Per (row block, chunk of tokens) sums, reduced in shared memory in a fixed order
-// (deterministic): with g, the range gradient's pull and the clipped count; without, the count
-// of |x| >= range. Grid (chunks, nb); part[(s * chunks + chunk) * 2 + {0, 1}].
+// The range gradient's pull and the clipped count per (row block, chunk of tokens), reduced in
+// shared memory in a fixed order (deterministic), and the gradient of x through the DAC for
+// the same rows: straight through, zero where the input was clipped (|x| > range); both read
+// g and x once. Grid (chunks, nb); part[(s * chunks + chunk) * 2 + {0, 1}].
 template <typename T>
-__device__ void block_partial(const T *gxb, const T *x, const float *ranges, float *part,
-                              int tokens, int n_in, int base, int extra, int head, int r, int chunks) {
+__device__ void dac_grad(const T *gxb, const T *x, const float *ranges, float *part, T *gx,
+                         int tokens, int n_in, int base, int extra, int head, int r, int chunks,
+                         int used) {
   __shared__ float sp[256];
   __shared__ float sc[256];
   int s = blockIdx.y;
   int len = blk_len(s, base, extra, head);
   int start = blk_start(s, base, extra, head);
   float b = ranges[s];
+  bool act = used && b > 0.0f;
   float pull = 0.0f, cnt = 0.0f;
-  bool vec = vec_rows(start, n_in, r, x, gxb ? (const void *)gxb : (const void *)x);
+  bool vec = vec_rows(start, n_in, r, x, gxb) && aligned16(gx);
   for (int t = blockIdx.x; t < tokens; t += chunks) {
     const T *xr = x + (i64)t * n_in + start;
-    const T *g = gxb ? gxb + ((i64)s * tokens + t) * r : nullptr;
+    const T *g = gxb + ((i64)s * tokens + t) * r;
     for (int j = threadIdx.x * 8; j < len; j += blockDim.x * 8) {
       int n = min(8, len - j);
       Pack8<T> x8 = load8(xr + j, vec && n == 8, n);
-      Pack8<T> g8;
-      if (g) g8 = load8(g + j, vec && n == 8, n);
+      Pack8<T> g8 = load8(g + j, vec && n == 8, n);
 #pragma unroll
       for (int k = 0; k < 8; k++) {
         if (k >= n) break;
         float xv = to_f(x8.v[k]);
-        float gv = g ? to_f(g8.v[k]) : 0.0f;
+        float gv = to_f(g8.v[k]);
         if (xv >= b) {
           pull += fminf(gv, 0.0f);
           cnt += 1.0f;
@@ -270,7 +286,9 @@ __device__ void block_partial(const T *gxb, const T *x, const float *ranges, flo
           pull -= fmaxf(gv, 0.0f);
           cnt += 1.0f;
         }
+        if (act && fabsf(xv) > b) g8.v[k] = from_f<T>(0.0f);
       }
+      store8(gx + (i64)t * n_in + start + j, g8, vec && n == 8, n);
     }
   }
   sp[threadIdx.x] = pull;
@@ -289,22 +307,44 @@ __device__ void block_partial(const T *gxb, const T *x, const float *ranges, flo
   }
 }
 
-// Range gradient, stage 2: one thread per block: range * pull, plus the decay while enough
+// Block s's (pull, count) sums over its chunks, in a fixed order (deterministic): each of the
+// 256 threads sums a stride of chunks in double, then a tree in shared memory. Thread 0 gets
+// the totals.
+__device__ void part_totals(const float *part, int s, int chunks, double *pull, double *cnt) {
+  __shared__ double tp[256];
+  __shared__ double tc[256];
+  double p = 0.0, c = 0.0;
+  for (int k = threadIdx.x; k < chunks; k += blockDim.x) {
+    p += part[((i64)s * chunks + k) * 2];
+    c += part[((i64)s * chunks + k) * 2 + 1];
+  }
+  tp[threadIdx.x] = p;
+  tc[threadIdx.x] = c;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w) {
+      tp[threadIdx.x] += tp[threadIdx.x + w];
+      tc[threadIdx.x] += tc[threadIdx.x + w];
+    }
+    __syncthreads();
+  }
+  *pull = tp[0];
+  *cnt = tc[0];
+}
+
+// Range gradient, stage 2: grid (nb) of 256 threads: range * pull, plus the decay while enough
 // inputs are inside.
 extern "C" __global__ void range_grad_final(const float *part, const float *ranges, float *gb,
                                             int tokens, int base, int extra, int head, int nb, int chunks,
                                             float decay, float min_inside, int used) {
-  int s = blockIdx.x * blockDim.x + threadIdx.x;
-  if (s >= nb) return;
+  int s = blockIdx.x;
+  double pull, cnt;
+  part_totals(part, s, chunks, &pull, &cnt);
+  if (threadIdx.x != 0) return;
   float b = ranges[s];
   if (!(used && b > 0.0f)) {
     gb[s] = 0.0f;
     return;
-  }
-  double pull = 0.0, cnt = 0.0;
-  for (int c = 0; c < chunks; c++) {
-    pull += part[((i64)s * chunks + c) * 2];
-    cnt += part[((i64)s * chunks + c) * 2 + 1];
   }
   float g = (float)pull * b;
   if (decay > 0.0f) {
@@ -315,34 +355,16 @@ extern "C" __global__ void range_grad_final(const float *part, const float *rang
   gb[s] = g;
 }
 
-// Clipped-input count, stage 2: per block, 0 where the range is not in use.
+// Clipped-input count, stage 2: grid (nb) of 256 threads; 0 where the range is not in use.
 extern "C" __global__ void clip_count_final(const float *part, const float *ranges, float *cnt,
                                             int nb, int chunks, int used) {
-  int s = blockIdx.x * blockDim.x + threadIdx.x;
-  if (s >= nb) return;
-  double c = 0.0;
-  for (int k = 0; k < chunks; k++) c += part[((i64)s * chunks + k) * 2 + 1];
-  cnt[s] = (used && ranges[s] > 0.0f) ? (float)c : 0.0f;
+  int s = blockIdx.x;
+  double pull, c;
+  part_totals(part, s, chunks, &pull, &c);
+  if (threadIdx.x == 0) cnt[s] = (used && ranges[s] > 0.0f) ? (float)c : 0.0f;
 }
 
 // ---- weights: per (block, channel) max |w|, then the noisy blocked copy --------------------
-
-template <typename T>
-__device__ void block_absmax(const T *w, float *wmax, int out, int n_in, int base, int extra, int head,
-                             int nb) {
-  // One warp per (block, channel).
-  int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
-  int lane = threadIdx.x % 32;
-  if (warp >= nb * out) return;
-  int s = warp / out;
-  int c = warp % out;
-  int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
-  const T *row = w + (i64)c * n_in + start;
-  float m = 0.0f;
-  for (int j = lane; j < len; j += 32) m = fmaxf(m, fabsf(to_f(row[j])));
-  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-  if (lane == 0) wmax[(i64)s * out + c] = m;
-}
 
 // The noise std of a weight at r = |w| / wmax of its block channel, relative to wmax: 1, or
 // with `pcm` the AFM paper's programming-noise fit at wmax = 180 units (device::afm_sigma,
@@ -358,37 +380,52 @@ __device__ __forceinline__ float noise_rel(float r, int pcm) {
 }
 
 // wb[s, c, j] = w[c, start_s + j] + (wmax[s, c] * gamma * noise_rel(|w| / wmax)) * n, n the
-// element c * len_s + j of block s's counter-based stream (pair el / 2, component el % 2).
-// Each thread draws one pair and writes both its elements (where a row starts at an odd
-// element, its first element's pair is drawn again, for that element alone). Grid
-// (ceil(out / NOISE_ROWS), nb): a thread block takes NOISE_ROWS channels, so that each thread
-// derives the block's stream key (four 64-bit mixes, a third of a pair's work) once for them.
+// element c * len_s + j of block s's counter-based stream (pair el / 2, component el % 2), with
+// w as T rounds it (the weights may come in f32: the cast to the compute type happens here) and
+// wmax[s, c] its max |w| over the block, written too. Each thread draws one pair and writes both
+// its elements (where a row starts at an odd element, its first element's pair is drawn again,
+// for that element alone). Grid (ceil(out / NOISE_ROWS), nb) of 256 threads: a thread block
+// takes NOISE_ROWS channels, so that each thread derives the block's stream key (four 64-bit
+// mixes, a third of a pair's work) once for them.
 #define NOISE_ROWS 4
-template <typename T>
-__device__ __forceinline__ float noisy_w(const T *row, int j, float n, float m, float sc, int pcm) {
-  float v = to_f(row[j]);
+template <typename T, typename W> __device__ __forceinline__ float as_t(W v) {
+  return to_f(from_f<T>(to_f(v)));
+}
+
+template <typename T, typename W>
+__device__ __forceinline__ float noisy_w(const W *row, int j, float n, float m, float sc, int pcm) {
+  float v = as_t<T>(row[j]);
   float rel = noise_rel(m > 0.0f ? fabsf(v) / m : 0.0f, pcm);
   return v + n * sc * rel;
 }
 
-template <typename T>
-__device__ void noisy_wblocks(const T *w, const float *wmax, T *wb, uint64_t layer_key,
-                              uint64_t tag, uint64_t call, int out, int n_in, int base, int extra, int head,
+template <typename T, typename W>
+__device__ void noisy_wblocks(const W *w, float *wmax, T *wb, uint64_t layer_key, uint64_t tag,
+                              uint64_t call, int out, int n_in, int base, int extra, int head,
                               int r, float gamma, int pcm) {
+  __shared__ float wm[8];
   int s = blockIdx.y;
   int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
   uint32_t k0 = 0, k1 = 0;
   if (gamma > 0.0f) block_keys(layer_key, tag, call, s, &k0, &k1);
   int c_end = min(out, (int)(blockIdx.x + 1) * NOISE_ROWS);
   for (int c = blockIdx.x * NOISE_ROWS; c < c_end; c++) {
-    const T *row = w + (i64)c * n_in + start;
+    const W *row = w + (i64)c * n_in + start;
     T *o = wb + ((i64)s * out + c) * r;
+    // The channel's max |w| (fmaxf: the same in any order).
+    float m = 0.0f;
+    for (int j = threadIdx.x; j < len; j += blockDim.x) m = fmaxf(m, fabsf(as_t<T>(row[j])));
+    for (int d = 16; d > 0; d >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, d));
+    if (threadIdx.x % 32 == 0) wm[threadIdx.x / 32] = m;
+    __syncthreads();
+    for (int k = 0; k < (int)blockDim.x / 32; k++) m = fmaxf(m, wm[k]);
+    __syncthreads();
+    if (threadIdx.x == 0) wmax[(i64)s * out + c] = m;
     for (int j = len + threadIdx.x; j < r; j += blockDim.x) o[j] = from_f<T>(0.0f);
     if (!(gamma > 0.0f)) {
-      for (int j = threadIdx.x; j < len; j += blockDim.x) o[j] = row[j];
+      for (int j = threadIdx.x; j < len; j += blockDim.x) o[j] = from_f<T>(as_t<T>(row[j]));
       continue;
     }
-    float m = wmax[(i64)s * out + c];
     float sc = m * gamma;
     uint32_t el0 = (uint32_t)c * (uint32_t)len;
     int first = (int)(el0 & 1u);
@@ -396,8 +433,8 @@ __device__ void noisy_wblocks(const T *w, const float *wmax, T *wb, uint64_t lay
       // Elements j (even in the stream) and j + 1 (odd) share pair (el0 + j) / 2.
       float a, b;
       normal_pair(k0, k1, (el0 + (uint32_t)(j + first)) >> 1, &a, &b);
-      if (j >= 0) o[j] = from_f<T>(noisy_w(row, j, a, m, sc, pcm));
-      if (j + 1 < len) o[j + 1] = from_f<T>(noisy_w(row, j + 1, b, m, sc, pcm));
+      if (j >= 0) o[j] = from_f<T>(noisy_w<T>(row, j, a, m, sc, pcm));
+      if (j + 1 < len) o[j + 1] = from_f<T>(noisy_w<T>(row, j + 1, b, m, sc, pcm));
     }
   }
 }
@@ -434,31 +471,17 @@ __device__ __forceinline__ float adc_q(float y, float bd, float inv_states, int 
 // src/train/fused/mod.rs); a multiple of 8, so one thread's eight channels share a tile.
 #define FLAG_TILE 64
 
-// round(y / res) with the quotient exactly as the IEEE division gives it, without dividing:
-// a = y * (1 / res) lies within 2 ulp of fl(y / res), so both round to the same integer unless a
-// lies within 4 ulp of a half-integer (or is not finite); there the division decides. `win` is
-// that window for every |a| up to the ADC's L levels + 3 (adc_window): a wider |a| clamps
-// whichever neighbouring integer it rounds to (|r| >= L + 2 > L), so the clamped output and the
-// clamp are the same either way, and one window for all serves, two operations per output
-// fewer than a window proportional to |a|. The ADC kernel is bound by arithmetic, and the
-// division was most of it.
-__device__ __forceinline__ float adc_level(float y, float res, float inv_res, float win) {
-  float a = y * inv_res;
-  float r = rintf(a);
-  if (!(fabsf(a - r) < win)) return roundf(y / res);
-  return r;
-}
-
-// adc_level's window for an ADC of 1 / inv_states = 2 L states: 4 ulp of L + 3 below a half.
-__device__ __forceinline__ float adc_window(float inv_states) {
-  return 0.5f - 4.8e-7f * (0.5f / inv_states + 3.0f);
-}
-
-// 1 / res of every (block, channel) bound: what adc_level multiplies by. Grid (n).
-extern "C" __global__ void adc_inv(const float *bound, float *inv, int n, float inv_states) {
+// The bound (wmax * lambda) * range of every (block, channel) (0 for lambda 0: no ADC) and
+// 1 / res, what adc_level multiplies by; and the clamp flags zeroed for adc_sum. Grid
+// (max(nb * out, nflags)).
+template <typename T>
+__device__ void adc_prep(const float *wmax, const float *ranges, float *bound, float *inv,
+                         T *flags, int nbo, int out, int nflags, float lambda, float inv_states) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  float b = bound[i];
+  if (i < nflags) flags[i] = from_f<T>(0.0f);
+  if (i >= nbo) return;
+  float b = lambda > 0.0f ? (wmax[i] * lambda) * ranges[i / out] : 0.0f;
+  bound[i] = b;
   inv[i] = b > 0.0f ? 1.0f / ((b * 2.0f) * inv_states) : 0.0f;
 }
 
@@ -486,16 +509,29 @@ __device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T
       Pack8<T> v = load8(yb + (i64)s * plane + e, vec, n);
       Pack8<float> bd = load8(bound + (i64)s * out + c, vec, n);
       Pack8<float> iv = load8(inv_res + (i64)s * out + c, vec, n);
-      bool clamped = false;
+      // The levels of all eight without a branch per output; only a pack with some quotient
+      // near a half step (rare) takes adc_level's division, output by output.
+      float lv[8];
+      bool near = false, clamped = false;
+#pragma unroll
+      for (int k = 0; k < 8; k++) {
+        float a = to_f(v.v[k]) * iv.v[k];
+        lv[k] = rintf(a);
+        near |= bd.v[k] > 0.0f && !(fabsf(a - lv[k]) < win);
+      }
+      if (adc && near) {
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+          if (bd.v[k] > 0.0f) lv[k] = adc_level(to_f(v.v[k]), bd.v[k] * two_inv, iv.v[k], win);
+      }
 #pragma unroll
       for (int k = 0; k < 8; k++) {
         float x = to_f(v.v[k]), b = bd.v[k];
-        if (b > 0.0f) {
-          float res = b * two_inv;
-          float q = adc ? adc_level(x, res, iv.v[k], win) * res : x;
-          x = fmaxf(fminf(q, b), -b);
-          clamped |= x != q;
-        }
+        float q = adc ? lv[k] * (b * two_inv) : x;
+        float cl = fmaxf(fminf(q, b), -b);
+        bool on = b > 0.0f;
+        clamped |= on && cl != q;
+        x = on ? cl : x;
         acc[k] = s == 0 ? x : acc[k] + x;
       }
       if (clamped) {
@@ -733,34 +769,36 @@ __device__ void clamp_fix(T *dst, const T *g, const T *yb, const float *bound, c
 }
 
 #define INSTANTIATE(T, SUF)                                                                        \
-  extern "C" __global__ void dac_fwd_##SUF(const T *x, const float *ranges, T *xb, int tokens,     \
-                                           int n_in, int base, int extra, int head, int r,         \
-                                           float inv_states, int used, int dac) {                  \
-    dac_fwd<T>(x, ranges, xb, tokens, n_in, base, extra, head, r, inv_states, used, dac);          \
+  extern "C" __global__ void dac_fwd_##SUF(const T *x, const float *ranges, T *xb, float *part,    \
+                                           int tokens, int n_in, int base, int extra, int head,    \
+                                           int r, float inv_states, int used, int dac) {           \
+    dac_fwd<T>(x, ranges, xb, part, tokens, n_in, base, extra, head, r, inv_states, used, dac);    \
   }                                                                                                \
-  extern "C" __global__ void dac_grad_x_##SUF(const T *gxb, const T *x, const float *ranges,       \
-                                              T *gx, int tokens, int n_in, int base, int extra,    \
-                                              int head, int nb, int r, int used) {                 \
-    dac_grad_x<T>(gxb, x, ranges, gx, tokens, n_in, base, extra, head, nb, r, used);               \
-  }                                                                                                \
-  extern "C" __global__ void block_partial_##SUF(const T *gxb, const T *x, const float *ranges,    \
-                                                 float *part, int tokens, int n_in, int base,      \
-                                                 int extra, int head, int r, int chunks) {         \
-    block_partial<T>(gxb, x, ranges, part, tokens, n_in, base, extra, head, r, chunks);            \
-  }                                                                                                \
-  extern "C" __global__ void block_absmax_##SUF(const T *w, float *wmax, int out, int n_in,        \
-                                                int base, int extra, int head, int nb) {           \
-    block_absmax<T>(w, wmax, out, n_in, base, extra, head, nb);                                    \
+  extern "C" __global__ void dac_grad_##SUF(const T *gxb, const T *x, const float *ranges,         \
+                                            float *part, T *gx, int tokens, int n_in, int base,    \
+                                            int extra, int head, int r, int chunks, int used) {    \
+    dac_grad<T>(gxb, x, ranges, part, gx, tokens, n_in, base, extra, head, r, chunks, used);       \
   }                                                                                                \
   extern "C" __global__ void noisy_wblocks_##SUF(                                                  \
-      const T *w, const float *wmax, T *wb, uint64_t layer_key, uint64_t tag, uint64_t call,       \
+      const T *w, float *wmax, T *wb, uint64_t layer_key, uint64_t tag, uint64_t call, int out,    \
+      int n_in, int base, int extra, int head, int r, float gamma, int pcm) {                      \
+    noisy_wblocks<T, T>(w, wmax, wb, layer_key, tag, call, out, n_in, base, extra, head, r, gamma, \
+                        pcm);                                                                      \
+  }                                                                                                \
+  extern "C" __global__ void noisy_wblocks_f32w_##SUF(                                             \
+      const float *w, float *wmax, T *wb, uint64_t layer_key, uint64_t tag, uint64_t call,         \
       int out, int n_in, int base, int extra, int head, int r, float gamma, int pcm) {             \
-    noisy_wblocks<T>(w, wmax, wb, layer_key, tag, call, out, n_in, base, extra, head, r, gamma,    \
-                     pcm);                                                                         \
+    noisy_wblocks<T, float>(w, wmax, wb, layer_key, tag, call, out, n_in, base, extra, head, r,    \
+                            gamma, pcm);                                                           \
   }                                                                                                \
   extern "C" __global__ void unblock_w_##SUF(const T *gwb, T *gw, int out, int n_in, int base,     \
                                              int extra, int head, int nb, int r) {                 \
     unblock_w<T>(gwb, gw, out, n_in, base, extra, head, nb, r);                                    \
+  }                                                                                                \
+  extern "C" __global__ void adc_prep_##SUF(const float *wmax, const float *ranges, float *bound,  \
+                                            float *inv, T *flags, int nbo, int out, int nflags,    \
+                                            float lambda, float inv_states) {                      \
+    adc_prep<T>(wmax, ranges, bound, inv, flags, nbo, out, nflags, lambda, inv_states);           \
   }                                                                                                \
   extern "C" __global__ void adc_sum_##SUF(const T *yb, const float *bound, const float *inv_res, \
                                            T *y, T *flags, int tokens, int out, int nb,            \

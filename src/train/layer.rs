@@ -7,7 +7,7 @@
 //! The rounding is straight-through; the input ranges start from the data (a running mean of
 //! kappa * std over the first batches) and then learn by the AFM gradient (see `ops`).
 
-use super::fused::{self, inv_states, Blocks, FusedOp, LayerSpec, Stage};
+use super::fused::{self, inv_states, Blocks, LayerSpec, SideOutput};
 use super::ops::{AdcStage, InputStage};
 use super::range_search;
 use crate::error::{Error, Result};
@@ -522,9 +522,10 @@ impl AnalogTrainLinear {
             .reshape((tokens, n_in[0]))?
             .to_dtype(self.compute)?
             .contiguous()?;
-        let (spec, w) = self.prepare(&x)?;
+        let (spec, w, counted) = self.prepare(&x)?;
         let out_f = w.dims()[0];
         let mut y = fused::forward(&spec, &x, &w, self.ranges.as_tensor())?;
+        self.record_clips(&spec, counted)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.as_tensor().to_dtype(self.compute)?)?;
         }
@@ -538,26 +539,32 @@ impl AnalogTrainLinear {
     /// same state updates as [`AnalogTrainLinear::forward`]).
     pub fn pass(&self, x: &Tensor) -> Result<fused::LayerPass> {
         let x = x.to_dtype(self.compute)?.contiguous()?;
-        let (spec, w) = self.prepare(&x)?;
-        Ok(fused::LayerPass::new(
-            &spec,
-            &x,
-            &w,
-            self.ranges.as_tensor(),
-        )?)
+        let (spec, w, counted) = self.prepare(&x)?;
+        let pass = fused::LayerPass::new(&spec, &x, &w, self.ranges.as_tensor())?;
+        self.record_clips(&spec, counted)?;
+        Ok(pass)
+    }
+
+    /// Adds the clipped inputs that the fused DAC counted (out of `counted`) to the statistics.
+    fn record_clips(&self, spec: &LayerSpec, counted: usize) -> Result<()> {
+        if let Some(side) = &spec.clips {
+            self.add_clip_stats(side.take()?.sum_all()?, counted)?;
+        }
+        Ok(())
     }
 
     /// The state updates of one fused forward over x (tokens, in) (forward counter, range
-    /// initialization, clip statistics) and its settings and weight.
-    fn prepare(&self, x: &Tensor) -> Result<(LayerSpec, Tensor)> {
+    /// initialization), its settings and weight, and how many inputs the DAC counts clips among
+    /// (0: none; then `spec.clips` is None).
+    fn prepare(&self, x: &Tensor) -> Result<(LayerSpec, Tensor, usize)> {
         let g = Blocks::with_head(x.dims()[1], self.cfg.tile_rows, self.head);
         let mut state = self.state()?;
         let (training, call) = (state.training, state.calls);
         state.calls += 1;
         let used = self.cfg.ranges_used();
         let w = self.weight_used()?;
+        let mut counted = 0;
         if training {
-            let mut counted = 0;
             for (s, &(start, len)) in self.blocks.iter().enumerate() {
                 if state
                     .seen
@@ -571,14 +578,6 @@ impl AnalogTrainLinear {
                 if self.block_active(s, &mut state)? {
                     counted += x.dims()[0] * len;
                 }
-            }
-            if counted > 0 {
-                let clip = FusedOp {
-                    blocks: g,
-                    stage: Stage::ClipCount { used },
-                };
-                let n = x.apply_op2_no_bwd(&self.ranges.as_tensor().detach(), &clip)?;
-                self.add_clip_stats(n.sum_all()?, counted)?;
             }
         }
         let spec = LayerSpec {
@@ -600,8 +599,9 @@ impl AnalogTrainLinear {
             call,
             compute: self.compute,
             bound_grad: self.cfg.adc_bound_grad,
+            clips: (counted > 0).then(SideOutput::default),
         };
-        Ok((spec, w))
+        Ok((spec, w, counted))
     }
 
     /// The plain-tensor layer, block by block (the slow, obvious reference of the fused path;

@@ -212,6 +212,22 @@ fn adc(y: f32, bound: f32, inv_states: Option<f32>) -> (f32, bool) {
     (q.min(bound).max(-bound), q > bound || q < -bound)
 }
 
+/// The ADC's bounds (nb, out): (wmax * lambda) * range of the block, rounded in that order
+/// (the kernels' `adc_prep`); all 0 for `lambda` 0.
+pub fn adc_bounds(wmax: &[f32], ranges: &[f32], lambda: f32) -> Vec<f32> {
+    let out = wmax.len() / ranges.len().max(1);
+    wmax.iter()
+        .enumerate()
+        .map(|(i, &m)| {
+            if lambda > 0.0 {
+                (m * lambda) * ranges[i / out]
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
 /// ADC per block and the sum over blocks: y (tokens, out) from yb (nb, tokens, out), then the
 /// clamp flags (nb, ceil(tokens / FLAG_TILE), ceil(out / FLAG_TILE)): 1 where some output of
 /// the tile clamps in that block, and one more: 1 where any output clamps.

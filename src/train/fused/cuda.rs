@@ -9,6 +9,7 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::op::BackpropOp;
 use candle_core::{
     CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, StorageRef, Tensor,
 };
@@ -18,6 +19,10 @@ const MODULE: &str = "afm_analog_train";
 
 /// Threads per block of every kernel (the range reduction's shared arrays hold 256).
 const THREADS: u32 = 256;
+
+/// Thread blocks `dac_grad` aims for (tokens split into chunks per row block): a few per SM,
+/// since each holds only r / 8 threads.
+const PARTIAL_BLOCKS: usize = 2048;
 
 /// Channels per thread block of `noisy_wblocks` (NOISE_ROWS in the kernel).
 const NOISE_ROWS: usize = 4;
@@ -64,7 +69,12 @@ fn i(v: usize) -> i32 {
 pub fn run(op: &FusedOp, args: &[(&CudaStorage, &Layout)], shape: &Shape) -> Result<CudaStorage> {
     let dev = args[0].0.device().clone();
     // The data tensors (first argument first) share one dtype; ranges, w_max and bounds are f32.
-    match args[0].0.dtype() {
+    // The weight noise writes its compute dtype from f32 or compute-dtype weights.
+    let dtype = match &op.stage {
+        Stage::NoisyWeights { compute, .. } => *compute,
+        _ => args[0].0.dtype(),
+    };
+    match dtype {
         DType::F32 => run_t::<f32>(op, args, shape, &dev, "f32"),
         DType::BF16 => run_t::<half::bf16>(op, args, shape, &dev, "bf16"),
         DType::F16 => run_t::<half::f16>(op, args, shape, &dev, "f16"),
@@ -89,52 +99,59 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
     let alloc_t = |n: usize| unsafe { dev.alloc::<T>(n) };
     let wrap_t = |y: CudaSlice<T>| CudaStorage::wrap_cuda_slice(y, dev.clone());
     match &op.stage {
-        Stage::Dac { used, inv_states } => {
+        Stage::Dac {
+            used,
+            inv_states,
+            clips,
+        } => {
             let (x, ranges) = (t(0)?, f32_arg(1)?);
             let tokens = args[0].1.dims()[0];
             let y = alloc_t(n)?;
+            let part = match clips {
+                Some(_) => Some(unsafe { dev.alloc::<f32>(g.nb * tokens * 2)? }),
+                None => None,
+            };
             let func = f("dac_fwd")?;
             let mut b = func.builder();
+            let null = 0u64;
             b.arg(&x).arg(&ranges).arg(&y);
+            match &part {
+                Some(p) => b.arg(p),
+                None => b.arg(&null),
+            };
             let (inv, dac) = (inv_states.unwrap_or(0.0), i32::from(inv_states.is_some()));
             let (tk, used) = (i(tokens), i32::from(*used));
             candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, inv, used, dac);
             unsafe { b.launch(rows8(tokens, g.nb, g.r)) }.w()?;
+            if let (Some(side), Some(part)) = (clips, part) {
+                // dac_fwd's counts are chunks of one token each.
+                let cnt = unsafe { dev.alloc::<f32>(g.nb)? };
+                let func = dev.get_or_load_custom_func("clip_count_final", MODULE, PTX)?;
+                let mut b = func.builder();
+                b.arg(&part).arg(&ranges).arg(&cnt);
+                candle_core::builder_arg!(b, nb, tk, used);
+                unsafe { b.launch(rows(g.nb, 1)) }.w()?;
+                side.put(device_tensor(cnt, g.nb, dev))?;
+            }
             Ok(wrap_t(y))
         }
-        Stage::DacGradX { used } => {
+        Stage::DacGrad {
+            used,
+            decay,
+            min_inside,
+            ranges_grad,
+        } => {
             let (gxb, x, ranges) = (t(0)?, t(1)?, f32_arg(2)?);
             let tokens = args[1].1.dims()[0];
-            let y = alloc_t(n)?;
-            let func = f("dac_grad_x")?;
-            let mut b = func.builder();
-            b.arg(&gxb).arg(&x).arg(&ranges).arg(&y);
-            let (tk, used) = (i(tokens), i32::from(*used));
-            candle_core::builder_arg!(b, tk, n_in, base, extra, head, nb, r, used);
-            unsafe { b.launch(rows8(tokens, 1, g.r)) }.w()?;
-            Ok(wrap_t(y))
-        }
-        Stage::RangeGrad { .. } | Stage::ClipCount { .. } => {
-            let grad = matches!(op.stage, Stage::RangeGrad { .. });
-            let (x, ranges) = if grad {
-                (t(1)?, f32_arg(2)?)
-            } else {
-                (t(0)?, f32_arg(1)?)
-            };
-            let tokens = args[usize::from(grad)].1.dims()[0];
-            let chunks = tokens.clamp(1, 128);
+            // Enough thread blocks to fill the GPU (each is short: r / 8 threads).
+            let chunks = tokens.clamp(1, (PARTIAL_BLOCKS / g.nb).max(128));
             let part = unsafe { dev.alloc::<f32>(g.nb * chunks * 2)? };
-            let func = f("block_partial")?;
+            let gx = alloc_t(n)?;
+            let func = f("dac_grad")?;
             let mut b = func.builder();
-            let gxb = if grad { Some(t(0)?) } else { None };
-            let null = 0u64;
-            match &gxb {
-                Some(v) => b.arg(v),
-                None => b.arg(&null),
-            };
-            b.arg(&x).arg(&ranges).arg(&part);
-            let (tk, ch) = (i(tokens), i(chunks));
-            candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, ch);
+            b.arg(&gxb).arg(&x).arg(&ranges).arg(&part).arg(&gx);
+            let (tk, ch, used) = (i(tokens), i(chunks), i32::from(*used));
+            candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, ch, used);
             // The shared-memory reduction halves the threads: a power of two.
             let threads =
                 g.r.div_ceil(8)
@@ -145,53 +162,15 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
                 ..rows(chunks, g.nb)
             };
             unsafe { b.launch(cfg) }.w()?;
-            let out = unsafe { dev.alloc::<f32>(g.nb)? };
-            match &op.stage {
-                Stage::RangeGrad {
-                    used,
-                    decay,
-                    min_inside,
-                } => {
-                    let func = dev.get_or_load_custom_func("range_grad_final", MODULE, PTX)?;
-                    let mut b = func.builder();
-                    b.arg(&part).arg(&ranges).arg(&out);
-                    let used = i32::from(*used);
-                    candle_core::builder_arg!(
-                        b,
-                        tk,
-                        base,
-                        extra,
-                        head,
-                        nb,
-                        ch,
-                        *decay,
-                        *min_inside,
-                        used
-                    );
-                    unsafe { b.launch(grid(g.nb)) }.w()?;
-                }
-                Stage::ClipCount { used } => {
-                    let func = dev.get_or_load_custom_func("clip_count_final", MODULE, PTX)?;
-                    let mut b = func.builder();
-                    b.arg(&part).arg(&ranges).arg(&out);
-                    let used = i32::from(*used);
-                    candle_core::builder_arg!(b, nb, ch, used);
-                    unsafe { b.launch(grid(g.nb)) }.w()?;
-                }
-                _ => unreachable!("matched above"),
-            }
-            Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
-        }
-        Stage::AbsMax => {
-            let w = t(0)?;
-            let out = i(args[0].1.dims()[0]);
-            let m = unsafe { dev.alloc::<f32>(n)? };
-            let func = f("block_absmax")?;
+            let gr = unsafe { dev.alloc::<f32>(g.nb)? };
+            let func = dev.get_or_load_custom_func("range_grad_final", MODULE, PTX)?;
             let mut b = func.builder();
-            b.arg(&w).arg(&m);
-            candle_core::builder_arg!(b, out, n_in, base, extra, head, nb);
-            unsafe { b.launch(grid(n * 32)) }.w()?;
-            Ok(CudaStorage::wrap_cuda_slice(m, dev.clone()))
+            b.arg(&part).arg(&ranges).arg(&gr);
+            candle_core::builder_arg!(b, tk, base, extra, head, nb, ch, *decay, *min_inside, used);
+            // One block of THREADS per row block sums its chunks (part_totals).
+            unsafe { b.launch(rows(g.nb, 1)) }.w()?;
+            ranges_grad.put(device_tensor(gr, g.nb, dev))?;
+            Ok(wrap_t(gx))
         }
         Stage::NoisyWeights {
             gamma,
@@ -199,19 +178,38 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             seed,
             layer,
             call,
+            wmax,
+            ..
         } => {
-            let (w, wmax) = (t(0)?, f32_arg(1)?);
             let out = args[0].1.dims()[0];
+            let m = unsafe { dev.alloc::<f32>(g.nb * out)? };
             let y = alloc_t(n)?;
-            let func = f("noisy_wblocks")?;
+            // f32 master weights go in as they are (the kernel rounds them to T).
+            let f32_in = args[0].0.dtype() == DType::F32 && suf != "f32";
+            let func = f(if f32_in {
+                "noisy_wblocks_f32w"
+            } else {
+                "noisy_wblocks"
+            })?;
             let mut b = func.builder();
-            b.arg(&w).arg(&wmax).arg(&y);
+            let (w_t, w_f) = if f32_in {
+                (None, Some(f32_arg(0)?))
+            } else {
+                (Some(t(0)?), None)
+            };
+            match (&w_t, &w_f) {
+                (Some(w), _) => b.arg(w),
+                (_, Some(w)) => b.arg(w),
+                _ => unreachable!("one of the two is set"),
+            };
+            b.arg(&m).arg(&y);
             let (lk, tag, o) = (layer_key(*seed, *layer), Effect::WeightNoise.tag(), i(out));
             let pcm = i32::from(*noise == NoiseShape::Pcm);
             candle_core::builder_arg!(
                 b, lk, tag, *call, o, n_in, base, extra, head, r, *gamma, pcm
             );
             unsafe { b.launch(rows(out.div_ceil(NOISE_ROWS), g.nb)) }.w()?;
+            wmax.put(device_tensor(m, (g.nb, out), dev))?;
             Ok(wrap_t(y))
         }
         Stage::Unblock => {
@@ -226,34 +224,51 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             unsafe { b.launch(rows8(out, 1, g.r)) }.w()?;
             Ok(wrap_t(y))
         }
-        Stage::Adc { inv_states } => {
-            let (yb, bound) = (t(0)?, f32_arg(1)?);
+        Stage::Adc {
+            inv_states,
+            lambda,
+            bound,
+        } => {
+            let (yb, wmax, ranges) = (t(0)?, f32_arg(1)?, f32_arg(2)?);
             let d = args[0].1.dims();
             let (nbk, tokens, out) = (i(d[0]), i(d[1]), i(d[2]));
             let (ft, fo) = (i(d[1].div_ceil(FLAG_TILE)), i(d[2].div_ceil(FLAG_TILE)));
             let mut packed = alloc_t(n)?;
             let (mut y, mut flags) = packed.split_at_mut(d[1] * d[2]);
-            dev.cuda_stream().memset_zeros(&mut flags).w()?;
-            let inv_res = unsafe { dev.alloc::<f32>(d[0] * d[2])? };
-            let func = dev.get_or_load_custom_func("adc_inv", MODULE, PTX)?;
+            let nbo = d[0] * d[2];
+            let bd = unsafe { dev.alloc::<f32>(nbo)? };
+            let inv_res = unsafe { dev.alloc::<f32>(nbo)? };
+            let func = f("adc_prep")?;
             let mut b = func.builder();
-            b.arg(&bound).arg(&inv_res);
-            let (nbo, inv) = (i(d[0] * d[2]), inv_states.unwrap_or(0.0));
-            candle_core::builder_arg!(b, nbo, inv);
-            unsafe { b.launch(grid(d[0] * d[2])) }.w()?;
+            b.arg(&wmax)
+                .arg(&ranges)
+                .arg(&bd)
+                .arg(&inv_res)
+                .arg(&mut flags);
+            let nflags = n - d[1] * d[2];
+            let (nbo_i, nfl, inv) = (i(nbo), i(nflags), inv_states.unwrap_or(0.0));
+            candle_core::builder_arg!(b, nbo_i, out, nfl, *lambda, inv);
+            unsafe { b.launch(grid(nbo.max(nflags))) }.w()?;
             let func = f("adc_sum")?;
             let mut b = func.builder();
             b.arg(&yb)
-                .arg(&bound)
+                .arg(&bd)
                 .arg(&inv_res)
                 .arg(&mut y)
                 .arg(&mut flags);
             let adc = i32::from(inv_states.is_some());
             candle_core::builder_arg!(b, tokens, out, nbk, inv, adc, ft, fo);
             unsafe { b.launch(rows8(d[1], 1, d[2])) }.w()?;
+            bound.put(device_tensor(bd, (d[0], d[2]), dev))?;
             Ok(wrap_t(packed))
         }
     }
+}
+
+/// A tensor (no gradient) of `shape` f32 on the GPU from `v`.
+fn device_tensor(v: CudaSlice<f32>, shape: impl Into<Shape>, dev: &CudaDevice) -> Tensor {
+    let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(v, dev.clone()));
+    Tensor::from_storage(storage, shape, BackpropOp::none(), false)
 }
 
 /// The storage of a tensor on the GPU.

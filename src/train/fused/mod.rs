@@ -21,6 +21,7 @@ use crate::train::layer::NoiseShape;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
+use std::sync::{Arc, Mutex};
 
 /// How a layer's inputs split into row blocks (as `tile::mapping::split_with_head`: an optional
 /// head block of the first `head` inputs, then the rest as `split_sizes` splits it: the first
@@ -112,38 +113,36 @@ impl Blocks {
 #[derive(Debug, Clone)]
 pub enum Stage {
     /// (x (T, n_in), ranges (nb)) -> xb (nb, T, r): clip to the range and round to the DAC's
-    /// levels; its gradients are [`Stage::DacGradX`] and [`Stage::RangeGrad`].
+    /// levels; its gradients come from [`Stage::DacGrad`].
     Dac {
         /// Whether the ranges are in use (a block with range 0 is not yet initialized: exact).
         used: bool,
         /// 1 / (2^bits - 2) of the DAC, None: no rounding.
         inv_states: Option<f32>,
+        /// Where to leave the inputs with |x| >= range per row block (nb, f32; 0 for blocks
+        /// whose range is not in use), counted in the same pass (training statistics).
+        clips: Option<SideOutput>,
     },
-    /// (gxb, x, ranges) -> gx (T, n_in).
-    DacGradX {
-        /// As in [`Stage::Dac`].
-        used: bool,
-    },
-    /// (gxb, x, ranges) -> gradient of the ranges (nb).
-    RangeGrad {
+    /// (gxb, x, ranges) -> gx (T, n_in), and the gradient of the ranges (nb, f32) into
+    /// `ranges_grad`: one pass over gxb and x for both.
+    DacGrad {
         /// As in [`Stage::Dac`].
         used: bool,
         /// Range decay.
         decay: f32,
         /// Share of inputs inside above which the decay acts.
         min_inside: f32,
+        /// Where the op leaves the ranges' gradient.
+        ranges_grad: SideOutput,
     },
-    /// (x, ranges) -> inputs with |x| >= range per row block (nb), 0 for blocks whose range is
-    /// not in use; no gradient (training statistics).
-    ClipCount {
-        /// As in [`Stage::Dac`].
-        used: bool,
-    },
-    /// w (out, n_in) -> max |w| per (block, channel) (nb, out); no gradient.
-    AbsMax,
-    /// (w, wmax) -> wb (nb, out, r) with (wmax * gamma) * normals added; backward:
-    /// [`Stage::Unblock`].
+    /// w (out, n_in; f32 or the compute dtype) -> wb (nb, out, r) in the compute dtype: w as
+    /// that dtype rounds it, plus (wmax * gamma) * normals, with wmax (nb, out, f32) the max |w|
+    /// per (block, channel), also left in `wmax`; backward: [`Stage::Unblock`].
     NoisyWeights {
+        /// The dtype of wb (the products' inputs).
+        compute: DType,
+        /// Where the op leaves the max |w| per (block, channel).
+        wmax: SideOutput,
         /// Noise relative to the channel's max |w| (0: none).
         gamma: f32,
         /// How the std depends on |w| (times `gamma`).
@@ -158,15 +157,45 @@ pub enum Stage {
     },
     /// gwb (nb, out, r) -> gw (out, n_in).
     Unblock,
-    /// (yb (nb, T, out), bound (nb, out)) -> y (T, out) and the clamp flags, packed into one
-    /// vector (T * out + nb * ceil(T / [`FLAG_TILE`]) * ceil(out / [`FLAG_TILE`]) + 1): ADC
-    /// per block, summed (bound 0: exact); a flag is 1 where some output of its tile clamps in
-    /// that block, the last one where any output clamps. Its gradient is [`ClampFix`] after two
-    /// plain products.
+    /// (yb (nb, T, out), wmax (nb, out), ranges (nb)) -> y (T, out) and the clamp flags,
+    /// packed into one vector (T * out + nb * ceil(T / [`FLAG_TILE`]) * ceil(out /
+    /// [`FLAG_TILE`]) + 1): ADC per block with the bound (wmax * lambda) * range, summed (bound
+    /// 0: exact); a flag is 1 where some output of its tile clamps in that block, the last one
+    /// where any output clamps. The bounds (nb, out, f32) go to `bound`. Its gradient is
+    /// [`ClampFix`] after two plain products.
     Adc {
         /// 1 / (2^bits - 2) of the ADC, None: no rounding (clamp only).
         inv_states: Option<f32>,
+        /// Bound in units of w_max * range (0: no bound, the outputs pass exactly).
+        lambda: f32,
+        /// Where the op leaves the bounds.
+        bound: SideOutput,
     },
+}
+
+/// A second output of a [`FusedOp`] (candle's custom ops return one tensor): the op puts it
+/// here and the caller takes it after the op ran.
+#[derive(Debug, Clone, Default)]
+pub struct SideOutput(Arc<Mutex<Option<Tensor>>>);
+
+impl SideOutput {
+    fn put(&self, t: Tensor) -> Result<()> {
+        *self.0.lock().map_err(|_| side_poisoned())? = Some(t);
+        Ok(())
+    }
+
+    /// The tensor the op left, once.
+    pub fn take(&self) -> Result<Tensor> {
+        self.0
+            .lock()
+            .map_err(|_| side_poisoned())?
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("fused analog op: no side output".into()))
+    }
+}
+
+fn side_poisoned() -> candle_core::Error {
+    candle_core::Error::Msg("fused analog op: side output lock poisoned".into())
 }
 
 /// Edge of the square (tokens x channels) tiles of the ADC's clamp flags: the backward
@@ -202,9 +231,7 @@ impl FusedOp {
         let g = &self.blocks;
         Ok(match &self.stage {
             Stage::Dac { .. } => (g.nb, a[0], g.r).into(),
-            Stage::DacGradX { .. } => b.to_vec().into(),
-            Stage::RangeGrad { .. } | Stage::ClipCount { .. } => g.nb.into(),
-            Stage::AbsMax => (g.nb, a[0]).into(),
+            Stage::DacGrad { .. } => b.to_vec().into(),
             Stage::NoisyWeights { .. } => (g.nb, a[0], g.r).into(),
             Stage::Unblock => (a[1], g.n_in).into(),
             Stage::Adc { .. } => {
@@ -225,7 +252,31 @@ impl CustomOp1 for FusedOp {
         let a = f32s(s, l, "input")?;
         let shape = self.shape(l.dims(), &[])?;
         match &self.stage {
-            Stage::AbsMax => out(cpu::block_absmax(a, g, l.dims()[0]), shape),
+            Stage::NoisyWeights {
+                gamma,
+                shape: noise,
+                seed,
+                layer,
+                call,
+                wmax,
+                ..
+            } => {
+                let out_f = l.dims()[0];
+                let keys: Vec<_> = (0..g.nb)
+                    .map(|s| {
+                        StreamKey::new(*seed, *layer, s as u64, Effect::WeightNoise)
+                            .counter_keys(*call)
+                    })
+                    .collect();
+                let m = cpu::block_absmax(a, g, out_f);
+                let wb = cpu::noisy_wblocks(a, &m, &keys, g, out_f, *gamma, *noise);
+                wmax.put(Tensor::from_vec(
+                    m,
+                    (g.nb, out_f),
+                    &candle_core::Device::Cpu,
+                )?)?;
+                out(wb, shape)
+            }
             Stage::Unblock => out(cpu::unblock_w(a, g, l.dims()[1]), shape),
             s => candle_core::bail!("fused analog op: {s:?} takes more arguments"),
         }
@@ -259,29 +310,17 @@ impl CustomOp2 for FusedOp {
         let shape = self.shape(l1.dims(), l2.dims())?;
         let d = l1.dims();
         match &self.stage {
-            Stage::Dac { used, inv_states } => {
+            Stage::Dac {
+                used,
+                inv_states,
+                clips,
+            } => {
+                if let Some(side) = clips {
+                    let n = cpu::clip_count(a, b, g, d[0], *used);
+                    side.put(Tensor::from_vec(n, g.nb, &candle_core::Device::Cpu)?)?;
+                }
                 out(cpu::dac_fwd(a, b, g, d[0], *inv_states, *used), shape)
             }
-            Stage::NoisyWeights {
-                gamma,
-                shape: noise,
-                seed,
-                layer,
-                call,
-            } => {
-                let keys: Vec<_> = (0..g.nb)
-                    .map(|s| {
-                        StreamKey::new(*seed, *layer, s as u64, Effect::WeightNoise)
-                            .counter_keys(*call)
-                    })
-                    .collect();
-                let wb = cpu::noisy_wblocks(a, b, &keys, g, d[0], *gamma, *noise);
-                out(wb, shape)
-            }
-            Stage::Adc { inv_states } => {
-                out(cpu::adc_sum(a, b, d[0], d[1], d[2], *inv_states), shape)
-            }
-            Stage::ClipCount { used } => out(cpu::clip_count(a, b, g, d[0], *used), shape),
             s => candle_core::bail!("fused analog op: {s:?} does not take two arguments"),
         }
     }
@@ -318,17 +357,28 @@ impl CustomOp3 for FusedOp {
         let (b, c) = (f32s(s2, l2, "input 2")?, f32s(s3, l3, "input 3")?);
         let shape = self.shape(l1.dims(), l2.dims())?;
         match &self.stage {
-            Stage::DacGradX { used } => {
-                out(cpu::dac_grad_x(a, b, c, g, l2.dims()[0], *used), shape)
-            }
-            Stage::RangeGrad {
+            Stage::DacGrad {
                 used,
                 decay,
                 min_inside,
-            } => out(
-                cpu::range_grad(a, b, c, g, l2.dims()[0], *used, (*decay, *min_inside)),
-                shape,
-            ),
+                ranges_grad,
+            } => {
+                let tokens = l2.dims()[0];
+                let gr = cpu::range_grad(a, b, c, g, tokens, *used, (*decay, *min_inside));
+                ranges_grad.put(Tensor::from_vec(gr, g.nb, &candle_core::Device::Cpu)?)?;
+                out(cpu::dac_grad_x(a, b, c, g, tokens, *used), shape)
+            }
+            Stage::Adc {
+                inv_states,
+                lambda,
+                bound,
+            } => {
+                let d = l1.dims();
+                let bd = cpu::adc_bounds(b, c, *lambda);
+                let y = cpu::adc_sum(a, &bd, d[0], d[1], d[2], *inv_states);
+                bound.put(Tensor::from_vec(bd, l2.dims(), &candle_core::Device::Cpu)?)?;
+                out(y, shape)
+            }
             s => candle_core::bail!("fused analog op: {s:?} does not take three arguments"),
         }
     }
@@ -449,6 +499,8 @@ pub struct LayerSpec {
     /// Whether the ADC bound passes a gradient to the ranges and the channels' max |w| (see
     /// `AnalogTrainConfig::adc_bound_grad`).
     pub bound_grad: bool,
+    /// Where the DAC leaves its clipped-input counts (see [`Stage::Dac`]), None: not counted.
+    pub clips: Option<SideOutput>,
 }
 
 /// What the layer's forward keeps for its backward.
@@ -488,38 +540,50 @@ impl LayerPass {
             stage,
         };
         let xc = x.detach().to_dtype(spec.compute)?.contiguous()?;
-        let wc = w.detach().to_dtype(spec.compute)?.contiguous()?;
+        // The weight noise kernel takes f32 master weights as they are (and rounds them to the
+        // compute dtype itself).
+        let wc = match w.dtype() {
+            DType::F32 => w.detach(),
+            _ => w.detach().to_dtype(spec.compute)?,
+        }
+        .contiguous()?;
         let rd = ranges.detach().contiguous()?;
         let xb = xc.apply_op2_no_bwd(
             &rd,
             &op(Stage::Dac {
                 used: spec.used,
                 inv_states: spec.dac,
+                clips: spec.clips.clone(),
             }),
         )?;
-        let wmax = wc.apply_op1_no_bwd(&op(Stage::AbsMax))?;
-        let wb = wc.apply_op2_no_bwd(
-            &wmax,
-            &op(Stage::NoisyWeights {
-                gamma: spec.gamma,
-                shape: spec.noise_shape,
-                seed: spec.seed,
-                layer: spec.layer,
-                call: spec.call,
-            }),
-        )?;
+        let wmax = SideOutput::default();
+        let wb = wc.apply_op1_no_bwd(&op(Stage::NoisyWeights {
+            compute: spec.compute,
+            wmax: wmax.clone(),
+            gamma: spec.gamma,
+            shape: spec.noise_shape,
+            seed: spec.seed,
+            layer: spec.layer,
+            call: spec.call,
+        }))?;
+        let wmax = wmax.take()?;
         let yb = xb.matmul(&wb.transpose(1, 2)?)?;
-        let bound = if spec.out_bound > 0.0 && spec.used {
-            (&wmax * spec.out_bound)?.broadcast_mul(&rd.reshape((spec.blocks.nb, 1))?)?
+        let bound = SideOutput::default();
+        let lambda = if spec.out_bound > 0.0 && spec.used {
+            spec.out_bound as f32
         } else {
-            Tensor::zeros((spec.blocks.nb, wc.dims()[0]), DType::F32, x.device())?
+            0.0
         };
-        let packed = yb.apply_op2_no_bwd(
-            &bound,
+        let packed = yb.apply_op3_no_bwd(
+            &wmax,
+            &rd,
             &op(Stage::Adc {
                 inv_states: spec.adc,
+                lambda,
+                bound: bound.clone(),
             }),
         )?;
+        let bound = bound.take()?;
         let (tokens, out) = (xb.dims()[1], wb.dims()[1]);
         let plane = tokens * out;
         let value = packed.narrow(0, 0, plane)?.reshape((tokens, out))?;
@@ -568,20 +632,18 @@ impl LayerPass {
                 other: other.clone(),
             })?;
         }
+        let ranges_grad = SideOutput::default();
         let gx = gxb.apply_op3_no_bwd(
             &sv.x,
             &sv.ranges,
-            &self.op(Stage::DacGradX { used: spec.used }),
-        )?;
-        let gr = gxb.apply_op3_no_bwd(
-            &sv.x,
-            &sv.ranges,
-            &self.op(Stage::RangeGrad {
+            &self.op(Stage::DacGrad {
                 used: spec.used,
                 decay: spec.decay,
                 min_inside: spec.min_inside,
+                ranges_grad: ranges_grad.clone(),
             }),
         )?;
+        let gr = ranges_grad.take()?;
         let gw = gwb.apply_op1_no_bwd(&self.op(Stage::Unblock))?;
         if spec.bound_grad && spec.out_bound > 0.0 && spec.used {
             let (gw_b, gr_b) = self.bound_grads(&g)?;
@@ -613,13 +675,12 @@ impl LayerPass {
         let wmax = sv.wmax.to_dtype(DType::F32)?;
         let gr = ((&g_bound * &wmax)? * lambda)?.sum(1)?;
         let per_wmax = (g_bound.broadcast_mul(&sv.ranges.reshape((gb.nb, 1))?)? * lambda)?;
+        // As the compute dtype rounds them (the maxima are of those), compared in f32 (exactly
+        // the same values, so the comparison finds them).
+        let wr = sv.w.to_dtype(spec.compute)?.to_dtype(DType::F32)?;
         let mut parts = Vec::with_capacity(gb.nb);
         for s in 0..gb.nb {
-            // In f32: the weights may be bf16/f16 while their maxima are f32 (exactly the
-            // same values, so the comparison finds them).
-            let ws =
-                sv.w.narrow(1, gb.start(s), gb.len(s))?
-                    .to_dtype(DType::F32)?;
+            let ws = wr.narrow(1, gb.start(s), gb.len(s))?;
             let m = wmax.narrow(0, s, 1)?.t()?;
             let at_max = ws.abs()?.broadcast_eq(&m)?.to_dtype(DType::F32)?;
             let sign = ws.ge(0f64)?.to_dtype(DType::F32)?.affine(2.0, -1.0)?;
