@@ -249,6 +249,19 @@ __device__ void dac_fwd(const T *x, const float *ranges, T *xb, float *part, int
   }
 }
 
+// The sums over the block's threads (a power of two) of the entries each thread wrote to a and
+// b, in a fixed tree order (deterministic): after it, a[0] and b[0] hold them, seen by all.
+template <typename F> __device__ __forceinline__ void tree_sum2(F *a, F *b) {
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w) {
+      a[threadIdx.x] += a[threadIdx.x + w];
+      b[threadIdx.x] += b[threadIdx.x + w];
+    }
+    __syncthreads();
+  }
+}
+
 // The range gradient's pull and the clipped count per (row block, chunk of tokens), reduced in
 // shared memory in a fixed order (deterministic), and the gradient of x through the DAC for
 // the same rows: straight through, zero where the input was clipped (|x| > range); both read
@@ -293,14 +306,7 @@ __device__ void dac_grad(const T *gxb, const T *x, const float *ranges, float *p
   }
   sp[threadIdx.x] = pull;
   sc[threadIdx.x] = cnt;
-  __syncthreads();
-  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-    if (threadIdx.x < w) {
-      sp[threadIdx.x] += sp[threadIdx.x + w];
-      sc[threadIdx.x] += sc[threadIdx.x + w];
-    }
-    __syncthreads();
-  }
+  tree_sum2(sp, sc);
   if (threadIdx.x == 0) {
     part[((i64)s * chunks + blockIdx.x) * 2] = sp[0];
     part[((i64)s * chunks + blockIdx.x) * 2 + 1] = sc[0];
@@ -320,14 +326,7 @@ __device__ void part_totals(const float *part, int s, int chunks, double *pull, 
   }
   tp[threadIdx.x] = p;
   tc[threadIdx.x] = c;
-  __syncthreads();
-  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-    if (threadIdx.x < w) {
-      tp[threadIdx.x] += tp[threadIdx.x + w];
-      tc[threadIdx.x] += tc[threadIdx.x + w];
-    }
-    __syncthreads();
-  }
+  tree_sum2(tp, tc);
   *pull = tp[0];
   *cnt = tc[0];
 }
