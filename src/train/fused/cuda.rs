@@ -24,8 +24,9 @@ const THREADS: u32 = 256;
 /// since each holds only r / 8 threads.
 const PARTIAL_BLOCKS: usize = 2048;
 
-/// Channels per thread block of `noisy_wblocks` (NOISE_ROWS in the kernel).
-const NOISE_ROWS: usize = 4;
+/// Channels per thread block of `noisy_wblocks` (NOISE_ROWS in the kernel): one per warp of
+/// [`THREADS`].
+const NOISE_ROWS: usize = THREADS as usize / 32;
 
 /// A grid of (x, y) blocks of [`THREADS`] threads.
 fn rows(x: usize, y: usize) -> LaunchConfig {
