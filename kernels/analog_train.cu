@@ -693,10 +693,12 @@ template <> struct FixAcc<float> {
   }
 };
 
-// dst[s, row, k] -= acc for the tile at (row0, k0) of dst (rows x r per block).
+// dst[s, row, k] -= acc for the tile at (row0, k0) of dst (rows x r per block), element (s, row,
+// k) at s * bs + row * rs + k: blocked (bs = rows * r, rs = r), or gw's own layout (out, n_in)
+// for blocks of equal length (bs = r, rs = n_in), where the product wrote it directly.
 template <typename T>
 __device__ __forceinline__ void fix_store(T *dst, const float acc[4][4], int s, int rows, int r,
-                                          int row0, int k0) {
+                                          int row0, int k0, i64 bs, i64 rs) {
   int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
   for (int u = 0; u < 4; u++)
@@ -704,7 +706,7 @@ __device__ __forceinline__ void fix_store(T *dst, const float acc[4][4], int s, 
     for (int v = 0; v < 4; v++) {
       int row = row0 + ty + 16 * u, k = k0 + tx + 16 * v;
       if (row < rows && k < r) {
-        i64 idx = ((i64)s * rows + row) * r + k;
+        i64 idx = s * bs + row * rs + k;
         dst[idx] = from_f<T>(to_f(dst[idx]) - acc[u][v]);
       }
     }
@@ -716,11 +718,11 @@ __device__ __forceinline__ void fix_store(T *dst, const float acc[4][4], int s, 
 // clamped t of g[t, o] xb[s, t, k] for the channels of tile blockIdx.y, summed over its flagged
 // token tiles. `other` is wb or xb. The flag after the tiles' (flags[nb * ft * fo]) says
 // whether anything clamped at all: when nothing did, as with the release config, every block
-// leaves after one load.
+// leaves after one load. dst's element (s, row, k) is at s * bs + row * rs + k (fix_store).
 template <typename T, bool GW>
 __device__ void clamp_fix(T *dst, const T *g, const T *yb, const float *bound, const T *flags,
                           const T *other, int tokens, int out, int r, int ft, int fo,
-                          float inv_states, int adc) {
+                          float inv_states, int adc, i64 bs, i64 rs) {
   if (to_f(flags[(i64)gridDim.z * ft * fo]) == 0.0f) return;
   typedef typename FixAcc<T>::S S;
   __shared__ __align__(128) FixTile<S> sm;
@@ -760,7 +762,7 @@ __device__ void clamp_fix(T *dst, const T *g, const T *yb, const float *bound, c
   if (!any) return;
   float part[4][4];
   acc.take(sm, part);
-  fix_store(dst, part, s, rows, r, row0, k0);
+  fix_store(dst, part, s, rows, r, row0, k0, bs, rs);
 }
 
 #define INSTANTIATE(T, SUF)                                                                        \
@@ -793,24 +795,24 @@ __device__ void clamp_fix(T *dst, const T *g, const T *yb, const float *bound, c
   extern "C" __global__ void adc_prep_##SUF(const float *wmax, const float *ranges, float *bound,  \
                                             float *inv, T *flags, int nbo, int out, int nflags,    \
                                             float lambda, float inv_states) {                      \
-    adc_prep<T>(wmax, ranges, bound, inv, flags, nbo, out, nflags, lambda, inv_states);           \
+    adc_prep<T>(wmax, ranges, bound, inv, flags, nbo, out, nflags, lambda, inv_states);            \
   }                                                                                                \
-  extern "C" __global__ void adc_sum_##SUF(const T *yb, const float *bound, const float *inv_res, \
+  extern "C" __global__ void adc_sum_##SUF(const T *yb, const float *bound, const float *inv_res,  \
                                            T *y, T *flags, int tokens, int out, int nb,            \
                                            float inv_states, int adc, int ft, int fo) {            \
     adc_sum<T>(yb, bound, inv_res, y, flags, tokens, out, nb, inv_states, adc, ft, fo);            \
   }                                                                                                \
-  extern "C" __global__ void clamp_fix_gx_##SUF(T *gxb, const T *g, const T *yb,                   \
-                                                const float *bound, const T *flags, const T *wb,   \
-                                                int tokens, int out, int r, int ft, int fo,        \
-                                                float inv_states, int adc) {                       \
-    clamp_fix<T, false>(gxb, g, yb, bound, flags, wb, tokens, out, r, ft, fo, inv_states, adc);    \
+  extern "C" __global__ void clamp_fix_gx_##SUF(                                                   \
+      T *dst, const T *g, const T *yb, const float *bound, const T *flags, const T *wb,            \
+      int tokens, int out, int r, int ft, int fo, float inv_states, int adc, i64 bs, i64 rs) {     \
+    clamp_fix<T, false>(dst, g, yb, bound, flags, wb, tokens, out, r, ft, fo, inv_states, adc, bs, \
+                       rs);                                                                        \
   }                                                                                                \
-  extern "C" __global__ void clamp_fix_gw_##SUF(T *gwb, const T *g, const T *yb,                   \
-                                                const float *bound, const T *flags, const T *xb,   \
-                                                int tokens, int out, int r, int ft, int fo,        \
-                                                float inv_states, int adc) {                       \
-    clamp_fix<T, true>(gwb, g, yb, bound, flags, xb, tokens, out, r, ft, fo, inv_states, adc);     \
+  extern "C" __global__ void clamp_fix_gw_##SUF(                                                   \
+      T *dst, const T *g, const T *yb, const float *bound, const T *flags, const T *xb,            \
+      int tokens, int out, int r, int ft, int fo, float inv_states, int adc, i64 bs, i64 rs) {     \
+    clamp_fix<T, true>(dst, g, yb, bound, flags, xb, tokens, out, r, ft, fo, inv_states, adc, bs,  \
+                       rs);                                                                        \
   }
 
 INSTANTIATE(float, f32)
