@@ -480,90 +480,65 @@ __device__ void adc_prep(const float *wmax, const float *ranges, float *bound, f
   inv[i] = b > 0.0f ? 1.0f / ((b * 2.0f) * inv_states) : 0.0f;
 }
 
-// The ADC of one block's eight outputs v (bounds bd, reciprocal steps iv) added to acc (which
-// the first block sets); whether any of them clamped. The levels of all eight without a branch
-// per output; only a pack with some quotient near a half step (rare) takes adc_level's
-// division, output by output.
-template <typename T>
-__device__ __forceinline__ bool adc_pack8(const Pack8<T> &v, const Pack8<float> &bd,
-                                          const Pack8<float> &iv, float two_inv, float win,
-                                          int adc, bool first, float acc[8]) {
-  float lv[8];
-  bool near = false, clamped = false;
-#pragma unroll
-  for (int k = 0; k < 8; k++) {
-    float a = to_f(v.v[k]) * iv.v[k];
-    lv[k] = rintf(a);
-    near |= bd.v[k] > 0.0f && !(fabsf(a - lv[k]) < win);
-  }
-  if (adc && near) {
-#pragma unroll
-    for (int k = 0; k < 8; k++)
-      if (bd.v[k] > 0.0f) lv[k] = adc_level(to_f(v.v[k]), bd.v[k] * two_inv, iv.v[k], win);
-  }
-#pragma unroll
-  for (int k = 0; k < 8; k++) {
-    float x = to_f(v.v[k]), b = bd.v[k];
-    float q = adc ? lv[k] * (b * two_inv) : x;
-    float cl = fmaxf(fminf(q, b), -b);
-    bool on = b > 0.0f;
-    clamped |= on && cl != q;
-    x = on ? cl : x;
-    acc[k] = first ? x : acc[k] + x;
-  }
-  return clamped;
-}
-
-// Tokens per thread of adc_sum (ADC_TOK in src/train/fused/cuda.rs): a block's bounds and
-// steps of a thread's eight channels are loaded once for them. A divisor of FLAG_TILE, so a
-// thread's tokens share a flag tile.
-#define ADC_TOK 4
-
-// Grid (ceil(tokens / ADC_TOK), ceil(out / 8 / blockDim.x)); each thread takes eight adjacent
-// channels of ADC_TOK tokens. The bounds and steps (nb x out f32 each: 1 MB at 8192 outputs
-// in 16 blocks, past L1) are read once per ADC_TOK tokens rather than per token, four times
-// fewer bytes than yb itself. Where a block's output clamps, its flag tile flags[(s * ft + t /
-// FLAG_TILE) * fo + c / FLAG_TILE] is set to 1, and so is the flag after the tiles'
-// (flags[nb * ft * fo]: anything clamped); the flags start at 0 and every writer writes the
-// same value. The backward corrects only there.
+// Grid (tokens); each thread takes eight adjacent channels at a time. Where a block's output
+// clamps, its flag tile flags[(s * ft + t / FLAG_TILE) * fo + c / FLAG_TILE] is set to 1, and
+// so is the flag after the tiles' (flags[nb * ft * fo]: anything clamped); the flags start at
+// 0 and every writer writes the same value. The backward corrects only there.
 template <typename T>
 __device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T *y, T *flags,
                         int tokens, int out, int nb, float inv_states, int adc, int ft, int fo) {
-  int c = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
-  int t0 = blockIdx.x * ADC_TOK, nt = min(ADC_TOK, tokens - t0);
-  if (c >= out || nt <= 0) return;
-  int n = min(8, out - c);
-  i64 plane = (i64)tokens * out, e = (i64)t0 * out + c;
+  int t = blockIdx.x;
+  i64 plane = (i64)tokens * out;
   bool vec = out % 8 == 0 && aligned16(yb) && aligned16(y) && aligned16(bound) &&
              aligned16(inv_res);
   const T one = from_f<T>(1.0f);
   // (b * 2) * inv_states as adc_q has it: the same product, since doubling is exact.
   float two_inv = 2.0f * inv_states, win = adc ? adc_window(inv_states) : 0.0f;
-  T *fl = flags + (i64)(t0 / FLAG_TILE) * fo + c / FLAG_TILE;
-  float acc[ADC_TOK][8];
-  for (int s = 0; s < nb; s++) {
-    Pack8<float> bd = load8(bound + (i64)s * out + c, vec, n);
-    Pack8<float> iv = load8(inv_res + (i64)s * out + c, vec, n);
-    bool clamped = false;
+  for (int c = threadIdx.x * 8; c < out; c += blockDim.x * 8) {
+    int n = min(8, out - c);
+    i64 e = (i64)t * out + c;
+    T *fl = flags + (i64)(t / FLAG_TILE) * fo + c / FLAG_TILE;
+    float acc[8];
+#pragma unroll 4
+    for (int s = 0; s < nb; s++) {
+      Pack8<T> v = load8(yb + (i64)s * plane + e, vec, n);
+      Pack8<float> bd = load8(bound + (i64)s * out + c, vec, n);
+      Pack8<float> iv = load8(inv_res + (i64)s * out + c, vec, n);
+      // The levels of all eight without a branch per output; only a pack with some quotient
+      // near a half step (rare) takes adc_level's division, output by output.
+      float lv[8];
+      bool near = false, clamped = false;
 #pragma unroll
-    for (int u = 0; u < ADC_TOK; u++)
-      if (u < nt) {
-        Pack8<T> v = load8(yb + (i64)s * plane + e + (i64)u * out, vec, n);
-        clamped |= adc_pack8(v, bd, iv, two_inv, win, adc, s == 0, acc[u]);
+      for (int k = 0; k < 8; k++) {
+        float a = to_f(v.v[k]) * iv.v[k];
+        lv[k] = rintf(a);
+        near |= bd.v[k] > 0.0f && !(fabsf(a - lv[k]) < win);
       }
-    if (clamped) {
-      fl[(i64)s * ft * fo] = one;
-      flags[(i64)nb * ft * fo] = one;
+      if (adc && near) {
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+          if (bd.v[k] > 0.0f) lv[k] = adc_level(to_f(v.v[k]), bd.v[k] * two_inv, iv.v[k], win);
+      }
+#pragma unroll
+      for (int k = 0; k < 8; k++) {
+        float x = to_f(v.v[k]), b = bd.v[k];
+        float q = adc ? lv[k] * (b * two_inv) : x;
+        float cl = fmaxf(fminf(q, b), -b);
+        bool on = b > 0.0f;
+        clamped |= on && cl != q;
+        x = on ? cl : x;
+        acc[k] = s == 0 ? x : acc[k] + x;
+      }
+      if (clamped) {
+        fl[(i64)s * ft * fo] = one;
+        flags[(i64)nb * ft * fo] = one;
+      }
     }
+    Pack8<T> o;
+#pragma unroll
+    for (int k = 0; k < 8; k++) o.v[k] = from_f<T>(acc[k]);
+    store8(y + e, o, vec, n);
   }
-#pragma unroll
-  for (int u = 0; u < ADC_TOK; u++)
-    if (u < nt) {
-      Pack8<T> o;
-#pragma unroll
-      for (int k = 0; k < 8; k++) o.v[k] = from_f<T>(acc[u][k]);
-      store8(y + e + (i64)u * out, o, vec, n);
-    }
 }
 
 // ---- backward: the straight-through ADC gradient as plain products plus a correction ------

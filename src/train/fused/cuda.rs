@@ -29,9 +29,6 @@ const PARTIAL_BLOCKS: usize = 2048;
 /// [`THREADS`].
 const NOISE_ROWS: usize = THREADS as usize / 32;
 
-/// Tokens per thread of `adc_sum` (ADC_TOK in the kernel).
-const ADC_TOK: usize = 4;
-
 /// A grid of (x, y) blocks of [`THREADS`] threads.
 fn rows(x: usize, y: usize) -> LaunchConfig {
     LaunchConfig {
@@ -263,20 +260,7 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
                 .arg(&mut flags);
             let adc = i32::from(inv_states.is_some());
             candle_core::builder_arg!(b, tokens, out, nbk, inv, adc, ft, fo);
-            // Packs of eight channels over at most 128 threads (more thread blocks when the
-            // tokens are few), ADC_TOK tokens per thread.
-            let packs = d[2].div_ceil(8);
-            let threads = packs.next_multiple_of(32).clamp(32, 128);
-            let cfg = LaunchConfig {
-                grid_dim: (
-                    d[1].div_ceil(ADC_TOK).max(1) as u32,
-                    packs.div_ceil(threads) as u32,
-                    1,
-                ),
-                block_dim: (threads as u32, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            unsafe { b.launch(cfg) }.w()?;
+            unsafe { b.launch(rows8(d[1], 1, d[2])) }.w()?;
             bound.put(device_tensor(bd, (d[0], d[2]), dev))?;
             Ok(wrap_t(packed))
         }
