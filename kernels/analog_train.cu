@@ -381,12 +381,13 @@ __device__ __forceinline__ float noise_rel(float r, int pcm) {
 // wb[s, c, j] = w[c, start_s + j] + (wmax[s, c] * gamma * noise_rel(|w| / wmax)) * n, n the
 // element c * len_s + j of block s's counter-based stream (pair el / 2, component el % 2), with
 // w as T rounds it (the weights may come in f32: the cast to the compute type happens here) and
-// wmax[s, c] its max |w| over the block, written too. Each thread draws one pair and writes both
+// wmax[s, c] its max |w| over the block, written too. Each lane draws one pair and writes both
 // its elements (where a row starts at an odd element, its first element's pair is drawn again,
-// for that element alone). Grid (ceil(out / NOISE_ROWS), nb) of 256 threads: a thread block
-// takes NOISE_ROWS channels, so that each thread derives the block's stream key (four 64-bit
-// mixes, a third of a pair's work) once for them.
-#define NOISE_ROWS 4
+// for that element alone). Grid (ceil(out / NOISE_ROWS), nb) of NOISE_ROWS warps: a warp takes
+// one channel alone (its max by shuffles, no block barrier), each lane every 32nd pair of the
+// row, so a lane has len / 64 independent draws in flight rather than one per barrier, and
+// derives the block's stream key (four 64-bit mixes, a third of a pair's work) once for them.
+#define NOISE_ROWS 8
 template <typename T, typename W> __device__ __forceinline__ float as_t(W v) {
   return to_f(from_f<T>(to_f(v)));
 }
@@ -402,39 +403,34 @@ template <typename T, typename W>
 __device__ void noisy_wblocks(const W *w, float *wmax, T *wb, uint64_t layer_key, uint64_t tag,
                               uint64_t call, int out, int n_in, int base, int extra, int head,
                               int r, float gamma, int pcm) {
-  __shared__ float wm[8];
-  int s = blockIdx.y;
+  int s = blockIdx.y, lane = threadIdx.x % 32;
+  int c = blockIdx.x * NOISE_ROWS + (int)threadIdx.x / 32;
+  if (c >= out) return;
   int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
-  uint32_t k0 = 0, k1 = 0;
-  if (gamma > 0.0f) block_keys(layer_key, tag, call, s, &k0, &k1);
-  int c_end = min(out, (int)(blockIdx.x + 1) * NOISE_ROWS);
-  for (int c = blockIdx.x * NOISE_ROWS; c < c_end; c++) {
-    const W *row = w + (i64)c * n_in + start;
-    T *o = wb + ((i64)s * out + c) * r;
-    // The channel's max |w| (fmaxf: the same in any order).
-    float m = 0.0f;
-    for (int j = threadIdx.x; j < len; j += blockDim.x) m = fmaxf(m, fabsf(as_t<T>(row[j])));
-    for (int d = 16; d > 0; d >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, d));
-    if (threadIdx.x % 32 == 0) wm[threadIdx.x / 32] = m;
-    __syncthreads();
-    for (int k = 0; k < (int)blockDim.x / 32; k++) m = fmaxf(m, wm[k]);
-    __syncthreads();
-    if (threadIdx.x == 0) wmax[(i64)s * out + c] = m;
-    for (int j = len + threadIdx.x; j < r; j += blockDim.x) o[j] = from_f<T>(0.0f);
-    if (!(gamma > 0.0f)) {
-      for (int j = threadIdx.x; j < len; j += blockDim.x) o[j] = from_f<T>(as_t<T>(row[j]));
-      continue;
-    }
-    float sc = m * gamma;
-    uint32_t el0 = (uint32_t)c * (uint32_t)len;
-    int first = (int)(el0 & 1u);
-    for (int j = 2 * (int)threadIdx.x - first; j < len; j += 2 * (int)blockDim.x) {
-      // Elements j (even in the stream) and j + 1 (odd) share pair (el0 + j) / 2.
-      float a, b;
-      normal_pair(k0, k1, (el0 + (uint32_t)(j + first)) >> 1, &a, &b);
-      if (j >= 0) o[j] = from_f<T>(noisy_w<T>(row, j, a, m, sc, pcm));
-      if (j + 1 < len) o[j + 1] = from_f<T>(noisy_w<T>(row, j + 1, b, m, sc, pcm));
-    }
+  const W *row = w + (i64)c * n_in + start;
+  T *o = wb + ((i64)s * out + c) * r;
+  // The channel's max |w| (fmaxf: the same in any order).
+  float m = 0.0f;
+  for (int j = lane; j < len; j += 32) m = fmaxf(m, fabsf(as_t<T>(row[j])));
+  for (int d = 16; d > 0; d >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, d));
+  if (lane == 0) wmax[(i64)s * out + c] = m;
+  for (int j = len + lane; j < r; j += 32) o[j] = from_f<T>(0.0f);
+  if (!(gamma > 0.0f)) {
+    for (int j = lane; j < len; j += 32) o[j] = from_f<T>(as_t<T>(row[j]));
+    return;
+  }
+  uint32_t k0, k1;
+  block_keys(layer_key, tag, call, s, &k0, &k1);
+  float sc = m * gamma;
+  uint32_t el0 = (uint32_t)c * (uint32_t)len;
+  int first = (int)(el0 & 1u);
+#pragma unroll 4
+  for (int j = 2 * lane - first; j < len; j += 64) {
+    // Elements j (even in the stream) and j + 1 (odd) share pair (el0 + j) / 2.
+    float a, b;
+    normal_pair(k0, k1, (el0 + (uint32_t)(j + first)) >> 1, &a, &b);
+    if (j >= 0) o[j] = from_f<T>(noisy_w<T>(row, j, a, m, sc, pcm));
+    if (j + 1 < len) o[j + 1] = from_f<T>(noisy_w<T>(row, j + 1, b, m, sc, pcm));
   }
 }
 
@@ -697,10 +693,12 @@ template <> struct FixAcc<float> {
   }
 };
 
-// dst[s, row, k] -= acc for the tile at (row0, k0) of dst (rows x r per block).
+// dst[s, row, k] -= acc for the tile at (row0, k0) of dst (rows x r per block), element (s, row,
+// k) at s * bs + row * rs + k: blocked (bs = rows * r, rs = r), or gw's own layout (out, n_in)
+// for blocks of equal length (bs = r, rs = n_in), where the product wrote it directly.
 template <typename T>
 __device__ __forceinline__ void fix_store(T *dst, const float acc[4][4], int s, int rows, int r,
-                                          int row0, int k0) {
+                                          int row0, int k0, i64 bs, i64 rs) {
   int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
   for (int u = 0; u < 4; u++)
@@ -708,7 +706,7 @@ __device__ __forceinline__ void fix_store(T *dst, const float acc[4][4], int s, 
     for (int v = 0; v < 4; v++) {
       int row = row0 + ty + 16 * u, k = k0 + tx + 16 * v;
       if (row < rows && k < r) {
-        i64 idx = ((i64)s * rows + row) * r + k;
+        i64 idx = s * bs + row * rs + k;
         dst[idx] = from_f<T>(to_f(dst[idx]) - acc[u][v]);
       }
     }
@@ -720,11 +718,11 @@ __device__ __forceinline__ void fix_store(T *dst, const float acc[4][4], int s, 
 // clamped t of g[t, o] xb[s, t, k] for the channels of tile blockIdx.y, summed over its flagged
 // token tiles. `other` is wb or xb. The flag after the tiles' (flags[nb * ft * fo]) says
 // whether anything clamped at all: when nothing did, as with the release config, every block
-// leaves after one load.
+// leaves after one load. dst's element (s, row, k) is at s * bs + row * rs + k (fix_store).
 template <typename T, bool GW>
 __device__ void clamp_fix(T *dst, const T *g, const T *yb, const float *bound, const T *flags,
                           const T *other, int tokens, int out, int r, int ft, int fo,
-                          float inv_states, int adc) {
+                          float inv_states, int adc, i64 bs, i64 rs) {
   if (to_f(flags[(i64)gridDim.z * ft * fo]) == 0.0f) return;
   typedef typename FixAcc<T>::S S;
   __shared__ __align__(128) FixTile<S> sm;
@@ -764,7 +762,7 @@ __device__ void clamp_fix(T *dst, const T *g, const T *yb, const float *bound, c
   if (!any) return;
   float part[4][4];
   acc.take(sm, part);
-  fix_store(dst, part, s, rows, r, row0, k0);
+  fix_store(dst, part, s, rows, r, row0, k0, bs, rs);
 }
 
 #define INSTANTIATE(T, SUF)                                                                        \
@@ -797,24 +795,24 @@ __device__ void clamp_fix(T *dst, const T *g, const T *yb, const float *bound, c
   extern "C" __global__ void adc_prep_##SUF(const float *wmax, const float *ranges, float *bound,  \
                                             float *inv, T *flags, int nbo, int out, int nflags,    \
                                             float lambda, float inv_states) {                      \
-    adc_prep<T>(wmax, ranges, bound, inv, flags, nbo, out, nflags, lambda, inv_states);           \
+    adc_prep<T>(wmax, ranges, bound, inv, flags, nbo, out, nflags, lambda, inv_states);            \
   }                                                                                                \
-  extern "C" __global__ void adc_sum_##SUF(const T *yb, const float *bound, const float *inv_res, \
+  extern "C" __global__ void adc_sum_##SUF(const T *yb, const float *bound, const float *inv_res,  \
                                            T *y, T *flags, int tokens, int out, int nb,            \
                                            float inv_states, int adc, int ft, int fo) {            \
     adc_sum<T>(yb, bound, inv_res, y, flags, tokens, out, nb, inv_states, adc, ft, fo);            \
   }                                                                                                \
-  extern "C" __global__ void clamp_fix_gx_##SUF(T *gxb, const T *g, const T *yb,                   \
-                                                const float *bound, const T *flags, const T *wb,   \
-                                                int tokens, int out, int r, int ft, int fo,        \
-                                                float inv_states, int adc) {                       \
-    clamp_fix<T, false>(gxb, g, yb, bound, flags, wb, tokens, out, r, ft, fo, inv_states, adc);    \
+  extern "C" __global__ void clamp_fix_gx_##SUF(                                                   \
+      T *dst, const T *g, const T *yb, const float *bound, const T *flags, const T *wb,            \
+      int tokens, int out, int r, int ft, int fo, float inv_states, int adc, i64 bs, i64 rs) {     \
+    clamp_fix<T, false>(dst, g, yb, bound, flags, wb, tokens, out, r, ft, fo, inv_states, adc, bs, \
+                       rs);                                                                        \
   }                                                                                                \
-  extern "C" __global__ void clamp_fix_gw_##SUF(T *gwb, const T *g, const T *yb,                   \
-                                                const float *bound, const T *flags, const T *xb,   \
-                                                int tokens, int out, int r, int ft, int fo,        \
-                                                float inv_states, int adc) {                       \
-    clamp_fix<T, true>(gwb, g, yb, bound, flags, xb, tokens, out, r, ft, fo, inv_states, adc);     \
+  extern "C" __global__ void clamp_fix_gw_##SUF(                                                   \
+      T *dst, const T *g, const T *yb, const float *bound, const T *flags, const T *xb,            \
+      int tokens, int out, int r, int ft, int fo, float inv_states, int adc, i64 bs, i64 rs) {     \
+    clamp_fix<T, true>(dst, g, yb, bound, flags, xb, tokens, out, r, ft, fo, inv_states, adc, bs,  \
+                       rs);                                                                        \
   }
 
 INSTANTIATE(float, f32)

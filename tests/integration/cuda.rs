@@ -4,7 +4,12 @@
 //! and ragged decoding. Built with `--features cuda` and run on a machine with a GPU (the CPU
 //! CI compiles none of this).
 
-use crate::train_golden::{assert_mostly_close, clip_stats, ragged_cases, run_case, Run};
+use crate::common::assert_close;
+use crate::train_golden::{
+    assert_mostly_close, clip_stats, grad_w_inputs, ragged_cases, run_case, vec_of, Run,
+    GRAD_W_CASES,
+};
+use afm::train::fused::{Blocks, GradW};
 use candle_core::{DType, Device, Tensor};
 
 fn gpu() -> Device {
@@ -61,6 +66,47 @@ fn cuda_training_layer_matches_cpu_on_ragged_shapes() {
             );
         }
     }
+}
+
+#[test]
+fn cuda_w_gradient_product_writes_gw_in_place_like_the_cpu() {
+    let gpu = gpu();
+    let mut uniform = 0;
+    for (i, &(tokens, n_out, n_in, rows, head)) in GRAD_W_CASES.iter().enumerate() {
+        let blocks = Blocks::with_head(n_in, rows, head);
+        if !blocks.uniform() {
+            continue;
+        }
+        uniform += 1;
+        let (g, xb) = grad_w_inputs(70 + i as u64, (tokens, n_out, &blocks));
+        // f32 products take TF32 where the trainer turned it on for this process.
+        let f32_rel = if candle_core::cuda_backend::gemm_reduced_precision_f32() {
+            2e-3
+        } else {
+            1e-5
+        };
+        for (dtype, rel) in [
+            (DType::F32, f32_rel),
+            (DType::BF16, 8e-3),
+            (DType::F16, 1e-3),
+        ] {
+            let round = |t: &Tensor| t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+            let want = vec_of(
+                &round(&g)
+                    .apply_op2_no_bwd(&round(&xb), &GradW { blocks })
+                    .unwrap(),
+            );
+            let on = |t: &Tensor| t.to_dtype(dtype).unwrap().to_device(&gpu).unwrap();
+            let got = on(&g)
+                .apply_op2_no_bwd(&on(&xb), &GradW { blocks })
+                .unwrap();
+            assert_eq!(got.dims(), [n_out, n_in]);
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let label = format!("{dtype:?} W gradient {tokens} x {n_out} x {n_in} / {rows}");
+            assert_close(&label, &vec_of(&got), &want, rel * scale, rel);
+        }
+    }
+    assert_eq!(uniform, 3, "cases with blocks of equal length");
 }
 
 #[test]

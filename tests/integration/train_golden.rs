@@ -3,6 +3,7 @@
 //! `tests/golden/make_golden_train.py`), plus the weight-noise statistics.
 
 use crate::common::{assert_close, normals, repo};
+use afm::train::fused::{Blocks, FusedOp, GradW, Stage};
 use afm::train::layer::{AnalogTrainConfig, AnalogTrainLinear, NoiseShape};
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -522,6 +523,62 @@ fn fused_clip_statistics_equal_the_reference() {
         let (fused, plain) = (stats(false), stats(true));
         assert_eq!(fused, plain, "{label}");
         assert!(fused.1 > 0, "{label}: nothing counted");
+    }
+}
+
+/// Block layouts for the W gradient's cases: (tokens, outputs, inputs, tile rows, head).
+pub const GRAD_W_CASES: [(usize, usize, usize, usize, usize); 5] = [
+    (9, 5, 12, 4, 0),
+    (70, 33, 600, 256, 0),
+    (40, 24, 1024, 512, 0),
+    (17, 8, 530, 256, 3),
+    (5, 11, 700, 256, 0),
+];
+
+/// g (T, out) and xb (nb, T, r) on the CPU for a W gradient case, xb zero past each block's
+/// inputs as the DAC leaves it.
+pub fn grad_w_inputs(
+    seed: u64,
+    (tokens, n_out, blocks): (usize, usize, &Blocks),
+) -> (Tensor, Tensor) {
+    let g = Tensor::from_vec(
+        normals(seed, tokens * n_out, 1.0),
+        (tokens, n_out),
+        &Device::Cpu,
+    );
+    let mut xb = normals(seed + 1, blocks.nb * tokens * blocks.r, 1.0);
+    for (i, v) in xb.iter_mut().enumerate() {
+        if i % blocks.r >= blocks.len(i / (tokens * blocks.r)) {
+            *v = 0.0;
+        }
+    }
+    let xb = Tensor::from_vec(xb, (blocks.nb, tokens, blocks.r), &Device::Cpu);
+    (g.unwrap(), xb.unwrap())
+}
+
+#[test]
+fn w_gradient_in_place_equals_the_blocked_products_unblocked() {
+    for (i, &(tokens, n_out, n_in, rows, head)) in GRAD_W_CASES.iter().enumerate() {
+        let blocks = Blocks::with_head(n_in, rows, head);
+        let (g, xb) = grad_w_inputs(70 + i as u64, (tokens, n_out, &blocks));
+        let direct = g.apply_op2_no_bwd(&xb, &GradW { blocks }).unwrap();
+        let gwb = g
+            .t()
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap()
+            .broadcast_as((blocks.nb, n_out, tokens))
+            .unwrap()
+            .matmul(&xb)
+            .unwrap();
+        let unblock = FusedOp {
+            blocks,
+            stage: Stage::Unblock,
+        };
+        let want = gwb.apply_op1_no_bwd(&unblock).unwrap();
+        assert_eq!(direct.dims(), [n_out, n_in]);
+        let label = format!("W gradient {tokens} x {n_out} x {n_in} / {rows} + {head}");
+        assert_close(&label, &vec_of(&direct), &vec_of(&want), 1e-4, 1e-4);
     }
 }
 

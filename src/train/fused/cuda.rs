@@ -1,10 +1,11 @@
 //! Launches of `kernels/analog_train.cu` (compiled to PTX by `build.rs` under the `cuda`
 //! feature) for the fused stages; no host synchronization anywhere.
 
-use super::{ClampFix, FixTarget, FusedOp, Stage, FLAG_TILE};
+use super::{Blocks, ClampFix, FixTarget, FusedOp, Stage, FLAG_TILE};
 use crate::rng::{layer_key, Effect};
 use crate::train::layer::NoiseShape;
 use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::cublas::sys as cublas_sys;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
@@ -24,8 +25,9 @@ const THREADS: u32 = 256;
 /// since each holds only r / 8 threads.
 const PARTIAL_BLOCKS: usize = 2048;
 
-/// Channels per thread block of `noisy_wblocks` (NOISE_ROWS in the kernel).
-const NOISE_ROWS: usize = 4;
+/// Channels per thread block of `noisy_wblocks` (NOISE_ROWS in the kernel): one per warp of
+/// [`THREADS`].
+const NOISE_ROWS: usize = THREADS as usize / 32;
 
 /// A grid of (x, y) blocks of [`THREADS`] threads.
 fn rows(x: usize, y: usize) -> LaunchConfig {
@@ -316,6 +318,19 @@ fn clamp_fix_t<T: CudaDType + DeviceRepr>(
     let d = fix.yb.dims();
     let (nb, tokens, out, r) = (d[0], d[1], d[2], fix.blocks.r);
     let (ft, fo) = (tokens.div_ceil(FLAG_TILE), out.div_ceil(FLAG_TILE));
+    // Element (s, row, k) of dst at s * bs + row * rs + k: blocked (nb, rows, r), or gw (out,
+    // n_in) as GradW wrote it (blocks of equal length side by side).
+    let (bs, rs) = match (fix.target, dst_l.dims()) {
+        (_, &[_, rows, _]) => (rows * r, r),
+        (FixTarget::W, &[o, n_in]) if o == out && fix.blocks.uniform() && n_in == nb * r => {
+            (r, n_in)
+        }
+        (_, dims) => candle_core::bail!(
+            "fused analog op: clamp correction of a gradient of dims {dims:?}: expected \
+             (blocks, rows, {r}) or, for W with blocks of equal length, ({out}, {})",
+            nb * r
+        ),
+    };
     let (a, b) = dst_l.contiguous_offsets().ok_or_else(|| {
         candle_core::Error::Msg("fused analog op: gradient not contiguous".into())
     })?;
@@ -337,7 +352,8 @@ fn clamp_fix_t<T: CudaDType + DeviceRepr>(
         i32::from(fix.inv_states.is_some()),
     );
     let (tk, o, rr, ft, fo) = (i(tokens), i(out), i(r), i(ft), i(fo));
-    candle_core::builder_arg!(bl, tk, o, rr, ft, fo, inv, adc);
+    let (bs, rs) = (bs as i64, rs as i64);
+    candle_core::builder_arg!(bl, tk, o, rr, ft, fo, inv, adc, bs, rs);
     let cfg = LaunchConfig {
         grid_dim: (r.div_ceil(FLAG_TILE) as u32, rows as u32, nb as u32),
         block_dim: (THREADS, 1, 1),
@@ -345,4 +361,91 @@ fn clamp_fix_t<T: CudaDType + DeviceRepr>(
     };
     unsafe { bl.launch(cfg) }.w()?;
     Ok(())
+}
+
+/// gw (out, n_in) for blocks of equal length (`Blocks::uniform`): block s's product
+/// g^T xb[s] (out x r) written by one strided-batched cuBLAS call straight into columns
+/// s * r .. of gw (row stride n_in, batch stride r), so no blocked gradient is unblocked.
+pub fn grad_w(
+    blocks: &Blocks,
+    g: (&CudaStorage, &Layout),
+    xb: (&CudaStorage, &Layout),
+) -> Result<CudaStorage> {
+    match g.0.dtype() {
+        DType::F32 => grad_w_t::<f32>(blocks, g, xb, cublas_sys::cudaDataType_t::CUDA_R_32F),
+        DType::BF16 => {
+            grad_w_t::<half::bf16>(blocks, g, xb, cublas_sys::cudaDataType_t::CUDA_R_16BF)
+        }
+        DType::F16 => grad_w_t::<half::f16>(blocks, g, xb, cublas_sys::cudaDataType_t::CUDA_R_16F),
+        d => candle_core::bail!("fused analog op: {d:?} is not supported (f32, bf16, f16)"),
+    }
+}
+
+fn grad_w_t<T: CudaDType + DeviceRepr>(
+    blocks: &Blocks,
+    (gs, gl): (&CudaStorage, &Layout),
+    (xs, xl): (&CudaStorage, &Layout),
+    ty: cublas_sys::cudaDataType_t,
+) -> Result<CudaStorage> {
+    use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut};
+    let dev = gs.device().clone();
+    let (g, xb) = (slice::<T>(gs, gl)?, slice::<T>(xs, xl)?);
+    let (tokens, out) = (gl.dims()[0], gl.dims()[1]);
+    let (nb, r, n_in) = (blocks.nb, blocks.r, blocks.n_in);
+    if !blocks.uniform() || xl.dims() != [nb, tokens, r] {
+        candle_core::bail!(
+            "fused analog op: the direct W gradient needs blocks of equal length and xb of dims \
+             ({nb}, {tokens}, {r}), got {:?}",
+            xl.dims()
+        );
+    }
+    let mut gw = unsafe { dev.alloc::<T>(out * n_in)? };
+    // Column-major, as cuBLAS sees row-major buffers: gw^T (r x out per block, ld n_in) =
+    // xb[s]^T (r x T, ld r) times g (T x out: g^T's buffer, ld out, transposed), g shared by
+    // all blocks (batch stride 0). f32 takes TF32 where candle's own products do.
+    let compute = if ty == cublas_sys::cudaDataType_t::CUDA_R_32F
+        && candle_core::cuda_backend::gemm_reduced_precision_f32()
+    {
+        cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+    } else {
+        cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
+    };
+    let (alpha, beta) = (1f32, 0f32);
+    let stream = dev.cuda_stream();
+    let blas = dev.cublas_handle();
+    // The guards record the product on the buffers' streams when they drop, after the launch.
+    let (xp, x_sync) = xb.device_ptr(&stream);
+    let (gp, g_sync) = g.device_ptr(&stream);
+    let (cp, c_sync) = gw.device_ptr_mut(&stream);
+    let c = |v: usize| v as std::ffi::c_int;
+    unsafe {
+        candle_core::cuda_backend::cudarc::cublas::result::gemm_strided_batched_ex(
+            *blas.handle(),
+            cublas_sys::cublasOperation_t::CUBLAS_OP_N,
+            cublas_sys::cublasOperation_t::CUBLAS_OP_T,
+            c(r),
+            c(out),
+            c(tokens),
+            (&alpha as *const f32).cast(),
+            xp as *const _,
+            ty,
+            c(r),
+            (tokens * r) as i64,
+            gp as *const _,
+            ty,
+            c(out),
+            0,
+            (&beta as *const f32).cast(),
+            cp as *mut _,
+            ty,
+            c(n_in),
+            r as i64,
+            c(nb),
+            compute,
+            cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+        )
+    }
+    .map_err(|e| candle_core::Error::Msg(format!("fused analog op: W gradient product: {e:?}")))?;
+    drop((x_sync, g_sync, c_sync));
+    Ok(CudaStorage::wrap_cuda_slice(gw, dev))
 }

@@ -87,6 +87,12 @@ impl Blocks {
         }
     }
 
+    /// Whether every block holds the same number of inputs (no head block, no longer blocks):
+    /// then the padded blocks are the inputs themselves, block s at s * r.
+    pub fn uniform(&self) -> bool {
+        self.head == 0 && self.extra == 0
+    }
+
     /// Whether the layer has no inputs.
     pub fn is_empty(&self) -> bool {
         self.n_in == 0
@@ -412,7 +418,8 @@ pub enum FixTarget {
 
 /// In place on gxb or gwb computed with the upstream gradient g for every block: subtracts the
 /// terms of the outputs whose ADC clamped (their gradient is zero), visiting only the tiles
-/// [`Stage::Adc`] flagged.
+/// [`Stage::Adc`] flagged. On the GPU the W gradient may also be gw (out, n_in) as [`GradW`]
+/// wrote it (blocks of equal length side by side); the CPU takes the blocked layouts only.
 #[derive(Debug, Clone)]
 pub struct ClampFix {
     /// The row blocks.
@@ -452,6 +459,14 @@ impl candle_core::InplaceOp1 for ClampFix {
             .collect::<Result<Vec<_>>>()?;
         let d = self.yb.dims();
         let dims = (d[1], d[2], self.blocks.r);
+        if l.dims().len() != 3 {
+            candle_core::bail!(
+                "fused analog op: the CPU clamp correction takes a blocked gradient (blocks, \
+                 rows, {}), got dims {:?}",
+                self.blocks.r,
+                l.dims()
+            );
+        }
         let buf = match (dst, l.contiguous_offsets()) {
             (CpuStorage::F32(v), Some((a, b))) => &mut v[a..b],
             _ => candle_core::bail!("fused analog op: the gradient must be contiguous f32"),
@@ -464,6 +479,66 @@ impl candle_core::InplaceOp1 for ClampFix {
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, dst: &mut candle_core::CudaStorage, l: &Layout) -> Result<()> {
         cuda::clamp_fix(self, dst, l)
+    }
+}
+
+/// (g (T, out), xb (nb, T, r)) -> gw (out, n_in): gw[c, start(s) + j] = sum over t of
+/// g[t, c] xb[s, t, j], the W gradient of every block (as if no output clamped) put in place.
+/// On the GPU, for blocks of equal length, one strided-batched product writes it there directly
+/// (no blocked gwb, no [`Stage::Unblock`] pass); the CPU path is the plain sum, the reference
+/// the tests hold the batched product and the unblocking to.
+#[derive(Debug, Clone)]
+pub struct GradW {
+    /// The row blocks.
+    pub blocks: Blocks,
+}
+
+impl CustomOp2 for GradW {
+    fn name(&self) -> &'static str {
+        "afm-fused-analog-grad-w"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.blocks;
+        let (gv, xb) = (f32s(s1, l1, "g")?, f32s(s2, l2, "xb")?);
+        let (tokens, n_out) = (l1.dims()[0], l1.dims()[1]);
+        if l2.dims() != [g.nb, tokens, g.r] {
+            candle_core::bail!(
+                "fused analog op: xb of dims {:?}, expected ({}, {tokens}, {})",
+                l2.dims(),
+                g.nb,
+                g.r
+            );
+        }
+        let mut gw = vec![0f32; n_out * g.n_in];
+        for c in 0..n_out {
+            for s in 0..g.nb {
+                for j in 0..g.len(s) {
+                    gw[c * g.n_in + g.start(s) + j] = (0..tokens)
+                        .map(|t| gv[t * n_out + c] * xb[(s * tokens + t) * g.r + j])
+                        .sum();
+                }
+            }
+        }
+        out(gw, (n_out, g.n_in))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let shape = Shape::from((l1.dims()[1], self.blocks.n_in));
+        Ok((cuda::grad_w(&self.blocks, (s1, l1), (s2, l2))?, shape))
     }
 }
 
@@ -619,7 +694,18 @@ impl LayerPass {
             .unsqueeze(0)?
             .broadcast_as((spec.blocks.nb, g.dims()[0], g.dims()[1]))?;
         let gxb = gb.matmul(&sv.wb)?;
-        let gwb = gb.transpose(1, 2)?.matmul(&sv.xb)?;
+        // On the GPU, blocks of equal length get gw in place from the product itself.
+        let direct = g.device().is_cuda() && spec.blocks.uniform();
+        let gwb = if direct {
+            g.apply_op2_no_bwd(
+                &sv.xb,
+                &GradW {
+                    blocks: spec.blocks,
+                },
+            )?
+        } else {
+            gb.transpose(1, 2)?.matmul(&sv.xb)?
+        };
         for (dst, target, other) in [(&gxb, FixTarget::X, &sv.wb), (&gwb, FixTarget::W, &sv.xb)] {
             dst.inplace_op1(&ClampFix {
                 blocks: spec.blocks,
@@ -644,7 +730,11 @@ impl LayerPass {
             }),
         )?;
         let gr = ranges_grad.take()?;
-        let gw = gwb.apply_op1_no_bwd(&self.op(Stage::Unblock))?;
+        let gw = if direct {
+            gwb
+        } else {
+            gwb.apply_op1_no_bwd(&self.op(Stage::Unblock))?
+        };
         if spec.bound_grad && spec.out_bound > 0.0 && spec.used {
             let (gw_b, gr_b) = self.bound_grads(&g)?;
             return Ok((gx, (gw + gw_b)?, (gr + gr_b)?));
