@@ -507,15 +507,7 @@ impl CustomOp2 for GradW {
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.blocks;
         let (gv, xb) = (f32s(s1, l1, "g")?, f32s(s2, l2, "xb")?);
-        let (tokens, n_out) = (l1.dims()[0], l1.dims()[1]);
-        if l2.dims() != [g.nb, tokens, g.r] {
-            candle_core::bail!(
-                "fused analog op: xb of dims {:?}, expected ({}, {tokens}, {})",
-                l2.dims(),
-                g.nb,
-                g.r
-            );
-        }
+        let (tokens, n_out) = self.dims(l1, l2)?;
         let mut gw = vec![0f32; n_out * g.n_in];
         for c in 0..n_out {
             for s in 0..g.nb {
@@ -537,8 +529,26 @@ impl CustomOp2 for GradW {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let shape = Shape::from((l1.dims()[1], self.blocks.n_in));
+        let (_, n_out) = self.dims(l1, l2)?;
+        let shape = Shape::from((n_out, self.blocks.n_in));
         Ok((cuda::grad_w(&self.blocks, (s1, l1), (s2, l2))?, shape))
+    }
+}
+
+impl GradW {
+    /// (tokens, outputs) of g, once xb is checked to be (nb, tokens, r).
+    fn dims(&self, g: &Layout, xb: &Layout) -> Result<(usize, usize)> {
+        let b = &self.blocks;
+        let (tokens, n_out) = (g.dims()[0], g.dims()[1]);
+        if xb.dims() != [b.nb, tokens, b.r] {
+            candle_core::bail!(
+                "fused analog op: xb of dims {:?}, expected ({}, {tokens}, {})",
+                xb.dims(),
+                b.nb,
+                b.r
+            );
+        }
+        Ok((tokens, n_out))
     }
 }
 
