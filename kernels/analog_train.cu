@@ -320,6 +320,9 @@ __device__ void part_totals(const float *part, int s, int chunks, double *pull, 
   __shared__ double tp[256];
   __shared__ double tc[256];
   double p = 0.0, c = 0.0;
+  // Unrolled so that a thread's loads go out together: one at a time, the wait on each made
+  // clip_count_final take 10 us at 4096 tokens (ncu, session 34). The sums keep their order.
+#pragma unroll 8
   for (int k = threadIdx.x; k < chunks; k += blockDim.x) {
     p += part[((i64)s * chunks + k) * 2];
     c += part[((i64)s * chunks + k) * 2 + 1];
@@ -392,10 +395,12 @@ template <typename T, typename W> __device__ __forceinline__ float as_t(W v) {
   return to_f(from_f<T>(to_f(v)));
 }
 
+// The division |w| / wmax only where the noise depends on it: computed for its argument, it
+// was ~12 instructions per weight of a kernel bound by instruction issue, for a factor 1.
 template <typename T, typename W>
 __device__ __forceinline__ float noisy_w(const W *row, int j, float n, float m, float sc, int pcm) {
   float v = as_t<T>(row[j]);
-  float rel = noise_rel(m > 0.0f ? fabsf(v) / m : 0.0f, pcm);
+  float rel = pcm ? noise_rel(m > 0.0f ? fabsf(v) / m : 0.0f, 1) : 1.0f;
   return v + n * sc * rel;
 }
 
@@ -467,8 +472,9 @@ __device__ __forceinline__ float adc_q(float y, float bd, float inv_states, int 
 #define FLAG_TILE 64
 
 // The bound (wmax * lambda) * range of every (block, channel) (0 for lambda 0: no ADC) and
-// 1 / res, what adc_level multiplies by; and the clamp flags zeroed for adc_sum. Grid
-// (max(nb * out, nflags)).
+// 1 / res, what adc_level multiplies by (NaN where the bound is off: adc_sum's quotient is then
+// NaN, which sends the output's pack to its checked path); and the clamp flags zeroed for
+// adc_sum. Grid (max(nb * out, nflags)).
 template <typename T>
 __device__ void adc_prep(const float *wmax, const float *ranges, float *bound, float *inv,
                          T *flags, int nbo, int out, int nflags, float lambda, float inv_states) {
@@ -477,20 +483,23 @@ __device__ void adc_prep(const float *wmax, const float *ranges, float *bound, f
   if (i >= nbo) return;
   float b = lambda > 0.0f ? (wmax[i] * lambda) * ranges[i / out] : 0.0f;
   bound[i] = b;
-  inv[i] = b > 0.0f ? 1.0f / ((b * 2.0f) * inv_states) : 0.0f;
+  inv[i] = b > 0.0f ? 1.0f / ((b * 2.0f) * inv_states) : __int_as_float(0x7fffffff);
 }
 
 // Grid (tokens); each thread takes eight adjacent channels at a time. Where a block's output
 // clamps, its flag tile flags[(s * ft + t / FLAG_TILE) * fo + c / FLAG_TILE] is set to 1, and
 // so is the flag after the tiles' (flags[nb * ft * fo]: anything clamped); the flags start at
-// 0 and every writer writes the same value. The backward corrects only there.
-template <typename T>
-__device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T *y, T *flags,
-                        int tokens, int out, int nb, float inv_states, int adc, int ft, int fo) {
+// 0 and every writer writes the same value. The backward corrects only there. The kernel is
+// bound by instruction issue (ncu, session 34): a pack of eight outputs whose quotients all
+// lie inside adc_level's window (so every bound is on: off ones have 1 / res NaN) takes a
+// path with no per-output bound check or select; the rest (rare), the checked path. Both give
+// each output what adc_q and the clamp give it. VEC: 16-byte packs (rows of a multiple of 8).
+template <typename T, bool VEC>
+__device__ void adc_sum_rows(const T *yb, const float *bound, const float *inv_res, T *y,
+                             T *flags, int tokens, int out, int nb, float inv_states, int adc,
+                             int ft, int fo) {
   int t = blockIdx.x;
   i64 plane = (i64)tokens * out;
-  bool vec = out % 8 == 0 && aligned16(yb) && aligned16(y) && aligned16(bound) &&
-             aligned16(inv_res);
   const T one = from_f<T>(1.0f);
   // (b * 2) * inv_states as adc_q has it: the same product, since doubling is exact.
   float two_inv = 2.0f * inv_states, win = adc ? adc_window(inv_states) : 0.0f;
@@ -498,36 +507,43 @@ __device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T
     int n = min(8, out - c);
     i64 e = (i64)t * out + c;
     T *fl = flags + (i64)(t / FLAG_TILE) * fo + c / FLAG_TILE;
+    const T *ys = yb + e;
+    const float *bs = bound + c, *is = inv_res + c;
+    // -0 is the sum's exact identity (-0 + x is x, signed zeros included): no select for s 0.
     float acc[8];
-#pragma unroll 4
-    for (int s = 0; s < nb; s++) {
-      Pack8<T> v = load8(yb + (i64)s * plane + e, vec, n);
-      Pack8<float> bd = load8(bound + (i64)s * out + c, vec, n);
-      Pack8<float> iv = load8(inv_res + (i64)s * out + c, vec, n);
-      // The levels of all eight without a branch per output; only a pack with some quotient
-      // near a half step (rare) takes adc_level's division, output by output.
+#pragma unroll
+    for (int k = 0; k < 8; k++) acc[k] = -0.0f;
+// Not unrolled: 64 registers, four blocks of 256 threads per SM (unrolled by 4: 86, two).
+    for (int s = 0; s < nb; s++, ys += plane, bs += out, is += out) {
+      Pack8<T> v = load8(ys, VEC, n);
+      Pack8<float> bd = load8(bs, VEC, n);
+      Pack8<float> iv = load8(is, VEC, n);
       float lv[8];
       bool near = false, clamped = false;
 #pragma unroll
       for (int k = 0; k < 8; k++) {
         float a = to_f(v.v[k]) * iv.v[k];
         lv[k] = rintf(a);
-        near |= bd.v[k] > 0.0f && !(fabsf(a - lv[k]) < win);
+        near |= !(fabsf(a - lv[k]) < win);
       }
-      if (adc && near) {
+      if (adc && !near) {
 #pragma unroll
-        for (int k = 0; k < 8; k++)
-          if (bd.v[k] > 0.0f) lv[k] = adc_level(to_f(v.v[k]), bd.v[k] * two_inv, iv.v[k], win);
-      }
+        for (int k = 0; k < 8; k++) {
+          float b = bd.v[k], q = lv[k] * (b * two_inv), cl = fmaxf(fminf(q, b), -b);
+          clamped |= cl != q;
+          acc[k] = acc[k] + cl;
+        }
+      } else {
 #pragma unroll
-      for (int k = 0; k < 8; k++) {
-        float x = to_f(v.v[k]), b = bd.v[k];
-        float q = adc ? lv[k] * (b * two_inv) : x;
-        float cl = fmaxf(fminf(q, b), -b);
-        bool on = b > 0.0f;
-        clamped |= on && cl != q;
-        x = on ? cl : x;
-        acc[k] = s == 0 ? x : acc[k] + x;
+        for (int k = 0; k < 8; k++) {
+          float x = to_f(v.v[k]), b = bd.v[k];
+          bool on = b > 0.0f;
+          if (adc && on) lv[k] = adc_level(x, b * two_inv, iv.v[k], win);
+          float q = adc ? lv[k] * (b * two_inv) : x;
+          float cl = fmaxf(fminf(q, b), -b);
+          clamped |= on && cl != q;
+          acc[k] = acc[k] + (on ? cl : x);
+        }
       }
       if (clamped) {
         fl[(i64)s * ft * fo] = one;
@@ -537,8 +553,18 @@ __device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T
     Pack8<T> o;
 #pragma unroll
     for (int k = 0; k < 8; k++) o.v[k] = from_f<T>(acc[k]);
-    store8(y + e, o, vec, n);
+    store8(y + e, o, VEC, n);
   }
+}
+
+template <typename T>
+__device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T *y, T *flags,
+                        int tokens, int out, int nb, float inv_states, int adc, int ft, int fo) {
+  if (out % 8 == 0 && aligned16(yb) && aligned16(y) && aligned16(bound) && aligned16(inv_res))
+    adc_sum_rows<T, true>(yb, bound, inv_res, y, flags, tokens, out, nb, inv_states, adc, ft, fo);
+  else
+    adc_sum_rows<T, false>(yb, bound, inv_res, y, flags, tokens, out, nb, inv_states, adc, ft,
+                           fo);
 }
 
 // ---- backward: the straight-through ADC gradient as plain products plus a correction ------
