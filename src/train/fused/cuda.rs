@@ -110,7 +110,7 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             let tokens = args[0].1.dims()[0];
             let y = alloc_t(n)?;
             let part = match clips {
-                Some(_) => Some(unsafe { dev.alloc::<f32>(g.nb * tokens * 2)? }),
+                Some(_) => Some(dev.alloc_zeros::<u32>(g.nb)?),
                 None => None,
             };
             let func = f("dac_fwd")?;
@@ -126,13 +126,12 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, inv, used, dac);
             unsafe { b.launch(rows8(tokens, g.nb, g.r)) }.w()?;
             if let (Some(side), Some(part)) = (clips, part) {
-                // dac_fwd's counts are chunks of one token each.
                 let cnt = unsafe { dev.alloc::<f32>(g.nb)? };
                 let func = dev.get_or_load_custom_func("clip_count_final", MODULE, PTX)?;
                 let mut b = func.builder();
                 b.arg(&part).arg(&ranges).arg(&cnt);
-                candle_core::builder_arg!(b, nb, tk, used);
-                unsafe { b.launch(rows(g.nb, 1)) }.w()?;
+                candle_core::builder_arg!(b, nb, used);
+                unsafe { b.launch(grid(g.nb)) }.w()?;
                 side.put(device_tensor(cnt, g.nb, dev))?;
             }
             Ok(wrap_t(y))
