@@ -752,8 +752,8 @@ __device__ void clamp_fix(T *dst, const T *g, const T *yb, const float *bound, c
   const T *fl = GW ? flags + (i64)s * ft * fo + blockIdx.y : flags + ((i64)s * ft + blockIdx.y) * fo;
   int stride = GW ? fo : 1, count = GW ? ft : fo;
   // Most rows of tiles have no flag (the release config clamps ~1e-7 of the outputs): one load
-  // per thread and one barrier tell, where the scan's compaction spent four barriers on it
-  // and made these kernels 3% of a layer step at d = 8192 with nothing to correct.
+  // per thread and one barrier tell, where the scan's compaction spends four barriers (both
+  // kernels 115 -> 95 us at 8192 x 4096, ncu, session 34).
   bool row_flagged = false;
   for (int i = threadIdx.x; i < count; i += blockDim.x)
     row_flagged |= to_f(fl[(i64)i * stride]) != 0.0f;
