@@ -198,14 +198,16 @@ __device__ __forceinline__ float adc_window(float inv_states) {
   return 0.5f - 4.8e-7f * (0.5f / inv_states + 3.0f);
 }
 
-// Grid (tokens, nb); eight adjacent inputs per thread at a time. With `clips` (zeroed), also
-// the count of the inputs with |x| >= range added to clips[s]: integers, so the sum is exact in
-// any order. (One partial per token, summed by nb blocks after, took 29 us at 16384 tokens.)
+// Grid (ceil(tokens / blockDim.y), nb): blockDim.y tokens' rows of block s per thread block (a
+// row of 512 inputs needs 64 threads, and 64-thread blocks left the kernel at ~2 TB/s), eight
+// adjacent inputs per thread at a time. With `clips` (zeroed), also the count of the inputs
+// with |x| >= range added to clips[s]: integers, so the sum is exact in any order. (One
+// partial per token, summed by nb blocks after, took 29 us at 16384 tokens.)
 template <typename T>
-__device__ void dac_fwd(const T *x, const float *ranges, T *xb, unsigned *clips, int tokens, int n_in,
-                        int base, int extra, int head, int r, float inv_states, int used,
-                        int dac) {
-  int t = blockIdx.x, s = blockIdx.y;
+__device__ void dac_fwd(const T *x, const float *ranges, T *xb, unsigned *clips, int tokens,
+                        int n_in, int base, int extra, int head, int r, float inv_states,
+                        int used, int dac) {
+  int t = blockIdx.x * blockDim.y + threadIdx.y, s = blockIdx.y;
   int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
   float b = ranges[s];
   bool act = used && b > 0.0f;
@@ -217,7 +219,7 @@ __device__ void dac_fwd(const T *x, const float *ranges, T *xb, unsigned *clips,
   T *o = xb + ((i64)s * tokens + t) * r;
   bool vec = vec_rows(start, n_in, r, x, xb);
   float cnt = 0.0f;
-  for (int j = threadIdx.x * 8; j < r; j += blockDim.x * 8) {
+  for (int j = threadIdx.x * 8; t < tokens && j < r; j += blockDim.x * 8) {
     int n = min(8, r - j), nl = max(0, min(8, len - j));
     Pack8<T> in = load8(row + j, vec && nl == 8, nl), y;
 #pragma unroll
@@ -236,14 +238,16 @@ __device__ void dac_fwd(const T *x, const float *ranges, T *xb, unsigned *clips,
     store8(o + j, y, vec && n == 8, n);
   }
   if (!clips) return;
-  // Whole warps (rows8): shuffles, then the warps' sums (integers: exact).
-  __shared__ float wc[8];  // rows8 launches at most 256 threads
+  // Whole warps (blockDim.x is a multiple of 32): shuffles, then the warps' sums (integers:
+  // exact).
+  __shared__ float wc[8];  // at most 256 threads
+  int lin = threadIdx.y * blockDim.x + threadIdx.x;
   for (int off = 16; off > 0; off >>= 1) cnt += __shfl_down_sync(0xffffffffu, cnt, off);
-  if (threadIdx.x % 32 == 0) wc[threadIdx.x / 32] = cnt;
+  if (lin % 32 == 0) wc[lin / 32] = cnt;
   __syncthreads();
-  if (threadIdx.x == 0) {
+  if (lin == 0) {
     float c = 0.0f;
-    for (int w = 0; w < (int)blockDim.x / 32; w++) c += wc[w];
+    for (int w = 0; w < (int)(blockDim.x * blockDim.y) / 32; w++) c += wc[w];
     if (c > 0.0f) atomicAdd(clips + s, (unsigned)c);
   }
 }

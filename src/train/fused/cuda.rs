@@ -51,6 +51,18 @@ fn rows8(x: usize, y: usize, n: usize) -> LaunchConfig {
     }
 }
 
+/// [`rows8`] for `x` rows of `n` elements in each of `y` groups, with as many rows stacked in
+/// a block (`blockDim.y`) as fit in [`THREADS`]: short rows do not make small blocks.
+fn rows8_stacked(x: usize, y: usize, n: usize) -> LaunchConfig {
+    let cfg = rows8(x, y, n);
+    let stack = THREADS / cfg.block_dim.0;
+    LaunchConfig {
+        grid_dim: (x.div_ceil(stack as usize) as u32, y as u32, 1),
+        block_dim: (cfg.block_dim.0, stack, 1),
+        ..cfg
+    }
+}
+
 /// Enough blocks for `n` threads.
 fn grid(n: usize) -> LaunchConfig {
     rows(n.div_ceil(THREADS as usize).clamp(1, 65_535 * 16), 1)
@@ -124,7 +136,7 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             let (inv, dac) = (inv_states.unwrap_or(0.0), i32::from(inv_states.is_some()));
             let (tk, used) = (i(tokens), i32::from(*used));
             candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, inv, used, dac);
-            unsafe { b.launch(rows8(tokens, g.nb, g.r)) }.w()?;
+            unsafe { b.launch(rows8_stacked(tokens, g.nb, g.r)) }.w()?;
             if let (Some(side), Some(part)) = (clips, part) {
                 let cnt = unsafe { dev.alloc::<f32>(g.nb)? };
                 let func = dev.get_or_load_custom_func("clip_count_final", MODULE, PTX)?;
