@@ -511,7 +511,7 @@ __device__ void adc_sum_rows(const T *yb, const float *bound, const float *inv_r
     float acc[8];
 #pragma unroll
     for (int k = 0; k < 8; k++) acc[k] = -0.0f;
-// Not unrolled: 64 registers, four blocks of 256 threads per SM (unrolled by 4: 86, two).
+    // Not unrolled: 64 registers, four blocks of 256 threads per SM (unrolled by 4: 86, two).
     for (int s = 0; s < nb; s++, ys += plane, bs += out, is += out) {
       Pack8<T> v = load8(ys, VEC, n);
       Pack8<float> bd = load8(bs, VEC, n);
