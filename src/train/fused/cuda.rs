@@ -121,7 +121,7 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             let (x, ranges) = (t(0)?, f32_arg(1)?);
             let tokens = args[0].1.dims()[0];
             let y = alloc_t(n)?;
-            let part = match clips {
+            let counts = match clips {
                 Some(_) => Some(dev.alloc_zeros::<u32>(g.nb)?),
                 None => None,
             };
@@ -129,7 +129,7 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             let mut b = func.builder();
             let null = 0u64;
             b.arg(&x).arg(&ranges).arg(&y);
-            match &part {
+            match &counts {
                 Some(p) => b.arg(p),
                 None => b.arg(&null),
             };
@@ -137,11 +137,11 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             let (tk, used) = (i(tokens), i32::from(*used));
             candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, inv, used, dac);
             unsafe { b.launch(rows8_stacked(tokens, g.nb, g.r)) }.w()?;
-            if let (Some(side), Some(part)) = (clips, part) {
+            if let (Some(side), Some(counts)) = (clips, counts) {
                 let cnt = unsafe { dev.alloc::<f32>(g.nb)? };
                 let func = dev.get_or_load_custom_func("clip_count_final", MODULE, PTX)?;
                 let mut b = func.builder();
-                b.arg(&part).arg(&ranges).arg(&cnt);
+                b.arg(&counts).arg(&ranges).arg(&cnt);
                 candle_core::builder_arg!(b, nb, used);
                 unsafe { b.launch(grid(g.nb)) }.w()?;
                 side.put(device_tensor(cnt, g.nb, dev))?;
