@@ -9,9 +9,8 @@ set -u
 bin=$1 out=$2
 shift 2
 [ -d /work/main ] || { mkdir -p /work; ln -s "$PWD" /work/main; }
-export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib
-W=$(mktemp -d)
-for f in "$bin"/*.xz; do xz -dc "$f" > "$W/$(basename "$f" .xz)" && chmod +x "$W/$(basename "$f" .xz)"; done
+. "$(dirname "$0")/unpack.sh"
+unpack "$bin"
 mkdir -p "$out"
 if [ "${TESTS:-cuda::}" != - ]; then
   "$W/itest" "${TESTS:-cuda::}" --test-threads 1 > "$out/tests.log" 2>&1

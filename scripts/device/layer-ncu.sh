@@ -9,14 +9,13 @@
 set -u
 bin=$1 out=$2
 shift 2
-export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib
-W=$(mktemp -d)
-xz -dc "$bin/train_layer.xz" > "$W/tl" && chmod +x "$W/tl"
+. "$(dirname "$0")/unpack.sh"
+unpack "$bin" train_layer
 mkdir -p "$out"
 for shape in "$@"; do
   d=${shape%x*} t=${shape#*x}
   ncu --metrics gpu__time_duration.sum --clock-control none --cache-control none --csv \
-    --print-units base "$W/tl" --device cuda --dtype bf16 --dims "$d" --tokens "$t" \
+    --print-units base "$W/train_layer" --device cuda --dtype bf16 --dims "$d" --tokens "$t" \
     --paths plain,fused --warmup 1 --reps 1 > "$out/ncu_$shape.csv" 2> "$out/ncu_$shape.err"
   echo "== $shape (exit $?): every kernel in order, us"
   python3 - "$out/ncu_$shape.csv" <<'PY'

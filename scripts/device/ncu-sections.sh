@@ -7,16 +7,15 @@
 set -u
 bin=$1 tag=$2
 shift 2
-export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib
-W=$(mktemp -d)
-xz -dc "$bin/train_layer.xz" > "$W/tl" && chmod +x "$W/tl"
+. "$(dirname "$0")/unpack.sh"
+unpack "$bin" train_layer
 for shape in "$@"; do
   d=${shape%x*} t=${shape#*x}
   f=$OUT/full_${tag}_$shape.txt
   ncu -k regex:"adc_sum|noisy_wblocks|clamp_fix_g" -c 4 --section SpeedOfLight \
     --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
     --section LaunchStats --section ComputeWorkloadAnalysis --section SchedulerStats \
-    "$W/tl" --device cuda --dtype bf16 --dims "$d" --tokens "$t" --paths fused --warmup 0 \
+    "$W/train_layer" --device cuda --dtype bf16 --dims "$d" --tokens "$t" --paths fused --warmup 0 \
     --reps 1 > "$f" 2>&1
   echo "== $tag $shape exit $?"
   grep -E "^  [a-z_]+_bf16|Duration|DRAM Throughput|L2 Cache Throughput|Compute \(SM\) Throughput|L1/TEX Hit|L2 Hit|Achieved Occupancy|Registers Per|Issue Slots Busy" \
