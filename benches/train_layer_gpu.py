@@ -10,7 +10,10 @@ upstream gradient g (torch: y.backward(g)), for d x d weights with d in
     (AIHWKIT_USE_TRITON=1), installed with --no-deps over the machine's torch,
   - a plain PyTorch bf16 nn.Linear (the floor).
 Medians of --reps timed repetitions (CUDA events) after --warmup; prints a markdown table with
-the ratios ours / lightning and ours / plain and writes every measurement to --json.
+the ratios ours / lightning and ours / plain and writes every measurement to --json. With
+--rounds N the whole set (every binary, then torch) runs N times in turn: the table's times are
+the medians over rounds, and a second table gives each round's ratios ours / torch's Linear
+(side by side within a round), so a ratio near a target shows its spread, not one draw.
 
     python3 benches/train_layer_gpu.py --afm-bench BIN --json OUT.json \
         --dims 2048,4096,8192 --tokens 256,4096,16384
@@ -132,8 +135,17 @@ def afm_rows(binary, dims, tokens, reps, warmup, paths, label, extra=()):
     return rows
 
 
+def median(values):
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
 def table(rows, dims, tokens):
-    get = {(r["path"], r["dims"], r["tokens"]): r.get("median_ms") for r in rows}
+    by = {}
+    for r in rows:
+        if r.get("median_ms") is not None:
+            by.setdefault((r["path"], r["dims"], r["tokens"]), []).append(r["median_ms"])
+    get = {k: median(v) for k, v in by.items()}
     cols = ["afm-fused", "afm-reference", "afm-plain", "lightning-torch", "lightning-triton",
             "torch-bf16-linear", "afm-baseline-fused", "afm-fused-cublas"]
     # fused / each of these
@@ -155,6 +167,26 @@ def table(rows, dims, tokens):
     return "\n".join(lines)
 
 
+def round_table(rows, dims, tokens, rounds):
+    """Each round's ours / torch's Linear (both measured in that round), then their median."""
+    get = {(r["path"], r["dims"], r["tokens"], r.get("round", 0)): r.get("median_ms")
+           for r in rows}
+    head = "| d | tokens | " + " | ".join(f"round {k + 1}" for k in range(rounds))
+    lines = [head + " | median | max |", "|" + "---:|" * (rounds + 4)]
+    for d in dims:
+        for t in tokens:
+            ratios = []
+            for k in range(rounds):
+                ours = get.get(("afm-fused", d, t, k))
+                plain = get.get(("torch-bf16-linear", d, t, k))
+                ratios.append(ours / plain if ours is not None and plain else None)
+            done = [r for r in ratios if r is not None]
+            cells = ["%.2f" % r if r is not None else "–" for r in ratios]
+            summary = ["%.2f" % median(done), "%.2f" % max(done)] if done else ["–", "–"]
+            lines.append(f"| {d} | {t} | " + " | ".join(cells + summary) + " |")
+    return "fused / torch-bf16-linear per round\n" + "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--afm-bench", required=True)
@@ -164,6 +196,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", required=True)
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every binary and torch this many times in turn (median of rounds)")
     ap.add_argument("--afm-paths", default="fused,reference,plain",
                     help="paths of the afm binary to time (the reference is slow; fused-cublas: "
                          "the fused layer with cuBLAS's product and the separate ADC kernel)")
@@ -176,16 +210,21 @@ def main():
     a = ap.parse_args()
     dims = [int(v) for v in a.dims.split(",")]
     tokens = [int(v) for v in a.tokens.split(",")]
-    rows = afm_rows(a.afm_bench, dims, tokens, a.reps, a.warmup, a.afm_paths, "afm-")
-    for v in a.afm_variant:
-        name, extra = v.split("=", 1)
-        rows += afm_rows(a.afm_bench, dims, tokens, a.reps, a.warmup, a.afm_paths,
-                         f"afm-{name}-", extra.split())
-    if a.baseline_bench:
-        rows += afm_rows(a.baseline_bench, dims, tokens, a.reps, a.warmup, "fused",
-                         "afm-baseline-")
-    if not a.skip_torch:
-        rows += torch_rows(dims, tokens, a.reps, a.warmup)
+    rows = []
+    for k in range(a.rounds):
+        rnd = afm_rows(a.afm_bench, dims, tokens, a.reps, a.warmup, a.afm_paths, "afm-")
+        for v in a.afm_variant:
+            name, extra = v.split("=", 1)
+            rnd += afm_rows(a.afm_bench, dims, tokens, a.reps, a.warmup, a.afm_paths,
+                            f"afm-{name}-", extra.split())
+        if a.baseline_bench:
+            rnd += afm_rows(a.baseline_bench, dims, tokens, a.reps, a.warmup, "fused",
+                            "afm-baseline-")
+        if not a.skip_torch:
+            rnd += torch_rows(dims, tokens, a.reps, a.warmup)
+        for r in rnd:
+            r["round"] = k
+        rows += rnd
     meta = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
             "command": " ".join(sys.argv)}
     try:
@@ -196,6 +235,9 @@ def main():
     with open(a.json, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     print(table(rows, dims, tokens))
+    if a.rounds > 1 and not a.skip_torch:
+        print()
+        print(round_table(rows, dims, tokens, a.rounds))
 
 
 if __name__ == "__main__":
