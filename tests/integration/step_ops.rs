@@ -283,3 +283,35 @@ pub fn check_step_ops(dev: &Device) {
 fn fused_step_ops_match_the_generic_compositions() {
     check_step_ops(&Device::Cpu);
 }
+
+#[test]
+fn backward_keeps_lone_gradients_and_sums_shared_ones() {
+    // vendor/candle-core stores a node input's first gradient as it comes (made contiguous)
+    // instead of adding it to zeros; later gradients of the same input are added to it.
+    let dev = Device::Cpu;
+    let t = |seed, shape: (usize, usize)| {
+        Tensor::from_vec(normals(seed, shape.0 * shape.1, 1.0), shape, &dev).unwrap()
+    };
+    let (a, b) = (t(1, (2, 3)), t(2, (3, 2)));
+    let x = Var::from_tensor(&t(3, (2, 3))).unwrap();
+    let w = Var::from_tensor(&t(4, (3, 2))).unwrap();
+    // x twice (once through a transpose), w once through a transpose: its gradient arrives as
+    // a transposed view.
+    let xs = x.as_tensor();
+    let y = ((xs * &a).unwrap().sum_all().unwrap()
+        + (xs.t().unwrap() * &b).unwrap().sum_all().unwrap()
+        + (w.as_tensor().t().unwrap() * &a)
+            .unwrap()
+            .sum_all()
+            .unwrap())
+    .unwrap();
+    let grads = y.backward().unwrap();
+    let (gx, gw) = (
+        grads.get(xs).expect("x's gradient"),
+        grads.get(w.as_tensor()).expect("w's gradient"),
+    );
+    assert!(gx.is_contiguous() && gw.is_contiguous());
+    let want_x = (&a + b.t().unwrap()).unwrap();
+    assert_close("x used twice", &flat(gx), &flat(&want_x), 1e-6, 0.0);
+    assert_close("w used once", &flat(gw), &flat(&a.t().unwrap()), 0.0, 0.0);
+}
