@@ -22,6 +22,7 @@ the medians over rounds, and a second table gives each round's ratios ours / tor
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -135,17 +136,12 @@ def afm_rows(binary, dims, tokens, reps, warmup, paths, label, extra=()):
     return rows
 
 
-def median(values):
-    v = sorted(values)
-    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
-
-
 def table(rows, dims, tokens):
     by = {}
     for r in rows:
         if r.get("median_ms") is not None:
             by.setdefault((r["path"], r["dims"], r["tokens"]), []).append(r["median_ms"])
-    get = {k: median(v) for k, v in by.items()}
+    get = {k: statistics.median(v) for k, v in by.items()}
     cols = ["afm-fused", "afm-reference", "afm-plain", "lightning-torch", "lightning-triton",
             "torch-bf16-linear", "afm-baseline-fused", "afm-fused-cublas"]
     # fused / each of these
@@ -182,7 +178,8 @@ def round_table(rows, dims, tokens, rounds):
                 ratios.append(ours / plain if ours is not None and plain else None)
             done = [r for r in ratios if r is not None]
             cells = ["%.2f" % r if r is not None else "–" for r in ratios]
-            summary = ["%.2f" % median(done), "%.2f" % max(done)] if done else ["–", "–"]
+            summary = (["%.2f" % statistics.median(done), "%.2f" % max(done)] if done
+                       else ["–", "–"])
             lines.append(f"| {d} | {t} | " + " | ".join(cells + summary) + " |")
     return "fused / torch-bf16-linear per round\n" + "\n".join(lines)
 
