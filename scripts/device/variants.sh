@@ -8,7 +8,7 @@
 # 1. the CUDA tests and the bench of the patched build (VAR unset) against main's, two rounds,
 #    with torch's Linear (OUT/ab); 2. the fused path under each value (OUT/vK.json); 3. the
 #    layer's CUDA tests under each value; 4. ncu of the KERNELS (a regex) at 8192 x 4096, main
-#    and each value, one step (us).
+#    and each value, two steps each (us; OUT/main, OUT/unset, OUT/vK).
 set -u
 out=$1 dims=${2:-4096,8192} tokens=${3:-4096,16384}
 mkdir -p "$out"
@@ -24,15 +24,12 @@ for v in $VALUES; do
   env "$VAR=$v" timeout 90 "$W/itest" cuda::cuda_training_layer --test-threads 1 2>&1 \
     | grep "test result" | sed "s/^/$VAR=$v /"
 done
-kernels() {
-  timeout 90 ncu -k "regex:$KERNELS" --metrics gpu__time_duration.sum --clock-control none \
-    --cache-control none --csv --print-units base "$1" --device cuda --dtype bf16 --dims 8192 \
-    --tokens 4096 --paths fused --warmup 1 --reps 1 2>/dev/null | grep -E '^"' \
-    | awk -F'","' -v tag="$2" 'NR > 1 {gsub(/[",]/, "", $NF); print "ncu " tag, $5, $NF / 1e3}' | tail -8
-}
-kernels /tmp/base_tl main
-kernels "$W/train_layer" "$VAR=unset"
+# The KERNELS alone, fused path only (layer-ncu.sh reads KERNELS and PATHS from the
+# environment): main's, then this build's unset and under each value.
+ncu_of() { echo "ncu: $2"; PATHS=fused scripts/device/layer-ncu.sh "$1" "$out/$2" 8192x4096; }
+ncu_of cuda-bin/base main
+ncu_of cuda-bin/layer unset
 for v in $VALUES; do
   export "$VAR=$v"
-  kernels "$W/train_layer" "$VAR=$v"
+  ncu_of cuda-bin/layer "v$v"
 done
