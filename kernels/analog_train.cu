@@ -79,6 +79,15 @@ __device__ __forceinline__ float ln_poly(float x) {
   return f + y + 0.693359375f * e;
 }
 
+// fl(x / c) for the two constant divisors of sincos_turns, as a product and one FMA correction
+// instead of the IEEE division (a reciprocal, four FMAs and a slow-path check): for every x
+// the noise stream reaches (the 2^24 values z2 can take), this gives the quotient's bits, as
+// the test `rng::fast::tests::constant_divisions_are_exact_where_the_stream_reaches` checks.
+__device__ __forceinline__ float div_const(float x, float c) {
+  float r = 1.0f / c, q = x * r;
+  return __fmaf_rn(__fmaf_rn(-q, c, x), r, q);
+}
+
 __device__ __forceinline__ void sincos_turns(float turns, float *s_out, float *c_out) {
   bool far = fabsf(turns) > 0.25f;
   float folded = turns >= 0.0f ? 0.5f - turns : -0.5f - turns;
@@ -87,12 +96,12 @@ __device__ __forceinline__ void sincos_turns(float turns, float *s_out, float *c
   float s = z * (1.0f + z2 * (-1.0f / 6.0f +
                               z2 * (1.0f / 120.0f +
                                     z2 * (-1.0f / 5040.0f +
-                                          z2 * (1.0f / 362880.0f - z2 / 39916800.0f)))));
+                                          z2 * (1.0f / 362880.0f - div_const(z2, 39916800.0f))))));
   float c = 1.0f + z2 * (-0.5f + z2 * (1.0f / 24.0f +
                                        z2 * (-1.0f / 720.0f +
                                              z2 * (1.0f / 40320.0f +
                                                    z2 * (-1.0f / 3628800.0f +
-                                                         z2 / 479001600.0f)))));
+                                                         div_const(z2, 479001600.0f))))));
   *s_out = s;
   *c_out = far ? -c : c;
 }

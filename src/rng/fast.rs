@@ -45,17 +45,26 @@ fn ln(x: f32) -> f32 {
     f + y + 0.693_359_4 * e
 }
 
-/// (sin, cos) of 2 pi `turns` for `turns` in [-0.5, 0.5].
+/// 2 pi `turns` folded to [-1/4, 1/4] turn, and whether the fold negates the cosine
+/// (sin(pi - x) = sin x, cos(pi - x) = -cos x).
 #[inline(always)]
-fn sincos_turns(turns: f32) -> (f32, f32) {
-    // Fold to [-1/4, 1/4] turn: sin(pi - x) = sin x, cos(pi - x) = -cos x.
+fn fold_turns(turns: f32) -> (f32, bool) {
     let far = turns.abs() > 0.25;
     let folded = if turns >= 0.0 {
         0.5 - turns
     } else {
         -0.5 - turns
     };
-    let z = if far { folded } else { turns } * std::f32::consts::TAU;
+    (
+        if far { folded } else { turns } * std::f32::consts::TAU,
+        far,
+    )
+}
+
+/// (sin, cos) of 2 pi `turns` for `turns` in [-0.5, 0.5].
+#[inline(always)]
+fn sincos_turns(turns: f32) -> (f32, f32) {
+    let (z, far) = fold_turns(turns);
     let z2 = z * z;
     let s = z
         * (1.0
@@ -144,6 +153,25 @@ mod tests {
                 (s - a.sin()).abs() < 1e-6 && (c - a.cos()).abs() < 1e-6,
                 "sincos {t}"
             );
+        }
+    }
+
+    /// The CUDA kernels divide z2 by sincos_turns' two constants as x * (1 / c) plus one FMA
+    /// correction (`div_const` in kernels/analog_train.cu); that equals the IEEE quotient for
+    /// every z2 the stream can give (u1 takes 2^24 values), so CPU and GPU noise stay equal.
+    #[test]
+    fn constant_divisions_are_exact_where_the_stream_reaches() {
+        for c in [39_916_800.0f32, 479_001_600.0] {
+            let r = 1.0 / c;
+            let differ = (0u32..1 << 24)
+                .filter(|&h| {
+                    let (z, _) = fold_turns(h as f32 * (1.0 / 16_777_216.0) - 0.5);
+                    let z2 = z * z;
+                    let q = z2 * r;
+                    (-q).mul_add(c, z2).mul_add(r, q).to_bits() != (z2 / c).to_bits()
+                })
+                .count();
+            assert_eq!(differ, 0, "z2 / {c}: {differ} quotients differ");
         }
     }
 
