@@ -22,6 +22,13 @@
 // kernel, which converted a whole block at once in separate warpgroups, ran at a third of
 // cuBLAS's rate. The running sums live in shared memory (a float4 load and store per four
 // outputs): with them in registers too (192) ptxas spilled.
+//
+// Measured on an H100 (session 37, benches/RESULTS.md): right, but 1.5-2.7x slower than the
+// two kernels. Compile-time switches for finding where the time goes: -DLAB_NO_ADC (the main
+// loop alone, the ADC of the last block only), -DLAB_NO_YB (no block sums stored for flagged
+// tiles), -DLAB_ATOMIC_REFILL (the warpgroup that finishes a stage second refills it, instead
+// of thread 0 waiting for both). After the check, the two kernels also run over token chunks
+// (each chunk's block sums read back while in L2).
 
 #include <cublas_v2.h>
 #include <cuda.h>
@@ -227,6 +234,9 @@ struct Consumer {
   // flag is set and all its block sums go to yb.
   __device__ __forceinline__ void flag(const float (&acc)[64], int s, int bits, int bar_id) {
     if (!bar_any(bar_id, 128, bits != 0)) return;
+#ifdef LAB_NO_YB
+    if (threadIdx.x < 1000) return;
+#endif
     bool q0 = bar_any(bar_id, 128, bits & 1), q1 = bar_any(bar_id, 128, bits & 2);
     int tile_t = tok0 / FLAG_TILE;
     if (wq == 0 && lane == 0) {
@@ -249,6 +259,7 @@ __global__ void __launch_bounds__(THREADS, 1)
              Args a) {
   extern __shared__ unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t full[STAGES], empty[STAGES];
+  __shared__ int refill[STAGES];
   unsigned char *smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
   float4 *sp = (float4 *)(smem + STAGES * STAGE_BYTES);
   int num_m = (a.tokens + BM - 1) / BM;
@@ -262,6 +273,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     for (int st = 0; st < STAGES; st++) {
       bar_init(&full[st], 1);
       bar_init(&empty[st], 8);
+      refill[st] = 0;
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -319,21 +331,33 @@ __global__ void __launch_bounds__(THREADS, 1)
       wg_wait<0>();
       pin(acc_n);
       pin(acc_p);
+#ifdef LAB_ATOMIC_REFILL
+      asm volatile("bar.sync %0, 128;\n" ::"r"(3 + cw) : "memory");
+      if (threadIdx.x % 128 == 0 && it + STAGES < total && (atomicAdd(&refill[st], 1) & 1))
+        load(it + STAGES);
+#else
       if (lane == 0) bar_arrive(&empty[st]);
       // The stage both warpgroups have finished gets the k-step STAGES ahead.
       if (threadIdx.x == 0 && it + STAGES < total) {
         bar_wait(&empty[st], (it / STAGES) & 1);
         load(it + STAGES);
       }
+#endif
       // Sixteen groups over the KT k-steps (two after each): constant indices, so the
       // accumulators stay in registers.
+#ifdef LAB_NO_ADC
+      if (false) {
+#else
       if (adc_prev) {
+#endif
 #pragma unroll
         for (int j = kk * (16 / KT); j < (kk + 1) * (16 / KT); j++)
           bits |= cs.adc_group(acc_p, sum, s - 1, j);
       }
     }
+#ifndef LAB_NO_ADC
     if (adc_prev) cs.flag(acc_p, s - 1, bits, 1 + cw);
+#endif
   };
   // The last block's ADC, with no products left to hide it.
   auto finish = [&](float(&acc)[64]) {
@@ -436,7 +460,7 @@ int main(int argc, char **argv) {
   CK(cudaMalloc(&y_ref, (size_t)tokens * out * 2));
   CK(cudaMalloc(&y, (size_t)tokens * out * 2));
   CK(cudaMalloc(&big_out, (size_t)tokens * out * 2));
-  CK(cudaMalloc(&fl_ref, nfl * 2));
+  CK(cudaMalloc(&fl_ref, (nfl + (size_t)ft * fo) * 2));
   CK(cudaMalloc(&fl, nfl * 2));
   CK(cudaMalloc(&bound, hb.size() * 4));
   CK(cudaMalloc(&inv, hi.size() * 4));
@@ -528,6 +552,33 @@ int main(int argc, char **argv) {
   float t_two = median_us(two_kernel), t_fused = median_us(fused), t_plain = median_us(plain);
   float t_blocked = median_us(blocked);
   CK(cudaGetLastError());
+  // The two kernels over token chunks, each chunk's planes read back by adc_sum while they
+  // are still in L2 (the flags' any-flag slot lands past the array: fl_ref has room for it).
+  for (int chunk : {128, 256, 512, 1024}) {
+    if (chunk >= tokens) continue;
+    auto chunked = [&]() {
+      cudaMemsetAsync(fl_ref, 0, nfl * 2);
+      for (int t0 = 0; t0 < tokens; t0 += chunk) {
+        int n = std::min(chunk, tokens - t0);
+        cublasGemmStridedBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, out, n, r, &one, w, CUDA_R_16BF,
+                                   r, (i64)out * r, x + (i64)t0 * r, CUDA_R_16BF, r,
+                                   (i64)tokens * r, &zero, planes + (i64)t0 * out, CUDA_R_16BF,
+                                   out, (i64)tokens * out, nb, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT);
+        adc_sum_bf16<<<n, adc_threads>>>(planes + (i64)t0 * out, bound, inv, big_out + (i64)t0 * out,
+                                         fl_ref + (i64)(t0 / FLAG_TILE) * fo, tokens, out, nb,
+                                         inv_states, 1, ft, fo);
+      }
+    };
+    chunked();
+    CK(cudaDeviceSynchronize());
+    std::vector<bf16> cy((size_t)tokens * out);
+    CK(cudaMemcpy(cy.data(), big_out, cy.size() * 2, cudaMemcpyDeviceToHost));
+    size_t cd = 0;
+    for (size_t e = 0; e < cy.size(); e++) cd += __bfloat162float(cy[e]) != __bfloat162float(a[e]);
+    printf("chunks of %d tokens: outputs differing %zu, median us %.1f (two-kernel %.1f)\n", chunk,
+           cd, median_us(chunked), t_two);
+  }
   double tflops = 2.0 * tokens * out * (double)nb * r / (t_fused * 1e-6) / 1e12;
   printf("median us: cuBLAS blocked product %.1f, + adc_sum %.1f, one kernel %.1f "
          "(%.0f TFLOP/s), plain product %.1f; one kernel / two-kernel %.2f, one kernel / "

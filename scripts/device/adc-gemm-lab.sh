@@ -2,6 +2,7 @@
 # The stand-alone lab of the product with the ADC inside (benches/gpu/adc_gemm_lab.cu).
 #   scripts/device/adc-gemm-lab.sh build       # here: nvcc (../shared/tools/cuda-env.sh) ->
 #                                              # cuda-bin/lab/adc_lab.xz (ignored; carry it)
+#   LAB_FLAGS=-DLAB_NO_ADC adc-gemm-lab.sh build   # a variant (switches: adc_gemm_lab.cu)
 #   scripts/device/adc-gemm-lab.sh run OUT     # on the device: four shapes, then ncu of one
 # Each run prints the outputs and clamp flags that differ from cuBLAS's blocked product plus
 # the crate's adc_sum, and the median times of both and of one plain product.
@@ -12,7 +13,7 @@ case ${1:-} in
     env_dir=${CUDA_ENV_DIR:-$HOME/.cache/cuda13-env}
     lib=$(ls -d "$env_dir"/venv/lib/python3*/site-packages/nvidia/cu13/lib)
     mkdir -p cuda-bin/lab
-    nvcc -gencode arch=compute_90a,code=sm_90a -O3 --fmad=false -std=c++17 -Xptxas -v \
+    nvcc -gencode arch=compute_90a,code=sm_90a -O3 --fmad=false -std=c++17 -Xptxas -v ${LAB_FLAGS:-} \
       -o cuda-bin/lab/adc_lab benches/gpu/adc_gemm_lab.cu -L"$lib" \
       -L"$env_dir/link" -Xlinker -rpath-link="$lib" \
       -lcublas -lcuda 2>&1 | grep -E "adc_gemm|Used|spill|C75" || true

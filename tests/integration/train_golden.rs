@@ -191,6 +191,9 @@ pub fn ragged_cases() -> Vec<(String, [Tensor; 4], AnalogTrainConfig)> {
         // Several correction tiles in both directions, ragged at both ends.
         (80, 600, 136, 256, 0, ClampOnly(3.0)),
         (150, 530, 200, 256, 5, ClampOnly(6.0)),
+        // 18 token tiles: the CUDA correction checks up to 16 rows of tiles per thread block,
+        // so gx's rows span two blocks, the second ragged.
+        (1100, 300, 72, 256, 0, ClampOnly(3.0)),
     ];
     cases
         .iter()
