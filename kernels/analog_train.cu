@@ -439,7 +439,8 @@ __device__ __forceinline__ float noisy_v(float raw, float n, float m, float sc) 
 
 // A row whose pairs start at even elements of the stream (el0 even), of even length, with
 // both rows aligned for pairs: each lane loads, draws for and stores whole pairs, with no
-// per-element bounds or shape tests (the generic loop below spent ~40% more instructions).
+// per-element bounds or shape tests (the kernel 273 -> 231 us at 8192 x 4096 under ncu, against
+// the generic loop below alone; session 37).
 template <typename T, typename W, bool PCM>
 __device__ __forceinline__ void noisy_pairs(const W *row, T *o, int len, int lane, uint32_t k0,
                                             uint32_t k1, uint32_t el0, float m, float sc) {
