@@ -25,9 +25,9 @@
 //
 // Measured on an H100 (session 37, benches/RESULTS.md): right, but 1.5-2.7x slower than the
 // two kernels. Compile-time switches for finding where the time goes: -DLAB_NO_ADC (the main
-// loop alone, the ADC of the last block only), -DLAB_NO_YB (no block sums stored for flagged
-// tiles), -DLAB_ATOMIC_REFILL (the warpgroup that finishes a stage second refills it, instead
-// of thread 0 waiting for both). After the check, the two kernels also run over token chunks
+// loop alone, the ADC of the last block only), -DLAB_NO_YB (nothing stored for clamped tiles:
+// neither flags nor block sums), -DLAB_ATOMIC_REFILL (the warpgroup that finishes a stage
+// second refills it, instead of thread 0 waiting for both). After the check, the two kernels also run over token chunks
 // (each chunk's block sums read back while in L2).
 
 #include <cublas_v2.h>
@@ -234,9 +234,7 @@ struct Consumer {
   // flag is set and all its block sums go to yb.
   __device__ __forceinline__ void flag(const float (&acc)[64], int s, int bits, int bar_id) {
     if (!bar_any(bar_id, 128, bits != 0)) return;
-#ifdef LAB_NO_YB
-    if (threadIdx.x < 1000) return;
-#endif
+#ifndef LAB_NO_YB
     bool q0 = bar_any(bar_id, 128, bits & 1), q1 = bar_any(bar_id, 128, bits & 2);
     int tile_t = tok0 / FLAG_TILE;
     if (wq == 0 && lane == 0) {
@@ -251,6 +249,7 @@ struct Consumer {
       if (mine && c < a.out && t < a.tokens)
         a.yb[((i64)s * a.tokens + t) * a.out + c] = __float2bfloat16(acc[i]);
     }
+#endif
   }
 };
 
@@ -259,7 +258,9 @@ __global__ void __launch_bounds__(THREADS, 1)
              Args a) {
   extern __shared__ unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t full[STAGES], empty[STAGES];
+#ifdef LAB_ATOMIC_REFILL
   __shared__ int refill[STAGES];
+#endif
   unsigned char *smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
   float4 *sp = (float4 *)(smem + STAGES * STAGE_BYTES);
   int num_m = (a.tokens + BM - 1) / BM;
@@ -273,7 +274,9 @@ __global__ void __launch_bounds__(THREADS, 1)
     for (int st = 0; st < STAGES; st++) {
       bar_init(&full[st], 1);
       bar_init(&empty[st], 8);
+#ifdef LAB_ATOMIC_REFILL
       refill[st] = 0;
+#endif
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
