@@ -402,13 +402,21 @@ template <typename T, typename W> __device__ __forceinline__ float as_t(W v) {
   return to_f(from_f<T>(to_f(v)));
 }
 
-// The division |w| / wmax only where the noise depends on it: computed for its argument, it
-// was ~12 instructions per weight of a kernel bound by instruction issue, for a factor 1.
+// The noise of one weight already loaded (raw, before T rounds it), with its shape fixed at
+// compile time. The division |w| / wmax only where the noise depends on it: computed for its
+// argument, it was ~12 instructions per weight of a kernel bound by instruction issue, for a
+// factor 1.
+template <typename T, bool PCM>
+__device__ __forceinline__ float noisy_v(float raw, float n, float m, float sc) {
+  float v = to_f(from_f<T>(raw));
+  float rel = PCM ? noise_rel(m > 0.0f ? fabsf(v) / m : 0.0f, 1) : 1.0f;
+  return v + n * sc * rel;
+}
+
 template <typename T, typename W>
 __device__ __forceinline__ float noisy_w(const W *row, int j, float n, float m, float sc, int pcm) {
-  float v = as_t<T>(row[j]);
-  float rel = pcm ? noise_rel(m > 0.0f ? fabsf(v) / m : 0.0f, 1) : 1.0f;
-  return v + n * sc * rel;
+  float raw = to_f(row[j]);
+  return pcm ? noisy_v<T, true>(raw, n, m, sc) : noisy_v<T, false>(raw, n, m, sc);
 }
 
 // Two adjacent elements in one load or store (the caller checks the alignment).
@@ -427,14 +435,6 @@ __device__ __forceinline__ void store2(__nv_bfloat16 *p, float a, float b) {
 }
 __device__ __forceinline__ void store2(__half *p, float a, float b) {
   *(__half2 *)p = __floats2half2_rn(a, b);
-}
-
-// noisy_w for a value already loaded, with the noise's shape fixed at compile time.
-template <typename T, bool PCM>
-__device__ __forceinline__ float noisy_v(float raw, float n, float m, float sc) {
-  float v = to_f(from_f<T>(raw));
-  float rel = PCM ? noise_rel(m > 0.0f ? fabsf(v) / m : 0.0f, 1) : 1.0f;
-  return v + n * sc * rel;
 }
 
 // A row whose pairs start at even elements of the stream (el0 even), of even length, with
