@@ -211,11 +211,14 @@ __device__ __forceinline__ float adc_window(float inv_states) {
 // row of 512 inputs needs 64 threads, and 64-thread blocks left the kernel at ~2 TB/s), eight
 // adjacent inputs per thread at a time. With `clips` (zeroed), also the count of the inputs
 // with |x| >= range added to clips[s]: integers, so the sum is exact in any order. (One
-// partial per token, summed by nb blocks after, took 29 us at 16384 tokens.)
+// partial per token, summed by nb blocks after, took 29 us at 16384 tokens.) With `mask`, the
+// same test's bits: bit j % 32 of word (s * tokens + t) * ceil(r / 32) + j / 32 is |x| >= range
+// for input j of block s (what dac_grad_sparse visits). A thread's eight bits never straddle a
+// word (j is a multiple of 8), and the four lanes of a word OR theirs together.
 template <typename T>
-__device__ void dac_fwd(const T *x, const float *ranges, T *xb, unsigned *clips, int tokens,
-                        int n_in, int base, int extra, int head, int r, float inv_states,
-                        int used, int dac) {
+__device__ void dac_fwd(const T *x, const float *ranges, T *xb, unsigned *clips, unsigned *mask,
+                        int tokens, int n_in, int base, int extra, int head, int r,
+                        float inv_states, int used, int dac) {
   int t = blockIdx.x * blockDim.y + threadIdx.y, s = blockIdx.y;
   int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
   float b = ranges[s];
@@ -228,23 +231,40 @@ __device__ void dac_fwd(const T *x, const float *ranges, T *xb, unsigned *clips,
   T *o = xb + ((i64)s * tokens + t) * r;
   bool vec = vec_rows(start, n_in, r, x, xb);
   float cnt = 0.0f;
-  for (int j = threadIdx.x * 8; t < tokens && j < r; j += blockDim.x * 8) {
-    int n = min(8, r - j), nl = max(0, min(8, len - j));
-    Pack8<T> in = load8(row + j, vec && nl == 8, nl), y;
+  int wpr = (r + 31) / 32;
+  // Every lane runs every pass (a warp is one token's row: blockDim.x is a multiple of 32), so
+  // the mask's shuffles see all lanes.
+  for (int j0 = 0; j0 < r; j0 += blockDim.x * 8) {
+    int j = j0 + threadIdx.x * 8;
+    bool in_row = t < tokens && j < r;
+    unsigned bits = 0;
+    if (in_row) {
+      int n = min(8, r - j), nl = max(0, min(8, len - j));
+      Pack8<T> in = load8(row + j, vec && nl == 8, nl), y;
 #pragma unroll
-    for (int k = 0; k < 8; k++) {
-      float v = 0.0f;
-      if (k < nl) {
-        v = to_f(in.v[k]);
-        if (v >= b || v <= -b) cnt += 1.0f;
-        if (act) {
-          v = fmaxf(fminf(v, b), -b);
-          if (dac) v = adc_level(v, res, inv_res, win) * res;
+      for (int k = 0; k < 8; k++) {
+        float v = 0.0f;
+        if (k < nl) {
+          v = to_f(in.v[k]);
+          if (v >= b || v <= -b) {
+            cnt += 1.0f;
+            bits |= 1u << k;
+          }
+          if (act) {
+            v = fmaxf(fminf(v, b), -b);
+            if (dac) v = adc_level(v, res, inv_res, win) * res;
+          }
         }
+        y.v[k] = from_f<T>(v);
       }
-      y.v[k] = from_f<T>(v);
+      store8(o + j, y, vec && n == 8, n);
     }
-    store8(o + j, y, vec && n == 8, n);
+    if (mask) {
+      bits <<= (j % 32);
+      bits |= __shfl_xor_sync(0xffffffffu, bits, 1);
+      bits |= __shfl_xor_sync(0xffffffffu, bits, 2);
+      if (in_row && j % 32 == 0) mask[((i64)s * tokens + t) * wpr + j / 32] = bits;
+    }
   }
   if (!clips) return;
   // Whole warps (blockDim.x is a multiple of 32): shuffles, then the warps' sums (integers:
@@ -314,6 +334,52 @@ __device__ void dac_grad(const T *gxb, const T *x, const float *ranges, float *p
         if (act && fabsf(xv) > b) g8.v[k] = from_f<T>(0.0f);
       }
       store8(gx + (i64)t * n_in + start + j, g8, vec && n == 8, n);
+    }
+  }
+  sp[threadIdx.x] = pull;
+  sc[threadIdx.x] = cnt;
+  tree_sum2(sp, sc);
+  if (threadIdx.x == 0) {
+    part[((i64)s * chunks + blockIdx.x) * 2] = sp[0];
+    part[((i64)s * chunks + blockIdx.x) * 2 + 1] = sc[0];
+  }
+}
+
+// dac_grad for blocks of equal length (r each) with gx (T, n_in) already in place (the product
+// wrote it there): only the inputs dac_fwd's mask marks (|x| >= range) matter, for the pull,
+// the count and the zeros (|x| > range), so each thread block reads its rows' mask words and
+// touches x and gx only at set bits. Grid (chunks, nb); part as dac_grad writes it, summed per
+// thread in a fixed order, then the same tree (deterministic). A block whose range is not in
+// use passes gx as it is (range_grad_final gives it 0).
+template <typename T>
+__device__ void dac_grad_sparse(T *gx, const T *x, const unsigned *mask, const float *ranges,
+                                float *part, int tokens, int n_in, int r, int chunks, int used) {
+  __shared__ float sp[256];
+  __shared__ float sc[256];
+  int s = blockIdx.y;
+  float b = ranges[s];
+  float pull = 0.0f, cnt = 0.0f;
+  if (used && b > 0.0f) {
+    int wpr = (r + 31) / 32;
+    int rows = tokens > (int)blockIdx.x ? (tokens - 1 - (int)blockIdx.x) / chunks + 1 : 0;
+    for (int e = threadIdx.x; e < rows * wpr; e += blockDim.x) {
+      int t = blockIdx.x + (e / wpr) * chunks, w = e % wpr;
+      unsigned m = mask[((i64)s * tokens + t) * wpr + w];
+      while (m) {
+        int j = w * 32 + __ffs(m) - 1;
+        m &= m - 1;
+        i64 at = (i64)t * n_in + (i64)s * r + j;
+        float xv = to_f(x[at]), gv = to_f(gx[at]);
+        if (xv >= b) {
+          pull += fminf(gv, 0.0f);
+          cnt += 1.0f;
+        }
+        if (xv <= -b) {
+          pull -= fmaxf(gv, 0.0f);
+          cnt += 1.0f;
+        }
+        if (fabsf(xv) > b) gx[at] = from_f<T>(0.0f);
+      }
     }
   }
   sp[threadIdx.x] = pull;
@@ -628,10 +694,16 @@ __device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T
 
 #define INSTANTIATE(T, SUF)                                                                        \
   extern "C" __global__ void dac_fwd_##SUF(const T *x, const float *ranges, T *xb,                \
-                                           unsigned *clips, int tokens, int n_in, int base,        \
-                                           int extra, int head, int r, float inv_states, int used, \
-                                           int dac) {                                              \
-    dac_fwd<T>(x, ranges, xb, clips, tokens, n_in, base, extra, head, r, inv_states, used, dac);   \
+                                           unsigned *clips, unsigned *mask, int tokens, int n_in,  \
+                                           int base, int extra, int head, int r, float inv_states, \
+                                           int used, int dac) {                                    \
+    dac_fwd<T>(x, ranges, xb, clips, mask, tokens, n_in, base, extra, head, r, inv_states, used,   \
+               dac);                                                                               \
+  }                                                                                                \
+  extern "C" __global__ void dac_grad_sparse_##SUF(T *gx, const T *x, const unsigned *mask,        \
+                                                   const float *ranges, float *part, int tokens,   \
+                                                   int n_in, int r, int chunks, int used) {        \
+    dac_grad_sparse<T>(gx, x, mask, ranges, part, tokens, n_in, r, chunks, used);                  \
   }                                                                                                \
   extern "C" __global__ void dac_grad_##SUF(const T *gxb, const T *x, const float *ranges,         \
                                             float *part, T *gx, int tokens, int n_in, int base,    \

@@ -6,10 +6,10 @@
 
 use crate::common::assert_close;
 use crate::train_golden::{
-    assert_mostly_close, clip_stats, grad_w_inputs, ragged_cases, run_case, vec_of, Run,
-    GRAD_W_CASES,
+    assert_mostly_close, clip_mask, clip_stats, dac_grad_in_place, dac_grad_inputs,
+    direct_grad_inputs, ragged_cases, run_case, vec_of, vec_of_u32, Run, DIRECT_GRAD_CASES,
 };
-use afm::train::fused::{Blocks, GradW};
+use afm::train::fused::{Blocks, DirectGrad, FixTarget, FusedOp, Stage};
 use candle_core::{DType, Device, Tensor};
 
 fn gpu() -> Device {
@@ -69,41 +69,81 @@ fn cuda_training_layer_matches_cpu_on_ragged_shapes() {
 }
 
 #[test]
-fn cuda_w_gradient_product_writes_gw_in_place_like_the_cpu() {
+fn cuda_direct_gradient_products_write_in_place_like_the_cpu() {
     let gpu = gpu();
     let mut uniform = 0;
-    for (i, &(tokens, n_out, n_in, rows, head)) in GRAD_W_CASES.iter().enumerate() {
+    for (i, &(tokens, n_out, n_in, rows, head)) in DIRECT_GRAD_CASES.iter().enumerate() {
         let blocks = Blocks::with_head(n_in, rows, head);
         if !blocks.uniform() {
             continue;
         }
         uniform += 1;
-        let (g, xb) = grad_w_inputs(70 + i as u64, (tokens, n_out, &blocks));
-        // f32 products take TF32 where the trainer turned it on for this process.
-        let f32_rel = if candle_core::cuda_backend::gemm_reduced_precision_f32() {
-            2e-3
-        } else {
-            1e-5
+        for target in [FixTarget::X, FixTarget::W] {
+            let (g, other) = direct_grad_inputs(70 + i as u64, target, (tokens, n_out, &blocks));
+            // f32 products take TF32 where the trainer turned it on for this process.
+            let f32_rel = if candle_core::cuda_backend::gemm_reduced_precision_f32() {
+                2e-3
+            } else {
+                1e-5
+            };
+            let op = DirectGrad { blocks, target };
+            for (dtype, rel) in [
+                (DType::F32, f32_rel),
+                (DType::BF16, 8e-3),
+                (DType::F16, 1e-3),
+            ] {
+                let round = |t: &Tensor| t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+                let want = vec_of(&round(&g).apply_op2_no_bwd(&round(&other), &op).unwrap());
+                let on = |t: &Tensor| t.to_dtype(dtype).unwrap().to_device(&gpu).unwrap();
+                let got = on(&g).apply_op2_no_bwd(&on(&other), &op).unwrap();
+                let rows_out = if target == FixTarget::X {
+                    tokens
+                } else {
+                    n_out
+                };
+                assert_eq!(got.dims(), [rows_out, n_in]);
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let label =
+                    format!("{dtype:?} {target:?} gradient {tokens} x {n_out} x {n_in} / {rows}");
+                assert_close(&label, &vec_of(&got), &want, rel * scale, rel);
+            }
+        }
+    }
+    assert_eq!(uniform, 3, "cases with blocks of equal length");
+}
+
+#[test]
+fn cuda_dac_backward_in_place_follows_the_cpu() {
+    let gpu = gpu();
+    let mut uniform = 0;
+    for (i, &(tokens, _, n_in, rows, head)) in DIRECT_GRAD_CASES.iter().enumerate() {
+        let blocks = Blocks::with_head(n_in, rows, head);
+        if !blocks.uniform() {
+            continue;
+        }
+        uniform += 1;
+        let [x, gxb, ranges] = dac_grad_inputs(90 + i as u64, tokens, &blocks);
+        let unblock = FusedOp {
+            blocks,
+            stage: Stage::Unblock,
         };
-        for (dtype, rel) in [
-            (DType::F32, f32_rel),
-            (DType::BF16, 8e-3),
-            (DType::F16, 1e-3),
-        ] {
+        let gx = gxb.apply_op1_no_bwd(&unblock).unwrap();
+        let ranges_gpu = ranges.to_device(&gpu).unwrap();
+        for dtype in [DType::F32, DType::BF16] {
+            let label = format!("{dtype:?} DAC backward {tokens} x {n_in} / {rows}");
             let round = |t: &Tensor| t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
-            let want = vec_of(
-                &round(&g)
-                    .apply_op2_no_bwd(&round(&xb), &GradW { blocks })
-                    .unwrap(),
-            );
             let on = |t: &Tensor| t.to_dtype(dtype).unwrap().to_device(&gpu).unwrap();
-            let got = on(&g)
-                .apply_op2_no_bwd(&on(&xb), &GradW { blocks })
-                .unwrap();
-            assert_eq!(got.dims(), [n_out, n_in]);
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let label = format!("{dtype:?} W gradient {tokens} x {n_out} x {n_in} / {rows}");
-            assert_close(&label, &vec_of(&got), &want, rel * scale, rel);
+            let (xr, gxr) = (round(&x), round(&gx));
+            // The mask's bits are comparisons of the same values: equal to the bit.
+            let mask = clip_mask(blocks, &on(&x), &ranges_gpu);
+            let want_mask = clip_mask(blocks, &xr, &ranges);
+            assert_eq!(vec_of_u32(&mask), vec_of_u32(&want_mask), "{label}: mask");
+            let (want, want_gr) = dac_grad_in_place(blocks, [&gxr, &xr, &ranges], None);
+            let (got, gr) = dac_grad_in_place(blocks, [&on(&gx), &on(&x), &ranges_gpu], Some(mask));
+            assert_close(&label, &vec_of(&got), &vec_of(&want), 0.0, 0.0);
+            // The pull sums in another order (f32 per thread on the GPU, f64 on the CPU).
+            let ranges_label = format!("{label}: ranges");
+            assert_close(&ranges_label, &vec_of(&gr), &vec_of(&want_gr), 1e-5, 1e-4);
         }
     }
     assert_eq!(uniform, 3, "cases with blocks of equal length");

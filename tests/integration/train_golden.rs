@@ -3,7 +3,9 @@
 //! `tests/golden/make_golden_train.py`), plus the weight-noise statistics.
 
 use crate::common::{assert_close, normals, repo};
-use afm::train::fused::{Blocks, FusedOp, GradW, Stage};
+use afm::train::fused::{
+    Blocks, DacGradInPlace, DirectGrad, FixTarget, FusedOp, SideOutput, Stage,
+};
 use afm::train::layer::{AnalogTrainConfig, AnalogTrainLinear, NoiseShape};
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -530,7 +532,7 @@ fn fused_clip_statistics_equal_the_reference() {
 }
 
 /// Block layouts for the W gradient's cases: (tokens, outputs, inputs, tile rows, head).
-pub const GRAD_W_CASES: [(usize, usize, usize, usize, usize); 5] = [
+pub const DIRECT_GRAD_CASES: [(usize, usize, usize, usize, usize); 5] = [
     (9, 5, 12, 4, 0),
     (70, 33, 600, 256, 0),
     (40, 24, 1024, 512, 0),
@@ -538,10 +540,12 @@ pub const GRAD_W_CASES: [(usize, usize, usize, usize, usize); 5] = [
     (5, 11, 700, 256, 0),
 ];
 
-/// g (T, out) and xb (nb, T, r) on the CPU for a W gradient case, xb zero past each block's
-/// inputs as the DAC leaves it.
-pub fn grad_w_inputs(
+/// g (T, out) and the other operand of a [`DirectGrad`] case on the CPU: wb (nb, out, r) for
+/// x's gradient, xb (nb, T, r) for W's, zero past each block's inputs as the DAC and the noise
+/// leave them.
+pub fn direct_grad_inputs(
     seed: u64,
+    target: FixTarget,
     (tokens, n_out, blocks): (usize, usize, &Blocks),
 ) -> (Tensor, Tensor) {
     let g = Tensor::from_vec(
@@ -549,40 +553,176 @@ pub fn grad_w_inputs(
         (tokens, n_out),
         &Device::Cpu,
     );
-    let mut xb = normals(seed + 1, blocks.nb * tokens * blocks.r, 1.0);
-    for (i, v) in xb.iter_mut().enumerate() {
-        if i % blocks.r >= blocks.len(i / (tokens * blocks.r)) {
+    let mid = match target {
+        FixTarget::X => n_out,
+        FixTarget::W => tokens,
+    };
+    let mut other = normals(seed + 1, blocks.nb * mid * blocks.r, 1.0);
+    for (i, v) in other.iter_mut().enumerate() {
+        if i % blocks.r >= blocks.len(i / (mid * blocks.r)) {
             *v = 0.0;
         }
     }
-    let xb = Tensor::from_vec(xb, (blocks.nb, tokens, blocks.r), &Device::Cpu);
-    (g.unwrap(), xb.unwrap())
+    let other = Tensor::from_vec(other, (blocks.nb, mid, blocks.r), &Device::Cpu);
+    (g.unwrap(), other.unwrap())
 }
 
 #[test]
-fn w_gradient_in_place_equals_the_blocked_products_unblocked() {
-    for (i, &(tokens, n_out, n_in, rows, head)) in GRAD_W_CASES.iter().enumerate() {
+fn direct_gradients_equal_the_blocked_products_unblocked() {
+    for (i, &(tokens, n_out, n_in, rows, head)) in DIRECT_GRAD_CASES.iter().enumerate() {
         let blocks = Blocks::with_head(n_in, rows, head);
-        let (g, xb) = grad_w_inputs(70 + i as u64, (tokens, n_out, &blocks));
-        let direct = g.apply_op2_no_bwd(&xb, &GradW { blocks }).unwrap();
-        let gwb = g
-            .t()
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap()
-            .broadcast_as((blocks.nb, n_out, tokens))
-            .unwrap()
-            .matmul(&xb)
+        for target in [FixTarget::X, FixTarget::W] {
+            let (g, other) = direct_grad_inputs(70 + i as u64, target, (tokens, n_out, &blocks));
+            let direct = g
+                .apply_op2_no_bwd(&other, &DirectGrad { blocks, target })
+                .unwrap();
+            let gb = g.unsqueeze(0).unwrap();
+            let blocked = match target {
+                FixTarget::X => gb.broadcast_as((blocks.nb, tokens, n_out)).unwrap(),
+                FixTarget::W => {
+                    let gt = g.t().unwrap().unsqueeze(0).unwrap();
+                    gt.broadcast_as((blocks.nb, n_out, tokens)).unwrap()
+                }
+            }
+            .matmul(&other)
+            .unwrap();
+            let unblock = FusedOp {
+                blocks,
+                stage: Stage::Unblock,
+            };
+            let want = blocked.apply_op1_no_bwd(&unblock).unwrap();
+            let rows_out = if target == FixTarget::X {
+                tokens
+            } else {
+                n_out
+            };
+            assert_eq!(direct.dims(), [rows_out, n_in]);
+            let label =
+                format!("{target:?} gradient {tokens} x {n_out} x {n_in} / {rows} + {head}");
+            assert_close(&label, &vec_of(&direct), &vec_of(&want), 1e-4, 1e-4);
+        }
+    }
+}
+
+/// A DAC backward case on the CPU for `blocks`: x (T, n_in) of normals with about a tenth of
+/// the inputs beyond their block's range (some exactly at it, where the range's pull counts
+/// them but the gradient passes), gx's blocked form gxb (nb, T, r, zero past each block's
+/// inputs) and the ranges, the last one 0 (not in use).
+pub fn dac_grad_inputs(seed: u64, tokens: usize, blocks: &Blocks) -> [Tensor; 3] {
+    let cpu = &Device::Cpu;
+    let ranges: Vec<f32> = (0..blocks.nb)
+        .map(|s| {
+            if s + 1 == blocks.nb && s > 0 {
+                0.0
+            } else {
+                1.5 + 0.1 * s as f32
+            }
+        })
+        .collect();
+    let mut x = normals(seed, tokens * blocks.n_in, 1.0);
+    for (i, v) in x.iter_mut().enumerate().step_by(7) {
+        *v = ranges[blocks.of(i % blocks.n_in).0] * if i % 2 == 0 { 1.0 } else { -1.0 };
+    }
+    let (x, gxb) = (
+        Tensor::from_vec(x, (tokens, blocks.n_in), cpu).unwrap(),
+        direct_grad_inputs(seed + 2, FixTarget::W, (tokens, 1, blocks)).1,
+    );
+    [x, gxb, Tensor::from_vec(ranges, blocks.nb, cpu).unwrap()]
+}
+
+/// [`DacGradInPlace`] on a copy of gx (T, n_in): x's gradient and the ranges' (ranges in use,
+/// decay 0.01 while half the inputs sit inside).
+pub fn dac_grad_in_place(
+    blocks: Blocks,
+    [gx, x, ranges]: [&Tensor; 3],
+    mask: Option<Tensor>,
+) -> (Tensor, Tensor) {
+    let gx = gx.copy().unwrap();
+    let side = SideOutput::default();
+    let op = DacGradInPlace {
+        blocks,
+        used: true,
+        decay: 0.01,
+        min_inside: 0.5,
+        x: x.clone(),
+        ranges: ranges.clone(),
+        mask,
+        ranges_grad: side.clone(),
+    };
+    gx.inplace_op1(&op).unwrap();
+    (gx, side.take().unwrap())
+}
+
+/// The DAC's clip mask of x (T, n_in) on x's device ([`Stage::Dac`]).
+pub fn clip_mask(blocks: Blocks, x: &Tensor, ranges: &Tensor) -> Tensor {
+    let side = SideOutput::default();
+    let dac = FusedOp {
+        blocks,
+        stage: Stage::Dac {
+            used: true,
+            inv_states: None,
+            clips: None,
+            mask: Some(side.clone()),
+        },
+    };
+    x.apply_op2_no_bwd(ranges, &dac).unwrap();
+    side.take().unwrap()
+}
+
+#[test]
+fn dac_backward_in_place_equals_the_blocked_one() {
+    for (i, &(tokens, _, n_in, rows, head)) in DIRECT_GRAD_CASES.iter().enumerate() {
+        let blocks = Blocks::with_head(n_in, rows, head);
+        let [x, gxb, ranges] = dac_grad_inputs(90 + i as u64, tokens, &blocks);
+        let side = SideOutput::default();
+        let stage = Stage::DacGrad {
+            used: true,
+            decay: 0.01,
+            min_inside: 0.5,
+            ranges_grad: side.clone(),
+        };
+        let want = gxb
+            .apply_op3_no_bwd(&x, &ranges, &FusedOp { blocks, stage })
             .unwrap();
         let unblock = FusedOp {
             blocks,
             stage: Stage::Unblock,
         };
-        let want = gwb.apply_op1_no_bwd(&unblock).unwrap();
-        assert_eq!(direct.dims(), [n_out, n_in]);
-        let label = format!("W gradient {tokens} x {n_out} x {n_in} / {rows} + {head}");
-        assert_close(&label, &vec_of(&direct), &vec_of(&want), 1e-4, 1e-4);
+        let gx = gxb.apply_op1_no_bwd(&unblock).unwrap();
+        let (got, gr) = dac_grad_in_place(blocks, [&gx, &x, &ranges], None);
+        let label = format!("DAC backward {tokens} x {n_in} / {rows} + {head}");
+        assert_close(&label, &vec_of(&got), &vec_of(&want), 0.0, 0.0);
+        let want_gr = vec_of(&side.take().unwrap());
+        assert_close(
+            &format!("{label}: ranges"),
+            &vec_of(&gr),
+            &want_gr,
+            0.0,
+            0.0,
+        );
+        // Zeros where |x| > range (ranges in use), and some inputs sit exactly at it; the mask
+        // marks |x| >= range in every block.
+        let (xv, gv, rv) = (vec_of(&x), vec_of(&got), vec_of(&ranges));
+        let range = |k: usize| rv[blocks.of(k % n_in).0];
+        let beyond: Vec<_> = (0..xv.len())
+            .filter(|&k| range(k) > 0.0 && xv[k].abs() > range(k))
+            .collect();
+        assert!(
+            !beyond.is_empty() && beyond.iter().all(|&k| gv[k] == 0.0),
+            "{label}"
+        );
+        let mask = vec_of_u32(&clip_mask(blocks, &x, &ranges));
+        let bits: u32 = mask.iter().map(|w| w.count_ones()).sum();
+        let marked = (0..xv.len()).filter(|&k| xv[k].abs() >= range(k)).count();
+        assert_eq!(bits as usize, marked, "{label}: mask bits");
+        let at = (0..xv.len()).filter(|&k| range(k) > 0.0 && xv[k].abs() == range(k));
+        assert!(at.count() > 0, "{label}: inputs at the range");
     }
+}
+
+/// A u32 tensor's values.
+pub fn vec_of_u32(t: &Tensor) -> Vec<u32> {
+    t.flatten_all().unwrap().to_vec1::<u32>().unwrap()
 }
 
 /// `range_init_mse` on `dev`: the first training batch sets every range to what

@@ -1,5 +1,6 @@
-//! The backward's own ops: the clamp correction of the two plain products ([`ClampFix`]) and,
-//! on the GPU, the W gradient written in place by one batched product ([`GradW`]). Straight
+//! The backward's own ops: the clamp correction of the two plain products ([`ClampFix`]), on
+//! the GPU the x and W gradients written in place by one batched product each ([`DirectGrad`]),
+//! and the DAC's backward on x's gradient in place ([`DacGradInPlace`]). Straight
 //! through the ADC every block's output gradient is the upstream g except where the ADC
 //! clamped, so the products take g for all blocks at once and these ops take the clamped terms
 //! back out, or skip the blocked layout.
@@ -8,7 +9,7 @@
 use super::cuda;
 #[cfg(doc)]
 use super::Stage;
-use super::{cpu, f32s, out, Blocks};
+use super::{cpu, f32s, out, Blocks, SideOutput};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// Which gradient a [`ClampFix`] corrects.
@@ -22,8 +23,9 @@ pub enum FixTarget {
 
 /// In place on gxb or gwb computed with the upstream gradient g for every block: subtracts the
 /// terms of the outputs whose ADC clamped (their gradient is zero), visiting only the tiles
-/// [`Stage::Adc`] flagged. On the GPU the W gradient may also be gw (out, n_in) as [`GradW`]
-/// wrote it (blocks of equal length side by side); the CPU takes the blocked layouts only.
+/// [`Stage::Adc`] flagged. On the GPU the gradient may also be gx (T, n_in) or gw (out, n_in)
+/// as [`DirectGrad`] wrote it (blocks of equal length side by side); the CPU takes the blocked
+/// layouts only.
 #[derive(Debug, Clone)]
 pub struct ClampFix {
     /// The row blocks.
@@ -86,20 +88,24 @@ impl candle_core::InplaceOp1 for ClampFix {
     }
 }
 
-/// (g (T, out), xb (nb, T, r)) -> gw (out, n_in): gw[c, start(s) + j] = sum over t of
-/// g[t, c] xb[s, t, j], the W gradient of every block (as if no output clamped) put in place.
-/// On the GPU, for blocks of equal length, one strided-batched product writes it there directly
-/// (no blocked gwb, no [`Stage::Unblock`] pass); the CPU path is the plain sum, the reference
-/// the tests hold the batched product and the unblocking to.
+/// The gradient of x or W of every block (as if no output clamped) put in place, from g (T,
+/// out) and the other operand: for [`FixTarget::X`], (g, wb (nb, out, r)) -> gx (T, n_in) with
+/// gx[t, start(s) + j] = sum over c of g[t, c] wb[s, c, j]; for [`FixTarget::W`], (g, xb (nb, T,
+/// r)) -> gw (out, n_in) with gw[c, start(s) + j] = sum over t of g[t, c] xb[s, t, j]. On the
+/// GPU, for blocks of equal length, one strided-batched product writes it there directly (no
+/// blocked gradient, no unblocking pass); the CPU path is the plain sum, the reference the tests
+/// hold the batched product and the unblocking to.
 #[derive(Debug, Clone)]
-pub struct GradW {
+pub struct DirectGrad {
     /// The row blocks.
     pub blocks: Blocks,
+    /// The gradient computed.
+    pub target: FixTarget,
 }
 
-impl CustomOp2 for GradW {
+impl CustomOp2 for DirectGrad {
     fn name(&self) -> &'static str {
-        "afm-fused-analog-grad-w"
+        "afm-fused-analog-direct-grad"
     }
 
     fn cpu_fwd(
@@ -110,19 +116,24 @@ impl CustomOp2 for GradW {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.blocks;
-        let (gv, xb) = (f32s(s1, l1, "g")?, f32s(s2, l2, "xb")?);
-        let (tokens, n_out) = self.dims(l1, l2)?;
-        let mut gw = vec![0f32; n_out * g.n_in];
-        for c in 0..n_out {
+        let (gv, other) = (f32s(s1, l1, "g")?, f32s(s2, l2, "the other operand")?);
+        let (tokens, n_out, rows) = self.dims(l1, l2)?;
+        let mut d = vec![0f32; rows * g.n_in];
+        for (row, dr) in d.chunks_mut(g.n_in).enumerate() {
             for s in 0..g.nb {
                 for j in 0..g.len(s) {
-                    gw[c * g.n_in + g.start(s) + j] = (0..tokens)
-                        .map(|t| gv[t * n_out + c] * xb[(s * tokens + t) * g.r + j])
-                        .sum();
+                    dr[g.start(s) + j] = match self.target {
+                        FixTarget::X => (0..n_out)
+                            .map(|c| gv[row * n_out + c] * other[(s * n_out + c) * g.r + j])
+                            .sum(),
+                        FixTarget::W => (0..tokens)
+                            .map(|t| gv[t * n_out + row] * other[(s * tokens + t) * g.r + j])
+                            .sum(),
+                    };
                 }
             }
         }
-        out(gw, (n_out, g.n_in))
+        out(d, (rows, g.n_in))
     }
 
     #[cfg(feature = "cuda")]
@@ -133,25 +144,102 @@ impl CustomOp2 for GradW {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (_, n_out) = self.dims(l1, l2)?;
-        let shape = Shape::from((n_out, self.blocks.n_in));
-        Ok((cuda::grad_w(&self.blocks, (s1, l1), (s2, l2))?, shape))
+        let (_, _, rows) = self.dims(l1, l2)?;
+        let shape = Shape::from((rows, self.blocks.n_in));
+        let d = cuda::direct_grad(&self.blocks, self.target, (s1, l1), (s2, l2))?;
+        Ok((d, shape))
     }
 }
 
-impl GradW {
-    /// (tokens, outputs) of g, once xb is checked to be (nb, tokens, r).
-    fn dims(&self, g: &Layout, xb: &Layout) -> Result<(usize, usize)> {
+impl DirectGrad {
+    /// (tokens, outputs, rows of the result) of g, once the other operand is checked to be
+    /// (nb, outputs, r) for X or (nb, tokens, r) for W.
+    fn dims(&self, g: &Layout, other: &Layout) -> Result<(usize, usize, usize)> {
         let b = &self.blocks;
-        let (tokens, n_out) = (g.dims()[0], g.dims()[1]);
-        if xb.dims() != [b.nb, tokens, b.r] {
+        let (tokens, n_out) = match g.dims() {
+            &[t, o] => (t, o),
+            d => candle_core::bail!("fused analog op: g of dims {d:?}, expected (tokens, outputs)"),
+        };
+        let (mid, rows, name) = match self.target {
+            FixTarget::X => (n_out, tokens, "wb"),
+            FixTarget::W => (tokens, n_out, "xb"),
+        };
+        if other.dims() != [b.nb, mid, b.r] {
             candle_core::bail!(
-                "fused analog op: xb of dims {:?}, expected ({}, {tokens}, {})",
-                xb.dims(),
+                "fused analog op: {name} of dims {:?}, expected ({}, {mid}, {})",
+                other.dims(),
                 b.nb,
                 b.r
             );
         }
-        Ok((tokens, n_out))
+        Ok((tokens, n_out, rows))
+    }
+}
+
+/// In place on x's gradient gx (T, n_in) as [`DirectGrad`] wrote it (and [`ClampFix`]
+/// corrected it): the DAC's backward, [`Stage::DacGrad`] without the blocked layout. gx is
+/// zeroed where |x| > range, and the ranges' gradient (nb, f32) goes to `ranges_grad`. On the
+/// GPU only the inputs the DAC's clip mask marks are visited (blocks of equal length); the CPU
+/// path reads every input, the reference.
+#[derive(Debug, Clone)]
+pub struct DacGradInPlace {
+    /// The row blocks.
+    pub blocks: Blocks,
+    /// As in [`Stage::DacGrad`].
+    pub used: bool,
+    /// Range decay.
+    pub decay: f32,
+    /// Share of inputs inside above which the decay acts.
+    pub min_inside: f32,
+    /// The layer's input x (T, n_in), in gx's dtype.
+    pub x: Tensor,
+    /// The ranges (nb), f32.
+    pub ranges: Tensor,
+    /// The DAC's clip mask ([`Stage::Dac`]'s `mask`); the GPU path needs it.
+    pub mask: Option<Tensor>,
+    /// Where the op leaves the ranges' gradient.
+    pub ranges_grad: SideOutput,
+}
+
+impl candle_core::InplaceOp1 for DacGradInPlace {
+    fn name(&self) -> &'static str {
+        "afm-fused-analog-dac-grad-in-place"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let g = &self.blocks;
+        let (xs, xl) = self.x.storage_and_layout();
+        let (rs, rl) = self.ranges.storage_and_layout();
+        let (x, ranges) = match (&*xs, &*rs) {
+            (candle_core::Storage::Cpu(x), candle_core::Storage::Cpu(r)) => {
+                (f32s(x, xl, "x")?, f32s(r, rl, "ranges")?)
+            }
+            _ => candle_core::bail!("fused analog op: x or the ranges are not on the CPU"),
+        };
+        let tokens = l.dims()[0];
+        if l.dims() != [tokens, g.n_in] || x.len() != tokens * g.n_in || ranges.len() != g.nb {
+            candle_core::bail!(
+                "fused analog op: x's gradient of dims {:?} with x of {} values and {} ranges, \
+                 expected ({tokens}, {}), as many values and {} ranges",
+                l.dims(),
+                x.len(),
+                ranges.len(),
+                g.n_in,
+                g.nb
+            );
+        }
+        let gx = match (dst, l.contiguous_offsets()) {
+            (CpuStorage::F32(v), Some((a, b))) => &mut v[a..b],
+            _ => candle_core::bail!("fused analog op: x's gradient must be contiguous f32"),
+        };
+        let decay = (self.decay, self.min_inside);
+        let gr = cpu::dac_grad_in_place(gx, x, ranges, g, tokens, self.used, decay);
+        let dev = candle_core::Device::Cpu;
+        self.ranges_grad.put(Tensor::from_vec(gr, g.nb, &dev)?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, dst: &mut candle_core::CudaStorage, l: &Layout) -> Result<()> {
+        cuda::dac_grad_in_place(self, dst, l)
     }
 }

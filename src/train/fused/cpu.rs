@@ -80,6 +80,20 @@ pub fn range_grad(
     g: &Blocks,
     tokens: usize,
     used: bool,
+    decay: (f32, f32),
+) -> Vec<f32> {
+    let grad = |s: usize, t: usize, j: usize| gxb[(s * tokens + t) * g.r + j];
+    range_grad_by(grad, x, ranges, g, tokens, used, decay)
+}
+
+/// [`range_grad`] with x's gradient at (block s, token t, input j of the block) from `grad`.
+fn range_grad_by(
+    grad: impl Fn(usize, usize, usize) -> f32,
+    x: &[f32],
+    ranges: &[f32],
+    g: &Blocks,
+    tokens: usize,
+    used: bool,
     (decay, min_inside): (f32, f32),
 ) -> Vec<f32> {
     (0..g.nb)
@@ -93,7 +107,7 @@ pub fn range_grad(
             for t in 0..tokens {
                 for j in 0..len {
                     let xv = x[t * g.n_in + start + j];
-                    let gv = gxb[(s * tokens + t) * g.r + j];
+                    let gv = grad(s, t, j);
                     if xv >= b {
                         pull += f64::from(gv.min(0.0));
                         cnt += 1.0;
@@ -114,6 +128,45 @@ pub fn range_grad(
             gb
         })
         .collect()
+}
+
+/// [`dac_grad_x`] and [`range_grad`] for x's gradient gx (tokens, n_in) in place (as the GPU's
+/// direct product leaves it): the ranges' gradient, and gx zeroed where |x| > range.
+pub fn dac_grad_in_place(
+    gx: &mut [f32],
+    x: &[f32],
+    ranges: &[f32],
+    g: &Blocks,
+    tokens: usize,
+    used: bool,
+    decay: (f32, f32),
+) -> Vec<f32> {
+    let grad = |s: usize, t: usize, j: usize| gx[t * g.n_in + g.start(s) + j];
+    let gr = range_grad_by(grad, x, ranges, g, tokens, used, decay);
+    for (i, v) in gx.iter_mut().enumerate() {
+        let b = ranges[g.of(i % g.n_in).0];
+        if used && b > 0.0 && x[i].abs() > b {
+            *v = 0.0;
+        }
+    }
+    gr
+}
+
+/// The DAC's clip mask as `kernels/analog_train.cu`'s `dac_fwd` writes it: bit j % 32 of word
+/// (s * tokens + t) * ceil(r / 32) + j / 32 is |x| >= range for input j of block s at token t.
+pub fn clip_mask(x: &[f32], ranges: &[f32], g: &Blocks, tokens: usize) -> Vec<u32> {
+    let wpr = g.r.div_ceil(32);
+    let mut m = vec![0u32; g.nb * tokens * wpr];
+    m.par_chunks_mut(wpr).enumerate().for_each(|(row, words)| {
+        let (s, t) = (row / tokens, row % tokens);
+        let b = ranges[s];
+        for j in 0..g.len(s) {
+            if x[t * g.n_in + g.start(s) + j].abs() >= b {
+                words[j / 32] |= 1 << (j % 32);
+            }
+        }
+    });
+    m
 }
 
 /// Inputs with |x| >= range per row block, 0 for blocks whose range is not in use.

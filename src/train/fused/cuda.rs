@@ -1,7 +1,7 @@
 //! Launches of `kernels/analog_train.cu` (compiled to PTX by `build.rs` under the `cuda`
 //! feature) for the fused stages; no host synchronization anywhere.
 
-use super::{Blocks, ClampFix, FixTarget, FusedOp, Stage, FLAG_TILE};
+use super::{Blocks, ClampFix, DacGradInPlace, FixTarget, FusedOp, Stage, FLAG_TILE};
 use crate::rng::{layer_key, Effect};
 use crate::train::layer::NoiseShape;
 use candle_core::backend::BackendStorage;
@@ -117,6 +117,7 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             used,
             inv_states,
             clips,
+            mask,
         } => {
             let (x, ranges) = (t(0)?, f32_arg(1)?);
             let tokens = args[0].1.dims()[0];
@@ -125,14 +126,22 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
                 Some(_) => Some(dev.alloc_zeros::<u32>(g.nb)?),
                 None => None,
             };
+            let mask_dims = (g.nb, tokens, g.r.div_ceil(32));
+            // Every word is written (the kernel's lanes OR a word's bits together).
+            let bits = match mask {
+                Some(_) => Some(unsafe { dev.alloc::<u32>(g.nb * tokens * mask_dims.2)? }),
+                None => None,
+            };
             let func = f("dac_fwd")?;
             let mut b = func.builder();
             let null = 0u64;
             b.arg(&x).arg(&ranges).arg(&y);
-            match &counts {
-                Some(p) => b.arg(p),
-                None => b.arg(&null),
-            };
+            for p in [&counts, &bits] {
+                match p {
+                    Some(p) => b.arg(p),
+                    None => b.arg(&null),
+                };
+            }
             let (inv, dac) = (inv_states.unwrap_or(0.0), i32::from(inv_states.is_some()));
             let (tk, used) = (i(tokens), i32::from(*used));
             candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, inv, used, dac);
@@ -146,6 +155,9 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
                 unsafe { b.launch(grid(g.nb)) }.w()?;
                 side.put(device_tensor(cnt, g.nb, dev))?;
             }
+            if let (Some(side), Some(bits)) = (mask, bits) {
+                side.put(device_tensor(bits, mask_dims, dev))?;
+            }
             Ok(wrap_t(y))
         }
         Stage::DacGrad {
@@ -156,8 +168,7 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
         } => {
             let (gxb, x, ranges) = (t(0)?, t(1)?, f32_arg(2)?);
             let tokens = args[1].1.dims()[0];
-            // Enough thread blocks to fill the GPU (each is short: r / 8 threads).
-            let chunks = tokens.clamp(1, (PARTIAL_BLOCKS / g.nb).max(128));
+            let chunks = token_chunks(tokens, g.nb);
             let part = unsafe { dev.alloc::<f32>(g.nb * chunks * 2)? };
             let gx = alloc_t(n)?;
             let func = f("dac_grad")?;
@@ -175,13 +186,15 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
                 ..rows(chunks, g.nb)
             };
             unsafe { b.launch(cfg) }.w()?;
-            let gr = unsafe { dev.alloc::<f32>(g.nb)? };
-            let func = dev.get_or_load_custom_func("range_grad_final", MODULE, PTX)?;
-            let mut b = func.builder();
-            b.arg(&part).arg(&ranges).arg(&gr);
-            candle_core::builder_arg!(b, tk, base, extra, head, nb, ch, *decay, *min_inside, used);
-            // One block of THREADS per row block sums its chunks (part_totals).
-            unsafe { b.launch(rows(g.nb, 1)) }.w()?;
+            let gr = range_grad_final(
+                dev,
+                g,
+                &part,
+                &ranges,
+                (tokens, chunks),
+                (*decay, *min_inside),
+                used,
+            )?;
             ranges_grad.put(device_tensor(gr, g.nb, dev))?;
             Ok(wrap_t(gx))
         }
@@ -278,8 +291,12 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
     }
 }
 
-/// A tensor (no gradient) of `shape` f32 on the GPU from `v`.
-fn device_tensor(v: CudaSlice<f32>, shape: impl Into<Shape>, dev: &CudaDevice) -> Tensor {
+/// A tensor (no gradient) of `shape` on the GPU from `v`.
+fn device_tensor<T: CudaDType>(
+    v: CudaSlice<T>,
+    shape: impl Into<Shape>,
+    dev: &CudaDevice,
+) -> Tensor {
     let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(v, dev.clone()));
     Tensor::from_storage(storage, shape, BackpropOp::none(), false)
 }
@@ -331,14 +348,16 @@ fn clamp_fix_t<T: CudaDType + DeviceRepr>(
     let (ft, fo) = (tokens.div_ceil(FLAG_TILE), out.div_ceil(FLAG_TILE));
     // Element (s, row, k) of dst at s * bs + row * rs + k: blocked (nb, rows, r), or gw (out,
     // n_in) as GradW wrote it (blocks of equal length side by side).
-    let (bs, rs) = match (fix.target, dst_l.dims()) {
-        (_, &[_, rows, _]) => (rows * r, r),
-        (FixTarget::W, &[o, n_in]) if o == out && fix.blocks.uniform() && n_in == nb * r => {
-            (r, n_in)
-        }
-        (_, dims) => candle_core::bail!(
+    let rows = match fix.target {
+        FixTarget::X => tokens,
+        FixTarget::W => out,
+    };
+    let (bs, rs) = match dst_l.dims() {
+        &[_, rows, _] => (rows * r, r),
+        &[m, n_in] if m == rows && fix.blocks.uniform() && n_in == nb * r => (r, n_in),
+        dims => candle_core::bail!(
             "fused analog op: clamp correction of a gradient of dims {dims:?}: expected \
-             (blocks, rows, {r}) or, for W with blocks of equal length, ({out}, {})",
+             (blocks, {rows}, {r}) or, with blocks of equal length, ({rows}, {})",
             nb * r
         ),
     };
@@ -346,7 +365,7 @@ fn clamp_fix_t<T: CudaDType + DeviceRepr>(
         candle_core::Error::Msg("fused analog op: gradient not contiguous".into())
     })?;
     let mut target = dst.as_cuda_slice_mut::<T>()?.slice_mut(a..b);
-    let (name, rows) = match fix.target {
+    let (name, tiles) = match fix.target {
         FixTarget::X => ("clamp_fix_gx", ft),
         FixTarget::W => ("clamp_fix_gw", fo),
     };
@@ -366,7 +385,7 @@ fn clamp_fix_t<T: CudaDType + DeviceRepr>(
     let (bs, rs) = (bs as i64, rs as i64);
     candle_core::builder_arg!(bl, tk, o, rr, ft, fo, inv, adc, bs, rs);
     let cfg = LaunchConfig {
-        grid_dim: (r.div_ceil(FLAG_TILE) as u32, rows as u32, nb as u32),
+        grid_dim: (r.div_ceil(FLAG_TILE) as u32, tiles as u32, nb as u32),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
@@ -374,46 +393,54 @@ fn clamp_fix_t<T: CudaDType + DeviceRepr>(
     Ok(())
 }
 
-/// gw (out, n_in) for blocks of equal length (`Blocks::uniform`): block s's product
-/// g^T xb[s] (out x r) written by one strided-batched cuBLAS call straight into columns
-/// s * r .. of gw (row stride n_in, batch stride r), so no blocked gradient is unblocked.
-pub fn grad_w(
+/// gx (T, n_in) or gw (out, n_in) for blocks of equal length (`Blocks::uniform`): block s's
+/// product (g wb[s], T x r, or g^T xb[s], out x r) written by one strided-batched cuBLAS call
+/// straight into columns s * r .. (row stride n_in, batch stride r), so no blocked gradient is
+/// unblocked.
+pub fn direct_grad(
     blocks: &Blocks,
+    target: FixTarget,
     g: (&CudaStorage, &Layout),
-    xb: (&CudaStorage, &Layout),
+    other: (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
+    use cublas_sys::cudaDataType_t as Ty;
     match g.0.dtype() {
-        DType::F32 => grad_w_t::<f32>(blocks, g, xb, cublas_sys::cudaDataType_t::CUDA_R_32F),
-        DType::BF16 => {
-            grad_w_t::<half::bf16>(blocks, g, xb, cublas_sys::cudaDataType_t::CUDA_R_16BF)
-        }
-        DType::F16 => grad_w_t::<half::f16>(blocks, g, xb, cublas_sys::cudaDataType_t::CUDA_R_16F),
+        DType::F32 => direct_grad_t::<f32>(blocks, target, g, other, Ty::CUDA_R_32F),
+        DType::BF16 => direct_grad_t::<half::bf16>(blocks, target, g, other, Ty::CUDA_R_16BF),
+        DType::F16 => direct_grad_t::<half::f16>(blocks, target, g, other, Ty::CUDA_R_16F),
         d => candle_core::bail!("fused analog op: {d:?} is not supported (f32, bf16, f16)"),
     }
 }
 
-fn grad_w_t<T: CudaDType + DeviceRepr>(
+fn direct_grad_t<T: CudaDType + DeviceRepr>(
     blocks: &Blocks,
+    target: FixTarget,
     (gs, gl): (&CudaStorage, &Layout),
-    (xs, xl): (&CudaStorage, &Layout),
+    (os, ol): (&CudaStorage, &Layout),
     ty: cublas_sys::cudaDataType_t,
 ) -> Result<CudaStorage> {
     use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut};
+    use cublas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
     let dev = gs.device().clone();
-    let (g, xb) = (slice::<T>(gs, gl)?, slice::<T>(xs, xl)?);
-    // GradW checked xb's dims against g's.
+    let (g, other) = (slice::<T>(gs, gl)?, slice::<T>(os, ol)?);
+    // DirectGrad checked the other operand's dims against g's.
     let (tokens, out) = (gl.dims()[0], gl.dims()[1]);
     let (nb, r, n_in) = (blocks.nb, blocks.r, blocks.n_in);
     if !blocks.uniform() {
         candle_core::bail!(
-            "fused analog op: the direct W gradient on the GPU needs row blocks of equal length \
+            "fused analog op: the direct gradients on the GPU need row blocks of equal length \
              (got {blocks:?})"
         );
     }
-    let mut gw = unsafe { dev.alloc::<T>(out * n_in)? };
-    // Column-major, as cuBLAS sees row-major buffers: gw^T (r x out per block, ld n_in) =
-    // xb[s]^T (r x T, ld r) times g (T x out: g^T's buffer, ld out, transposed), g shared by
+    // Column-major, as cuBLAS sees row-major buffers, per block (ld n_in, batch stride r):
+    // gx^T (r x T) = wb[s]^T (r x out, ld r) times g^T (out x T, ld out); gw^T (r x out) =
+    // xb[s]^T (r x T, ld r) times g (T x out: g^T's buffer, ld out, transposed). g is shared by
     // all blocks (batch stride 0). f32 takes TF32 where candle's own products do.
+    let (rows, opb, k, stride) = match target {
+        FixTarget::X => (tokens, CUBLAS_OP_N, out, out * r),
+        FixTarget::W => (out, CUBLAS_OP_T, tokens, tokens * r),
+    };
+    let mut d = unsafe { dev.alloc::<T>(rows * n_in)? };
     let compute = if ty == cublas_sys::cudaDataType_t::CUDA_R_32F
         && candle_core::cuda_backend::gemm_reduced_precision_f32()
     {
@@ -425,23 +452,23 @@ fn grad_w_t<T: CudaDType + DeviceRepr>(
     let stream = dev.cuda_stream();
     let blas = dev.cublas_handle();
     // The guards record the product on the buffers' streams when they drop, after the launch.
-    let (xp, x_sync) = xb.device_ptr(&stream);
+    let (op, o_sync) = other.device_ptr(&stream);
     let (gp, g_sync) = g.device_ptr(&stream);
-    let (cp, c_sync) = gw.device_ptr_mut(&stream);
+    let (cp, c_sync) = d.device_ptr_mut(&stream);
     let c = |v: usize| v as std::ffi::c_int;
     unsafe {
         candle_core::cuda_backend::cudarc::cublas::result::gemm_strided_batched_ex(
             *blas.handle(),
-            cublas_sys::cublasOperation_t::CUBLAS_OP_N,
-            cublas_sys::cublasOperation_t::CUBLAS_OP_T,
+            CUBLAS_OP_N,
+            opb,
             c(r),
-            c(out),
-            c(tokens),
+            c(rows),
+            c(k),
             (&alpha as *const f32).cast(),
-            xp as *const _,
+            op as *const _,
             ty,
             c(r),
-            (tokens * r) as i64,
+            stride as i64,
             gp as *const _,
             ty,
             c(out),
@@ -456,7 +483,108 @@ fn grad_w_t<T: CudaDType + DeviceRepr>(
             cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
         )
     }
-    .map_err(|e| candle_core::Error::Msg(format!("fused analog op: W gradient product: {e:?}")))?;
-    drop((x_sync, g_sync, c_sync));
-    Ok(CudaStorage::wrap_cuda_slice(gw, dev))
+    .map_err(|e| {
+        candle_core::Error::Msg(format!(
+            "fused analog op: {target:?} gradient product: {e:?}"
+        ))
+    })?;
+    drop((o_sync, g_sync, c_sync));
+    Ok(CudaStorage::wrap_cuda_slice(d, dev))
+}
+
+/// Runs `op` in place on gx (T, n_in): `dac_grad_sparse` over the clip mask's set bits, then
+/// `range_grad_final` for the ranges' gradient.
+pub fn dac_grad_in_place(op: &DacGradInPlace, dst: &mut CudaStorage, l: &Layout) -> Result<()> {
+    match dst.dtype() {
+        DType::F32 => dac_grad_in_place_t::<f32>(op, dst, l, "f32"),
+        DType::BF16 => dac_grad_in_place_t::<half::bf16>(op, dst, l, "bf16"),
+        DType::F16 => dac_grad_in_place_t::<half::f16>(op, dst, l, "f16"),
+        d => candle_core::bail!("fused analog op: {d:?} is not supported (f32, bf16, f16)"),
+    }
+}
+
+fn dac_grad_in_place_t<T: CudaDType + DeviceRepr>(
+    op: &DacGradInPlace,
+    dst: &mut CudaStorage,
+    dst_l: &Layout,
+    suf: &str,
+) -> Result<()> {
+    let dev = dst.device().clone();
+    let g = &op.blocks;
+    let Some(mask) = &op.mask else {
+        candle_core::bail!("fused analog op: the DAC's backward in place needs the clip mask")
+    };
+    let tokens = dst_l.dims()[0];
+    let wpr = g.r.div_ceil(32);
+    if !g.uniform()
+        || dst_l.dims() != [tokens, g.n_in]
+        || op.x.dims() != [tokens, g.n_in]
+        || mask.dims() != [g.nb, tokens, wpr]
+    {
+        candle_core::bail!(
+            "fused analog op: the DAC's backward in place takes gx and x ({tokens}, {}) and a \
+             mask ({}, {tokens}, {wpr}) over blocks of equal length; got gx {:?}, x {:?}, mask \
+             {:?}, blocks {g:?}",
+            g.n_in,
+            g.nb,
+            dst_l.dims(),
+            op.x.dims(),
+            mask.dims()
+        );
+    }
+    let held = [&op.x, &op.ranges, mask];
+    let refs = held
+        .iter()
+        .map(|t| storage_of(t))
+        .collect::<Result<Vec<_>>>()?;
+    let cuda = |k: usize| match &*refs[k].0 {
+        Storage::Cuda(c) => c,
+        _ => unreachable!("checked by storage_of"),
+    };
+    let x = slice::<T>(cuda(0), refs[0].1)?;
+    let ranges = slice::<f32>(cuda(1), refs[1].1)?;
+    let bits = slice::<u32>(cuda(2), refs[2].1)?;
+    let (a, b) = dst_l.contiguous_offsets().ok_or_else(|| {
+        candle_core::Error::Msg("fused analog op: x's gradient not contiguous".into())
+    })?;
+    let mut gx = dst.as_cuda_slice_mut::<T>()?.slice_mut(a..b);
+    let chunks = token_chunks(tokens, g.nb);
+    let part = unsafe { dev.alloc::<f32>(g.nb * chunks * 2)? };
+    let func = dev.get_or_load_custom_func(&format!("dac_grad_sparse_{suf}"), MODULE, PTX)?;
+    let mut bl = func.builder();
+    bl.arg(&mut gx).arg(&x).arg(&bits).arg(&ranges).arg(&part);
+    let (tk, n_in, r, ch, used) = (i(tokens), i(g.n_in), i(g.r), i(chunks), i32::from(op.used));
+    candle_core::builder_arg!(bl, tk, n_in, r, ch, used);
+    unsafe { bl.launch(rows(chunks, g.nb)) }.w()?;
+    let decay = (op.decay, op.min_inside);
+    let gr = range_grad_final(&dev, g, &part, &ranges, (tokens, chunks), decay, used)?;
+    op.ranges_grad.put(device_tensor(gr, g.nb, &dev))
+}
+
+/// Chunks of tokens per row block of the DAC's backward: enough thread blocks to fill the GPU
+/// (`dac_grad`'s are short: r / 8 threads).
+fn token_chunks(tokens: usize, nb: usize) -> usize {
+    tokens.clamp(1, (PARTIAL_BLOCKS / nb).max(128))
+}
+
+/// The ranges' gradient (nb) from the DAC backward's (pull, count) per (row block, chunk).
+fn range_grad_final(
+    dev: &CudaDevice,
+    g: &Blocks,
+    part: &CudaSlice<f32>,
+    ranges: &CudaView<'_, f32>,
+    (tokens, chunks): (usize, usize),
+    (decay, min_inside): (f32, f32),
+    used: i32,
+) -> Result<CudaSlice<f32>> {
+    let gr = unsafe { dev.alloc::<f32>(g.nb)? };
+    let func = dev.get_or_load_custom_func("range_grad_final", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(part).arg(ranges).arg(&gr);
+    let (tk, ch) = (i(tokens), i(chunks));
+    let (base, extra, head, nb) = (i(g.base), i(g.extra), i(g.head), i(g.nb));
+    candle_core::builder_arg!(b, tk, base, extra, head, nb, ch, decay, min_inside, used);
+    // One block of THREADS per row block sums its chunks (part_totals).
+    unsafe { b.launch(rows(g.nb, 1)) }.w()?;
+    Ok(gr)
 }

@@ -17,7 +17,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
-pub use backward::{ClampFix, FixTarget, GradW};
+pub use backward::{ClampFix, DacGradInPlace, DirectGrad, FixTarget};
 
 use crate::rng::{Effect, StreamKey};
 use crate::train::layer::NoiseShape;
@@ -131,6 +131,9 @@ pub enum Stage {
         /// Where to leave the inputs with |x| >= range per row block (nb, f32; 0 for blocks
         /// whose range is not in use), counted in the same pass (training statistics).
         clips: Option<SideOutput>,
+        /// Where to leave the same test's bits, u32 (nb, T, ceil(r / 32)) ([`cpu::clip_mask`]):
+        /// what [`DacGradInPlace`] visits on the GPU.
+        mask: Option<SideOutput>,
     },
     /// (gxb, x, ranges) -> gx (T, n_in), and the gradient of the ranges (nb, f32) into
     /// `ranges_grad`: one pass over gxb and x for both.
@@ -323,10 +326,16 @@ impl CustomOp2 for FusedOp {
                 used,
                 inv_states,
                 clips,
+                mask,
             } => {
                 if let Some(side) = clips {
                     let n = cpu::clip_count(a, b, g, d[0], *used);
                     side.put(Tensor::from_vec(n, g.nb, &candle_core::Device::Cpu)?)?;
+                }
+                if let Some(side) = mask {
+                    let m = cpu::clip_mask(a, b, g, d[0]);
+                    let dims = (g.nb, d[0], g.r.div_ceil(32));
+                    side.put(Tensor::from_vec(m, dims, &candle_core::Device::Cpu)?)?;
                 }
                 out(cpu::dac_fwd(a, b, g, d[0], *inv_states, *used), shape)
             }
@@ -454,6 +463,9 @@ struct Saved {
     w: Tensor,
     ranges: Tensor,
     xb: Tensor,
+    /// The DAC's clip mask where the backward takes x's gradient in place (GPU, blocks of
+    /// equal length).
+    mask: Option<Tensor>,
     wmax: Tensor,
     wb: Tensor,
     yb: Tensor,
@@ -491,14 +503,19 @@ impl LayerPass {
         }
         .contiguous()?;
         let rd = ranges.detach().contiguous()?;
+        // On the GPU, blocks of equal length get x's gradient in place (DacGradInPlace), which
+        // visits only the inputs this mask marks.
+        let mask = (x.device().is_cuda() && spec.blocks.uniform()).then(SideOutput::default);
         let xb = xc.apply_op2_no_bwd(
             &rd,
             &op(Stage::Dac {
                 used: spec.used,
                 inv_states: spec.dac,
                 clips: spec.clips.clone(),
+                mask: mask.clone(),
             }),
         )?;
+        let mask = mask.map(|m| m.take()).transpose()?;
         let wmax = SideOutput::default();
         let wb = wc.apply_op1_no_bwd(&op(Stage::NoisyWeights {
             compute: spec.compute,
@@ -537,6 +554,7 @@ impl LayerPass {
             w: wc,
             ranges: rd,
             xb,
+            mask,
             wmax,
             wb,
             yb,
@@ -561,19 +579,23 @@ impl LayerPass {
         let gb = g
             .unsqueeze(0)?
             .broadcast_as((spec.blocks.nb, g.dims()[0], g.dims()[1]))?;
-        let gxb = gb.matmul(&sv.wb)?;
-        // On the GPU, blocks of equal length get gw in place from the product itself.
+        // On the GPU, blocks of equal length get gx and gw in place from the products
+        // themselves (no blocked gradient to unblock).
         let direct = g.device().is_cuda() && spec.blocks.uniform();
-        let gwb = if direct {
-            g.apply_op2_no_bwd(
-                &sv.xb,
-                &GradW {
-                    blocks: spec.blocks,
-                },
-            )?
-        } else {
-            gb.transpose(1, 2)?.matmul(&sv.xb)?
+        let product = |target, other: &Tensor| -> Result<Tensor> {
+            if direct {
+                let blocks = spec.blocks;
+                return g.apply_op2_no_bwd(other, &DirectGrad { blocks, target });
+            }
+            match target {
+                FixTarget::X => gb.matmul(other),
+                FixTarget::W => gb.transpose(1, 2)?.matmul(other),
+            }
         };
+        let (gxb, gwb) = (
+            product(FixTarget::X, &sv.wb)?,
+            product(FixTarget::W, &sv.xb)?,
+        );
         for (dst, target, other) in [(&gxb, FixTarget::X, &sv.wb), (&gwb, FixTarget::W, &sv.xb)] {
             dst.inplace_op1(&ClampFix {
                 blocks: spec.blocks,
@@ -587,16 +609,30 @@ impl LayerPass {
             })?;
         }
         let ranges_grad = SideOutput::default();
-        let gx = gxb.apply_op3_no_bwd(
-            &sv.x,
-            &sv.ranges,
-            &self.op(Stage::DacGrad {
+        let gx = if direct {
+            gxb.inplace_op1(&DacGradInPlace {
+                blocks: spec.blocks,
                 used: spec.used,
                 decay: spec.decay,
                 min_inside: spec.min_inside,
+                x: sv.x.clone(),
+                ranges: sv.ranges.clone(),
+                mask: sv.mask.clone(),
                 ranges_grad: ranges_grad.clone(),
-            }),
-        )?;
+            })?;
+            gxb
+        } else {
+            gxb.apply_op3_no_bwd(
+                &sv.x,
+                &sv.ranges,
+                &self.op(Stage::DacGrad {
+                    used: spec.used,
+                    decay: spec.decay,
+                    min_inside: spec.min_inside,
+                    ranges_grad: ranges_grad.clone(),
+                }),
+            )?
+        };
         let gr = ranges_grad.take()?;
         let gw = if direct {
             gwb
