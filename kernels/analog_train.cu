@@ -212,11 +212,10 @@ __device__ __forceinline__ float adc_window(float inv_states) {
 // adjacent inputs per thread at a time. With `clips` (zeroed), also the count of the inputs
 // with |x| >= range added to clips[s]: integers, so the sum is exact in any order. (One
 // partial per token, summed by nb blocks after, took 29 us at 16384 tokens.) With `mask`, the
-// same test's bits: bit j % 32 of word (s * tokens + t) * ceil(r / 32) + j / 32 is |x| >= range
-// for input j of block s (what dac_grad_sparse visits). A thread's eight bits never straddle a
-// word (j is a multiple of 8), and the four lanes of a word OR theirs together.
+// same test's bits, one byte per thread's eight inputs: bit j % 8 of byte (s * tokens + t) *
+// ceil(r / 8) + j / 8 is |x| >= range for input j of block s (what dac_grad_sparse visits).
 template <typename T>
-__device__ void dac_fwd(const T *x, const float *ranges, T *xb, unsigned *clips, unsigned *mask,
+__device__ void dac_fwd(const T *x, const float *ranges, T *xb, unsigned *clips, uint8_t *mask,
                         int tokens, int n_in, int base, int extra, int head, int r,
                         float inv_states, int used, int dac) {
   int t = blockIdx.x * blockDim.y + threadIdx.y, s = blockIdx.y;
@@ -229,55 +228,42 @@ __device__ void dac_fwd(const T *x, const float *ranges, T *xb, unsigned *clips,
   float inv_res = act && dac ? 1.0f / res : 0.0f, win = dac ? adc_window(inv_states) : 0.0f;
   const T *row = x + (i64)t * n_in + start;
   T *o = xb + ((i64)s * tokens + t) * r;
+  uint8_t *mrow = mask ? mask + ((i64)s * tokens + t) * ((r + 7) / 8) : nullptr;
   bool vec = vec_rows(start, n_in, r, x, xb);
-  float cnt = 0.0f;
-  int wpr = (r + 31) / 32;
-  // Every lane runs every pass (a warp is one token's row: blockDim.x is a multiple of 32), so
-  // the mask's shuffles see all lanes.
-  for (int j0 = 0; j0 < r; j0 += blockDim.x * 8) {
-    int j = j0 + threadIdx.x * 8;
-    bool in_row = t < tokens && j < r;
+  int cnt = 0;
+  for (int j = threadIdx.x * 8; t < tokens && j < r; j += blockDim.x * 8) {
+    int n = min(8, r - j), nl = max(0, min(8, len - j));
+    Pack8<T> in = load8(row + j, vec && nl == 8, nl), y;
     unsigned bits = 0;
-    if (in_row) {
-      int n = min(8, r - j), nl = max(0, min(8, len - j));
-      Pack8<T> in = load8(row + j, vec && nl == 8, nl), y;
 #pragma unroll
-      for (int k = 0; k < 8; k++) {
-        float v = 0.0f;
-        if (k < nl) {
-          v = to_f(in.v[k]);
-          if (v >= b || v <= -b) {
-            cnt += 1.0f;
-            bits |= 1u << k;
-          }
-          if (act) {
-            v = fmaxf(fminf(v, b), -b);
-            if (dac) v = adc_level(v, res, inv_res, win) * res;
-          }
+    for (int k = 0; k < 8; k++) {
+      float v = 0.0f;
+      if (k < nl) {
+        v = to_f(in.v[k]);
+        if (v >= b || v <= -b) bits |= 1u << k;
+        if (act) {
+          v = fmaxf(fminf(v, b), -b);
+          if (dac) v = adc_level(v, res, inv_res, win) * res;
         }
-        y.v[k] = from_f<T>(v);
       }
-      store8(o + j, y, vec && n == 8, n);
+      y.v[k] = from_f<T>(v);
     }
-    if (mask) {
-      bits <<= (j % 32);
-      bits |= __shfl_xor_sync(0xffffffffu, bits, 1);
-      bits |= __shfl_xor_sync(0xffffffffu, bits, 2);
-      if (in_row && j % 32 == 0) mask[((i64)s * tokens + t) * wpr + j / 32] = bits;
-    }
+    store8(o + j, y, vec && n == 8, n);
+    cnt += __popc(bits);
+    if (mrow) mrow[j / 8] = (uint8_t)bits;
   }
   if (!clips) return;
   // Whole warps (blockDim.x is a multiple of 32): shuffles, then the warps' sums (integers:
   // exact).
-  __shared__ float wc[8];  // at most 256 threads
+  __shared__ int wc[8];  // at most 256 threads
   int lin = threadIdx.y * blockDim.x + threadIdx.x;
   for (int off = 16; off > 0; off >>= 1) cnt += __shfl_down_sync(0xffffffffu, cnt, off);
   if (lin % 32 == 0) wc[lin / 32] = cnt;
   __syncthreads();
   if (lin == 0) {
-    float c = 0.0f;
+    int c = 0;
     for (int w = 0; w < (int)(blockDim.x * blockDim.y) / 32; w++) c += wc[w];
-    if (c > 0.0f) atomicAdd(clips + s, (unsigned)c);
+    if (c > 0) atomicAdd(clips + s, (unsigned)c);
   }
 }
 
@@ -347,12 +333,12 @@ __device__ void dac_grad(const T *gxb, const T *x, const float *ranges, float *p
 
 // dac_grad for blocks of equal length (r each) with gx (T, n_in) already in place (the product
 // wrote it there): only the inputs dac_fwd's mask marks (|x| >= range) matter, for the pull,
-// the count and the zeros (|x| > range), so each thread block reads its rows' mask words and
-// touches x and gx only at set bits. Grid (chunks, nb); part as dac_grad writes it, summed per
-// thread in a fixed order, then the same tree (deterministic). A block whose range is not in
-// use passes gx as it is (range_grad_final gives it 0).
+// the count and the zeros (|x| > range), so each thread block reads its rows' mask, four bytes
+// a thread at a time, and touches x and gx only at set bits. Grid (chunks, nb); part as
+// dac_grad writes it, summed per thread in a fixed order, then the same tree (deterministic).
+// A block whose range is not in use passes gx as it is (range_grad_final gives it 0).
 template <typename T>
-__device__ void dac_grad_sparse(T *gx, const T *x, const unsigned *mask, const float *ranges,
+__device__ void dac_grad_sparse(T *gx, const T *x, const uint8_t *mask, const float *ranges,
                                 float *part, int tokens, int n_in, int r, int chunks, int used) {
   __shared__ float sp[256];
   __shared__ float sc[256];
@@ -360,11 +346,19 @@ __device__ void dac_grad_sparse(T *gx, const T *x, const unsigned *mask, const f
   float b = ranges[s];
   float pull = 0.0f, cnt = 0.0f;
   if (used && b > 0.0f) {
-    int wpr = (r + 31) / 32;
+    int rb = (r + 7) / 8, wpr = (rb + 3) / 4;
+    bool words = rb % 4 == 0 && ((size_t)mask & 3) == 0;
     int rows = tokens > (int)blockIdx.x ? (tokens - 1 - (int)blockIdx.x) / chunks + 1 : 0;
     for (int e = threadIdx.x; e < rows * wpr; e += blockDim.x) {
       int t = blockIdx.x + (e / wpr) * chunks, w = e % wpr;
-      unsigned m = mask[((i64)s * tokens + t) * wpr + w];
+      const uint8_t *mb = mask + ((i64)s * tokens + t) * rb + w * 4;
+      unsigned m;
+      if (words) {
+        m = *(const unsigned *)mb;
+      } else {
+        m = 0;
+        for (int k = 0; k < 4 && w * 4 + k < rb; k++) m |= (unsigned)mb[k] << (8 * k);
+      }
       while (m) {
         int j = w * 32 + __ffs(m) - 1;
         m &= m - 1;
@@ -694,13 +688,13 @@ __device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T
 
 #define INSTANTIATE(T, SUF)                                                                        \
   extern "C" __global__ void dac_fwd_##SUF(const T *x, const float *ranges, T *xb,                \
-                                           unsigned *clips, unsigned *mask, int tokens, int n_in,  \
+                                           unsigned *clips, uint8_t *mask, int tokens, int n_in,   \
                                            int base, int extra, int head, int r, float inv_states, \
                                            int used, int dac) {                                    \
     dac_fwd<T>(x, ranges, xb, clips, mask, tokens, n_in, base, extra, head, r, inv_states, used,   \
                dac);                                                                               \
   }                                                                                                \
-  extern "C" __global__ void dac_grad_sparse_##SUF(T *gx, const T *x, const unsigned *mask,        \
+  extern "C" __global__ void dac_grad_sparse_##SUF(T *gx, const T *x, const uint8_t *mask,         \
                                                    const float *ranges, float *part, int tokens,   \
                                                    int n_in, int r, int chunks, int used) {        \
     dac_grad_sparse<T>(gx, x, mask, ranges, part, tokens, n_in, r, chunks, used);                  \

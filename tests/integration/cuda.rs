@@ -7,7 +7,7 @@
 use crate::common::assert_close;
 use crate::train_golden::{
     assert_mostly_close, clip_mask, clip_stats, dac_grad_in_place, dac_grad_inputs,
-    direct_grad_inputs, ragged_cases, run_case, vec_of, vec_of_u32, Run, DIRECT_GRAD_CASES,
+    direct_grad_inputs, ragged_cases, run_case, vec_of, vec_of_u8, Run, DIRECT_GRAD_CASES,
 };
 use afm::train::fused::{Blocks, DirectGrad, FixTarget, FusedOp, Stage};
 use candle_core::{DType, Device, Tensor};
@@ -137,7 +137,7 @@ fn cuda_dac_backward_in_place_follows_the_cpu() {
             // The mask's bits are comparisons of the same values: equal to the bit.
             let mask = clip_mask(blocks, &on(&x), &ranges_gpu);
             let want_mask = clip_mask(blocks, &xr, &ranges);
-            assert_eq!(vec_of_u32(&mask), vec_of_u32(&want_mask), "{label}: mask");
+            assert_eq!(vec_of_u8(&mask), vec_of_u8(&want_mask), "{label}: mask");
             let (want, want_gr) = dac_grad_in_place(blocks, [&gxr, &xr, &ranges], None);
             let (got, gr) = dac_grad_in_place(blocks, [&on(&gx), &on(&x), &ranges_gpu], Some(mask));
             assert_close(&label, &vec_of(&got), &vec_of(&want), 0.0, 0.0);

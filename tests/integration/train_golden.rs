@@ -711,7 +711,7 @@ fn dac_backward_in_place_equals_the_blocked_one() {
             !beyond.is_empty() && beyond.iter().all(|&k| gv[k] == 0.0),
             "{label}"
         );
-        let mask = vec_of_u32(&clip_mask(blocks, &x, &ranges));
+        let mask = vec_of_u8(&clip_mask(blocks, &x, &ranges));
         let bits: u32 = mask.iter().map(|w| w.count_ones()).sum();
         let marked = (0..xv.len()).filter(|&k| xv[k].abs() >= range(k)).count();
         assert_eq!(bits as usize, marked, "{label}: mask bits");
@@ -720,9 +720,9 @@ fn dac_backward_in_place_equals_the_blocked_one() {
     }
 }
 
-/// A u32 tensor's values.
-pub fn vec_of_u32(t: &Tensor) -> Vec<u32> {
-    t.flatten_all().unwrap().to_vec1::<u32>().unwrap()
+/// A u8 tensor's values.
+pub fn vec_of_u8(t: &Tensor) -> Vec<u8> {
+    t.flatten_all().unwrap().to_vec1::<u8>().unwrap()
 }
 
 /// `range_init_mse` on `dev`: the first training batch sets every range to what

@@ -152,17 +152,17 @@ pub fn dac_grad_in_place(
     gr
 }
 
-/// The DAC's clip mask as `kernels/analog_train.cu`'s `dac_fwd` writes it: bit j % 32 of word
-/// (s * tokens + t) * ceil(r / 32) + j / 32 is |x| >= range for input j of block s at token t.
-pub fn clip_mask(x: &[f32], ranges: &[f32], g: &Blocks, tokens: usize) -> Vec<u32> {
-    let wpr = g.r.div_ceil(32);
-    let mut m = vec![0u32; g.nb * tokens * wpr];
-    m.par_chunks_mut(wpr).enumerate().for_each(|(row, words)| {
+/// The DAC's clip mask as `kernels/analog_train.cu`'s `dac_fwd` writes it: bit j % 8 of byte
+/// (s * tokens + t) * ceil(r / 8) + j / 8 is |x| >= range for input j of block s at token t.
+pub fn clip_mask(x: &[f32], ranges: &[f32], g: &Blocks, tokens: usize) -> Vec<u8> {
+    let rb = g.r.div_ceil(8);
+    let mut m = vec![0u8; g.nb * tokens * rb];
+    m.par_chunks_mut(rb).enumerate().for_each(|(row, bytes)| {
         let (s, t) = (row / tokens, row % tokens);
         let b = ranges[s];
         for j in 0..g.len(s) {
             if x[t * g.n_in + g.start(s) + j].abs() >= b {
-                words[j / 32] |= 1 << (j % 32);
+                bytes[j / 8] |= 1 << (j % 8);
             }
         }
     });

@@ -126,22 +126,24 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
                 Some(_) => Some(dev.alloc_zeros::<u32>(g.nb)?),
                 None => None,
             };
-            let mask_dims = (g.nb, tokens, g.r.div_ceil(32));
-            // Every word is written (the kernel's lanes OR a word's bits together).
+            let mask_dims = (g.nb, tokens, g.r.div_ceil(8));
+            // Every byte is written (one per thread's eight inputs).
             let bits = match mask {
-                Some(_) => Some(unsafe { dev.alloc::<u32>(g.nb * tokens * mask_dims.2)? }),
+                Some(_) => Some(unsafe { dev.alloc::<u8>(g.nb * tokens * mask_dims.2)? }),
                 None => None,
             };
             let func = f("dac_fwd")?;
             let mut b = func.builder();
             let null = 0u64;
             b.arg(&x).arg(&ranges).arg(&y);
-            for p in [&counts, &bits] {
-                match p {
-                    Some(p) => b.arg(p),
-                    None => b.arg(&null),
-                };
-            }
+            match &counts {
+                Some(p) => b.arg(p),
+                None => b.arg(&null),
+            };
+            match &bits {
+                Some(p) => b.arg(p),
+                None => b.arg(&null),
+            };
             let (inv, dac) = (inv_states.unwrap_or(0.0), i32::from(inv_states.is_some()));
             let (tk, used) = (i(tokens), i32::from(*used));
             candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, inv, used, dac);
@@ -515,15 +517,15 @@ fn dac_grad_in_place_t<T: CudaDType + DeviceRepr>(
         candle_core::bail!("fused analog op: the DAC's backward in place needs the clip mask")
     };
     let tokens = dst_l.dims()[0];
-    let wpr = g.r.div_ceil(32);
+    let rb = g.r.div_ceil(8);
     if !g.uniform()
         || dst_l.dims() != [tokens, g.n_in]
         || op.x.dims() != [tokens, g.n_in]
-        || mask.dims() != [g.nb, tokens, wpr]
+        || mask.dims() != [g.nb, tokens, rb]
     {
         candle_core::bail!(
             "fused analog op: the DAC's backward in place takes gx and x ({tokens}, {}) and a \
-             mask ({}, {tokens}, {wpr}) over blocks of equal length; got gx {:?}, x {:?}, mask \
+             mask ({}, {tokens}, {rb}) over blocks of equal length; got gx {:?}, x {:?}, mask \
              {:?}, blocks {g:?}",
             g.n_in,
             g.nb,
@@ -543,7 +545,7 @@ fn dac_grad_in_place_t<T: CudaDType + DeviceRepr>(
     };
     let x = slice::<T>(cuda(0), refs[0].1)?;
     let ranges = slice::<f32>(cuda(1), refs[1].1)?;
-    let bits = slice::<u32>(cuda(2), refs[2].1)?;
+    let bits = slice::<u8>(cuda(2), refs[2].1)?;
     let (a, b) = dst_l.contiguous_offsets().ok_or_else(|| {
         candle_core::Error::Msg("fused analog op: x's gradient not contiguous".into())
     })?;

@@ -131,7 +131,7 @@ pub enum Stage {
         /// Where to leave the inputs with |x| >= range per row block (nb, f32; 0 for blocks
         /// whose range is not in use), counted in the same pass (training statistics).
         clips: Option<SideOutput>,
-        /// Where to leave the same test's bits, u32 (nb, T, ceil(r / 32)) ([`cpu::clip_mask`]):
+        /// Where to leave the same test's bits, u8 (nb, T, ceil(r / 8)) ([`cpu::clip_mask`]):
         /// what [`DacGradInPlace`] visits on the GPU.
         mask: Option<SideOutput>,
     },
@@ -334,7 +334,7 @@ impl CustomOp2 for FusedOp {
                 }
                 if let Some(side) = mask {
                     let m = cpu::clip_mask(a, b, g, d[0]);
-                    let dims = (g.nb, d[0], g.r.div_ceil(32));
+                    let dims = (g.nb, d[0], g.r.div_ceil(8));
                     side.put(Tensor::from_vec(m, dims, &candle_core::Device::Cpu)?)?;
                 }
                 out(cpu::dac_fwd(a, b, g, d[0], *inv_states, *used), shape)
