@@ -11,10 +11,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
 #include <stdint.h>
-
-using namespace nvcuda;
 
 typedef long long i64;
 

@@ -7,6 +7,11 @@ use crate::rng::normal_pair;
 use crate::train::layer::NoiseShape;
 use rayon::prelude::*;
 
+/// Flagged tiles whose clamped terms a row of the correction sums before taking them out of
+/// the gradient (`FIX_CHUNK` in `kernels/clamp_fix.cuh`, which holds their clamp bits in shared
+/// memory).
+pub const FIX_CHUNK: usize = 16;
+
 /// `v` rounded to the levels of a quantizer over ±bound with 1 / states `inv_states`
 /// (lightning's step (2 * bound) / states, as candle's scalar division: times the f32
 /// reciprocal); None: `v` unchanged. The kernels' `adc_q`.
@@ -333,7 +338,8 @@ pub fn adc_sum(
 /// tokens, r) and `other` = wb (nb, out, r), dst[s, t, k] -= sum over clamped o of g[t, o]
 /// other[s, o, k]; with W, dst = gwb (nb, out, r) and `other` = xb (nb, tokens, r),
 /// dst[s, o, k] -= sum over clamped t of g[t, o] other[s, t, k]; the operands are g, yb,
-/// bound, flags and other. Only flagged tiles are visited, in ascending order as on the GPU.
+/// bound, flags and other. Only flagged tiles are visited, in ascending order as on the GPU,
+/// and a row's sum is taken out once per [`FIX_CHUNK`] flagged tiles, as the kernels do.
 pub fn clamp_fix(
     dst: &mut [f32],
     target: FixTarget,
@@ -352,39 +358,43 @@ pub fn clamp_fix(
     };
     dst.par_chunks_mut(r).enumerate().for_each(|(row, d)| {
         let (s, i) = (row / rows, row % rows);
-        let mut acc = vec![0f32; r];
-        let mut any = false;
         let (tiles, sum_len) = match target {
             FixTarget::X => (fo, out),
             FixTarget::W => (ft, tokens),
         };
-        for tile in 0..tiles {
-            let flag = match target {
-                FixTarget::X => flags[(s * ft + i / FLAG_TILE) * fo + tile],
-                FixTarget::W => flags[(s * ft + tile) * fo + i / FLAG_TILE],
-            };
-            if flag == 0.0 {
-                continue;
-            }
-            any = true;
-            for j in tile * FLAG_TILE..((tile + 1) * FLAG_TILE).min(sum_len) {
-                let (t, o) = match target {
-                    FixTarget::X => (i, j),
-                    FixTarget::W => (j, i),
+        let flagged: Vec<usize> = (0..tiles)
+            .filter(|&tile| {
+                let flag = match target {
+                    FixTarget::X => flags[(s * ft + i / FLAG_TILE) * fo + tile],
+                    FixTarget::W => flags[(s * ft + tile) * fo + i / FLAG_TILE],
                 };
-                if !adc(yb[s * plane + t * out + o], bound[s * out + o], inv_states).1 {
-                    continue;
-                }
-                let gv = g[t * out + o];
-                let src = &other[(s * sum_len + j) * r..][..r];
-                for (a, b) in acc.iter_mut().zip(src) {
-                    *a += gv * b;
+                flag != 0.0
+            })
+            .collect();
+        for chunk in flagged.chunks(FIX_CHUNK) {
+            let mut acc = vec![0f32; r];
+            let mut any = false;
+            for &tile in chunk {
+                for j in tile * FLAG_TILE..((tile + 1) * FLAG_TILE).min(sum_len) {
+                    let (t, o) = match target {
+                        FixTarget::X => (i, j),
+                        FixTarget::W => (j, i),
+                    };
+                    if !adc(yb[s * plane + t * out + o], bound[s * out + o], inv_states).1 {
+                        continue;
+                    }
+                    any = true;
+                    let gv = g[t * out + o];
+                    let src = &other[(s * sum_len + j) * r..][..r];
+                    for (a, b) in acc.iter_mut().zip(src) {
+                        *a += gv * b;
+                    }
                 }
             }
-        }
-        if any {
-            for (v, a) in d.iter_mut().zip(&acc) {
-                *v -= a;
+            if any {
+                for (v, a) in d.iter_mut().zip(&acc) {
+                    *v -= a;
+                }
             }
         }
     });

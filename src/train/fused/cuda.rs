@@ -387,7 +387,7 @@ fn clamp_fix_t<T: CudaDType + DeviceRepr>(
     let (bs, rs) = (bs as i64, rs as i64);
     candle_core::builder_arg!(bl, tk, o, rr, ft, fo, inv, adc, bs, rs);
     let cfg = LaunchConfig {
-        grid_dim: (r.div_ceil(FLAG_TILE) as u32, tiles as u32, nb as u32),
+        grid_dim: (tiles as u32, nb as u32, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
