@@ -277,6 +277,19 @@ template <typename F> __device__ __forceinline__ void tree_sum2(F *a, F *b) {
   }
 }
 
+// One input's share of its range's gradient: an input at or beyond the range pulls it by the
+// part of its gradient that would widen it, and counts as clipped.
+__device__ __forceinline__ void range_pull(float xv, float gv, float b, float *pull, float *cnt) {
+  if (xv >= b) {
+    *pull += fminf(gv, 0.0f);
+    *cnt += 1.0f;
+  }
+  if (xv <= -b) {
+    *pull -= fmaxf(gv, 0.0f);
+    *cnt += 1.0f;
+  }
+}
+
 // The range gradient's pull and the clipped count per (row block, chunk of tokens), reduced in
 // shared memory in a fixed order (deterministic), and the gradient of x through the DAC for
 // the same rows: straight through, zero where the input was clipped (|x| > range); both read
@@ -305,15 +318,7 @@ __device__ void dac_grad(const T *gxb, const T *x, const float *ranges, float *p
       for (int k = 0; k < 8; k++) {
         if (k >= n) break;
         float xv = to_f(x8.v[k]);
-        float gv = to_f(g8.v[k]);
-        if (xv >= b) {
-          pull += fminf(gv, 0.0f);
-          cnt += 1.0f;
-        }
-        if (xv <= -b) {
-          pull -= fmaxf(gv, 0.0f);
-          cnt += 1.0f;
-        }
+        range_pull(xv, to_f(g8.v[k]), b, &pull, &cnt);
         if (act && fabsf(xv) > b) g8.v[k] = from_f<T>(0.0f);
       }
       store8(gx + (i64)t * n_in + start + j, g8, vec && n == 8, n);
@@ -360,15 +365,8 @@ __device__ void dac_grad_sparse(T *gx, const T *x, const uint8_t *mask, const fl
         int j = w * 32 + __ffs(m) - 1;
         m &= m - 1;
         i64 at = (i64)t * n_in + (i64)s * r + j;
-        float xv = to_f(x[at]), gv = to_f(gx[at]);
-        if (xv >= b) {
-          pull += fminf(gv, 0.0f);
-          cnt += 1.0f;
-        }
-        if (xv <= -b) {
-          pull -= fmaxf(gv, 0.0f);
-          cnt += 1.0f;
-        }
+        float xv = to_f(x[at]);
+        range_pull(xv, to_f(gx[at]), b, &pull, &cnt);
         if (fabsf(xv) > b) gx[at] = from_f<T>(0.0f);
       }
     }

@@ -15,6 +15,19 @@ use candle_core::{
     CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, StorageRef, Tensor,
 };
 
+/// `f::<T>(args.., suffix)` for a dtype the kernels take (f32, bf16, f16), the kernels' name
+/// suffix last; other dtypes are refused.
+macro_rules! by_dtype {
+    ($dtype:expr, $f:ident($($a:expr),*)) => {
+        match $dtype {
+            DType::F32 => $f::<f32>($($a,)* "f32"),
+            DType::BF16 => $f::<half::bf16>($($a,)* "bf16"),
+            DType::F16 => $f::<half::f16>($($a,)* "f16"),
+            d => candle_core::bail!("fused analog op: {d:?} is not supported (f32, bf16, f16)"),
+        }
+    };
+}
+
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/analog_train.ptx"));
 const MODULE: &str = "afm_analog_train";
 
@@ -88,12 +101,7 @@ pub fn run(op: &FusedOp, args: &[(&CudaStorage, &Layout)], shape: &Shape) -> Res
         Stage::NoisyWeights { compute, .. } => *compute,
         _ => args[0].0.dtype(),
     };
-    match dtype {
-        DType::F32 => run_t::<f32>(op, args, shape, &dev, "f32"),
-        DType::BF16 => run_t::<half::bf16>(op, args, shape, &dev, "bf16"),
-        DType::F16 => run_t::<half::f16>(op, args, shape, &dev, "f16"),
-        d => candle_core::bail!("fused analog op: {d:?} is not supported (f32, bf16, f16)"),
-    }
+    by_dtype!(dtype, run_t(op, args, shape, &dev))
 }
 
 fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
@@ -314,12 +322,7 @@ fn storage_of(t: &Tensor) -> Result<(StorageRef<'_>, &Layout)> {
 
 /// Runs `fix` in place on `dst` (gxb or gwb).
 pub fn clamp_fix(fix: &ClampFix, dst: &mut CudaStorage, dst_l: &Layout) -> Result<()> {
-    match dst.dtype() {
-        DType::F32 => clamp_fix_t::<f32>(fix, dst, dst_l, "f32"),
-        DType::BF16 => clamp_fix_t::<half::bf16>(fix, dst, dst_l, "bf16"),
-        DType::F16 => clamp_fix_t::<half::f16>(fix, dst, dst_l, "f16"),
-        d => candle_core::bail!("fused analog op: {d:?} is not supported (f32, bf16, f16)"),
-    }
+    by_dtype!(dst.dtype(), clamp_fix_t(fix, dst, dst_l))
 }
 
 fn clamp_fix_t<T: CudaDType + DeviceRepr>(
@@ -497,12 +500,7 @@ fn direct_grad_t<T: CudaDType + DeviceRepr>(
 /// Runs `op` in place on gx (T, n_in): `dac_grad_sparse` over the clip mask's set bits, then
 /// `range_grad_final` for the ranges' gradient.
 pub fn dac_grad_in_place(op: &DacGradInPlace, dst: &mut CudaStorage, l: &Layout) -> Result<()> {
-    match dst.dtype() {
-        DType::F32 => dac_grad_in_place_t::<f32>(op, dst, l, "f32"),
-        DType::BF16 => dac_grad_in_place_t::<half::bf16>(op, dst, l, "bf16"),
-        DType::F16 => dac_grad_in_place_t::<half::f16>(op, dst, l, "f16"),
-        d => candle_core::bail!("fused analog op: {d:?} is not supported (f32, bf16, f16)"),
-    }
+    by_dtype!(dst.dtype(), dac_grad_in_place_t(op, dst, l))
 }
 
 fn dac_grad_in_place_t<T: CudaDType + DeviceRepr>(
