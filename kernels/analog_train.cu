@@ -290,6 +290,20 @@ __device__ __forceinline__ void range_pull(float xv, float gv, float b, float *p
   }
 }
 
+// The block's (pull, count) into part[(s * chunks + blockIdx.x) * 2 + {0, 1}]: summed over
+// its threads in a fixed tree order (deterministic).
+__device__ __forceinline__ void write_part(float *part, int s, int chunks, float pull, float cnt) {
+  __shared__ float sp[256];
+  __shared__ float sc[256];
+  sp[threadIdx.x] = pull;
+  sc[threadIdx.x] = cnt;
+  tree_sum2(sp, sc);
+  if (threadIdx.x == 0) {
+    part[((i64)s * chunks + blockIdx.x) * 2] = sp[0];
+    part[((i64)s * chunks + blockIdx.x) * 2 + 1] = sc[0];
+  }
+}
+
 // The range gradient's pull and the clipped count per (row block, chunk of tokens), reduced in
 // shared memory in a fixed order (deterministic), and the gradient of x through the DAC for
 // the same rows: straight through, zero where the input was clipped (|x| > range); both read
@@ -298,8 +312,6 @@ template <typename T>
 __device__ void dac_grad(const T *gxb, const T *x, const float *ranges, float *part, T *gx,
                          int tokens, int n_in, int base, int extra, int head, int r, int chunks,
                          int used) {
-  __shared__ float sp[256];
-  __shared__ float sc[256];
   int s = blockIdx.y;
   int len = blk_len(s, base, extra, head);
   int start = blk_start(s, base, extra, head);
@@ -324,13 +336,7 @@ __device__ void dac_grad(const T *gxb, const T *x, const float *ranges, float *p
       store8(gx + (i64)t * n_in + start + j, g8, vec && n == 8, n);
     }
   }
-  sp[threadIdx.x] = pull;
-  sc[threadIdx.x] = cnt;
-  tree_sum2(sp, sc);
-  if (threadIdx.x == 0) {
-    part[((i64)s * chunks + blockIdx.x) * 2] = sp[0];
-    part[((i64)s * chunks + blockIdx.x) * 2 + 1] = sc[0];
-  }
+  write_part(part, s, chunks, pull, cnt);
 }
 
 // dac_grad for blocks of equal length (r each) with gx (T, n_in) already in place (the product
@@ -342,8 +348,6 @@ __device__ void dac_grad(const T *gxb, const T *x, const float *ranges, float *p
 template <typename T>
 __device__ void dac_grad_sparse(T *gx, const T *x, const uint8_t *mask, const float *ranges,
                                 float *part, int tokens, int n_in, int r, int chunks, int used) {
-  __shared__ float sp[256];
-  __shared__ float sc[256];
   int s = blockIdx.y;
   float b = ranges[s];
   float pull = 0.0f, cnt = 0.0f;
@@ -371,13 +375,7 @@ __device__ void dac_grad_sparse(T *gx, const T *x, const uint8_t *mask, const fl
       }
     }
   }
-  sp[threadIdx.x] = pull;
-  sc[threadIdx.x] = cnt;
-  tree_sum2(sp, sc);
-  if (threadIdx.x == 0) {
-    part[((i64)s * chunks + blockIdx.x) * 2] = sp[0];
-    part[((i64)s * chunks + blockIdx.x) * 2 + 1] = sc[0];
-  }
+  write_part(part, s, chunks, pull, cnt);
 }
 
 // Block s's (pull, count) sums over its chunks, in a fixed order (deterministic): each of the
