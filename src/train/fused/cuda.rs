@@ -311,12 +311,29 @@ fn device_tensor<T: CudaDType>(
     Tensor::from_storage(storage, shape, BackpropOp::none(), false)
 }
 
-/// The storage of a tensor on the GPU.
-fn storage_of(t: &Tensor) -> Result<(StorageRef<'_>, &Layout)> {
-    let (s, l) = t.storage_and_layout();
-    match &*s {
-        Storage::Cuda(_) => Ok((s, l)),
-        _ => candle_core::bail!("fused analog op: a tensor of the backward is not on the GPU"),
+/// The GPU storages of the tensors an in-place op holds, borrowed while it runs.
+struct Held<'a>(Vec<(StorageRef<'a>, &'a Layout)>);
+
+impl<'a> Held<'a> {
+    fn new(ts: &[&'a Tensor]) -> Result<Self> {
+        let refs = ts.iter().map(|t| {
+            let (s, l) = t.storage_and_layout();
+            match &*s {
+                Storage::Cuda(_) => Ok((s, l)),
+                _ => candle_core::bail!(
+                    "fused analog op: a tensor of the backward is not on the GPU"
+                ),
+            }
+        });
+        Ok(Held(refs.collect::<Result<_>>()?))
+    }
+
+    /// The k-th tensor's elements as `U`.
+    fn view<U: CudaDType>(&self, k: usize) -> Result<CudaView<'_, U>> {
+        match &*self.0[k].0 {
+            Storage::Cuda(c) => slice::<U>(c, self.0[k].1),
+            _ => unreachable!("checked by Held::new"),
+        }
     }
 }
 
@@ -332,22 +349,14 @@ fn clamp_fix_t<T: CudaDType + DeviceRepr>(
     suf: &str,
 ) -> Result<()> {
     let dev = dst.device().clone();
-    let held = [&fix.g, &fix.yb, &fix.bound, &fix.flags, &fix.other];
-    let refs = held
-        .iter()
-        .map(|t| storage_of(t))
-        .collect::<Result<Vec<_>>>()?;
-    let cuda = |k: usize| match &*refs[k].0 {
-        Storage::Cuda(c) => c,
-        _ => unreachable!("checked by storage_of"),
-    };
+    let held = Held::new(&[&fix.g, &fix.yb, &fix.bound, &fix.flags, &fix.other])?;
     let (g, yb, flags, other) = (
-        slice::<T>(cuda(0), refs[0].1)?,
-        slice::<T>(cuda(1), refs[1].1)?,
-        slice::<T>(cuda(3), refs[3].1)?,
-        slice::<T>(cuda(4), refs[4].1)?,
+        held.view::<T>(0)?,
+        held.view::<T>(1)?,
+        held.view::<T>(3)?,
+        held.view::<T>(4)?,
     );
-    let bound = slice::<f32>(cuda(2), refs[2].1)?;
+    let bound = held.view::<f32>(2)?;
     let d = fix.yb.dims();
     let (nb, tokens, out, r) = (d[0], d[1], d[2], fix.blocks.r);
     let (ft, fo) = (tokens.div_ceil(FLAG_TILE), out.div_ceil(FLAG_TILE));
@@ -532,18 +541,12 @@ fn dac_grad_in_place_t<T: CudaDType + DeviceRepr>(
             mask.dims()
         );
     }
-    let held = [&op.x, &op.ranges, mask];
-    let refs = held
-        .iter()
-        .map(|t| storage_of(t))
-        .collect::<Result<Vec<_>>>()?;
-    let cuda = |k: usize| match &*refs[k].0 {
-        Storage::Cuda(c) => c,
-        _ => unreachable!("checked by storage_of"),
-    };
-    let x = slice::<T>(cuda(0), refs[0].1)?;
-    let ranges = slice::<f32>(cuda(1), refs[1].1)?;
-    let bits = slice::<u8>(cuda(2), refs[2].1)?;
+    let held = Held::new(&[&op.x, &op.ranges, mask])?;
+    let (x, ranges, bits) = (
+        held.view::<T>(0)?,
+        held.view::<f32>(1)?,
+        held.view::<u8>(2)?,
+    );
     let (a, b) = dst_l.contiguous_offsets().ok_or_else(|| {
         candle_core::Error::Msg("fused analog op: x's gradient not contiguous".into())
     })?;
