@@ -79,6 +79,8 @@ __device__ int next_flag(const T *fl, int stride, int count, int cur, FlagScan &
 #define FIX_CHUNK 16
 // Columns of the gradient per lane in one pass of a warp over a row (32 * FIX_COLS = 512).
 #define FIX_COLS 16
+// Test items a warp loads for at once.
+#define FIX_ITEMS 8
 
 // The correction of one row of tiles per thread block: grid (ft or fo, nb), 256 threads. With
 // GW false, the block's rows are the 64 tokens of tile blockIdx.x and gxb[s, t, k] -= sum over
@@ -116,21 +118,37 @@ __device__ void clamp_fix(T *dst, const T *g, const T *yb, const float *bound, c
       bits[e / FIX_CHUNK][e % FIX_CHUNK] = 0ull;
     __syncthreads();
     // The tests: warp item (a, f) is row a of the tile with GW false (lanes along its
-    // channels j), token a with GW true (lanes along the block's channels, the rows i).
-    for (int it = warp; it < FLAG_TILE * nf; it += nw) {
-      int a = it % FLAG_TILE, f = it / FLAG_TILE, j0 = tl[f] * FLAG_TILE;
+    // channels j), token a with GW true (lanes along the block's channels, the rows i); a warp
+    // takes FIX_ITEMS items at a time, their loads in flight together (one item at a time,
+    // each warp waited on a load per item: ~20 us for a few flagged tiles).
+    for (int it0 = warp * FIX_ITEMS; it0 < FLAG_TILE * nf; it0 += nw * FIX_ITEMS) {
+      bool c[FIX_ITEMS][2];
 #pragma unroll
-      for (int h = 0; h < 2; h++) {
-        int b = lane + 32 * h;
-        int t = GW ? j0 + a : row0 + a, o = GW ? row0 + b : j0 + b;
-        bool c = t < tokens && o < out &&
-                 adc_clamped(to_f(yb[((i64)s * tokens + t) * out + o]), bound[(i64)s * out + o],
-                             inv_states, adc);
-        if (GW) {
-          if (c) atomicOr(&bits[b][f], 1ull << a);
-        } else {
-          unsigned m = __ballot_sync(0xffffffffu, c);
-          if (lane == 0 && m) atomicOr(&bits[a][f], (unsigned long long)m << (32 * h));
+      for (int u = 0; u < FIX_ITEMS; u++) {
+        int it = it0 + u, a = it % FLAG_TILE, f = min(it / FLAG_TILE, nf - 1);
+        int j0 = tl[f] * FLAG_TILE;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          int b = lane + 32 * h;
+          int t = GW ? j0 + a : row0 + a, o = GW ? row0 + b : j0 + b;
+          bool in = it < FLAG_TILE * nf && t < tokens && o < out;
+          float y = in ? to_f(yb[((i64)s * tokens + t) * out + o]) : 0.0f;
+          float bd = in ? bound[(i64)s * out + o] : 0.0f;
+          c[u][h] = in && adc_clamped(y, bd, inv_states, adc);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < FIX_ITEMS; u++) {
+        int it = it0 + u, a = it % FLAG_TILE, f = it / FLAG_TILE;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          int b = lane + 32 * h;
+          if (GW) {
+            if (c[u][h]) atomicOr(&bits[b][f], 1ull << a);
+          } else {
+            unsigned m = __ballot_sync(0xffffffffu, c[u][h]);
+            if (lane == 0 && m) atomicOr(&bits[a][f], (unsigned long long)m << (32 * h));
+          }
         }
       }
     }
