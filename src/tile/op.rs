@@ -27,6 +27,22 @@ pub(crate) fn cpu_f32s<'a>(
     }
 }
 
+/// Mutable twin of [`cpu_f32s`], for in-place ops.
+pub(crate) fn cpu_f32s_mut<'a>(
+    op: &str,
+    s: &'a mut CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a mut [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: {what} must be f32 on the CPU, got {:?}", s.dtype())
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut v[a..b]),
+        None => candle_core::bail!("{op}: {what} must be contiguous"),
+    }
+}
+
 /// One analog MVM of a programmed layer with static input ranges; `call` numbers the MVM.
 pub struct AnalogMvm<'a> {
     /// The programmed layer.

@@ -10,7 +10,7 @@ use super::cuda;
 #[cfg(doc)]
 use super::Stage;
 use super::{cpu, f32s, out, Blocks, SideOutput};
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, StorageRef, Tensor};
 
 /// Which gradient a [`ClampFix`] corrects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,15 +54,7 @@ impl candle_core::InplaceOp1 for ClampFix {
     fn cpu_fwd(&self, dst: &mut CpuStorage, l: &Layout) -> Result<()> {
         let held = [&self.g, &self.yb, &self.bound, &self.flags, &self.other];
         let guards: Vec<_> = held.iter().map(|t| t.storage_and_layout()).collect();
-        let vals = guards
-            .iter()
-            .map(|(s, l)| match &**s {
-                candle_core::Storage::Cpu(c) => f32s(c, l, "a tensor of the backward"),
-                _ => candle_core::bail!(
-                    "fused analog op: a tensor of the backward is not on the CPU"
-                ),
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let vals = held_f32s(&guards, &["g", "yb", "bound", "flags", "other"])?;
         let d = self.yb.dims();
         let dims = (d[1], d[2], self.blocks.r);
         if l.dims().len() != 3 {
@@ -73,10 +65,7 @@ impl candle_core::InplaceOp1 for ClampFix {
                 l.dims()
             );
         }
-        let buf = match (dst, l.contiguous_offsets()) {
-            (CpuStorage::F32(v), Some((a, b))) => &mut v[a..b],
-            _ => candle_core::bail!("fused analog op: the gradient must be contiguous f32"),
-        };
+        let buf = crate::tile::op::cpu_f32s_mut("fused analog op", dst, l, "the gradient")?;
         let ops = [vals[0], vals[1], vals[2], vals[3], vals[4]];
         cpu::clamp_fix(buf, self.target, ops, dims, self.inv_states);
         Ok(())
@@ -208,13 +197,13 @@ impl candle_core::InplaceOp1 for DacGradInPlace {
 
     fn cpu_fwd(&self, dst: &mut CpuStorage, l: &Layout) -> Result<()> {
         let g = &self.blocks;
-        let (xs, xl) = self.x.storage_and_layout();
-        let (rs, rl) = self.ranges.storage_and_layout();
-        let (x, ranges) = match (&*xs, &*rs) {
-            (candle_core::Storage::Cpu(x), candle_core::Storage::Cpu(r)) => {
-                (f32s(x, xl, "x")?, f32s(r, rl, "ranges")?)
-            }
-            _ => candle_core::bail!("fused analog op: x or the ranges are not on the CPU"),
+        let guards = [
+            self.x.storage_and_layout(),
+            self.ranges.storage_and_layout(),
+        ];
+        let (x, ranges) = match held_f32s(&guards, &["x", "the ranges"])?[..] {
+            [x, r] => (x, r),
+            _ => unreachable!("two tensors held"),
         };
         let tokens = l.dims()[0];
         if l.dims() != [tokens, g.n_in] || x.len() != tokens * g.n_in || ranges.len() != g.nb {
@@ -228,10 +217,7 @@ impl candle_core::InplaceOp1 for DacGradInPlace {
                 g.nb
             );
         }
-        let gx = match (dst, l.contiguous_offsets()) {
-            (CpuStorage::F32(v), Some((a, b))) => &mut v[a..b],
-            _ => candle_core::bail!("fused analog op: x's gradient must be contiguous f32"),
-        };
+        let gx = crate::tile::op::cpu_f32s_mut("fused analog op", dst, l, "x's gradient")?;
         let decay = (self.decay, self.min_inside);
         let gr = cpu::dac_grad_in_place(gx, x, ranges, g, tokens, self.used, decay);
         let dev = candle_core::Device::Cpu;
@@ -242,4 +228,20 @@ impl candle_core::InplaceOp1 for DacGradInPlace {
     fn cuda_fwd(&self, dst: &mut candle_core::CudaStorage, l: &Layout) -> Result<()> {
         cuda::dac_grad_in_place(self, dst, l)
     }
+}
+
+/// The f32 values of the tensors an in-place op holds, from their storage guards (which the
+/// caller keeps alive), named for the errors.
+fn held_f32s<'a>(
+    guards: &'a [(StorageRef<'_>, &Layout)],
+    names: &[&str],
+) -> Result<Vec<&'a [f32]>> {
+    guards
+        .iter()
+        .zip(names)
+        .map(|((s, l), name)| match &**s {
+            candle_core::Storage::Cpu(c) => f32s(c, l, name),
+            _ => candle_core::bail!("fused analog op: {name} is not on the CPU"),
+        })
+        .collect()
 }

@@ -580,8 +580,9 @@ impl LayerPass {
             .unsqueeze(0)?
             .broadcast_as((spec.blocks.nb, g.dims()[0], g.dims()[1]))?;
         // On the GPU, blocks of equal length get gx and gw in place from the products
-        // themselves (no blocked gradient to unblock).
-        let direct = g.device().is_cuda() && spec.blocks.uniform();
+        // themselves (no blocked gradient to unblock): exactly where the forward asked the DAC
+        // for the clip mask that the in-place DAC backward visits.
+        let direct = sv.mask.is_some();
         let product = |target, other: &Tensor| -> Result<Tensor> {
             if direct {
                 let blocks = spec.blocks;
