@@ -204,18 +204,19 @@ __device__ __forceinline__ float adc_window(float inv_states) {
   return 0.5f - 4.8e-7f * (0.5f / inv_states + 3.0f);
 }
 
-// Grid (ceil(tokens / blockDim.y), nb): blockDim.y tokens' rows of block s per thread block (a
-// row of 512 inputs needs 64 threads, and 64-thread blocks left the kernel at ~2 TB/s), eight
-// adjacent inputs per thread at a time. With `clips` (zeroed), also the count of the inputs
+// Grid (ceil(tokens / (DAC_ROWS * blockDim.y)), nb): DAC_ROWS * blockDim.y tokens' rows of
+// block s per thread block (a row of 512 inputs needs 64 threads, and 64-thread blocks left
+// the kernel at ~2 TB/s), eight adjacent inputs of DAC_ROWS rows per thread at a time. With `clips` (zeroed), also the count of the inputs
 // with |x| >= range added to clips[s]: integers, so the sum is exact in any order. (One
 // partial per token, summed by nb blocks after, took 29 us at 16384 tokens.) With `mask`, the
 // same test's bits, one byte per thread's eight inputs: bit j % 8 of byte (s * tokens + t) *
 // ceil(r / 8) + j / 8 is |x| >= range for input j of block s (what dac_grad_sparse visits).
+#define DAC_ROWS 4
 template <typename T>
 __device__ void dac_fwd(const T *x, const float *ranges, T *xb, unsigned *clips, uint8_t *mask,
                         int tokens, int n_in, int base, int extra, int head, int r,
                         float inv_states, int used, int dac) {
-  int t = blockIdx.x * blockDim.y + threadIdx.y, s = blockIdx.y;
+  int s = blockIdx.y, t0 = blockIdx.x * DAC_ROWS * blockDim.y + threadIdx.y;
   int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
   float b = ranges[s];
   bool act = used && b > 0.0f;
@@ -223,31 +224,41 @@ __device__ void dac_fwd(const T *x, const float *ranges, T *xb, unsigned *clips,
   // adc_level's rounding by 1 / res (|v / res| <= L after the clip, inside its window's range):
   // the IEEE quotient's roundf without a division per input.
   float inv_res = act && dac ? 1.0f / res : 0.0f, win = dac ? adc_window(inv_states) : 0.0f;
-  const T *row = x + (i64)t * n_in + start;
-  T *o = xb + ((i64)s * tokens + t) * r;
-  uint8_t *mrow = mask ? mask + ((i64)s * tokens + t) * ((r + 7) / 8) : nullptr;
+  int mb = (r + 7) / 8;
   bool vec = vec_rows(start, n_in, r, x, xb);
   int cnt = 0;
-  for (int j = threadIdx.x * 8; t < tokens && j < r; j += blockDim.x * 8) {
+  for (int j = threadIdx.x * 8; j < r; j += blockDim.x * 8) {
     int n = min(8, r - j), nl = max(0, min(8, len - j));
-    Pack8<T> in = load8(row + j, vec && nl == 8, nl), y;
-    unsigned bits = 0;
+    // All rows' loads first: one 16-byte load per thread in flight left the kernel at ~1.8 TB/s.
+    Pack8<T> in[DAC_ROWS];
 #pragma unroll
-    for (int k = 0; k < 8; k++) {
-      float v = 0.0f;
-      if (k < nl) {
-        v = to_f(in.v[k]);
-        if (v >= b || v <= -b) bits |= 1u << k;
-        if (act) {
-          v = fmaxf(fminf(v, b), -b);
-          if (dac) v = adc_level(v, res, inv_res, win) * res;
-        }
-      }
-      y.v[k] = from_f<T>(v);
+    for (int q = 0; q < DAC_ROWS; q++) {
+      int t = t0 + q * blockDim.y;
+      if (t < tokens) in[q] = load8(x + (i64)t * n_in + start + j, vec && nl == 8, nl);
     }
-    store8(o + j, y, vec && n == 8, n);
-    cnt += __popc(bits);
-    if (mrow) mrow[j / 8] = (uint8_t)bits;
+#pragma unroll
+    for (int q = 0; q < DAC_ROWS; q++) {
+      int t = t0 + q * blockDim.y;
+      if (t >= tokens) continue;
+      Pack8<T> y;
+      unsigned bits = 0;
+#pragma unroll
+      for (int k = 0; k < 8; k++) {
+        float v = 0.0f;
+        if (k < nl) {
+          v = to_f(in[q].v[k]);
+          if (v >= b || v <= -b) bits |= 1u << k;
+          if (act) {
+            v = fmaxf(fminf(v, b), -b);
+            if (dac) v = adc_level(v, res, inv_res, win) * res;
+          }
+        }
+        y.v[k] = from_f<T>(v);
+      }
+      store8(xb + ((i64)s * tokens + t) * r + j, y, vec && n == 8, n);
+      cnt += __popc(bits);
+      if (mask) mask[((i64)s * tokens + t) * mb + j / 8] = (uint8_t)bits;
+    }
   }
   if (!clips) return;
   // Whole warps (blockDim.x is a multiple of 32): shuffles, then the warps' sums (integers:
@@ -569,14 +580,6 @@ __device__ void unblock_w(const T *gwb, T *gw, int out, int n_in, int base, int 
 
 // ---- ADC: per block round and clamp to lambda * w_max * range, then the sum over blocks ----
 
-__device__ __forceinline__ float adc_q(float y, float bd, float inv_states, int adc) {
-  if (adc) {
-    float res = (bd * 2.0f) * inv_states;
-    y = roundf(y / res) * res;
-  }
-  return y;
-}
-
 // Edge of the square (tokens x channels) tiles of the clamp flags (FLAG_TILE in
 // src/train/fused/mod.rs); a multiple of 8, so one thread's eight channels share a tile.
 #define FLAG_TILE 64
@@ -599,19 +602,21 @@ __device__ void adc_prep(const float *wmax, const float *ranges, float *bound, f
 // Grid (tokens); each thread takes eight adjacent channels at a time. Where a block's output
 // clamps, its flag tile flags[(s * ft + t / FLAG_TILE) * fo + c / FLAG_TILE] is set to 1, and
 // so is the flag after the tiles' (flags[nb * ft * fo]: anything clamped); the flags start at
-// 0 and every writer writes the same value. The backward corrects only there. The kernel is
+// 0 and every writer writes the same value. The backward corrects only there, and finds the
+// clamped outputs in `clamps` (every byte written: bit k of byte (s * tokens + t) *
+// ceil(out / 8) + c / 8 is output c + k of block s and token t). The kernel is
 // bound by instruction issue (ncu, session 34): a pack of eight outputs whose quotients all
 // lie inside adc_level's window (so every bound is on: off ones have 1 / res NaN) takes a
 // path with no per-output bound check or select; the rest (rare), the checked path. Both give
-// each output what adc_q and the clamp give it. VEC: 16-byte packs (rows of a multiple of 8).
+// each output what the CPU twin's `quantize` and the clamp give it. VEC: 16-byte packs (rows of a multiple of 8).
 template <typename T, bool VEC>
 __device__ void adc_sum_rows(const T *yb, const float *bound, const float *inv_res, T *y,
-                             T *flags, int tokens, int out, int nb, float inv_states, int adc,
-                             int ft, int fo) {
-  int t = blockIdx.x;
+                             T *flags, uint8_t *clamps, int tokens, int out, int nb,
+                             float inv_states, int adc, int ft, int fo) {
+  int t = blockIdx.x, mb = (out + 7) / 8;
   i64 plane = (i64)tokens * out;
   const T one = from_f<T>(1.0f);
-  // (b * 2) * inv_states as adc_q has it: the same product, since doubling is exact.
+  // (b * 2) * inv_states as `quantize` has it: the same product, since doubling is exact.
   float two_inv = 2.0f * inv_states, win = adc ? adc_window(inv_states) : 0.0f;
   for (int c = threadIdx.x * 8; c < out; c += blockDim.x * 8) {
     int n = min(8, out - c);
@@ -629,7 +634,8 @@ __device__ void adc_sum_rows(const T *yb, const float *bound, const float *inv_r
       Pack8<float> bd = load8(bs, VEC, n);
       Pack8<float> iv = load8(is, VEC, n);
       float lv[8];
-      bool near = false, clamped = false;
+      bool near = false;
+      unsigned cbits = 0;
 #pragma unroll
       for (int k = 0; k < 8; k++) {
         float a = to_f(v.v[k]) * iv.v[k];
@@ -640,7 +646,7 @@ __device__ void adc_sum_rows(const T *yb, const float *bound, const float *inv_r
 #pragma unroll
         for (int k = 0; k < 8; k++) {
           float b = bd.v[k], q = lv[k] * (b * two_inv), cl = fmaxf(fminf(q, b), -b);
-          clamped |= cl != q;
+          cbits |= (unsigned)(cl != q) << k;
           acc[k] = acc[k] + cl;
         }
       } else {
@@ -651,11 +657,12 @@ __device__ void adc_sum_rows(const T *yb, const float *bound, const float *inv_r
           if (adc && on) lv[k] = adc_level(x, b * two_inv, iv.v[k], win);
           float q = adc ? lv[k] * (b * two_inv) : x;
           float cl = fmaxf(fminf(q, b), -b);
-          clamped |= on && cl != q;
+          cbits |= (unsigned)(on && cl != q) << k;
           acc[k] = acc[k] + (on ? cl : x);
         }
       }
-      if (clamped) {
+      clamps[((i64)s * tokens + t) * mb + c / 8] = (uint8_t)cbits;
+      if (cbits) {
         fl[(i64)s * ft * fo] = one;
         flags[(i64)nb * ft * fo] = one;
       }
@@ -669,12 +676,14 @@ __device__ void adc_sum_rows(const T *yb, const float *bound, const float *inv_r
 
 template <typename T>
 __device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T *y, T *flags,
-                        int tokens, int out, int nb, float inv_states, int adc, int ft, int fo) {
+                        uint8_t *clamps, int tokens, int out, int nb, float inv_states, int adc,
+                        int ft, int fo) {
   if (out % 8 == 0 && aligned16(yb) && aligned16(y) && aligned16(bound) && aligned16(inv_res))
-    adc_sum_rows<T, true>(yb, bound, inv_res, y, flags, tokens, out, nb, inv_states, adc, ft, fo);
+    adc_sum_rows<T, true>(yb, bound, inv_res, y, flags, clamps, tokens, out, nb, inv_states, adc,
+                          ft, fo);
   else
-    adc_sum_rows<T, false>(yb, bound, inv_res, y, flags, tokens, out, nb, inv_states, adc, ft,
-                           fo);
+    adc_sum_rows<T, false>(yb, bound, inv_res, y, flags, clamps, tokens, out, nb, inv_states,
+                           adc, ft, fo);
 }
 
 #include "clamp_fix.cuh"
@@ -719,21 +728,19 @@ __device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T
     adc_prep<T>(wmax, ranges, bound, inv, flags, nbo, out, nflags, lambda, inv_states);            \
   }                                                                                                \
   extern "C" __global__ void adc_sum_##SUF(const T *yb, const float *bound, const float *inv_res,  \
-                                           T *y, T *flags, int tokens, int out, int nb,            \
-                                           float inv_states, int adc, int ft, int fo) {            \
-    adc_sum<T>(yb, bound, inv_res, y, flags, tokens, out, nb, inv_states, adc, ft, fo);            \
+                                           T *y, T *flags, uint8_t *clamps, int tokens, int out,   \
+                                           int nb, float inv_states, int adc, int ft, int fo) {    \
+    adc_sum<T>(yb, bound, inv_res, y, flags, clamps, tokens, out, nb, inv_states, adc, ft, fo);    \
   }                                                                                                \
-  extern "C" __global__ void clamp_fix_gx_##SUF(                                                   \
-      T *dst, const T *g, const T *yb, const float *bound, const T *flags, const T *wb,            \
-      int tokens, int out, int r, int ft, int fo, float inv_states, int adc, i64 bs, i64 rs) {     \
-    clamp_fix<T, false>(dst, g, yb, bound, flags, wb, tokens, out, r, ft, fo, inv_states, adc, bs, \
-                       rs);                                                                        \
+  extern "C" __global__ void clamp_fix_gx_##SUF(T *dst, const T *g, const uint8_t *clamps,         \
+                                                const T *flags, const T *wb, int tokens, int out,  \
+                                                int r, int ft, int fo, i64 bs, i64 rs) {           \
+    clamp_fix<T, false>(dst, g, clamps, flags, wb, tokens, out, r, ft, fo, bs, rs);                \
   }                                                                                                \
-  extern "C" __global__ void clamp_fix_gw_##SUF(                                                   \
-      T *dst, const T *g, const T *yb, const float *bound, const T *flags, const T *xb,            \
-      int tokens, int out, int r, int ft, int fo, float inv_states, int adc, i64 bs, i64 rs) {     \
-    clamp_fix<T, true>(dst, g, yb, bound, flags, xb, tokens, out, r, ft, fo, inv_states, adc, bs,  \
-                       rs);                                                                        \
+  extern "C" __global__ void clamp_fix_gw_##SUF(T *dst, const T *g, const uint8_t *clamps,         \
+                                                const T *flags, const T *xb, int tokens, int out,  \
+                                                int r, int ft, int fo, i64 bs, i64 rs) {           \
+    clamp_fix<T, true>(dst, g, clamps, flags, xb, tokens, out, r, ft, fo, bs, rs);                 \
   }
 
 INSTANTIATE(float, f32)

@@ -1,19 +1,23 @@
 // The backward's clamp correction of the fused analog training layer, included by
-// analog_train.cu (which defines the helpers it uses: to_f / from_f, adc_q, FLAG_TILE); the
-// CPU twin is `clamp_fix` in src/train/fused/cpu.rs.
+// analog_train.cu (which defines the helpers it uses: to_f / from_f, FLAG_TILE); the CPU twin
+// is `clamp_fix` in src/train/fused/cpu.rs.
 
 // ---- backward: the straight-through ADC gradient as plain products plus a correction ------
 //
 // Straight through the ADC's rounding, block s's output gradient is the upstream g except
 // where the clamp cut, so gxb[s] = g wb[s] and gwb[s] = g^T xb[s] are products with the same g
 // for every block (cuBLAS, batch stride 0), less the clamped terms, which these two kernels
-// take back out tile by tile, only in the tiles whose flag adc_sum set. A clamped output is
-// recognized from yb and the bound exactly as adc_sum decided it.
+// take back out tile by tile, only in the tiles whose flag adc_sum set. Which outputs clamped
+// is adc_sum's clamp mask, so the block outputs need not be kept for the backward.
 
-__device__ __forceinline__ bool adc_clamped(float y, float b, float inv_states, int adc) {
-  if (!(b > 0.0f)) return false;
-  float q = adc_q(y, b, inv_states, adc);
-  return q > b || q < -b;
+// The 64 clamp bits of `clamps` row `row` (ceil(out / 8) bytes: bit k of byte c / 8 for output
+// c) from channel c0 (a multiple of 64) on; 0 past the row's end.
+__device__ __forceinline__ unsigned long long clamp_bits64(const uint8_t *row, int c0, int mb) {
+  int b0 = c0 / 8;
+  if (mb % 8 == 0) return *(const unsigned long long *)(row + b0);
+  unsigned long long v = 0;
+  for (int k = 0; k < 8 && b0 + k < mb; k++) v |= (unsigned long long)row[b0 + k] << (8 * k);
+  return v;
 }
 
 // The flagged tiles, found by all threads of the block together: a window of blockDim.x
@@ -24,35 +28,44 @@ struct FlagScan {
   int n, pos, base;
 };
 
-// The next flagged tile after `cur` (-1: start) of the `count` flags at fl[i * stride], or
-// `count` when none is left. Called by every thread of the block alike.
-template <typename T>
-__device__ int next_flag(const T *fl, int stride, int count, int cur, FlagScan &sc) {
-  if (cur < 0) {
-    if (threadIdx.x == 0) {
-      sc.n = 0;
-      sc.pos = 0;
-      sc.base = -(int)blockDim.x;
-    }
-    __syncthreads();
+__device__ __forceinline__ void scan_start(FlagScan &sc) {
+  if (threadIdx.x == 0) {
+    sc.n = 0;
+    sc.pos = 0;
+    sc.base = -(int)blockDim.x;
   }
-  while (true) {
-    if (sc.pos < sc.n) {
-      int r = sc.idx[sc.pos];
+  __syncthreads();
+}
+
+// Flagged tiles of a row of tiles whose clamp bits a block holds at once (FIX_CHUNK in
+// src/train/fused/cpu.rs): each row's sum over them is taken out of the gradient in one
+// subtraction, and the CPU twin does the same per chunk.
+#define FIX_CHUNK 16
+// The next (up to) FIX_CHUNK flagged tiles of the `count` flags at fl[i * stride] into tl, in
+// ascending order; returns how many (0: none left). Called by every thread of the block alike;
+// a window's list is taken a chunk at a time, not a tile at a time (two barriers per tile).
+template <typename T>
+__device__ int next_chunk(const T *fl, int stride, int count, FlagScan &sc, int *tl) {
+  int nf = 0;
+  while (nf < FIX_CHUNK) {
+    int pos = sc.pos, avail = sc.n - pos;
+    if (avail > 0) {
+      int take = min(avail, FIX_CHUNK - nf);
+      if ((int)threadIdx.x < take) tl[nf + threadIdx.x] = sc.idx[pos + threadIdx.x];
+      nf += take;
       __syncthreads();
-      if (threadIdx.x == 0) sc.pos += 1;
+      if (threadIdx.x == 0) sc.pos = pos + take;
       __syncthreads();
-      return r;
+      continue;
     }
     int base = sc.base + (int)blockDim.x;
-    if (base >= count) return count;
+    if (base >= count) break;
     __syncthreads();
     if (threadIdx.x == 0) {
       sc.n = 0;
       sc.pos = 0;
       sc.base = base;
     }
-    __syncthreads();
     int i = base + (int)threadIdx.x;
     bool set = i < count && to_f(fl[(i64)i * stride]) != 0.0f;
     // In ascending order: each thread's place is the count of set flags before it.
@@ -71,33 +84,28 @@ __device__ int next_flag(const T *fl, int stride, int count, int cur, FlagScan &
     }
     __syncthreads();
   }
+  return nf;
 }
 
-// Flagged tiles of a row of tiles whose clamp bits a block holds at once (FIX_CHUNK in
-// src/train/fused/cpu.rs): each row's sum over them is taken out of the gradient in one
-// subtraction, and the CPU twin does the same per chunk.
-#define FIX_CHUNK 16
 // Columns of the gradient per lane in one pass of a warp over a row (32 * FIX_COLS = 512).
 #define FIX_COLS 16
-// Test items a warp loads for at once.
-#define FIX_ITEMS 8
-
 // The correction of one row of tiles per thread block: grid (ft or fo, nb), 256 threads. With
 // GW false, the block's rows are the 64 tokens of tile blockIdx.x and gxb[s, t, k] -= sum over
 // clamped o of g[t, o] wb[s, o, k]; with GW true, the 64 channels of the tile and gwb[s, o, k]
 // -= sum over clamped t of g[t, o] xb[s, t, k] (`other` is wb or xb). Clamps are rare inside a
 // flagged tile (a flag marks 4096 outputs), so the block does not multiply tiles: per chunk of
-// flagged tiles, the warps test every output of the tiles once (lanes along the channels, for
-// coalesced yb and bounds) into bits per (row, tile), then each warp takes rows and, for each
-// set bit in ascending order, adds g[t, o] times the other operand's row into the lanes' sums
-// (f32), and takes the sum out once. The flag after the tiles' (flags[nb * ft * fo]) says
+// flagged tiles, the warps read the tiles' bits of the clamp mask into bits per (row, tile),
+// then each warp takes rows and, for each set bit in ascending order, adds g[t, o] times the
+// other operand's row into the lanes' sums (f32), and takes the sum out once. (Testing the
+// block outputs here instead, a flagged tile at a time, left the kernels at 15-25 us of mostly
+// idle SMs: one memory latency per flagged tile of the longest row.) The flag after the tiles' (flags[nb * ft * fo]) says
 // whether anything clamped at all: when nothing did, every block leaves after one load. dst's
 // element (s, row, k) is at s * bs + row * rs + k: blocked (bs = rows * r, rs = r), or the
 // direct layouts (T or out, n_in) for blocks of equal length (bs = r, rs = n_in).
 template <typename T, bool GW>
-__device__ void clamp_fix(T *dst, const T *g, const T *yb, const float *bound, const T *flags,
-                          const T *other, int tokens, int out, int r, int ft, int fo,
-                          float inv_states, int adc, i64 bs, i64 rs) {
+__device__ void clamp_fix(T *dst, const T *g, const uint8_t *clamps, const T *flags,
+                          const T *other, int tokens, int out, int r, int ft, int fo, i64 bs,
+                          i64 rs) {
   if (to_f(flags[(i64)gridDim.y * ft * fo]) == 0.0f) return;
   __shared__ FlagScan scan;
   __shared__ int tl[FIX_CHUNK];
@@ -107,48 +115,31 @@ __device__ void clamp_fix(T *dst, const T *g, const T *yb, const float *bound, c
   const T *fl = GW ? flags + (i64)s * ft * fo + blockIdx.x : flags + ((i64)s * ft + blockIdx.x) * fo;
   int stride = GW ? fo : 1, count = GW ? ft : fo;
   int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
-  for (int tile = -1;;) {
-    int nf = 0;
-    while (nf < FIX_CHUNK && (tile = next_flag(fl, stride, count, tile, scan)) < count) {
-      if (threadIdx.x == 0) tl[nf] = tile;
-      nf++;
-    }
+  int mb = (out + 7) / 8;
+  scan_start(scan);
+  while (true) {
+    int nf = next_chunk(fl, stride, count, scan, tl);
     if (nf == 0) return;
-    for (int e = threadIdx.x; e < FLAG_TILE * FIX_CHUNK; e += blockDim.x)
-      bits[e / FIX_CHUNK][e % FIX_CHUNK] = 0ull;
-    __syncthreads();
-    // The tests: warp item (a, f) is row a of the tile with GW false (lanes along its
-    // channels j), token a with GW true (lanes along the block's channels, the rows i); a warp
-    // takes FIX_ITEMS items at a time, their loads in flight together (not timed apart from
-    // one item at a time: the kernel took ~15-23 us either way in session 38's runs).
-    for (int it0 = warp * FIX_ITEMS; it0 < FLAG_TILE * nf; it0 += nw * FIX_ITEMS) {
-      bool c[FIX_ITEMS][2];
+    // A warp per tile; lane l reads the bits of the tile's tokens l and l + 32: with GW false
+    // (rows are tokens) over the tile's channels, the rows' bits as they are; with GW true over
+    // the block's channels, turned into the channels' bits over the tile's tokens by ballots.
+    for (int f = warp; f < nf; f += nw) {
+      int j0 = tl[f] * FLAG_TILE;
+      unsigned long long wd[2];
 #pragma unroll
-      for (int u = 0; u < FIX_ITEMS; u++) {
-        int it = it0 + u, a = it % FLAG_TILE, f = min(it / FLAG_TILE, nf - 1);
-        int j0 = tl[f] * FLAG_TILE;
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-          int b = lane + 32 * h;
-          int t = GW ? j0 + a : row0 + a, o = GW ? row0 + b : j0 + b;
-          bool in = it < FLAG_TILE * nf && t < tokens && o < out;
-          float y = in ? to_f(yb[((i64)s * tokens + t) * out + o]) : 0.0f;
-          float bd = in ? bound[(i64)s * out + o] : 0.0f;
-          c[u][h] = in && adc_clamped(y, bd, inv_states, adc);
-        }
+      for (int h = 0; h < 2; h++) {
+        int t = (GW ? j0 : row0) + lane + 32 * h;
+        const uint8_t *row = clamps + ((i64)s * tokens + t) * mb;
+        wd[h] = t < tokens ? clamp_bits64(row, GW ? row0 : j0, mb) : 0ull;
       }
-#pragma unroll
-      for (int u = 0; u < FIX_ITEMS; u++) {
-        int it = it0 + u, a = it % FLAG_TILE, f = it / FLAG_TILE;
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-          int b = lane + 32 * h;
-          if (GW) {
-            if (c[u][h]) atomicOr(&bits[b][f], 1ull << a);
-          } else {
-            unsigned m = __ballot_sync(0xffffffffu, c[u][h]);
-            if (lane == 0 && m) atomicOr(&bits[a][f], (unsigned long long)m << (32 * h));
-          }
+      if (!GW) {
+        bits[lane][f] = wd[0];
+        bits[lane + 32][f] = wd[1];
+      } else {
+        for (int b = 0; b < FLAG_TILE; b++) {
+          unsigned lo = __ballot_sync(0xffffffffu, (wd[0] >> b) & 1ull);
+          unsigned hi = __ballot_sync(0xffffffffu, (wd[1] >> b) & 1ull);
+          if (lane == 0) bits[b][f] = lo | (unsigned long long)hi << 32;
         }
       }
     }
@@ -163,15 +154,41 @@ __device__ void clamp_fix(T *dst, const T *g, const T *yb, const float *bound, c
 #pragma unroll
         for (int m = 0; m < FIX_COLS; m++) acc[m] = 0.0f;
         for (int f = 0; f < nf; f++) {
-          for (unsigned long long m = bits[i][f]; m; m &= m - 1) {
-            int j = tl[f] * FLAG_TILE + __ffsll((long long)m) - 1;
-            int t = GW ? j : row0 + i, o = GW ? row0 + i : j;
-            float gv = to_f(g[(i64)t * out + o]);
-            const T *src = other + ((i64)s * sum_len + j) * r;
+          for (unsigned long long m = bits[i][f]; m;) {
+            // Up to 32 clamped outputs at a time: lane l takes the l-th lowest set bit and loads
+            // its g, so those loads are in flight together, and the other operand's rows come
+            // two at a time; the sums still take the outputs in ascending order.
+            unsigned lo = (unsigned)m, hi = (unsigned)(m >> 32);
+            int plo = __popc(lo), cnt = min(plo + __popc(hi), 32);
+            int bit = lane < plo ? (int)__fns(lo, 0, lane + 1)
+                                 : 32 + (int)__fns(hi, 0, lane - plo + 1);
+            int jl = tl[f] * FLAG_TILE + bit;
+            float gl = 0.0f;
+            if (lane < cnt) {
+              int t = GW ? jl : row0 + i, o = GW ? row0 + i : jl;
+              gl = to_f(g[(i64)t * out + o]);
+            }
+            int last = __shfl_sync(0xffffffffu, bit, cnt - 1);
+            m = last >= 63 ? 0ull : m & (~0ull << (last + 1));
+            for (int q = 0; q < cnt; q += 2) {
+              int q1 = min(q + 1, cnt - 1);
+              int j0 = __shfl_sync(0xffffffffu, jl, q), j1 = __shfl_sync(0xffffffffu, jl, q1);
+              float g0 = __shfl_sync(0xffffffffu, gl, q), g1 = __shfl_sync(0xffffffffu, gl, q1);
+              const T *s0 = other + ((i64)s * sum_len + j0) * r;
+              const T *s1 = other + ((i64)s * sum_len + j1) * r;
+              float v0[FIX_COLS], v1[FIX_COLS];
 #pragma unroll
-            for (int m2 = 0; m2 < FIX_COLS; m2++) {
-              int k = c0 + lane + 32 * m2;
-              if (k < r) acc[m2] = acc[m2] + gv * to_f(src[k]);
+              for (int m2 = 0; m2 < FIX_COLS; m2++) {
+                int k = c0 + lane + 32 * m2;
+                v0[m2] = k < r ? to_f(s0[k]) : 0.0f;
+                v1[m2] = k < r ? to_f(s1[k]) : 0.0f;
+              }
+#pragma unroll
+              for (int m2 = 0; m2 < FIX_COLS; m2++) acc[m2] = acc[m2] + g0 * v0[m2];
+              if (q + 1 < cnt) {
+#pragma unroll
+                for (int m2 = 0; m2 < FIX_COLS; m2++) acc[m2] = acc[m2] + g1 * v1[m2];
+              }
             }
           }
         }

@@ -23,27 +23,42 @@ pub enum FixTarget {
 
 /// In place on gxb or gwb computed with the upstream gradient g for every block: subtracts the
 /// terms of the outputs whose ADC clamped (their gradient is zero), visiting only the tiles
-/// [`Stage::Adc`] flagged. On the GPU the gradient may also be gx (T, n_in) or gw (out, n_in)
-/// as [`DirectGrad`] wrote it (blocks of equal length side by side); the CPU takes the blocked
-/// layouts only.
+/// [`Stage::Adc`] flagged and reading which outputs clamped from its clamp mask. On the GPU the
+/// gradient may also be gx (T, n_in) or gw (out, n_in) as [`DirectGrad`] wrote it (blocks of
+/// equal length side by side); the CPU takes the blocked layouts only.
 #[derive(Debug, Clone)]
 pub struct ClampFix {
     /// The row blocks.
     pub blocks: Blocks,
     /// The gradient corrected.
     pub target: FixTarget,
-    /// As in [`Stage::Adc`].
-    pub inv_states: Option<f32>,
     /// Upstream gradient (T, out).
     pub g: Tensor,
-    /// Block outputs (nb, T, out).
-    pub yb: Tensor,
-    /// ADC bounds (nb, out), f32.
-    pub bound: Tensor,
+    /// Which outputs clamped, u8 (nb, T, ceil(out / 8)) ([`Stage::Adc`]'s `clamps`).
+    pub clamps: Tensor,
     /// Clamp flags of [`Stage::Adc`].
     pub flags: Tensor,
     /// wb (nb, out, r) for [`FixTarget::X`], xb (nb, T, r) for [`FixTarget::W`].
     pub other: Tensor,
+}
+
+impl ClampFix {
+    /// (tokens, outputs) of g, once the clamp mask is checked to match it.
+    pub(crate) fn dims(&self) -> Result<(usize, usize)> {
+        let (tokens, out) = match self.g.dims() {
+            &[t, o] => (t, o),
+            d => candle_core::bail!("fused analog op: g of dims {d:?}, expected (tokens, outputs)"),
+        };
+        let want = [self.blocks.nb, tokens, out.div_ceil(8)];
+        if self.clamps.dims() != want || self.clamps.dtype() != candle_core::DType::U8 {
+            candle_core::bail!(
+                "fused analog op: clamp mask of dims {:?} ({:?}), expected u8 {want:?}",
+                self.clamps.dims(),
+                self.clamps.dtype()
+            );
+        }
+        Ok((tokens, out))
+    }
 }
 
 impl candle_core::InplaceOp1 for ClampFix {
@@ -52,11 +67,17 @@ impl candle_core::InplaceOp1 for ClampFix {
     }
 
     fn cpu_fwd(&self, dst: &mut CpuStorage, l: &Layout) -> Result<()> {
-        let held = [&self.g, &self.yb, &self.bound, &self.flags, &self.other];
+        let (tokens, out) = self.dims()?;
+        let held = [&self.g, &self.flags, &self.other];
         let guards: Vec<_> = held.iter().map(|t| t.storage_and_layout()).collect();
-        let vals = held_f32s(&guards, &["g", "yb", "bound", "flags", "other"])?;
-        let d = self.yb.dims();
-        let dims = (d[1], d[2], self.blocks.r);
+        let vals = held_f32s(&guards, &["g", "flags", "other"])?;
+        let mask_guard = self.clamps.storage_and_layout();
+        let clamps = match (&*mask_guard.0, mask_guard.1.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(CpuStorage::U8(v)), Some((a, b))) => &v[a..b],
+            _ => candle_core::bail!(
+                "fused analog op: the clamp mask is not contiguous u8 on the CPU"
+            ),
+        };
         if l.dims().len() != 3 {
             candle_core::bail!(
                 "fused analog op: the CPU clamp correction takes a blocked gradient (blocks, \
@@ -66,8 +87,8 @@ impl candle_core::InplaceOp1 for ClampFix {
             );
         }
         let buf = crate::tile::op::cpu_f32s_mut("fused analog op", dst, l, "the gradient")?;
-        let ops = [vals[0], vals[1], vals[2], vals[3], vals[4]];
-        cpu::clamp_fix(buf, self.target, ops, dims, self.inv_states);
+        let ops = [vals[0], vals[1], vals[2]];
+        cpu::clamp_fix(buf, self.target, ops, clamps, (tokens, out, self.blocks.r));
         Ok(())
     }
 

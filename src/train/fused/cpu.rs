@@ -14,7 +14,7 @@ pub const FIX_CHUNK: usize = 16;
 
 /// `v` rounded to the levels of a quantizer over ±bound with 1 / states `inv_states`
 /// (lightning's step (2 * bound) / states, as candle's scalar division: times the f32
-/// reciprocal); None: `v` unchanged. The kernels' `adc_q`.
+/// reciprocal); None: `v` unchanged. What the kernels' `adc_level` computes without dividing.
 #[inline]
 fn quantize(v: f32, bound: f32, inv_states: Option<f32>) -> f32 {
     match inv_states {
@@ -260,7 +260,7 @@ pub fn unblock_w(gwb: &[f32], g: &Blocks, out: usize) -> Vec<f32> {
 }
 
 /// The ADC's output for block output `y` and whether it clamps (the kernels' `adc_level` and
-/// `adc_clamped`); a bound <= 0 (or NaN) means no ADC: `y` exactly, never clamped.
+/// clamp in `adc_sum`); a bound <= 0 (or NaN) means no ADC: `y` exactly, never clamped.
 #[inline]
 fn adc(y: f32, bound: f32, inv_states: Option<f32>) -> (f32, bool) {
     if bound.is_nan() || bound <= 0.0 {
@@ -288,7 +288,9 @@ pub fn adc_bounds(wmax: &[f32], ranges: &[f32], lambda: f32) -> Vec<f32> {
 
 /// ADC per block and the sum over blocks: y (tokens, out) from yb (nb, tokens, out), then the
 /// clamp flags (nb, ceil(tokens / FLAG_TILE), ceil(out / FLAG_TILE)): 1 where some output of
-/// the tile clamps in that block, and one more: 1 where any output clamps.
+/// the tile clamps in that block, and one more: 1 where any output clamps; and the clamp mask
+/// (nb, tokens, ceil(out / 8)), bit c % 8 of byte (s, t, c / 8) set where output c of block
+/// s clamps for token t.
 pub fn adc_sum(
     yb: &[f32],
     bound: &[f32],
@@ -296,12 +298,12 @@ pub fn adc_sum(
     tokens: usize,
     out: usize,
     inv_states: Option<f32>,
-) -> Vec<f32> {
+) -> (Vec<f32>, Vec<u8>) {
     let plane = tokens * out;
     let (ft, fo) = (tokens.div_ceil(FLAG_TILE), out.div_ceil(FLAG_TILE));
     let mut y = vec![0f32; plane + nb * ft * fo + 1];
     let (ys, flags) = y.split_at_mut(plane);
-    // Each row lists the (block, channel tile) pairs where it clamped; few, so set afterwards.
+    // Each row lists the (block, channel) pairs where it clamped; few, so set afterwards.
     let hits: Vec<Vec<(usize, usize)>> = ys
         .par_chunks_mut(out)
         .enumerate()
@@ -313,7 +315,7 @@ pub fn adc_sum(
                     let (v, clamps) =
                         adc(yb[s * plane + t * out + c], bound[s * out + c], inv_states);
                     if clamps {
-                        hit.push((s, c / FLAG_TILE));
+                        hit.push((s, c));
                     }
                     acc = if s == 0 { v } else { acc + v };
                 }
@@ -322,36 +324,40 @@ pub fn adc_sum(
             hit
         })
         .collect();
+    let mb = out.div_ceil(8);
+    let mut mask = vec![0u8; nb * tokens * mb];
     for (t, hit) in hits.iter().enumerate() {
-        for &(s, ot) in hit {
-            flags[(s * ft + t / FLAG_TILE) * fo + ot] = 1.0;
+        for &(s, c) in hit {
+            flags[(s * ft + t / FLAG_TILE) * fo + c / FLAG_TILE] = 1.0;
+            mask[(s * tokens + t) * mb + c / 8] |= 1 << (c % 8);
         }
     }
     if hits.iter().any(|h| !h.is_empty()) {
         flags[nb * ft * fo] = 1.0;
     }
-    y
+    (y, mask)
 }
 
 /// The clamped terms taken back out of a straight-through ADC gradient computed as if nothing
 /// clamped (the kernels' `clamp_fix_gx` / `clamp_fix_gw`): with `target` X, dst = gxb (nb,
 /// tokens, r) and `other` = wb (nb, out, r), dst[s, t, k] -= sum over clamped o of g[t, o]
 /// other[s, o, k]; with W, dst = gwb (nb, out, r) and `other` = xb (nb, tokens, r),
-/// dst[s, o, k] -= sum over clamped t of g[t, o] other[s, t, k]; the operands are g, yb,
-/// bound, flags and other. Only flagged tiles are visited, in ascending order as on the GPU,
-/// and a row's sum is taken out once per [`FIX_CHUNK`] flagged tiles, as the kernels do.
+/// dst[s, o, k] -= sum over clamped t of g[t, o] other[s, t, k]; the operands are g, flags
+/// and other, and the clamped outputs are those [`adc_sum`]'s mask `clamps` marks. Only
+/// flagged tiles are visited, in ascending order as on the GPU, and a row's sum is taken out
+/// once per [`FIX_CHUNK`] flagged tiles, as the kernels do.
 pub fn clamp_fix(
     dst: &mut [f32],
     target: FixTarget,
-    [g, yb, bound, flags, other]: [&[f32]; 5],
+    [g, flags, other]: [&[f32]; 3],
+    clamps: &[u8],
     (tokens, out, r): (usize, usize, usize),
-    inv_states: Option<f32>,
 ) {
     if flags.last() == Some(&0.0) {
         return;
     }
     let (ft, fo) = (tokens.div_ceil(FLAG_TILE), out.div_ceil(FLAG_TILE));
-    let plane = tokens * out;
+    let mb = out.div_ceil(8);
     let rows = match target {
         FixTarget::X => tokens,
         FixTarget::W => out,
@@ -380,7 +386,7 @@ pub fn clamp_fix(
                         FixTarget::X => (i, j),
                         FixTarget::W => (j, i),
                     };
-                    if !adc(yb[s * plane + t * out + o], bound[s * out + o], inv_states).1 {
+                    if clamps[(s * tokens + t) * mb + o / 8] & (1 << (o % 8)) == 0 {
                         continue;
                     }
                     any = true;

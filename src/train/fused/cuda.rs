@@ -42,6 +42,9 @@ const PARTIAL_BLOCKS: usize = 2048;
 /// [`THREADS`].
 const NOISE_ROWS: usize = THREADS as usize / 32;
 
+/// Token rows per thread of `dac_fwd` (DAC_ROWS in the kernel), their loads in flight together.
+const DAC_ROWS: usize = 4;
+
 /// A grid of (x, y) blocks of [`THREADS`] threads.
 fn rows(x: usize, y: usize) -> LaunchConfig {
     LaunchConfig {
@@ -155,7 +158,7 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             let (inv, dac) = (inv_states.unwrap_or(0.0), i32::from(inv_states.is_some()));
             let (tk, used) = (i(tokens), i32::from(*used));
             candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, inv, used, dac);
-            unsafe { b.launch(rows8_stacked(tokens, g.nb, g.r)) }.w()?;
+            unsafe { b.launch(rows8_stacked(tokens.div_ceil(DAC_ROWS), g.nb, g.r)) }.w()?;
             if let (Some(side), Some(counts)) = (clips, counts) {
                 let cnt = unsafe { dev.alloc::<f32>(g.nb)? };
                 let func = dev.get_or_load_custom_func("clip_count_final", MODULE, PTX)?;
@@ -264,6 +267,7 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             inv_states,
             lambda,
             bound,
+            clamps,
         } => {
             let (yb, wmax, ranges) = (t(0)?, f32_arg(1)?, f32_arg(2)?);
             let d = args[0].1.dims();
@@ -285,17 +289,22 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             let (nbo_i, nfl, inv) = (i(nbo), i(nflags), inv_states.unwrap_or(0.0));
             candle_core::builder_arg!(b, nbo_i, out, nfl, *lambda, inv);
             unsafe { b.launch(grid(nbo.max(nflags))) }.w()?;
+            // Every byte is written (one per thread's eight outputs and block).
+            let mask_dims = (d[0], d[1], d[2].div_ceil(8));
+            let mask = unsafe { dev.alloc::<u8>(mask_dims.0 * mask_dims.1 * mask_dims.2)? };
             let func = f("adc_sum")?;
             let mut b = func.builder();
             b.arg(&yb)
                 .arg(&bd)
                 .arg(&inv_res)
                 .arg(&mut y)
-                .arg(&mut flags);
+                .arg(&mut flags)
+                .arg(&mask);
             let adc = i32::from(inv_states.is_some());
             candle_core::builder_arg!(b, tokens, out, nbk, inv, adc, ft, fo);
             unsafe { b.launch(rows8(d[1], 1, d[2])) }.w()?;
             bound.put(device_tensor(bd, (d[0], d[2]), dev))?;
+            clamps.put(device_tensor(mask, mask_dims, dev))?;
             Ok(wrap_t(packed))
         }
     }
@@ -349,16 +358,15 @@ fn clamp_fix_t<T: CudaDType + DeviceRepr>(
     suf: &str,
 ) -> Result<()> {
     let dev = dst.device().clone();
-    let held = Held::new(&[&fix.g, &fix.yb, &fix.bound, &fix.flags, &fix.other])?;
-    let (g, yb, flags, other) = (
+    let held = Held::new(&[&fix.g, &fix.clamps, &fix.flags, &fix.other])?;
+    let (g, clamps, flags, other) = (
         held.view::<T>(0)?,
-        held.view::<T>(1)?,
+        held.view::<u8>(1)?,
+        held.view::<T>(2)?,
         held.view::<T>(3)?,
-        held.view::<T>(4)?,
     );
-    let bound = held.view::<f32>(2)?;
-    let d = fix.yb.dims();
-    let (nb, tokens, out, r) = (d[0], d[1], d[2], fix.blocks.r);
+    let (nb, r) = (fix.blocks.nb, fix.blocks.r);
+    let (tokens, out) = fix.dims()?;
     let (ft, fo) = (tokens.div_ceil(FLAG_TILE), out.div_ceil(FLAG_TILE));
     // Element (s, row, k) of dst at s * bs + row * rs + k: blocked (nb, rows, r), or gw (out,
     // n_in) as GradW wrote it (blocks of equal length side by side).
@@ -387,17 +395,12 @@ fn clamp_fix_t<T: CudaDType + DeviceRepr>(
     let mut bl = func.builder();
     bl.arg(&mut target)
         .arg(&g)
-        .arg(&yb)
-        .arg(&bound)
+        .arg(&clamps)
         .arg(&flags)
         .arg(&other);
-    let (inv, adc) = (
-        fix.inv_states.unwrap_or(0.0),
-        i32::from(fix.inv_states.is_some()),
-    );
     let (tk, o, rr, ft, fo) = (i(tokens), i(out), i(r), i(ft), i(fo));
     let (bs, rs) = (bs as i64, rs as i64);
-    candle_core::builder_arg!(bl, tk, o, rr, ft, fo, inv, adc, bs, rs);
+    candle_core::builder_arg!(bl, tk, o, rr, ft, fo, bs, rs);
     let cfg = LaunchConfig {
         grid_dim: (tiles as u32, nb as u32, 1),
         block_dim: (THREADS, 1, 1),

@@ -173,8 +173,8 @@ pub enum Stage {
     /// packed into one vector (T * out + nb * ceil(T / [`FLAG_TILE`]) * ceil(out /
     /// [`FLAG_TILE`]) + 1): ADC per block with the bound (wmax * lambda) * range, summed (bound
     /// 0: exact); a flag is 1 where some output of its tile clamps in that block, the last one
-    /// where any output clamps. The bounds (nb, out, f32) go to `bound`. Its gradient is
-    /// [`ClampFix`] after two plain products.
+    /// where any output clamps. The bounds (nb, out, f32) go to `bound`, the clamped outputs
+    /// to `clamps`. Its gradient is [`ClampFix`] after two plain products.
     Adc {
         /// 1 / (2^bits - 2) of the ADC, None: no rounding (clamp only).
         inv_states: Option<f32>,
@@ -182,6 +182,10 @@ pub enum Stage {
         lambda: f32,
         /// Where the op leaves the bounds.
         bound: SideOutput,
+        /// Where the op leaves which outputs clamped, u8 (nb, T, ceil(out / 8)): bit c % 8 of
+        /// byte (s, t, c / 8) for output c of block s and token t (what [`ClampFix`] reads,
+        /// so the backward needs no block outputs).
+        clamps: SideOutput,
     },
 }
 
@@ -390,11 +394,18 @@ impl CustomOp3 for FusedOp {
                 inv_states,
                 lambda,
                 bound,
+                clamps,
             } => {
                 let d = l1.dims();
                 let bd = cpu::adc_bounds(b, c, *lambda);
-                let y = cpu::adc_sum(a, &bd, d[0], d[1], d[2], *inv_states);
-                bound.put(Tensor::from_vec(bd, l2.dims(), &candle_core::Device::Cpu)?)?;
+                let (y, mask) = cpu::adc_sum(a, &bd, d[0], d[1], d[2], *inv_states);
+                let dev = candle_core::Device::Cpu;
+                bound.put(Tensor::from_vec(bd, l2.dims(), &dev)?)?;
+                clamps.put(Tensor::from_vec(
+                    mask,
+                    (d[0], d[1], d[2].div_ceil(8)),
+                    &dev,
+                )?)?;
                 out(y, shape)
             }
             s => candle_core::bail!("fused analog op: {s:?} does not take three arguments"),
@@ -468,9 +479,11 @@ struct Saved {
     mask: Option<Tensor>,
     wmax: Tensor,
     wb: Tensor,
-    yb: Tensor,
+    /// The block outputs, kept only for the gradients through the ADC bound.
+    yb: Option<Tensor>,
     bound: Tensor,
     flags: Tensor,
+    clamps: Tensor,
     value: Tensor,
 }
 
@@ -528,7 +541,7 @@ impl LayerPass {
         }))?;
         let wmax = wmax.take()?;
         let yb = xb.matmul(&wb.transpose(1, 2)?)?;
-        let bound = SideOutput::default();
+        let (bound, clamps) = (SideOutput::default(), SideOutput::default());
         let lambda = if spec.out_bound > 0.0 && spec.used {
             spec.out_bound as f32
         } else {
@@ -541,9 +554,10 @@ impl LayerPass {
                 inv_states: spec.adc,
                 lambda,
                 bound: bound.clone(),
+                clamps: clamps.clone(),
             }),
         )?;
-        let bound = bound.take()?;
+        let (bound, clamps) = (bound.take()?, clamps.take()?);
         let (tokens, out) = (xb.dims()[1], wb.dims()[1]);
         let plane = tokens * out;
         let value = packed.narrow(0, 0, plane)?.reshape((tokens, out))?;
@@ -557,9 +571,10 @@ impl LayerPass {
             mask,
             wmax,
             wb,
-            yb,
+            yb: spec.bound_grad.then_some(yb),
             bound,
             flags,
+            clamps,
             value,
         }))
     }
@@ -601,10 +616,8 @@ impl LayerPass {
             dst.inplace_op1(&ClampFix {
                 blocks: spec.blocks,
                 target,
-                inv_states: spec.adc,
                 g: g.clone(),
-                yb: sv.yb.clone(),
-                bound: sv.bound.clone(),
+                clamps: sv.clamps.clone(),
                 flags: sv.flags.clone(),
                 other: other.clone(),
             })?;
@@ -654,7 +667,10 @@ impl LayerPass {
     fn bound_grads(&self, g: &Tensor) -> Result<(Tensor, Tensor)> {
         let sv = &self.0;
         let (spec, gb) = (&sv.spec, &sv.spec.blocks);
-        let y = sv.yb.to_dtype(DType::F32)?;
+        let yb = sv.yb.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("fused analog op: block outputs not kept for the bound".into())
+        })?;
+        let y = yb.to_dtype(DType::F32)?;
         let bound = sv.bound.to_dtype(DType::F32)?.unsqueeze(1)?;
         let q = match spec.adc {
             Some(inv) => {
