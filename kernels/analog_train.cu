@@ -204,13 +204,14 @@ __device__ __forceinline__ float adc_window(float inv_states) {
   return 0.5f - 4.8e-7f * (0.5f / inv_states + 3.0f);
 }
 
-// Grid (ceil(tokens / (DAC_ROWS * blockDim.y)), nb): DAC_ROWS * blockDim.y tokens' rows of
-// block s per thread block (a row of 512 inputs needs 64 threads, and 64-thread blocks left
-// the kernel at ~2 TB/s), eight adjacent inputs of DAC_ROWS rows per thread at a time. With `clips` (zeroed), also the count of the inputs
-// with |x| >= range added to clips[s]: integers, so the sum is exact in any order. (One
-// partial per token, summed by nb blocks after, took 29 us at 16384 tokens.) With `mask`, the
-// same test's bits, one byte per thread's eight inputs: bit j % 8 of byte (s * tokens + t) *
-// ceil(r / 8) + j / 8 is |x| >= range for input j of block s (what dac_grad_sparse visits).
+// Grid (ceil(tokens / (DAC_ROWS * blockDim.y)), nb): DAC_ROWS * blockDim.y tokens' rows of block s
+// per thread block (a row of 512 inputs needs 64 threads, and 64-thread blocks left the kernel at
+// ~2 TB/s), eight adjacent inputs of DAC_ROWS rows per thread at a time. With `clips` (zeroed),
+// also the count of the inputs with |x| >= range added to clips[s]: integers, so the sum is exact
+// in any order. (One partial per token, summed by nb blocks after, took 29 us at 16384 tokens.)
+// With `mask`, the same test's bits, one byte per thread's eight inputs: bit j % 8 of byte (s *
+// tokens + t) * ceil(r / 8) + j / 8 is |x| >= range for input j of block s (what dac_grad_sparse
+// visits).
 #define DAC_ROWS 4
 template <typename T>
 __device__ void dac_fwd(const T *x, const float *ranges, T *xb, unsigned *clips, uint8_t *mask,
@@ -600,15 +601,15 @@ __device__ void adc_prep(const float *wmax, const float *ranges, float *bound, f
 }
 
 // Grid (tokens); each thread takes eight adjacent channels at a time. Where a block's output
-// clamps, its flag tile flags[(s * ft + t / FLAG_TILE) * fo + c / FLAG_TILE] is set to 1, and
-// so is the flag after the tiles' (flags[nb * ft * fo]: anything clamped); the flags start at
-// 0 and every writer writes the same value. The backward corrects only there, and finds the
-// clamped outputs in `clamps` (every byte written: bit k of byte (s * tokens + t) *
-// ceil(out / 8) + c / 8 is output c + k of block s and token t). The kernel is
-// bound by instruction issue (ncu, session 34): a pack of eight outputs whose quotients all
-// lie inside adc_level's window (so every bound is on: off ones have 1 / res NaN) takes a
-// path with no per-output bound check or select; the rest (rare), the checked path. Both give
-// each output what the CPU twin's `quantize` and the clamp give it. VEC: 16-byte packs (rows of a multiple of 8).
+// clamps, its flag tile flags[(s * ft + t / FLAG_TILE) * fo + c / FLAG_TILE] is set to 1, and so is
+// the flag after the tiles' (flags[nb * ft * fo]: anything clamped); the flags start at 0 and every
+// writer writes the same value. The backward corrects only there, and finds the clamped outputs in
+// `clamps` (every byte written: bit k of byte (s * tokens + t) * ceil(out / 8) + c / 8 is output c
+// + k of block s and token t). The kernel is bound by instruction issue (ncu, session 34): a pack
+// of eight outputs whose quotients all lie inside adc_level's window (so every bound is on: off
+// ones have 1 / res NaN) takes a path with no per-output bound check or select; the rest (rare),
+// the checked path. Both give each output what the CPU twin's `quantize` and the clamp give it.
+// VEC: 16-byte packs (rows of a multiple of 8).
 template <typename T, bool VEC>
 __device__ void adc_sum_rows(const T *yb, const float *bound, const float *inv_res, T *y,
                              T *flags, uint8_t *clamps, int tokens, int out, int nb,

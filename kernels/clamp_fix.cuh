@@ -89,19 +89,20 @@ __device__ int next_chunk(const T *fl, int stride, int count, FlagScan &sc, int 
 
 // Columns of the gradient per lane in one pass of a warp over a row (32 * FIX_COLS = 512).
 #define FIX_COLS 16
-// The correction of one row of tiles per thread block: grid (ft or fo, nb), 256 threads. With
-// GW false, the block's rows are the 64 tokens of tile blockIdx.x and gxb[s, t, k] -= sum over
-// clamped o of g[t, o] wb[s, o, k]; with GW true, the 64 channels of the tile and gwb[s, o, k]
-// -= sum over clamped t of g[t, o] xb[s, t, k] (`other` is wb or xb). Clamps are rare inside a
-// flagged tile (a flag marks 4096 outputs), so the block does not multiply tiles: per chunk of
-// flagged tiles, the warps read the tiles' bits of the clamp mask into bits per (row, tile),
-// then each warp takes rows and, for each set bit in ascending order, adds g[t, o] times the
-// other operand's row into the lanes' sums (f32), and takes the sum out once. (Testing the
-// block outputs here instead, a flagged tile at a time, left the kernels at 15-25 us of mostly
-// idle SMs: one memory latency per flagged tile of the longest row.) The flag after the tiles' (flags[nb * ft * fo]) says
-// whether anything clamped at all: when nothing did, every block leaves after one load. dst's
-// element (s, row, k) is at s * bs + row * rs + k: blocked (bs = rows * r, rs = r), or the
-// direct layouts (T or out, n_in) for blocks of equal length (bs = r, rs = n_in).
+
+// The correction of one row of tiles per thread block: grid (ft or fo, nb), 256 threads. With GW
+// false, the block's rows are the 64 tokens of tile blockIdx.x and gxb[s, t, k] -= sum over clamped
+// o of g[t, o] wb[s, o, k]; with GW true, the 64 channels of the tile and gwb[s, o, k] -= sum over
+// clamped t of g[t, o] xb[s, t, k] (`other` is wb or xb). Clamps are rare inside a flagged tile (a
+// flag marks 4096 outputs), so the block does not multiply tiles: per chunk of flagged tiles, the
+// warps read the tiles' bits of the clamp mask into bits per (row, tile), then each warp takes rows
+// and, for each set bit in ascending order, adds g[t, o] times the other operand's row into the
+// lanes' sums (f32), and takes the sum out once. (Testing the block outputs here instead, a flagged
+// tile at a time, left the kernels at 15-25 us of mostly idle SMs: one memory latency per flagged
+// tile of the longest row.) The flag after the tiles' (flags[nb * ft * fo]) says whether anything
+// clamped at all: when nothing did, every block leaves after one load. dst's element (s, row, k) is
+// at s * bs + row * rs + k: blocked (bs = rows * r, rs = r), or the direct layouts (T or out, n_in)
+// for blocks of equal length (bs = r, rs = n_in).
 template <typename T, bool GW>
 __device__ void clamp_fix(T *dst, const T *g, const uint8_t *clamps, const T *flags,
                           const T *other, int tokens, int out, int r, int ft, int fo, i64 bs,

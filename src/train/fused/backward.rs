@@ -9,7 +9,7 @@
 use super::cuda;
 #[cfg(doc)]
 use super::Stage;
-use super::{cpu, f32s, out, Blocks, SideOutput};
+use super::{clamp_mask_dims, cpu, f32s, out, Blocks, SideOutput};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, StorageRef, Tensor};
 
 /// Which gradient a [`ClampFix`] corrects.
@@ -49,7 +49,8 @@ impl ClampFix {
             &[t, o] => (t, o),
             d => candle_core::bail!("fused analog op: g of dims {d:?}, expected (tokens, outputs)"),
         };
-        let want = [self.blocks.nb, tokens, out.div_ceil(8)];
+        let (nb, rows, bytes) = clamp_mask_dims(self.blocks.nb, tokens, out);
+        let want = [nb, rows, bytes];
         if self.clamps.dims() != want || self.clamps.dtype() != candle_core::DType::U8 {
             candle_core::bail!(
                 "fused analog op: clamp mask of dims {:?} ({:?}), expected u8 {want:?}",

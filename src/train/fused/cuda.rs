@@ -290,7 +290,7 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             candle_core::builder_arg!(b, nbo_i, out, nfl, *lambda, inv);
             unsafe { b.launch(grid(nbo.max(nflags))) }.w()?;
             // Every byte is written (one per thread's eight outputs and block).
-            let mask_dims = (d[0], d[1], d[2].div_ceil(8));
+            let mask_dims = super::clamp_mask_dims(d[0], d[1], d[2]);
             let mask = unsafe { dev.alloc::<u8>(mask_dims.0 * mask_dims.1 * mask_dims.2)? };
             let func = f("adc_sum")?;
             let mut b = func.builder();

@@ -219,6 +219,12 @@ fn side_poisoned() -> candle_core::Error {
 /// `kernels/analog_train.cu`).
 pub const FLAG_TILE: usize = 64;
 
+/// Dims of [`Stage::Adc`]'s clamp mask for `nb` blocks, `tokens` and `out` outputs: a bit per
+/// output, eight to a byte.
+pub(crate) fn clamp_mask_dims(nb: usize, tokens: usize, out: usize) -> (usize, usize, usize) {
+    (nb, tokens, out.div_ceil(8))
+}
+
 /// One fused stage of the analog training layer over the row blocks `blocks`.
 #[derive(Debug, Clone)]
 pub struct FusedOp {
@@ -403,7 +409,7 @@ impl CustomOp3 for FusedOp {
                 bound.put(Tensor::from_vec(bd, l2.dims(), &dev)?)?;
                 clamps.put(Tensor::from_vec(
                     mask,
-                    (d[0], d[1], d[2].div_ceil(8)),
+                    clamp_mask_dims(d[0], d[1], d[2]),
                     &dev,
                 )?)?;
                 out(y, shape)
@@ -479,9 +485,8 @@ struct Saved {
     mask: Option<Tensor>,
     wmax: Tensor,
     wb: Tensor,
-    /// The block outputs, kept only for the gradients through the ADC bound.
-    yb: Option<Tensor>,
-    bound: Tensor,
+    /// The block outputs and the ADC's bounds, kept only for the gradients through the bound.
+    for_bound: Option<(Tensor, Tensor)>,
     flags: Tensor,
     clamps: Tensor,
     value: Tensor,
@@ -571,8 +576,7 @@ impl LayerPass {
             mask,
             wmax,
             wb,
-            yb: spec.bound_grad.then_some(yb),
-            bound,
+            for_bound: spec.bound_grad.then_some((yb, bound)),
             flags,
             clamps,
             value,
@@ -667,11 +671,11 @@ impl LayerPass {
     fn bound_grads(&self, g: &Tensor) -> Result<(Tensor, Tensor)> {
         let sv = &self.0;
         let (spec, gb) = (&sv.spec, &sv.spec.blocks);
-        let yb = sv.yb.as_ref().ok_or_else(|| {
+        let (yb, bound) = sv.for_bound.as_ref().ok_or_else(|| {
             candle_core::Error::Msg("fused analog op: block outputs not kept for the bound".into())
         })?;
         let y = yb.to_dtype(DType::F32)?;
-        let bound = sv.bound.to_dtype(DType::F32)?.unsqueeze(1)?;
+        let bound = bound.to_dtype(DType::F32)?.unsqueeze(1)?;
         let q = match spec.adc {
             Some(inv) => {
                 let res = ((&bound * 2.0)? * inv as f64)?;
