@@ -601,10 +601,11 @@ __device__ void adc_prep(const float *wmax, const float *ranges, float *bound, f
 }
 
 // Grid (tokens); each thread takes eight adjacent channels at a time. Where a block's output
-// clamps, its flag tile flags[(s * ft + t / FLAG_TILE) * fo + c / FLAG_TILE] is set to 1, and so is
-// the flag after the tiles' (flags[nb * ft * fo]: anything clamped); the flags start at 0 and every
-// writer writes the same value. The backward corrects only there, and finds the clamped outputs in
-// `clamps` (every byte written: bit k of byte (s * tokens + t) * ceil(out / 8) + c / 8 is output c
+// clamps, its flag tile flags[(s * ft + t / FLAG_TILE) * fo + c / FLAG_TILE] is set to 1; the
+// flags start at 0 and every writer writes the same value. (A flag after the tiles' for
+// "anything clamped", stored by every clamping pack, took this kernel from 141 to 608 us where
+// most outputs clamp: one address for all; session 40.) The backward corrects only where a
+// flag is set, and finds the clamped outputs in `clamps` (every byte written: bit k of byte (s * tokens + t) * ceil(out / 8) + c / 8 is output c
 // + k of block s and token t). The kernel is bound by instruction issue (ncu, session 34): a pack
 // of eight outputs whose quotients all lie inside adc_level's window (so every bound is on: off
 // ones have 1 / res NaN) takes a path with no per-output bound check or select; the rest (rare),
@@ -663,10 +664,10 @@ __device__ void adc_sum_rows(const T *yb, const float *bound, const float *inv_r
         }
       }
       clamps[((i64)s * tokens + t) * mb + c / 8] = (uint8_t)cbits;
-      if (cbits) {
-        fl[(i64)s * ft * fo] = one;
-        flags[(i64)nb * ft * fo] = one;
-      }
+      // One store per flag tile and warp: the first lane with a clamp among the eight that
+      // share the tile's 64 channels (every pack storing its flag took adc_sum from 141 to 608 us
+      // where most outputs clamp, session 40). Lanes this ballot misses write for themselves.
+      if (cbits) fl[(i64)s * ft * fo] = one;
     }
     Pack8<T> o;
 #pragma unroll
@@ -688,6 +689,10 @@ __device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T
 }
 
 #include "clamp_fix.cuh"
+
+// The corrections' registers capped at 85, three blocks of 256 per SM as the sparse path was
+// tuned at: the tensor-core path takes 112 uncapped, and spills a few bytes capped.
+#define CLAMP_FIX_BOUNDS __launch_bounds__(256, 3)
 
 #define INSTANTIATE(T, SUF)                                                                        \
   extern "C" __global__ void dac_fwd_##SUF(const T *x, const float *ranges, T *xb,                \
@@ -733,12 +738,12 @@ __device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T
                                            int nb, float inv_states, int adc, int ft, int fo) {    \
     adc_sum<T>(yb, bound, inv_res, y, flags, clamps, tokens, out, nb, inv_states, adc, ft, fo);    \
   }                                                                                                \
-  extern "C" __global__ void clamp_fix_gx_##SUF(T *dst, const T *g, const uint8_t *clamps,         \
+  extern "C" __global__ void CLAMP_FIX_BOUNDS clamp_fix_gx_##SUF(T *dst, const T *g, const uint8_t *clamps,         \
                                                 const T *flags, const T *wb, int tokens, int out,  \
                                                 int r, int ft, int fo, i64 bs, i64 rs) {           \
     clamp_fix<T, false>(dst, g, clamps, flags, wb, tokens, out, r, ft, fo, bs, rs);                \
   }                                                                                                \
-  extern "C" __global__ void clamp_fix_gw_##SUF(T *dst, const T *g, const uint8_t *clamps,         \
+  extern "C" __global__ void CLAMP_FIX_BOUNDS clamp_fix_gw_##SUF(T *dst, const T *g, const uint8_t *clamps,         \
                                                 const T *flags, const T *xb, int tokens, int out,  \
                                                 int r, int ft, int fo, i64 bs, i64 rs) {           \
     clamp_fix<T, true>(dst, g, clamps, flags, xb, tokens, out, r, ft, fo, bs, rs);                 \

@@ -90,6 +90,134 @@ __device__ int next_chunk(const T *fl, int stride, int count, FlagScan &sc, int 
 // Columns of the gradient per lane in one pass of a warp over a row (32 * FIX_COLS = 512).
 #define FIX_COLS 16
 
+// A flagged tile with at least DENSE_MIN clamped outputs (of its 64 x 64) is taken out as a
+// product on the tensor cores (bf16 / f16), DENSE_COLS columns of the gradient at a time: one
+// clamped output costs the sparse path a row of the other operand and r FMAs spread over a
+// warp, so where most outputs clamp (a tight ADC bound) the sparse path took 50x the step of
+// the release bound (benches/RESULTS.md, session 39). One eighth of the tile: above where the
+// two paths' measured costs per tile cross (~340 clamps for gx, ~520 for gw; session 40).
+#define DENSE_MIN 512
+#define DENSE_COLS 128
+
+// d += a b for one m16n8k16 tile (A row-major, B column-major fragments; f32 accumulators).
+__device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4],
+                                         const unsigned (&b)[2], const __nv_bfloat16 *) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4],
+                                         const unsigned (&b)[2], const __half *) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// The B fragments of k rows kk..kk + 15 and 8 columns from a row-major tile in shared memory
+// (p: the first of those rows at the first column; lanes 0-15 give the 16 rows' addresses).
+__device__ __forceinline__ void ldsm_x2_trans(unsigned (&b)[2], const void *p) {
+  unsigned a = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(b[0]), "=r"(b[1])
+               : "r"(a));
+}
+
+// The dense tiles of a chunk (dense[f]) taken out of the block's 64 rows: per DENSE_COLS
+// columns, each tile's clamped g (64 rows x the tile's 64 outputs or tokens, zero where not
+// clamped) times the other operand's 64 rows of those columns, summed on the tensor cores over
+// the dense tiles, then subtracted once. 256 threads (clamp_fix's blocks): warp w takes rows
+// (w % 4) * 16 and columns (w / 4) * 64 of the 64 x DENSE_COLS sums.
+template <typename T, bool GW>
+__device__ __noinline__ void dense_fix(T *dst, const T *g, const T *other, const unsigned long long (*bits)[FIX_CHUNK],
+                          const int *tl, const int *dense, int nf, int s, int row0, int rows,
+                          int sum_len, int out, int r, i64 bs, i64 rs) {
+  // Rows padded by 8 elements (16 bytes): the fragments' loads hit 32 distinct banks.
+  __shared__ __align__(16) T as[FLAG_TILE][FLAG_TILE + 8];
+  __shared__ __align__(16) T bm[FLAG_TILE][DENSE_COLS + 8];
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int wm = (warp % 4) * 16, wn = (warp / 4) * 64;
+  bool vec = r % 8 == 0 && aligned16(other), gvec = out % 8 == 0 && aligned16(g);
+  for (int c0 = 0; c0 < r; c0 += DENSE_COLS) {
+    float acc[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+      for (int q = 0; q < 4; q++) acc[nt][q] = 0.0f;
+    for (int f = 0; f < nf; f++) {
+      if (!dense[f]) continue;
+      int j0 = tl[f] * FLAG_TILE;
+      // A thread's loads of each operand are issued together (one memory latency per operand
+      // and tile, not one per element; all six at once took 128 registers): two 16-byte packs
+      // of g along a row (GX: a token's 64 outputs; GW: a token's 64 channels, scattered into
+      // the tile's column), kept where that output clamped, then four of the other operand.
+      // Rows and columns past the ends load as 0.
+      Pack8<T> ga[2];
+#pragma unroll
+      for (int q = 0; q < 2; q++) {
+        int e = threadIdx.x + q * 256, a = e / 8, b0 = (e % 8) * 8;
+        int t = GW ? j0 + a : row0 + a, o = GW ? row0 + b0 : j0 + b0;
+        int n = t < (GW ? sum_len : rows) ? max(0, min(8, out - o)) : 0;
+        ga[q] = load8(g + (i64)t * out + o, gvec && n == 8, n);
+      }
+#pragma unroll
+      for (int q = 0; q < 2; q++) {
+        int e = threadIdx.x + q * 256, a = e / 8, b0 = (e % 8) * 8;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+          // GX: as[a][b0 + k] is g[row0 + a, j0 + b0 + k]; GW: as[b0 + k][a] is g[j0 + a, row0 +
+          // b0 + k].
+          int i = GW ? b0 + k : a, jj = GW ? a : b0 + k;
+          as[i][jj] = (bits[i][f] >> jj) & 1ull ? ga[q].v[k] : from_f<T>(0.0f);
+        }
+      }
+      Pack8<T> ob[4];
+#pragma unroll
+      for (int q = 0; q < 4; q++) {
+        int e = threadIdx.x + q * 256, jj = e / (DENSE_COLS / 8), cc = (e % (DENSE_COLS / 8)) * 8;
+        int j = j0 + jj, k = c0 + cc;
+        int n = j < sum_len ? max(0, min(8, r - k)) : 0;
+        ob[q] = load8(other + ((i64)s * sum_len + j) * r + k, vec && n == 8, n);
+      }
+#pragma unroll
+      for (int q = 0; q < 4; q++) {
+        int e = threadIdx.x + q * 256, jj = e / (DENSE_COLS / 8), cc = (e % (DENSE_COLS / 8)) * 8;
+        *(Pack8<T> *)&bm[jj][cc] = ob[q];
+      }
+      __syncthreads();
+#pragma unroll 1
+      for (int kk = 0; kk < FLAG_TILE; kk += 16) {
+        int ar = wm + lane / 4, ac = kk + (lane % 4) * 2;
+        unsigned a[4] = {*(const unsigned *)&as[ar][ac], *(const unsigned *)&as[ar + 8][ac],
+                         *(const unsigned *)&as[ar][ac + 8], *(const unsigned *)&as[ar + 8][ac + 8]};
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+          unsigned b[2];
+          ldsm_x2_trans(b, &bm[kk + lane % 16][wn + nt * 8]);
+          mma16816(acc[nt], a, b, (const T *)nullptr);
+        }
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        int row = row0 + wm + lane / 4 + 8 * h;
+        if (row >= rows) continue;
+        T *d = dst + s * bs + (i64)row * rs;
+#pragma unroll
+        for (int q = 0; q < 2; q++) {
+          int k = c0 + wn + nt * 8 + (lane % 4) * 2 + q;
+          if (k < r) d[k] = from_f<T>(to_f(d[k]) - acc[nt][2 * h + q]);
+        }
+      }
+  }
+}
+
 // The correction of one row of tiles per thread block: grid (ft or fo, nb), 256 threads. With GW
 // false, the block's rows are the 64 tokens of tile blockIdx.x and gxb[s, t, k] -= sum over clamped
 // o of g[t, o] wb[s, o, k]; with GW true, the 64 channels of the tile and gwb[s, o, k] -= sum over
@@ -99,18 +227,18 @@ __device__ int next_chunk(const T *fl, int stride, int count, FlagScan &sc, int 
 // and, for each set bit in ascending order, adds g[t, o] times the other operand's row into the
 // lanes' sums (f32), and takes the sum out once. (Testing the block outputs here instead, a flagged
 // tile at a time, left the kernels at 15-25 us of mostly idle SMs: one memory latency per flagged
-// tile of the longest row.) The flag after the tiles' (flags[nb * ft * fo]) says whether anything
-// clamped at all: when nothing did, every block leaves after one load. dst's element (s, row, k) is
+// tile of the longest row.) Where nothing clamped, every block leaves after one scan of its row of
+// flags (a load per thread per 256 tiles). dst's element (s, row, k) is
 // at s * bs + row * rs + k: blocked (bs = rows * r, rs = r), or the direct layouts (T or out, n_in)
 // for blocks of equal length (bs = r, rs = n_in).
 template <typename T, bool GW>
 __device__ void clamp_fix(T *dst, const T *g, const uint8_t *clamps, const T *flags,
                           const T *other, int tokens, int out, int r, int ft, int fo, i64 bs,
                           i64 rs) {
-  if (to_f(flags[(i64)gridDim.y * ft * fo]) == 0.0f) return;
   __shared__ FlagScan scan;
   __shared__ int tl[FIX_CHUNK];
   __shared__ unsigned long long bits[FLAG_TILE][FIX_CHUNK];
+  __shared__ int dense[FIX_CHUNK];
   int s = blockIdx.y, row0 = blockIdx.x * FLAG_TILE;
   int rows = GW ? out : tokens, sum_len = GW ? tokens : out;
   const T *fl = GW ? flags + (i64)s * ft * fo + blockIdx.x : flags + ((i64)s * ft + blockIdx.x) * fo;
@@ -133,6 +261,8 @@ __device__ void clamp_fix(T *dst, const T *g, const uint8_t *clamps, const T *fl
         const uint8_t *row = clamps + ((i64)s * tokens + t) * mb;
         wd[h] = t < tokens ? clamp_bits64(row, GW ? row0 : j0, mb) : 0ull;
       }
+      unsigned pc = __reduce_add_sync(0xffffffffu, __popcll(wd[0]) + __popcll(wd[1]));
+      if (lane == 0) dense[f] = sizeof(T) == 2 && pc >= DENSE_MIN;
       if (!GW) {
         bits[lane][f] = wd[0];
         bits[lane + 32][f] = wd[1];
@@ -147,7 +277,7 @@ __device__ void clamp_fix(T *dst, const T *g, const uint8_t *clamps, const T *fl
     __syncthreads();
     for (int i = warp; i < FLAG_TILE && row0 + i < rows; i += nw) {
       bool any = false;
-      for (int f = 0; f < nf; f++) any |= bits[i][f] != 0ull;
+      for (int f = 0; f < nf; f++) any |= !dense[f] && bits[i][f] != 0ull;
       if (!any) continue;
       T *d = dst + s * bs + (i64)(row0 + i) * rs;
       for (int c0 = 0; c0 < r; c0 += 32 * FIX_COLS) {
@@ -155,7 +285,7 @@ __device__ void clamp_fix(T *dst, const T *g, const uint8_t *clamps, const T *fl
 #pragma unroll
         for (int m = 0; m < FIX_COLS; m++) acc[m] = 0.0f;
         for (int f = 0; f < nf; f++) {
-          for (unsigned long long m = bits[i][f]; m;) {
+          for (unsigned long long m = dense[f] ? 0ull : bits[i][f]; m;) {
             // Up to 32 clamped outputs at a time: lane l takes the l-th lowest set bit and loads
             // its g, so those loads are in flight together, and the other operand's rows come
             // two at a time; the sums still take the outputs in ascending order.
@@ -201,6 +331,13 @@ __device__ void clamp_fix(T *dst, const T *g, const uint8_t *clamps, const T *fl
       }
     }
     __syncthreads();
+    if constexpr (sizeof(T) == 2) {
+      int nd = 0;
+      for (int f = 0; f < nf; f++) nd += dense[f];
+      if (nd > 0)
+        dense_fix<T, GW>(dst, g, other, bits, tl, dense, nf, s, row0, rows, sum_len, out, r, bs,
+                         rs);
+    }
     if (nf < FIX_CHUNK) return;
   }
 }

@@ -9,7 +9,7 @@ use crate::train_golden::{
     assert_mostly_close, clip_mask, clip_stats, dac_grad_in_place, dac_grad_inputs,
     direct_grad_inputs, ragged_cases, run_case, vec_of, vec_of_u8, Run, DIRECT_GRAD_CASES,
 };
-use afm::train::fused::{Blocks, DirectGrad, FixTarget, FusedOp, Stage};
+use afm::train::fused::{Blocks, ClampFix, DirectGrad, FixTarget, FusedOp, Stage};
 use candle_core::{DType, Device, Tensor};
 
 fn gpu() -> Device {
@@ -110,6 +110,89 @@ fn cuda_direct_gradient_products_write_in_place_like_the_cpu() {
         }
     }
     assert_eq!(uniform, 3, "cases with blocks of equal length");
+}
+
+/// A clamp mask (nb, T, ceil(out / 8)) whose 64 x 64 tiles clamp at densities from none to
+/// 90% (the correction's sparse and tensor-core paths, side by side in one chunk), and its
+/// flags (nb * ft * fo tiles).
+fn mixed_clamp_mask(seed: u64, nb: usize, tokens: usize, out: usize) -> (Vec<u8>, Vec<f32>) {
+    let (ft, fo, mb) = (tokens.div_ceil(64), out.div_ceil(64), out.div_ceil(8));
+    let mut bits = vec![0u8; nb * tokens * mb];
+    let mut flags = vec![0f32; nb * ft * fo];
+    let u = crate::common::normals(seed, nb * tokens * out, 1.0);
+    for s in 0..nb {
+        for t in 0..tokens {
+            for c in 0..out {
+                let tile = (s * ft + t / 64) * fo + c / 64;
+                // A normal below q clamps: none, 0.4%, 30% or 90% of the tile.
+                let q = [f32::NEG_INFINITY, -2.65, -0.52, 1.28][(tile * 7 + s) % 4];
+                if u[(s * tokens + t) * out + c] < q {
+                    bits[(s * tokens + t) * mb + c / 8] |= 1 << (c % 8);
+                    flags[tile] = 1.0;
+                }
+            }
+        }
+    }
+    (bits, flags)
+}
+
+#[test]
+fn cuda_clamp_correction_dense_and_sparse_tiles_follow_the_cpu() {
+    let gpu = gpu();
+    // (tokens, outputs, inputs, tile rows): ragged tiles at both ends, 16-row chunks spanning
+    // two chunks of flagged tiles (18 token tiles), and short rows.
+    for (i, &(tokens, n_out, n_in, rows)) in [
+        (200, 136, 1024, 512),
+        (1100, 72, 600, 256),
+        (130, 260, 100, 128),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let blocks = Blocks::with_head(n_in, rows, 0);
+        let seed = 300 + 10 * i as u64;
+        let (mask, flags) = mixed_clamp_mask(seed, blocks.nb, tokens, n_out);
+        let mb = n_out.div_ceil(8);
+        let mask = Tensor::from_vec(mask, (blocks.nb, tokens, mb), &Device::Cpu).unwrap();
+        let flags = Tensor::new(flags.as_slice(), &Device::Cpu).unwrap();
+        for target in [FixTarget::X, FixTarget::W] {
+            let (g, other) = direct_grad_inputs(seed + 1, target, (tokens, n_out, &blocks));
+            let rows_out = if target == FixTarget::X {
+                tokens
+            } else {
+                n_out
+            };
+            let n = blocks.nb * rows_out * blocks.r;
+            let dst = Tensor::from_vec(
+                crate::common::normals(seed + 2, n, 1.0),
+                (blocks.nb, rows_out, blocks.r),
+                &Device::Cpu,
+            )
+            .unwrap();
+            for (dtype, rel) in [(DType::BF16, 1e-2), (DType::F16, 2e-3), (DType::F32, 1e-5)] {
+                let label = format!("{dtype:?} {target:?} correction {tokens} x {n_out} / {rows}");
+                let round = |t: &Tensor| t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+                let on = |t: &Tensor| t.to_dtype(dtype).unwrap().to_device(&gpu).unwrap();
+                let fix = |dev: &dyn Fn(&Tensor) -> Tensor, m: &Tensor| ClampFix {
+                    blocks,
+                    target,
+                    g: dev(&g),
+                    clamps: m.clone(),
+                    flags: dev(&flags),
+                    other: dev(&other),
+                };
+                // A copy: for f32 the round trip hands back dst's own storage.
+                let want = round(&dst).copy().unwrap();
+                want.inplace_op1(&fix(&round, &mask)).unwrap();
+                let got = on(&dst);
+                got.inplace_op1(&fix(&on, &mask.to_device(&gpu).unwrap()))
+                    .unwrap();
+                let want = vec_of(&want);
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert_close(&label, &vec_of(&got), &want, rel * scale, rel);
+            }
+        }
+    }
 }
 
 #[test]

@@ -288,7 +288,7 @@ pub fn adc_bounds(wmax: &[f32], ranges: &[f32], lambda: f32) -> Vec<f32> {
 
 /// ADC per block and the sum over blocks: y (tokens, out) from yb (nb, tokens, out), then the
 /// clamp flags (nb, ceil(tokens / FLAG_TILE), ceil(out / FLAG_TILE)): 1 where some output of
-/// the tile clamps in that block, and one more: 1 where any output clamps; and the clamp mask
+/// the tile clamps in that block; and the clamp mask
 /// (nb, tokens, ceil(out / 8)), bit c % 8 of byte (s, t, c / 8) set where output c of block
 /// s clamps for token t.
 pub fn adc_sum(
@@ -301,7 +301,7 @@ pub fn adc_sum(
 ) -> (Vec<f32>, Vec<u8>) {
     let plane = tokens * out;
     let (ft, fo) = (tokens.div_ceil(FLAG_TILE), out.div_ceil(FLAG_TILE));
-    let mut y = vec![0f32; plane + nb * ft * fo + 1];
+    let mut y = vec![0f32; plane + nb * ft * fo];
     let (ys, flags) = y.split_at_mut(plane);
     // Each row lists the (block, channel) pairs where it clamped; few, so set afterwards.
     let hits: Vec<Vec<(usize, usize)>> = ys
@@ -332,9 +332,6 @@ pub fn adc_sum(
             mask[(s * tokens + t) * mb + c / 8] |= 1 << (c % 8);
         }
     }
-    if hits.iter().any(|h| !h.is_empty()) {
-        flags[nb * ft * fo] = 1.0;
-    }
     (y, mask)
 }
 
@@ -353,9 +350,6 @@ pub fn clamp_fix(
     clamps: &[u8],
     (tokens, out, r): (usize, usize, usize),
 ) {
-    if flags.last() == Some(&0.0) {
-        return;
-    }
     let (ft, fo) = (tokens.div_ceil(FLAG_TILE), out.div_ceil(FLAG_TILE));
     let mb = out.div_ceil(8);
     let rows = match target {

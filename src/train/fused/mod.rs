@@ -171,9 +171,8 @@ pub enum Stage {
     Unblock,
     /// (yb (nb, T, out), wmax (nb, out), ranges (nb)) -> y (T, out) and the clamp flags,
     /// packed into one vector (T * out + nb * ceil(T / [`FLAG_TILE`]) * ceil(out /
-    /// [`FLAG_TILE`]) + 1): ADC per block with the bound (wmax * lambda) * range, summed (bound
-    /// 0: exact); a flag is 1 where some output of its tile clamps in that block, the last one
-    /// where any output clamps. The bounds (nb, out, f32) go to `bound`, the clamped outputs
+    /// [`FLAG_TILE`])): ADC per block with the bound (wmax * lambda) * range, summed (bound
+    /// 0: exact); a flag is 1 where some output of its tile clamps in that block. The bounds (nb, out, f32) go to `bound`, the clamped outputs
     /// to `clamps`. Its gradient is [`ClampFix`] after two plain products.
     Adc {
         /// 1 / (2^bits - 2) of the ADC, None: no rounding (clamp only).
@@ -257,7 +256,7 @@ impl FusedOp {
             Stage::NoisyWeights { .. } => (g.nb, a[0], g.r).into(),
             Stage::Unblock => (a[1], g.n_in).into(),
             Stage::Adc { .. } => {
-                let flags = g.nb * a[1].div_ceil(FLAG_TILE) * a[2].div_ceil(FLAG_TILE) + 1;
+                let flags = g.nb * a[1].div_ceil(FLAG_TILE) * a[2].div_ceil(FLAG_TILE);
                 (a[1] * a[2] + flags).into()
             }
         })
