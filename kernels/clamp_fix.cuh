@@ -117,6 +117,15 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4],
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// An A fragment (16 x 16) from its transpose, row-major in shared memory: lanes 8 m .. 8 m + 7
+// give the rows of 8 x 8 matrix m.
+__device__ __forceinline__ void ldsm_x4_trans(unsigned (&a)[4], const void *p) {
+  unsigned s = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+               : "r"(s));
+}
+
 // The B fragments of k rows kk..kk + 15 and 8 columns from a row-major tile in shared memory
 // (p: the first of those rows at the first column; lanes 0-15 give the 16 rows' addresses).
 __device__ __forceinline__ void ldsm_x2_trans(unsigned (&b)[2], const void *p) {
@@ -132,11 +141,12 @@ __device__ __forceinline__ void ldsm_x2_trans(unsigned (&b)[2], const void *p) {
 // the dense tiles, then subtracted once. 256 threads (clamp_fix's blocks): warp w takes rows
 // (w % 4) * 16 and columns (w / 4) * 64 of the 64 x DENSE_COLS sums.
 template <typename T, bool GW>
-__device__ __noinline__ void dense_fix(T *dst, const T *g, const T *other, const unsigned long long (*bits)[FIX_CHUNK],
-                          const int *tl, const int *dense, int nf, int s, int row0, int rows,
-                          int sum_len, int out, int r, i64 bs, i64 rs) {
+__device__ __noinline__ void dense_fix(T *dst, const T *g, const T *other,
+                                      const unsigned long long (*tok_bits)[FIX_CHUNK],
+                                      const int *tl, const int *dense, int nf, int s, int row0,
+                                      int rows, int sum_len, int out, int r, i64 bs, i64 rs) {
   // Rows padded by 8 elements (16 bytes): the fragments' loads hit 32 distinct banks.
-  __shared__ __align__(16) T as[FLAG_TILE][FLAG_TILE + 8];
+  __shared__ __align__(16) T gs[FLAG_TILE][FLAG_TILE + 8];
   __shared__ __align__(16) T bm[FLAG_TILE][DENSE_COLS + 8];
   int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   int wm = (warp % 4) * 16, wn = (warp / 4) * 64;
@@ -152,9 +162,8 @@ __device__ __noinline__ void dense_fix(T *dst, const T *g, const T *other, const
       int j0 = tl[f] * FLAG_TILE;
       // A thread's loads of each operand are issued together (one memory latency per operand
       // and tile, not one per element; all six at once took 128 registers): two 16-byte packs
-      // of g along a row (GX: a token's 64 outputs; GW: a token's 64 channels, scattered into
-      // the tile's column), kept where that output clamped, then four of the other operand.
-      // Rows and columns past the ends load as 0.
+      // of g along a token's row (GX: the tile's 64 outputs; GW: the block's 64 channels),
+      // then four of the other operand. Rows and columns past the ends load as 0.
       Pack8<T> ga[2];
 #pragma unroll
       for (int q = 0; q < 2; q++) {
@@ -165,14 +174,16 @@ __device__ __noinline__ void dense_fix(T *dst, const T *g, const T *other, const
       }
 #pragma unroll
       for (int q = 0; q < 2; q++) {
+        // gs[a][b0 + k] is g's row a of the tile (a token) at column b0 + k (an output of the
+        // tile for GX, a channel of the block for GW), kept where it clamped: the token's mask
+        // word holds those bits. One mask load and one 16-byte store per pack (element by
+        // element, the stores and mask loads held the kernel on shared memory; session 40).
         int e = threadIdx.x + q * 256, a = e / 8, b0 = (e % 8) * 8;
+        unsigned m = (unsigned)(tok_bits[a][f] >> b0);
 #pragma unroll
-        for (int k = 0; k < 8; k++) {
-          // GX: as[a][b0 + k] is g[row0 + a, j0 + b0 + k]; GW: as[b0 + k][a] is g[j0 + a, row0 +
-          // b0 + k].
-          int i = GW ? b0 + k : a, jj = GW ? a : b0 + k;
-          as[i][jj] = (bits[i][f] >> jj) & 1ull ? ga[q].v[k] : from_f<T>(0.0f);
-        }
+        for (int k = 0; k < 8; k++)
+          if (!((m >> k) & 1u)) ga[q].v[k] = from_f<T>(0.0f);
+        *(Pack8<T> *)&gs[a][b0] = ga[q];
       }
       Pack8<T> ob[4];
 #pragma unroll
@@ -190,9 +201,19 @@ __device__ __noinline__ void dense_fix(T *dst, const T *g, const T *other, const
       __syncthreads();
 #pragma unroll 1
       for (int kk = 0; kk < FLAG_TILE; kk += 16) {
-        int ar = wm + lane / 4, ac = kk + (lane % 4) * 2;
-        unsigned a[4] = {*(const unsigned *)&as[ar][ac], *(const unsigned *)&as[ar + 8][ac],
-                         *(const unsigned *)&as[ar][ac + 8], *(const unsigned *)&as[ar + 8][ac + 8]};
+        unsigned a[4];
+        if (GW) {
+          // A = gs^T: lanes 8 m .. 8 m + 7 address matrix m's rows (k rows kk + 8 (m / 2) on,
+          // columns wm + 8 (m % 2) on), transposed on the way into the fragment.
+          int m8 = lane / 8;
+          ldsm_x4_trans(a, &gs[kk + lane % 8 + 8 * (m8 / 2)][wm + 8 * (m8 % 2)]);
+        } else {
+          int ar = wm + lane / 4, ac = kk + (lane % 4) * 2;
+          a[0] = *(const unsigned *)&gs[ar][ac];
+          a[1] = *(const unsigned *)&gs[ar + 8][ac];
+          a[2] = *(const unsigned *)&gs[ar][ac + 8];
+          a[3] = *(const unsigned *)&gs[ar + 8][ac + 8];
+        }
 #pragma unroll
         for (int nt = 0; nt < 8; nt++) {
           unsigned b[2];
@@ -238,6 +259,9 @@ __device__ void clamp_fix(T *dst, const T *g, const uint8_t *clamps, const T *fl
   __shared__ FlagScan scan;
   __shared__ int tl[FIX_CHUNK];
   __shared__ unsigned long long bits[FLAG_TILE][FIX_CHUNK];
+  // GW's bits as loaded (a token's over the block's 64 channels), for the dense path; GX's
+  // bits are already a token's.
+  __shared__ unsigned long long tok_bits[GW ? FLAG_TILE : 1][FIX_CHUNK];
   __shared__ int dense[FIX_CHUNK];
   int s = blockIdx.y, row0 = blockIdx.x * FLAG_TILE;
   int rows = GW ? out : tokens, sum_len = GW ? tokens : out;
@@ -267,6 +291,8 @@ __device__ void clamp_fix(T *dst, const T *g, const uint8_t *clamps, const T *fl
         bits[lane][f] = wd[0];
         bits[lane + 32][f] = wd[1];
       } else {
+        tok_bits[lane][f] = wd[0];
+        tok_bits[lane + 32][f] = wd[1];
         for (int b = 0; b < FLAG_TILE; b++) {
           unsigned lo = __ballot_sync(0xffffffffu, (wd[0] >> b) & 1ull);
           unsigned hi = __ballot_sync(0xffffffffu, (wd[1] >> b) & 1ull);
@@ -335,8 +361,8 @@ __device__ void clamp_fix(T *dst, const T *g, const uint8_t *clamps, const T *fl
       int nd = 0;
       for (int f = 0; f < nf; f++) nd += dense[f];
       if (nd > 0)
-        dense_fix<T, GW>(dst, g, other, bits, tl, dense, nf, s, row0, rows, sum_len, out, r, bs,
-                         rs);
+        dense_fix<T, GW>(dst, g, other, GW ? tok_bits : bits, tl, dense, nf, s, row0, rows, sum_len,
+                         out, r, bs, rs);
     }
     if (nf < FIX_CHUNK) return;
   }
