@@ -690,9 +690,12 @@ __device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T
 
 #include "clamp_fix.cuh"
 
-// The corrections' registers capped at 85, three blocks of 256 per SM as the sparse path was
-// tuned at: the tensor-core path takes 112 uncapped, and spills a few bytes capped.
+// The corrections' registers capped where their sparse paths were tuned: gx at 64 (four blocks
+// of 256 per SM), gw at 80 (three). The tensor-core path takes 112 uncapped and spills a few
+// dozen bytes capped; with gx at 80 too (three blocks), its sparse path ran ~20% slower where
+// tiles hold a few hundred clamps (lambda 4.5-6; session 40).
 #define CLAMP_FIX_BOUNDS __launch_bounds__(256, 3)
+#define CLAMP_FIX_GX_BOUNDS __launch_bounds__(256, 4)
 
 #define INSTANTIATE(T, SUF)                                                                        \
   extern "C" __global__ void dac_fwd_##SUF(const T *x, const float *ranges, T *xb,                \
@@ -738,7 +741,7 @@ __device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T
                                            int nb, float inv_states, int adc, int ft, int fo) {    \
     adc_sum<T>(yb, bound, inv_res, y, flags, clamps, tokens, out, nb, inv_states, adc, ft, fo);    \
   }                                                                                                \
-  extern "C" __global__ void CLAMP_FIX_BOUNDS clamp_fix_gx_##SUF(T *dst, const T *g, const uint8_t *clamps,         \
+  extern "C" __global__ void CLAMP_FIX_GX_BOUNDS clamp_fix_gx_##SUF(T *dst, const T *g, const uint8_t *clamps,         \
                                                 const T *flags, const T *wb, int tokens, int out,  \
                                                 int r, int ft, int fo, i64 bs, i64 rs) {           \
     clamp_fix<T, false>(dst, g, clamps, flags, wb, tokens, out, r, ft, fo, bs, rs);                \

@@ -142,7 +142,8 @@ __device__ __forceinline__ void ldsm_x2_trans(unsigned (&b)[2], const void *p) {
 // (w % 4) * 16 and columns (w / 4) * 64 of the 64 x DENSE_COLS sums.
 template <typename T, bool GW>
 __device__ __noinline__ void dense_fix(T *dst, const T *g, const T *other,
-                                      const unsigned long long (*tok_bits)[FIX_CHUNK],
+                                      const unsigned long long (*bits)[FIX_CHUNK],
+                                      const uint8_t *clamps,
                                       const int *tl, const int *dense, int nf, int s, int row0,
                                       int rows, int sum_len, int out, int r, i64 bs, i64 rs) {
   // Rows padded by 8 elements (16 bytes): the fragments' loads hit 32 distinct banks.
@@ -165,12 +166,22 @@ __device__ __noinline__ void dense_fix(T *dst, const T *g, const T *other,
       // of g along a token's row (GX: the tile's 64 outputs; GW: the block's 64 channels),
       // then four of the other operand. Rows and columns past the ends load as 0.
       Pack8<T> ga[2];
+      unsigned long long tok[2];
 #pragma unroll
       for (int q = 0; q < 2; q++) {
         int e = threadIdx.x + q * 256, a = e / 8, b0 = (e % 8) * 8;
         int t = GW ? j0 + a : row0 + a, o = GW ? row0 + b0 : j0 + b0;
         int n = t < (GW ? sum_len : rows) ? max(0, min(8, out - o)) : 0;
         ga[q] = load8(g + (i64)t * out + o, gvec && n == 8, n);
+        // The token's clamp bits over the pack's 64 columns: GX's are the sparse path's
+        // words; GW's (over the block's channels) come from the mask again, so that the
+        // sparse path's blocks need no second 8 KB of shared memory for them.
+        if (GW) {
+          const uint8_t *row = clamps + ((i64)s * sum_len + t) * ((out + 7) / 8);
+          tok[q] = t < sum_len ? clamp_bits64(row, row0, (out + 7) / 8) : 0ull;
+        } else {
+          tok[q] = bits[a][f];
+        }
       }
 #pragma unroll
       for (int q = 0; q < 2; q++) {
@@ -179,7 +190,7 @@ __device__ __noinline__ void dense_fix(T *dst, const T *g, const T *other,
         // word holds those bits. One mask load and one 16-byte store per pack (element by
         // element, the stores and mask loads held the kernel on shared memory; session 40).
         int e = threadIdx.x + q * 256, a = e / 8, b0 = (e % 8) * 8;
-        unsigned m = (unsigned)(tok_bits[a][f] >> b0);
+        unsigned m = (unsigned)(tok[q] >> b0);
 #pragma unroll
         for (int k = 0; k < 8; k++)
           if (!((m >> k) & 1u)) ga[q].v[k] = from_f<T>(0.0f);
@@ -259,9 +270,6 @@ __device__ void clamp_fix(T *dst, const T *g, const uint8_t *clamps, const T *fl
   __shared__ FlagScan scan;
   __shared__ int tl[FIX_CHUNK];
   __shared__ unsigned long long bits[FLAG_TILE][FIX_CHUNK];
-  // GW's bits as loaded (a token's over the block's 64 channels), for the dense path; GX's
-  // bits are already a token's.
-  __shared__ unsigned long long tok_bits[GW ? FLAG_TILE : 1][FIX_CHUNK];
   __shared__ int dense[FIX_CHUNK];
   int s = blockIdx.y, row0 = blockIdx.x * FLAG_TILE;
   int rows = GW ? out : tokens, sum_len = GW ? tokens : out;
@@ -291,8 +299,6 @@ __device__ void clamp_fix(T *dst, const T *g, const uint8_t *clamps, const T *fl
         bits[lane][f] = wd[0];
         bits[lane + 32][f] = wd[1];
       } else {
-        tok_bits[lane][f] = wd[0];
-        tok_bits[lane + 32][f] = wd[1];
         for (int b = 0; b < FLAG_TILE; b++) {
           unsigned lo = __ballot_sync(0xffffffffu, (wd[0] >> b) & 1ull);
           unsigned hi = __ballot_sync(0xffffffffu, (wd[1] >> b) & 1ull);
@@ -361,7 +367,7 @@ __device__ void clamp_fix(T *dst, const T *g, const uint8_t *clamps, const T *fl
       int nd = 0;
       for (int f = 0; f < nf; f++) nd += dense[f];
       if (nd > 0)
-        dense_fix<T, GW>(dst, g, other, GW ? tok_bits : bits, tl, dense, nf, s, row0, rows, sum_len,
+        dense_fix<T, GW>(dst, g, other, bits, clamps, tl, dense, nf, s, row0, rows, sum_len,
                          out, r, bs, rs);
     }
     if (nf < FIX_CHUNK) return;
