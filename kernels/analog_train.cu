@@ -605,12 +605,13 @@ __device__ void adc_prep(const float *wmax, const float *ranges, float *bound, f
 // flags start at 0 and every writer writes the same value. (A flag after the tiles' for
 // "anything clamped", stored by every clamping pack, took this kernel from 141 to 608 us where
 // most outputs clamp: one address for all; session 40.) The backward corrects only where a
-// flag is set, and finds the clamped outputs in `clamps` (every byte written: bit k of byte (s * tokens + t) * ceil(out / 8) + c / 8 is output c
-// + k of block s and token t). The kernel is bound by instruction issue (ncu, session 34): a pack
-// of eight outputs whose quotients all lie inside adc_level's window (so every bound is on: off
-// ones have 1 / res NaN) takes a path with no per-output bound check or select; the rest (rare),
-// the checked path. Both give each output what the CPU twin's `quantize` and the clamp give it.
-// VEC: 16-byte packs (rows of a multiple of 8).
+// flag is set, and finds the clamped outputs in `clamps` (every byte written: bit k of byte
+// (s * tokens + t) * ceil(out / 8) + c / 8 is output c + k of block s and token t). The kernel
+// is bound by instruction issue (ncu, session 34): a pack of eight outputs whose quotients all
+// lie inside adc_level's window (so every bound is on: off ones have 1 / res NaN) takes a path
+// with no per-output bound check or select; the rest (rare), the checked path. Both give each
+// output what the CPU twin's `quantize` and the clamp give it. VEC: 16-byte packs (rows of a
+// multiple of 8).
 template <typename T, bool VEC>
 __device__ void adc_sum_rows(const T *yb, const float *bound, const float *inv_res, T *y,
                              T *flags, uint8_t *clamps, int tokens, int out, int nb,
@@ -694,8 +695,8 @@ __device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T
 // of 256 per SM), gw at 80 (three). The tensor-core path takes 112 uncapped and spills a few
 // dozen bytes capped; with gx at 80 too (three blocks), its sparse path ran ~20% slower where
 // tiles hold a few hundred clamps (lambda 4.5-6; session 40).
-#define CLAMP_FIX_BOUNDS __launch_bounds__(256, 3)
 #define CLAMP_FIX_GX_BOUNDS __launch_bounds__(256, 4)
+#define CLAMP_FIX_GW_BOUNDS __launch_bounds__(256, 3)
 
 #define INSTANTIATE(T, SUF)                                                                        \
   extern "C" __global__ void dac_fwd_##SUF(const T *x, const float *ranges, T *xb,                \
@@ -741,14 +742,14 @@ __device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T
                                            int nb, float inv_states, int adc, int ft, int fo) {    \
     adc_sum<T>(yb, bound, inv_res, y, flags, clamps, tokens, out, nb, inv_states, adc, ft, fo);    \
   }                                                                                                \
-  extern "C" __global__ void CLAMP_FIX_GX_BOUNDS clamp_fix_gx_##SUF(T *dst, const T *g, const uint8_t *clamps,         \
-                                                const T *flags, const T *wb, int tokens, int out,  \
-                                                int r, int ft, int fo, i64 bs, i64 rs) {           \
+  extern "C" __global__ void CLAMP_FIX_GX_BOUNDS clamp_fix_gx_##SUF(                               \
+      T *dst, const T *g, const uint8_t *clamps, const T *flags, const T *wb, int tokens,          \
+      int out, int r, int ft, int fo, i64 bs, i64 rs) {                                            \
     clamp_fix<T, false>(dst, g, clamps, flags, wb, tokens, out, r, ft, fo, bs, rs);                \
   }                                                                                                \
-  extern "C" __global__ void CLAMP_FIX_BOUNDS clamp_fix_gw_##SUF(T *dst, const T *g, const uint8_t *clamps,         \
-                                                const T *flags, const T *xb, int tokens, int out,  \
-                                                int r, int ft, int fo, i64 bs, i64 rs) {           \
+  extern "C" __global__ void CLAMP_FIX_GW_BOUNDS clamp_fix_gw_##SUF(                               \
+      T *dst, const T *g, const uint8_t *clamps, const T *flags, const T *xb, int tokens,          \
+      int out, int r, int ft, int fo, i64 bs, i64 rs) {                                            \
     clamp_fix<T, true>(dst, g, clamps, flags, xb, tokens, out, r, ft, fo, bs, rs);                 \
   }
 

@@ -273,7 +273,8 @@ __device__ void clamp_fix(T *dst, const T *g, const uint8_t *clamps, const T *fl
   __shared__ int dense[FIX_CHUNK];
   int s = blockIdx.y, row0 = blockIdx.x * FLAG_TILE;
   int rows = GW ? out : tokens, sum_len = GW ? tokens : out;
-  const T *fl = GW ? flags + (i64)s * ft * fo + blockIdx.x : flags + ((i64)s * ft + blockIdx.x) * fo;
+  const T *fl =
+      GW ? flags + (i64)s * ft * fo + blockIdx.x : flags + ((i64)s * ft + blockIdx.x) * fo;
   int stride = GW ? fo : 1, count = GW ? ft : fo;
   int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
   int mb = (out + 7) / 8;
