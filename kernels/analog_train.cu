@@ -665,9 +665,6 @@ __device__ void adc_sum_rows(const T *yb, const float *bound, const float *inv_r
         }
       }
       clamps[((i64)s * tokens + t) * mb + c / 8] = (uint8_t)cbits;
-      // One store per flag tile and warp: the first lane with a clamp among the eight that
-      // share the tile's 64 channels (every pack storing its flag took adc_sum from 141 to 608 us
-      // where most outputs clamp, session 40). Lanes this ballot misses write for themselves.
       if (cbits) fl[(i64)s * ft * fo] = one;
     }
     Pack8<T> o;

@@ -260,9 +260,9 @@ __device__ __noinline__ void dense_fix(T *dst, const T *g, const T *other,
 // lanes' sums (f32), and takes the sum out once. (Testing the block outputs here instead, a flagged
 // tile at a time, left the kernels at 15-25 us of mostly idle SMs: one memory latency per flagged
 // tile of the longest row.) Where nothing clamped, every block leaves after one scan of its row of
-// flags (a load per thread per 256 tiles). dst's element (s, row, k) is
-// at s * bs + row * rs + k: blocked (bs = rows * r, rs = r), or the direct layouts (T or out, n_in)
-// for blocks of equal length (bs = r, rs = n_in).
+// flags (a load per thread per 256 tiles). dst's element (s, row, k) is at s * bs + row * rs + k:
+// blocked (bs = rows * r, rs = r), or the direct layouts (T or out, n_in) for blocks of equal
+// length (bs = r, rs = n_in).
 template <typename T, bool GW>
 __device__ void clamp_fix(T *dst, const T *g, const uint8_t *clamps, const T *flags,
                           const T *other, int tokens, int out, int r, int ft, int fo, i64 bs,

@@ -6,7 +6,8 @@
 #     scripts/device/ab-builds.sh OUT base=cuda-bin/base pf=cuda-bin/pf ...
 # 1. ncu of the KERNELS (a regex) for each build at each shape, fused path, two steps
 #    (OUT/NAME/ncu_SHAPE.csv, printed in us); 2. ROUNDS rounds of the fused step (20 steps,
-#    median), the builds alternated within each shape (OUT/alt.txt: "NAME json").
+#    median), the builds alternated within each shape (OUT/alt.txt: "NAME json"). SHAPES_NCU
+#    (default SHAPES) picks the ncu shapes; empty: none.
 set -u
 out=$1
 shift
@@ -15,7 +16,7 @@ shapes=${SHAPES:-2048x4096 4096x4096 2048x16384 4096x16384 8192x4096 8192x16384}
 for b in "$@"; do
   echo "ncu: ${b%%=*}"
   PATHS=fused KERNELS=${KERNELS:-adc_sum} scripts/device/layer-ncu.sh "${b#*=}" "$out/${b%%=*}" \
-    ${SHAPES_NCU:-$shapes}
+    ${SHAPES_NCU-$shapes}
 done
 . "$(dirname "$0")/unpack.sh"
 declare -A bin

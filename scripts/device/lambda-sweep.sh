@@ -6,8 +6,8 @@
 #   scripts/device/lambda-sweep.sh NEW BASE OUT
 # 1. the CUDA tests of NEW; 2. the fused step (5 steps, median) at d = 2048 and 4096, 4096
 # tokens, for lambda in LAMBDAS (OUT/lam.txt); 3. ncu of adc_sum and the corrections at 4096 x
-# 4096 for lambda 14 (the release), 0.5 and 6; 4. `ab-builds.sh` of the two at the release
-# bound, two rounds (OUT/ab/alt.txt).
+# 4096 for lambda 14 (the release), 0.5 and 6 (`layer-ncu.sh`); 4. `ab-builds.sh` of the two at
+# the release bound, two rounds (OUT/ab/alt.txt).
 set -u
 new=$1 base=$2 out=$3
 mkdir -p "$out"
@@ -36,20 +36,10 @@ for l in open(sys.argv[1]):
     print(b, lam, j["dims"], round(j["median_ms"], 3))
 PY
 for lam in 14 0.5 6; do
-  for b in B N; do
-    eval d=\$$b
-    ncu -k "regex:adc_sum|clamp_fix" --metrics gpu__time_duration.sum --clock-control none \
-      --cache-control none --csv --print-units base "$d/train_layer" --device cuda --dtype bf16 \
-      --dims 4096 --tokens 4096 --paths fused --warmup 1 --reps 1 --out-bound "$lam" \
-      > "$out/ncu_${b}_$lam.csv" 2>/dev/null
-    echo "== $b lambda $lam"
-    python3 - "$out/ncu_${b}_$lam.csv" <<'PY'
-import csv, sys
-rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
-head, rows = rows[0], rows[1:]
-k, v = head.index("Kernel Name"), head.index("Metric Value")
-print(" ".join(f"{r[k][:12]}={float(r[v].replace(',', '')) / 1e3:.1f}" for r in rows))
-PY
+  for b in "$base" "$new"; do
+    echo "ncu: $b, lambda $lam"
+    EXTRA="--out-bound $lam" PATHS=fused KERNELS="adc_sum|clamp_fix" \
+      "$(dirname "$0")/layer-ncu.sh" "$b" "$out/ncu_$(basename "$b")_$lam" 4096x4096
   done
 done
 SHAPES_NCU="" ROUNDS=2 "$(dirname "$0")/ab-builds.sh" "$out/ab" base="$base" new="$new" \

@@ -9,7 +9,7 @@ use crate::train_golden::{
     assert_mostly_close, clip_mask, clip_stats, dac_grad_in_place, dac_grad_inputs,
     direct_grad_inputs, ragged_cases, run_case, vec_of, vec_of_u8, Run, DIRECT_GRAD_CASES,
 };
-use afm::train::fused::{Blocks, ClampFix, DirectGrad, FixTarget, FusedOp, Stage};
+use afm::train::fused::{Blocks, ClampFix, DirectGrad, FixTarget, FusedOp, Stage, FLAG_TILE};
 use candle_core::{DType, Device, Tensor};
 
 fn gpu() -> Device {
@@ -112,18 +112,22 @@ fn cuda_direct_gradient_products_write_in_place_like_the_cpu() {
     assert_eq!(uniform, 3, "cases with blocks of equal length");
 }
 
-/// A clamp mask (nb, T, ceil(out / 8)) whose 64 x 64 tiles clamp at densities from none to
+/// A clamp mask (nb, T, ceil(out / 8)) whose flag tiles clamp at densities from none to
 /// 90% (the correction's sparse and tensor-core paths, side by side in one chunk), and its
 /// flags (nb * ft * fo tiles).
 fn mixed_clamp_mask(seed: u64, nb: usize, tokens: usize, out: usize) -> (Vec<u8>, Vec<f32>) {
-    let (ft, fo, mb) = (tokens.div_ceil(64), out.div_ceil(64), out.div_ceil(8));
+    let (ft, fo, mb) = (
+        tokens.div_ceil(FLAG_TILE),
+        out.div_ceil(FLAG_TILE),
+        out.div_ceil(8),
+    );
     let mut bits = vec![0u8; nb * tokens * mb];
     let mut flags = vec![0f32; nb * ft * fo];
     let u = crate::common::normals(seed, nb * tokens * out, 1.0);
     for s in 0..nb {
         for t in 0..tokens {
             for c in 0..out {
-                let tile = (s * ft + t / 64) * fo + c / 64;
+                let tile = (s * ft + t / FLAG_TILE) * fo + c / FLAG_TILE;
                 // A normal below q clamps: none, 0.4%, 30% or 90% of the tile.
                 let q = [f32::NEG_INFINITY, -2.65, -0.52, 1.28][(tile * 7 + s) % 4];
                 if u[(s * tokens + t) * out + c] < q {

@@ -288,9 +288,8 @@ pub fn adc_bounds(wmax: &[f32], ranges: &[f32], lambda: f32) -> Vec<f32> {
 
 /// ADC per block and the sum over blocks: y (tokens, out) from yb (nb, tokens, out), then the
 /// clamp flags (nb, ceil(tokens / FLAG_TILE), ceil(out / FLAG_TILE)): 1 where some output of
-/// the tile clamps in that block; and the clamp mask
-/// (nb, tokens, ceil(out / 8)), bit c % 8 of byte (s, t, c / 8) set where output c of block
-/// s clamps for token t.
+/// the tile clamps in that block; and the clamp mask (nb, tokens, ceil(out / 8)), bit c % 8
+/// of byte (s, t, c / 8) set where output c of block s clamps for token t.
 pub fn adc_sum(
     yb: &[f32],
     bound: &[f32],

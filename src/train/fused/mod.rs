@@ -172,8 +172,9 @@ pub enum Stage {
     /// (yb (nb, T, out), wmax (nb, out), ranges (nb)) -> y (T, out) and the clamp flags,
     /// packed into one vector (T * out + nb * ceil(T / [`FLAG_TILE`]) * ceil(out /
     /// [`FLAG_TILE`])): ADC per block with the bound (wmax * lambda) * range, summed (bound
-    /// 0: exact); a flag is 1 where some output of its tile clamps in that block. The bounds (nb, out, f32) go to `bound`, the clamped outputs
-    /// to `clamps`. Its gradient is [`ClampFix`] after two plain products.
+    /// 0: exact); a flag is 1 where some output of its tile clamps in that block. The bounds
+    /// (nb, out, f32) go to `bound`, the clamped outputs to `clamps`. Its gradient is
+    /// [`ClampFix`] after two plain products.
     Adc {
         /// 1 / (2^bits - 2) of the ADC, None: no rounding (clamp only).
         inv_states: Option<f32>,
