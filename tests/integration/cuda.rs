@@ -9,7 +9,9 @@ use crate::train_golden::{
     assert_mostly_close, clip_mask, clip_stats, dac_grad_in_place, dac_grad_inputs,
     direct_grad_inputs, ragged_cases, run_case, vec_of, vec_of_u8, Run, DIRECT_GRAD_CASES,
 };
-use afm::train::fused::{Blocks, ClampFix, DirectGrad, FixTarget, FusedOp, Stage, FLAG_TILE};
+use afm::train::fused::{
+    inv_states, Blocks, ClampFix, DirectGrad, FixTarget, FusedOp, Stage, FLAG_TILE,
+};
 use candle_core::{DType, Device, Tensor};
 
 fn gpu() -> Device {
@@ -110,6 +112,85 @@ fn cuda_direct_gradient_products_write_in_place_like_the_cpu() {
         }
     }
     assert_eq!(uniform, 3, "cases with blocks of equal length");
+}
+
+#[test]
+fn cuda_adc_sum_follows_the_cpu_bit_for_bit() {
+    let (cpu, gpu) = (Device::Cpu, gpu());
+    let normals = crate::common::normals;
+    // (blocks, tokens, outputs): up to 4 blocks (bf16 and f16 copy them all into shared
+    // memory first), more (one at a time), rows longer than one pass of 256 threads (2056,
+    // 4096), rows not a multiple of 8 (the element-by-element path).
+    let cases = [
+        (1, 5, 8),
+        (3, 70, 2056),
+        (4, 33, 264),
+        (2, 40, 576),
+        (6, 20, 4096),
+        (9, 9, 264),
+        (5, 9, 70),
+    ];
+    for (i, &(nb, tokens, n_out)) in cases.iter().enumerate() {
+        let seed = 500 + 10 * i as u64;
+        let yb = Tensor::from_vec(
+            normals(seed, nb * tokens * n_out, 1.0),
+            (nb, tokens, n_out),
+            &cpu,
+        )
+        .unwrap();
+        let wmax: Vec<f32> = normals(seed + 1, nb * n_out, 0.05)
+            .iter()
+            .map(|v| v.abs() + 0.05)
+            .collect();
+        let wmax = Tensor::from_vec(wmax, (nb, n_out), &cpu).unwrap();
+        let ranges: Vec<f32> = (0..nb).map(|s| 0.8 + 0.1 * s as f32).collect();
+        let ranges = Tensor::from_vec(ranges, nb, &cpu).unwrap();
+        // A bound near 2 std clamps a few outputs per tile, near 0.3 std most of them.
+        for lambda in [25.0f32, 4.0] {
+            for dtype in [DType::BF16, DType::F16, DType::F32] {
+                let label = format!("{dtype:?} ADC {nb} x {tokens} x {n_out}, lambda {lambda}");
+                let op = FusedOp {
+                    blocks: Blocks::new(nb * 512, 512),
+                    stage: Stage::Adc {
+                        inv_states: inv_states(8),
+                        lambda,
+                        bound: Default::default(),
+                        clamps: Default::default(),
+                    },
+                };
+                let rounded = yb.to_dtype(dtype).unwrap();
+                let want = rounded
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .apply_op3_no_bwd(&wmax, &ranges, &op)
+                    .unwrap();
+                let want_mask = clamp_mask_of(&op);
+                let got = rounded
+                    .to_device(&gpu)
+                    .unwrap()
+                    .apply_op3_no_bwd(
+                        &wmax.to_device(&gpu).unwrap(),
+                        &ranges.to_device(&gpu).unwrap(),
+                        &op,
+                    )
+                    .unwrap();
+                let got_mask = clamp_mask_of(&op);
+                // The same f32 sums, rounded to the dtype once at the end.
+                let want = vec_of(&want.to_dtype(dtype).unwrap());
+                assert_close(&label, &vec_of(&got), &want, 0.0, 0.0);
+                let clamped = want_mask.iter().map(|b| b.count_ones()).sum::<u32>();
+                assert!(lambda > 10.0 || clamped > 0, "{label}: nothing clamped");
+                assert!(got_mask == want_mask, "{label}: clamp masks differ");
+            }
+        }
+    }
+}
+
+fn clamp_mask_of(op: &FusedOp) -> Vec<u8> {
+    match &op.stage {
+        Stage::Adc { clamps, .. } => vec_of_u8(&clamps.take().unwrap()),
+        _ => unreachable!("an ADC stage"),
+    }
 }
 
 /// A clamp mask (nb, T, ceil(out / 8)) whose flag tiles clamp at densities from none to

@@ -34,6 +34,11 @@ const MODULE: &str = "afm_analog_train";
 /// Threads per block of every kernel (the range reduction's shared arrays hold 256).
 const THREADS: u32 = 256;
 
+/// Numbers of row blocks for which the ADC of bf16 and f16 outputs runs `adc_sum_staged`
+/// (every block's outputs copied into shared memory before they are summed): faster there,
+/// not at 2 or 8 and more blocks (`kernels/analog_train.cu`; at most `ADC_STAGED_MAX`).
+const ADC_STAGED_BLOCKS: std::ops::RangeInclusive<usize> = 3..=4;
+
 /// Thread blocks `dac_grad` aims for (tokens split into chunks per row block): a few per SM,
 /// since each holds only r / 8 threads.
 const PARTIAL_BLOCKS: usize = 2048;
@@ -292,7 +297,13 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             // Every byte is written (one per thread's eight outputs and block).
             let mask_dims = super::clamp_mask_dims(d[0], d[1], d[2]);
             let mask = unsafe { dev.alloc::<u8>(mask_dims.0 * mask_dims.1 * mask_dims.2)? };
-            let func = f("adc_sum")?;
+            let mut cfg = rows8(d[1], 1, d[2]);
+            let staged =
+                std::mem::size_of::<T>() == 2 && ADC_STAGED_BLOCKS.contains(&d[0]) && d[2] % 8 == 0;
+            if staged {
+                cfg.shared_mem_bytes = (d[0] * 16) as u32 * cfg.block_dim.0;
+            }
+            let func = f(if staged { "adc_sum_staged" } else { "adc_sum" })?;
             let mut b = func.builder();
             b.arg(&yb)
                 .arg(&bd)
@@ -302,7 +313,7 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
                 .arg(&mask);
             let adc = i32::from(inv_states.is_some());
             candle_core::builder_arg!(b, tokens, out, nbk, inv, adc, ft, fo);
-            unsafe { b.launch(rows8(d[1], 1, d[2])) }.w()?;
+            unsafe { b.launch(cfg) }.w()?;
             bound.put(device_tensor(bd, (d[0], d[2]), dev))?;
             clamps.put(device_tensor(mask, mask_dims, dev))?;
             Ok(wrap_t(packed))
