@@ -1,6 +1,6 @@
 // The backward's clamp correction of the fused analog training layer, included by
-// analog_train.cu (which defines the helpers it uses: to_f / from_f, FLAG_TILE); the CPU twin
-// is `clamp_fix` in src/train/fused/cpu.rs.
+// analog_train.cu after adc_sum.cuh (which define the helpers it uses: to_f / from_f,
+// FLAG_TILE); the CPU twin is `clamp_fix` in src/train/fused/cpu.rs.
 
 // ---- backward: the straight-through ADC gradient as plain products plus a correction ------
 //

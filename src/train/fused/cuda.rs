@@ -36,7 +36,7 @@ const THREADS: u32 = 256;
 
 /// Numbers of row blocks for which the ADC of bf16 and f16 outputs runs `adc_sum_staged`
 /// (every block's outputs copied into shared memory before they are summed): faster there,
-/// not at 2 or 8 and more blocks (`kernels/analog_train.cu`; at most `ADC_STAGED_MAX`).
+/// not at 2 or 8 and more blocks (`kernels/adc_sum.cuh`; at most `ADC_STAGED_MAX`).
 const ADC_STAGED_BLOCKS: std::ops::RangeInclusive<usize> = 3..=4;
 
 /// Thread blocks `dac_grad` aims for (tokens split into chunks per row block): a few per SM,

@@ -216,7 +216,7 @@ fn side_poisoned() -> candle_core::Error {
 
 /// Edge of the square (tokens x channels) tiles of the ADC's clamp flags: the backward
 /// corrects the plain products tile by tile where outputs clamped (`FLAG_TILE` in
-/// `kernels/analog_train.cu`).
+/// `kernels/adc_sum.cuh`).
 pub const FLAG_TILE: usize = 64;
 
 /// Dims of [`Stage::Adc`]'s clamp mask for `nb` blocks, `tokens` and `out` outputs: a bit per
