@@ -120,7 +120,7 @@ __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
 // 3 or 4 blocks: every block's pack is copied into the thread's own slots of shared memory
 // (cp.async: no registers held while in flight; nb * blockDim * 16 bytes, dynamic) before any
 // is summed, so a thread has nb loads in flight instead of one. Measured on an H100 (sessions
-// 35 and 41, ncu): 94.5 -> 86.8 us at nb = 3 (1536 x 16384), 152.7 -> 139.9 at nb = 4 (2048 x
+// 35 and 41, ncu): 94.5 -> 86.1 us at nb = 3 (1536 x 16384), 154 -> 139 at nb = 4 (2048 x
 // 16384); at nb = 2 no gain (9.4 -> 10.2 us at 576 x 4096); at nb = 8 and 16 the same copies
 // in groups of four were slower (149 against 143 us at 4096 x 4096, 643 against 530 at 8192 x
 // 4096: the bounds' loads then miss an L1 that shared memory has shrunk). Each thread reads
