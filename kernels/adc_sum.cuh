@@ -26,14 +26,15 @@ __device__ void adc_prep(const float *wmax, const float *ranges, float *bound, f
 }
 
 // One pack of eight outputs of one block: rounded to the ADC's levels, clamped and added to
-// acc; returns the clamp bits. A pack whose quotients all lie inside adc_level's window (so
-// every bound is on: off ones have 1 / res NaN) takes a path with no per-output bound check or
-// select; the rest (rare), the checked path. Both give each output what the CPU twin's
-// `quantize` and the clamp give it.
+// acc; the clamp bits go to the mask byte `cb`, and a clamp sets the block's flag tile `fl` to
+// `one` (the caller's, converted once outside its loops). A pack whose quotients all lie inside
+// adc_level's window (so every bound is on: off ones have 1 / res NaN) takes a path with no
+// per-output bound check or select; the rest (rare), the checked path. Both give each output
+// what the CPU twin's `quantize` and the clamp give it.
 template <typename T>
-__device__ __forceinline__ unsigned adc_pack(const Pack8<T> &v, const Pack8<float> &bd,
-                                             const Pack8<float> &iv, float (&acc)[8],
-                                             float two_inv, float win, int adc) {
+__device__ __forceinline__ void adc_pack(const Pack8<T> &v, const Pack8<float> &bd,
+                                         const Pack8<float> &iv, float (&acc)[8], uint8_t *cb,
+                                         T *fl, T one, float two_inv, float win, int adc) {
   float lv[8];
   bool near = false;
   unsigned cbits = 0;
@@ -62,7 +63,8 @@ __device__ __forceinline__ unsigned adc_pack(const Pack8<T> &v, const Pack8<floa
       acc[k] = acc[k] + (on ? cl : x);
     }
   }
-  return cbits;
+  *cb = (uint8_t)cbits;
+  if (cbits) *fl = one;
 }
 
 // Grid (tokens); each thread takes eight adjacent channels at a time. Where a block's output
@@ -94,12 +96,10 @@ __device__ void adc_sum_rows(const T *yb, const float *bound, const float *inv_r
 #pragma unroll
     for (int k = 0; k < 8; k++) acc[k] = -0.0f;
     // Not unrolled: 64 registers, four blocks of 256 threads per SM (unrolled by 4: 86, two).
-    for (int s = 0; s < nb; s++, ys += plane, bs += out, is += out) {
-      unsigned cbits = adc_pack(load8(ys, VEC, n), load8(bs, VEC, n), load8(is, VEC, n), acc,
-                                two_inv, win, adc);
-      clamps[((i64)s * tokens + t) * mb + c / 8] = (uint8_t)cbits;
-      if (cbits) fl[(i64)s * ft * fo] = one;
-    }
+    for (int s = 0; s < nb; s++, ys += plane, bs += out, is += out)
+      adc_pack(load8(ys, VEC, n), load8(bs, VEC, n), load8(is, VEC, n), acc,
+               clamps + ((i64)s * tokens + t) * mb + c / 8, fl + (i64)s * ft * fo, one, two_inv,
+               win, adc);
     Pack8<T> o;
 #pragma unroll
     for (int k = 0; k < 8; k++) o.v[k] = from_f<T>(acc[k]);
@@ -149,10 +149,9 @@ __device__ void adc_sum_staged(const T *yb, const float *bound, const float *inv
     for (int s = 0; s < ADC_STAGED_MAX; s++) {
       if (s >= nb) break;
       const float *bs = bound + (i64)s * out + c, *is = inv_res + (i64)s * out + c;
-      unsigned cbits = adc_pack(stage[s * blockDim.x + tid], load8(bs, true, 8),
-                                load8(is, true, 8), acc, two_inv, win, adc);
-      clamps[((i64)s * tokens + t) * mb + c / 8] = (uint8_t)cbits;
-      if (cbits) fl[(i64)s * ft * fo] = one;
+      adc_pack(stage[s * blockDim.x + tid], load8(bs, true, 8), load8(is, true, 8), acc,
+               clamps + ((i64)s * tokens + t) * mb + c / 8, fl + (i64)s * ft * fo, one, two_inv,
+               win, adc);
     }
     Pack8<T> o;
 #pragma unroll
@@ -161,14 +160,20 @@ __device__ void adc_sum_staged(const T *yb, const float *bound, const float *inv
   }
 }
 
-template <typename T>
+// Rows that move in 16-byte packs take adc_sum_staged (STAGED: its kernel) or adc_sum_rows's
+// vector path; the rest, adc_sum_rows element by element.
+template <typename T, bool STAGED>
 __device__ void adc_sum(const T *yb, const float *bound, const float *inv_res, T *y, T *flags,
                         uint8_t *clamps, int tokens, int out, int nb, float inv_states, int adc,
                         int ft, int fo) {
-  if (out % 8 == 0 && aligned16(yb) && aligned16(y) && aligned16(bound) && aligned16(inv_res))
-    adc_sum_rows<T, true>(yb, bound, inv_res, y, flags, clamps, tokens, out, nb, inv_states, adc,
-                          ft, fo);
-  else
+  if (out % 8 == 0 && aligned16(yb) && aligned16(y) && aligned16(bound) && aligned16(inv_res)) {
+    if constexpr (STAGED)
+      adc_sum_staged<T>(yb, bound, inv_res, y, flags, clamps, tokens, out, nb, inv_states, adc,
+                        ft, fo);
+    else
+      adc_sum_rows<T, true>(yb, bound, inv_res, y, flags, clamps, tokens, out, nb, inv_states,
+                            adc, ft, fo);
+  } else
     adc_sum_rows<T, false>(yb, bound, inv_res, y, flags, clamps, tokens, out, nb, inv_states,
                            adc, ft, fo);
 }

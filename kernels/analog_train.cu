@@ -631,7 +631,8 @@ __device__ void unblock_w(const T *gwb, T *gw, int out, int n_in, int base, int 
   extern "C" __global__ void adc_sum_##SUF(const T *yb, const float *bound, const float *inv_res,  \
                                            T *y, T *flags, uint8_t *clamps, int tokens, int out,   \
                                            int nb, float inv_states, int adc, int ft, int fo) {    \
-    adc_sum<T>(yb, bound, inv_res, y, flags, clamps, tokens, out, nb, inv_states, adc, ft, fo);    \
+    adc_sum<T, false>(yb, bound, inv_res, y, flags, clamps, tokens, out, nb, inv_states, adc, ft,  \
+                      fo);                                                                         \
   }                                                                                                \
   extern "C" __global__ void CLAMP_FIX_GX_BOUNDS clamp_fix_gx_##SUF(                               \
       T *dst, const T *g, const uint8_t *clamps, const T *flags, const T *wb, int tokens,          \
@@ -652,13 +653,8 @@ __device__ void unblock_w(const T *gwb, T *gw, int out, int n_in, int base, int 
       adc_sum_staged_##SUF(const T *yb, const float *bound, const float *inv_res, T *y, T *flags,  \
                            uint8_t *clamps, int tokens, int out, int nb, float inv_states,         \
                            int adc, int ft, int fo) {                                              \
-    if (out % 8 == 0 && aligned16(yb) && aligned16(y) && aligned16(bound) &&                       \
-        aligned16(inv_res))                                                                        \
-      adc_sum_staged<T>(yb, bound, inv_res, y, flags, clamps, tokens, out, nb, inv_states, adc,    \
-                        ft, fo);                                                                   \
-    else                                                                                           \
-      adc_sum_rows<T, false>(yb, bound, inv_res, y, flags, clamps, tokens, out, nb, inv_states,    \
-                             adc, ft, fo);                                                         \
+    adc_sum<T, true>(yb, bound, inv_res, y, flags, clamps, tokens, out, nb, inv_states, adc, ft,   \
+                     fo);                                                                          \
   }
 
 INSTANTIATE(float, f32)
