@@ -6,9 +6,12 @@
 # quality) and the fused kernel, with and without the clamp mask and flags; checks the fused
 # outputs against torch's bmm + the ADC written in torch. Run on the GPU machine:
 #   python3 benches/gpu/gemm_adc_probe.py
-import sys
+import os, sys
 import torch, triton, triton.language as tl
 from triton.language.extra import libdevice
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "kernels"))
+import gemm_adc as ship  # the kernel the crate would launch
 
 RB = 512  # rows per block, host side
 R = tl.constexpr(RB)
@@ -159,6 +162,43 @@ def main():
         got = clamps.view(nb, T, d // 8, 1).bitwise_and(
             (1 << torch.arange(8, device="cuda", dtype=torch.int32)).to(torch.uint8)) != 0
         mask_diff = (got.view(nb, T, d) != want_bits).float().mean().item()
+        # the crate's kernel (kernels/gemm_adc.py): exact levels, clamp mask words, flag tiles
+        xbk = xb  # (nb, T, R)
+        wbk = w.view(d, nb, RB).transpose(0, 1).contiguous()  # (nb, out, R)
+        words = torch.zeros(nb * T * d // 32, device="cuda", dtype=torch.int32)
+        fl2 = torch.zeros(nb * (T // 64) * (d // 64), device="cuda", dtype=torch.bfloat16)
+        win = 0.5 - 4.8e-7 * (0.5 / INV_STATES + 3.0)
+        def ship_run(exact=0, cfg=ship.CONFIG):
+            words.zero_()
+            fl2.zero_()
+            sgrid = (triton.cdiv(T, cfg["BM"]) * (d // cfg["BN"]),)
+            ship.gemm_adc[sgrid](xbk, wbk, bound, inv, y, fl2, words, T, d, nb, two_inv, win,
+                                 T // 64, d // 64, BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"],
+                                 GM=cfg["GM"], FT=cfg["FT"], EXACT=exact, num_warps=cfg["num_warps"],
+                                 num_stages=cfg["num_stages"])
+        ships = {}
+        for bm, bn, nw, ns in [(128, 128, 8, 3), (128, 64, 8, 3), (64, 128, 8, 4), (128, 128, 8, 4)]:
+            cfg = dict(ship.CONFIG, BM=bm, BN=bn, num_warps=nw, num_stages=ns)
+            name = f"ship_{bm}x{bn}_w{nw}_s{ns}"
+            try:
+                ship_run(0, cfg)
+                sd = (y != ref).float().mean().item()
+                sbits = words.view(torch.uint8).view(nb, T, d // 8, 1).bitwise_and(
+                    (1 << torch.arange(8, device="cuda", dtype=torch.int32)).to(torch.uint8)) != 0
+                smd = (sbits.view(nb, T, d) != want_bits).float().mean().item()
+                want_fl = want_bits.view(nb, T // 64, 64, d // 64, 64).any(4).any(2).flatten()
+                fld = ((fl2 != 0) != want_fl).float().mean().item()
+                ships[name] = bench(lambda: ship_run(0, cfg))
+                print(f"   {name}: {sd:.2e} of outputs differ from torch bmm+ADC, mask bits differ "
+                      f"{smd:.2e}, flags differ {fld:.2e}; {ships[name]:.1f} us")
+            except Exception as e:  # report and go on with the rest
+                print(f"   {name} failed:", repr(e)[:400])
+        try:
+            ship_run(1)
+            print(f"   ship kernel, exact levels: {(y != ref).float().mean().item():.2e} of outputs differ")
+            ships["ship_exact"] = bench(lambda: ship_run(1))
+        except Exception as e:
+            print("   ship exact failed:", repr(e)[:400])
         row = {
             "mm": bench(lambda: torch.mm(x, w.T, out=y)),
             "bmm": bench(lambda: torch.bmm(xb, wbt, out=yb)),
@@ -167,6 +207,7 @@ def main():
             "fused_mask": bench(lambda: run(2)),
             "fused_flat": bench(lambda: run(3)),
             "fused_exact": bench(lambda: run(4)),
+            **ships,
         }
         print(f"d {d} T {T} nb {nb}: " + ", ".join(f"{k} {v:.1f} us" for k, v in row.items()))
         print(f"   plain triton max err {err0:.3g}; fused vs torch bmm+ADC: {diff.float().mean().item():.2e} "

@@ -10,7 +10,8 @@ use crate::train_golden::{
     direct_grad_inputs, ragged_cases, run_case, vec_of, vec_of_u8, Run, DIRECT_GRAD_CASES,
 };
 use afm::train::fused::{
-    inv_states, Blocks, ClampFix, DirectGrad, FixTarget, FusedOp, Stage, FLAG_TILE,
+    inv_states, product_adc_applies, Blocks, ClampFix, DirectGrad, FixTarget, FusedOp, Stage,
+    FLAG_TILE, PRODUCT_ADC,
 };
 use candle_core::{DType, Device, Tensor};
 
@@ -156,6 +157,7 @@ fn cuda_adc_sum_follows_the_cpu_bit_for_bit() {
                         lambda,
                         bound: Default::default(),
                         clamps: Default::default(),
+                        product: None,
                     },
                 };
                 let rounded = yb.to_dtype(dtype).unwrap();
@@ -427,4 +429,203 @@ fn cuda_tree_scoring_and_ragged_decoding_match_the_cpu() {
     };
     assert_eq!(run(&gpu), run(&cpu));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether this GPU runs the product with the ADC inside (a Hopper GPU); the tests that need
+/// it say so and return elsewhere.
+fn product_adc_here(gpu: &Device) -> bool {
+    let xb = Tensor::zeros((1, 1, PRODUCT_ADC.rows), DType::BF16, gpu).unwrap();
+    let wb = Tensor::zeros(
+        (1, PRODUCT_ADC.tile_out, PRODUCT_ADC.rows),
+        DType::BF16,
+        gpu,
+    )
+    .unwrap();
+    let here = product_adc_applies(&xb, &wb, inv_states(8), 1.0);
+    if !here {
+        eprintln!("skipped: the product with the ADC inside runs on Hopper GPUs only");
+    }
+    here
+}
+
+#[test]
+fn cuda_product_inside_the_adc_matches_the_product_then_the_adc() {
+    let gpu = gpu();
+    if !product_adc_here(&gpu) {
+        return;
+    }
+    let normals = crate::common::normals;
+    let r = PRODUCT_ADC.rows;
+    // Inputs and weights on grids of 2^-3 and 2^-6 with small integer steps: every partial sum
+    // is exact in f32 in any order, so both paths round the same block sums to the dtype.
+    let grid = |seed: u64, n: usize, step: f32| -> Vec<f32> {
+        normals(seed, n, 1.5)
+            .iter()
+            .map(|v| v.round().clamp(-4.0, 4.0) * step)
+            .collect()
+    };
+    // (blocks, tokens, outputs): one tile; ragged token tiles; three channel tiles; 16 blocks.
+    let cases = [(1, 128, 128), (2, 200, 256), (3, 77, 384), (16, 130, 128)];
+    for (i, &(nb, tokens, n_out)) in cases.iter().enumerate() {
+        let seed = 900 + 10 * i as u64;
+        let xb = Tensor::from_vec(grid(seed, nb * tokens * r, 0.125), (nb, tokens, r), &gpu);
+        let wb = Tensor::from_vec(
+            grid(seed + 1, nb * n_out * r, 1.0 / 64.0),
+            (nb, n_out, r),
+            &gpu,
+        );
+        let (xb, wb) = (xb.unwrap(), wb.unwrap());
+        let wmax: Vec<f32> = normals(seed + 2, nb * n_out, 0.01)
+            .iter()
+            .map(|v| v.abs() + 0.05)
+            .collect();
+        let wmax = Tensor::from_vec(wmax, (nb, n_out), &gpu).unwrap();
+        let ranges: Vec<f32> = (0..nb).map(|s| 0.8 + 0.1 * s as f32).collect();
+        let ranges = Tensor::from_vec(ranges, nb, &gpu).unwrap();
+        // Block sums have a std near 0.1: lambda 8 clamps a few outputs, 1.5 most of them.
+        for lambda in [8.0f32, 1.5] {
+            for dtype in [DType::BF16, DType::F16] {
+                let label = format!("{dtype:?} product + ADC {nb} x {tokens} x {n_out}, {lambda}");
+                let (x, w) = (xb.to_dtype(dtype).unwrap(), wb.to_dtype(dtype).unwrap());
+                let op = |product| FusedOp {
+                    blocks: Blocks::new(nb * r, r),
+                    stage: Stage::Adc {
+                        inv_states: inv_states(8),
+                        lambda,
+                        bound: Default::default(),
+                        clamps: Default::default(),
+                        product,
+                    },
+                };
+                let (apart, inside) = (op(None), op(Some(w.clone())));
+                let yb = x.matmul(&w.transpose(1, 2).unwrap()).unwrap();
+                let want = vec_of(&yb.apply_op3_no_bwd(&wmax, &ranges, &apart).unwrap());
+                let got = vec_of(&x.apply_op3_no_bwd(&wmax, &ranges, &inside).unwrap());
+                let (want_mask, got_mask) = (clamp_mask_of(&apart), clamp_mask_of(&inside));
+                let bound = match &apart.stage {
+                    Stage::Adc { bound, .. } => vec_of(&bound.take().unwrap()),
+                    _ => unreachable!("an ADC stage"),
+                };
+                // Where a block's quotient lies within the ADC kernels' window of a half (not
+                // exactly on it), the separate ADC divides and the product's kernel takes the
+                // reciprocal's rounding: those outputs may differ by a level, the rest not.
+                let yb = vec_of(&yb);
+                let inv = inv_states(8).unwrap();
+                let win = 0.5 - 4.8e-7 * (0.5 / inv + 3.0);
+                let near = |s: usize, t: usize, c: usize| {
+                    let b = bound[s * n_out + c];
+                    let a = yb[(s * tokens + t) * n_out + c] * (1.0 / ((b * 2.0) * inv));
+                    let d = (a - a.round_ties_even()).abs();
+                    d >= win && d != 0.5
+                };
+                let excused: Vec<bool> = (0..tokens * n_out)
+                    .map(|e| (0..nb).any(|s| near(s, e / n_out, e % n_out)))
+                    .collect();
+                let n_excused = excused.iter().filter(|&&e| e).count();
+                assert!(
+                    n_excused * 1000 <= tokens * n_out,
+                    "{label}: {n_excused} near a half"
+                );
+                let plane = tokens * n_out;
+                for e in 0..plane {
+                    assert!(
+                        got[e].to_bits() == want[e].to_bits() || excused[e],
+                        "{label}: output ({}, {}) is {} against {}",
+                        e / n_out,
+                        e % n_out,
+                        got[e],
+                        want[e]
+                    );
+                }
+                let bytes = n_out / 8;
+                let mut mask_differs = vec![false; nb * tokens.div_ceil(FLAG_TILE) * (n_out / 64)];
+                for (k, (g, w)) in got_mask.iter().zip(&want_mask).enumerate() {
+                    let (s, t, c8) = (k / (tokens * bytes), k / bytes % tokens, k % bytes * 8);
+                    for bit in (0..8).filter(|b| (g ^ w) >> b & 1 == 1) {
+                        assert!(excused[t * n_out + c8 + bit], "{label}: clamp bit differs");
+                        let tile = (s * tokens.div_ceil(FLAG_TILE) + t / FLAG_TILE) * (n_out / 64)
+                            + (c8 + bit) / FLAG_TILE;
+                        mask_differs[tile] = true;
+                    }
+                }
+                let clamped = want_mask.iter().map(|b| b.count_ones()).sum::<u32>();
+                assert!(clamped > 0, "{label}: nothing clamped");
+                for (k, (g, w)) in got[plane..].iter().zip(&want[plane..]).enumerate() {
+                    assert!(g == w || mask_differs[k], "{label}: flag tile {k} differs");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cuda_training_layer_with_the_product_inside_the_adc_matches_it_apart() {
+    let gpu = gpu();
+    if !product_adc_here(&gpu) {
+        return;
+    }
+    // Layers of 512-row blocks and outputs a multiple of the kernel's tile (the product runs
+    // inside) with ragged token tiles, at the release bound and a tight one, in bf16 and f16.
+    let t = |seed: u64, shape: (usize, usize), scale: f32| {
+        let v = crate::common::normals(seed, shape.0 * shape.1, scale);
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    };
+    for (i, &(tokens, n_in, n_out, lambda)) in [(150, 1024, 256, 14.0), (96, 2048, 128, 3.0)]
+        .iter()
+        .enumerate()
+    {
+        let seed = 960 + 10 * i as u64;
+        let w = t(seed, (n_out, n_in), 0.05);
+        let b = Tensor::from_vec(
+            crate::common::normals(seed + 1, n_out, 0.1),
+            n_out,
+            &Device::Cpu,
+        );
+        let (x, g) = (
+            t(seed + 2, (tokens, n_in), 1.0),
+            t(seed + 3, (tokens, n_out), 1.0),
+        );
+        let cfg = afm::train::layer::AnalogTrainConfig {
+            range_init_batches: 2,
+            tile_rows: PRODUCT_ADC.rows,
+            range_init_kappa: 2.0,
+            out_bound: lambda,
+            ..Default::default()
+        };
+        for dtype in [DType::BF16, DType::F16] {
+            let run = |product_adc| Run {
+                compute: dtype,
+                product_adc,
+                ..Run::fused(&gpu)
+            };
+            let layer = |run: &Run| {
+                crate::train_golden::run_layer(
+                    run,
+                    &w,
+                    Some(b.as_ref().unwrap()),
+                    &x,
+                    &g,
+                    None,
+                    &cfg,
+                )
+            };
+            let (inside, apart) = (layer(&run(true)), layer(&run(false)));
+            // The products sum in other orders, so a block sum rounded next to a level boundary
+            // moves one output by a level now and then (and, at the tight bound, can clamp on
+            // one path and not the other: a row of dx moves by g[t, o] w[o, :]).
+            let step = if lambda < 10.0 { 0.3 } else { 0.15 };
+            let label = format!("{dtype:?} product inside the ADC, case {i}");
+            assert_mostly_close(&label, &inside, &apart, (2e-2, 0.1, step));
+            let y = |r: &[(String, Vec<f32>)]| r[0].1.clone();
+            let same = y(&inside)
+                .iter()
+                .zip(&y(&apart))
+                .filter(|(a, b)| a == b)
+                .count();
+            assert!(
+                same * 10 >= 9 * tokens * n_out,
+                "{label}: {same} outputs equal"
+            );
+        }
+    }
 }

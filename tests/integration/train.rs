@@ -773,3 +773,52 @@ fn adam_moments_keep_no_graph_of_the_step() {
         .unwrap();
     assert!(!opt.m["l.weight"].track_op() && !opt.v["l.weight"].track_op());
 }
+
+/// The committed PTX of the product with the ADC inside and the launch the crate makes for it
+/// agree: `kernels/gemm_adc.py` wrote the tile, warps and shared memory it compiled for into a
+/// JSON file beside each PTX, and `PRODUCT_ADC` must say the same.
+#[test]
+fn product_adc_ptx_matches_its_launch() {
+    use afm::train::fused::PRODUCT_ADC;
+    for suf in ["bf16", "f16"] {
+        let path = crate::common::repo(&format!("kernels/gemm_adc_sm90_{suf}.json"));
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let num = |k: &str| {
+            meta[k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{k} in {path:?}"))
+        };
+        assert_eq!(
+            num("BM") as usize,
+            PRODUCT_ADC.tile_tokens,
+            "{suf}: tile tokens"
+        );
+        assert_eq!(
+            num("BN") as usize,
+            PRODUCT_ADC.tile_out,
+            "{suf}: tile outputs"
+        );
+        assert_eq!(
+            num("num_warps") as u32 * 32,
+            PRODUCT_ADC.threads,
+            "{suf}: threads"
+        );
+        assert_eq!(
+            num("shared") as u32,
+            PRODUCT_ADC.shared_bytes,
+            "{suf}: shared memory"
+        );
+        assert_eq!(num("global_scratch_size"), 0, "{suf}: scratch");
+        let ptx = std::fs::read_to_string(path.with_extension("ptx")).unwrap();
+        assert!(
+            ptx.contains(&format!(".entry gemm_adc_{suf}(")),
+            "{suf}: entry name"
+        );
+        assert!(ptx.contains(&format!(".reqntid {}", PRODUCT_ADC.threads)));
+        assert!(ptx.contains(".target sm_90a") && ptx.contains(".version 9.0"));
+        // 7 pointers, 7 scalars, Triton's two scratch pointers: what the launch passes.
+        assert!(ptx.contains(&format!("gemm_adc_{suf}_param_15")));
+        assert!(!ptx.contains(&format!("gemm_adc_{suf}_param_16")));
+    }
+}
