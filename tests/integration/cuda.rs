@@ -482,8 +482,8 @@ fn cuda_product_inside_the_adc_matches_the_product_then_the_adc() {
         let wmax = Tensor::from_vec(wmax, (nb, n_out), &gpu).unwrap();
         let ranges: Vec<f32> = (0..nb).map(|s| 0.8 + 0.1 * s as f32).collect();
         let ranges = Tensor::from_vec(ranges, nb, &gpu).unwrap();
-        // Block sums have a std near 0.1: lambda 8 clamps a few outputs, 1.5 most of them.
-        for lambda in [8.0f32, 1.5] {
+        // Block sums have a std near 0.1: lambda 6 clamps a few outputs, 1.5 about half.
+        for lambda in [6.0f32, 1.5] {
             for dtype in [DType::BF16, DType::F16] {
                 let label = format!("{dtype:?} product + ADC {nb} x {tokens} x {n_out}, {lambda}");
                 let (x, w) = (xb.to_dtype(dtype).unwrap(), wb.to_dtype(dtype).unwrap());
