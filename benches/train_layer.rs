@@ -1,7 +1,6 @@
 //! Forward + backward of one analog training layer with the AFM release config (8-bit DAC,
 //! 8-bit ADC with lambda 14, per-channel weight noise 0.03, 512-row tiles, learned ranges):
-//! the fused path (`fused`; `fused-cublas`: with the product apart from the ADC kernel on Hopper
-//! GPUs too) against the plain-tensor reference and a plain matmul of the same shape.
+//! the fused path against the plain-tensor reference and a plain matmul of the same shape.
 //! Each step is the forward and the backward of a fixed upstream gradient g of y, as
 //! `benches/train_layer_gpu.py` runs aihwkit-lightning and torch (`y.backward(g)`); the
 //! reference goes through candle's autograd (loss sum(y * g)).
@@ -148,9 +147,6 @@ fn main() {
                 let mut layer = AnalogTrainLinear::new(&w, None, &cfg, 0, "bench").unwrap();
                 layer.compute = a.dtype;
                 layer.reference = path == "reference";
-                // "fused-cublas": cuBLAS's blocked product, then the ADC kernel, where "fused"
-                // would run the product inside the ADC's kernel (Hopper GPUs).
-                layer.product_adc = path != "fused-cublas";
                 let nb = layer.blocks.len();
                 layer
                     .ranges
@@ -162,7 +158,7 @@ fn main() {
                 // upstream gradient g (as torch's `y.backward(g)`), no autograd bookkeeping.
                 // The reference runs through candle's autograd with the loss sum(y * g).
                 let mut step = || match path.as_str() {
-                    "fused" | "fused-cublas" => {
+                    "fused" => {
                         let pass = layer.pass(x.as_tensor()).unwrap();
                         let grads = pass.grads(&g).unwrap();
                         drop((pass.value().clone(), grads));

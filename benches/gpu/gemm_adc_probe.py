@@ -1,4 +1,5 @@
-# Probe (session 42): can a Triton product with the ADC inside its K loop (each 512-row block's
+# Probe (session 42; measured on an H100, benches/RESULTS.md session 42: no, the Triton main loop
+# alone is 1.47x cuBLAS's here): can a Triton product with the ADC inside its K loop (each 512-row block's
 # partial sums rounded to bf16, levelled, clamped and added to a second accumulator in
 # registers, so no (nb, T, out) planes go through memory) beat cuBLAS's blocked product plus
 # the crate's `adc_sum`? Times, on one GPU, CUDA events, medians: torch's plain mm (the floor),
@@ -10,8 +11,8 @@ import os, sys
 import torch, triton, triton.language as tl
 from triton.language.extra import libdevice
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "kernels"))
-import gemm_adc as ship  # the kernel the crate would launch
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gemm_adc_triton as ship  # the kernel docs/experiments/product-adc-triton.patch launches
 
 RB = 512  # rows per block, host side
 R = tl.constexpr(RB)
@@ -162,7 +163,7 @@ def main():
         got = clamps.view(nb, T, d // 8, 1).bitwise_and(
             (1 << torch.arange(8, device="cuda", dtype=torch.int32)).to(torch.uint8)) != 0
         mask_diff = (got.view(nb, T, d) != want_bits).float().mean().item()
-        # the crate's kernel (kernels/gemm_adc.py): exact levels, clamp mask words, flag tiles
+        # the patch's kernel (gemm_adc_triton.py): levels, clamp mask words, flag tiles
         xbk = xb  # (nb, T, R)
         wbk = w.view(d, nb, RB).transpose(0, 1).contiguous()  # (nb, out, R)
         words = torch.zeros(nb * T * d // 32, device="cuda", dtype=torch.int32)

@@ -323,10 +323,6 @@ pub struct AnalogTrainLinear {
     pub compute: DType,
     /// Run the plain-tensor reference forward instead of the fused one (slow; for checks).
     pub reference: bool,
-    /// Let the fused forward run the product inside the ADC's kernel where it applies (a
-    /// Hopper GPU, bf16 / f16, 512-row blocks; see `fused::product_adc_applies`); off: cuBLAS's
-    /// blocked product, then the ADC kernel (for A/B checks).
-    pub product_adc: bool,
     /// (clipped inputs, inputs) of the training forwards since the last
     /// [`AnalogTrainLinear::take_clip_stats`], summed on the device.
     clip_stats: Mutex<Option<(Tensor, usize)>>,
@@ -379,7 +375,6 @@ impl AnalogTrainLinear {
             clip_stats: Mutex::new(None),
             compute: DType::F32,
             reference: false,
-            product_adc: true,
             blocks,
             head,
             cfg: cfg.clone(),
@@ -604,7 +599,6 @@ impl AnalogTrainLinear {
             call,
             compute: self.compute,
             bound_grad: self.cfg.adc_bound_grad,
-            product_adc: self.product_adc,
             clips: (counted > 0).then(SideOutput::default),
         };
         Ok((spec, w, counted))

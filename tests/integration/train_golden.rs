@@ -36,8 +36,6 @@ pub struct Run<'a> {
     pub reference: bool,
     /// Compute dtype of the fused path.
     pub compute: DType,
-    /// Whether the fused forward may run the product inside the ADC's kernel (on a Hopper GPU).
-    pub product_adc: bool,
 }
 
 impl<'a> Run<'a> {
@@ -47,7 +45,6 @@ impl<'a> Run<'a> {
             dev,
             reference: false,
             compute: DType::F32,
-            product_adc: true,
         }
     }
 }
@@ -79,7 +76,6 @@ pub fn run_layer(
     );
     layer.reference = run.reference;
     layer.compute = run.compute;
-    layer.product_adc = run.product_adc;
     if let Some(r) = ranges {
         layer.ranges.set(&r.to_device(dev).unwrap()).unwrap();
     }

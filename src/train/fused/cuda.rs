@@ -1,7 +1,7 @@
 //! Launches of `kernels/analog_train.cu` (compiled to PTX by `build.rs` under the `cuda`
 //! feature) for the fused stages; no host synchronization anywhere.
 
-use super::{gemm_adc, Blocks, ClampFix, DacGradInPlace, FixTarget, FusedOp, Stage, FLAG_TILE};
+use super::{Blocks, ClampFix, DacGradInPlace, FixTarget, FusedOp, Stage, FLAG_TILE};
 use crate::rng::{layer_key, Effect};
 use crate::train::layer::NoiseShape;
 use candle_core::backend::BackendStorage;
@@ -273,18 +273,14 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             lambda,
             bound,
             clamps,
-            product,
         } => {
-            let (first, wmax, ranges) = (t(0)?, f32_arg(1)?, f32_arg(2)?);
+            let (yb, wmax, ranges) = (t(0)?, f32_arg(1)?, f32_arg(2)?);
             let d = args[0].1.dims();
-            // (nb, T, out): the first argument is yb (nb, T, out), or xb (nb, T, r) when the
-            // product runs inside.
-            let dims = (d[0], d[1], product.as_ref().map_or(d[2], |w| w.dims()[1]));
-            let (nbk, tokens, out) = (i(dims.0), i(dims.1), i(dims.2));
-            let (ft, fo) = (i(dims.1.div_ceil(FLAG_TILE)), i(dims.2.div_ceil(FLAG_TILE)));
+            let (nbk, tokens, out) = (i(d[0]), i(d[1]), i(d[2]));
+            let (ft, fo) = (i(d[1].div_ceil(FLAG_TILE)), i(d[2].div_ceil(FLAG_TILE)));
             let mut packed = alloc_t(n)?;
-            let (mut y, mut flags) = packed.split_at_mut(dims.1 * dims.2);
-            let nbo = dims.0 * dims.2;
+            let (mut y, mut flags) = packed.split_at_mut(d[1] * d[2]);
+            let nbo = d[0] * d[2];
             let bd = unsafe { dev.alloc::<f32>(nbo)? };
             let inv_res = unsafe { dev.alloc::<f32>(nbo)? };
             let func = f("adc_prep")?;
@@ -294,47 +290,31 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
                 .arg(&bd)
                 .arg(&inv_res)
                 .arg(&mut flags);
-            let nflags = n - dims.1 * dims.2;
+            let nflags = n - d[1] * d[2];
             let (nbo_i, nfl, inv) = (i(nbo), i(nflags), inv_states.unwrap_or(0.0));
             candle_core::builder_arg!(b, nbo_i, out, nfl, *lambda, inv);
             unsafe { b.launch(grid(nbo.max(nflags))) }.w()?;
-            let mask_dims = super::clamp_mask_dims(dims.0, dims.1, dims.2);
-            let mut mask = unsafe { dev.alloc::<u8>(mask_dims.0 * mask_dims.1 * mask_dims.2)? };
-            if let Some(wb) = product {
-                let held = Held::new(&[wb])?;
-                let ops = gemm_adc::Operands {
-                    xb: first,
-                    wb: held.view::<T>(0)?,
-                    bound: &bd,
-                    inv_res: &inv_res,
-                };
-                let Some(inv) = *inv_states else {
-                    candle_core::bail!("fused analog op: the product with the ADC needs its levels")
-                };
-                let outs = (&mut y, &mut flags, &mut mask);
-                gemm_adc::launch(dev, suf, ops, outs, dims, inv)?;
-            } else {
-                // Every byte is written (one per thread's eight outputs and block).
-                let mut cfg = rows8(dims.1, 1, dims.2);
-                let staged = std::mem::size_of::<T>() == 2
-                    && ADC_STAGED_BLOCKS.contains(&dims.0)
-                    && dims.2 % 8 == 0;
-                if staged {
-                    cfg.shared_mem_bytes = (dims.0 * 16) as u32 * cfg.block_dim.0;
-                }
-                let func = f(if staged { "adc_sum_staged" } else { "adc_sum" })?;
-                let mut b = func.builder();
-                b.arg(&first)
-                    .arg(&bd)
-                    .arg(&inv_res)
-                    .arg(&mut y)
-                    .arg(&mut flags)
-                    .arg(&mask);
-                let adc = i32::from(inv_states.is_some());
-                candle_core::builder_arg!(b, tokens, out, nbk, inv, adc, ft, fo);
-                unsafe { b.launch(cfg) }.w()?;
+            // Every byte is written (one per thread's eight outputs and block).
+            let mask_dims = super::clamp_mask_dims(d[0], d[1], d[2]);
+            let mask = unsafe { dev.alloc::<u8>(mask_dims.0 * mask_dims.1 * mask_dims.2)? };
+            let mut cfg = rows8(d[1], 1, d[2]);
+            let staged =
+                std::mem::size_of::<T>() == 2 && ADC_STAGED_BLOCKS.contains(&d[0]) && d[2] % 8 == 0;
+            if staged {
+                cfg.shared_mem_bytes = (d[0] * 16) as u32 * cfg.block_dim.0;
             }
-            bound.put(device_tensor(bd, (dims.0, dims.2), dev))?;
+            let func = f(if staged { "adc_sum_staged" } else { "adc_sum" })?;
+            let mut b = func.builder();
+            b.arg(&yb)
+                .arg(&bd)
+                .arg(&inv_res)
+                .arg(&mut y)
+                .arg(&mut flags)
+                .arg(&mask);
+            let adc = i32::from(inv_states.is_some());
+            candle_core::builder_arg!(b, tokens, out, nbk, inv, adc, ft, fo);
+            unsafe { b.launch(cfg) }.w()?;
+            bound.put(device_tensor(bd, (d[0], d[2]), dev))?;
             clamps.put(device_tensor(mask, mask_dims, dev))?;
             Ok(wrap_t(packed))
         }

@@ -16,8 +16,6 @@ mod backward;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
-#[cfg(feature = "cuda")]
-mod gemm_adc;
 mod pass;
 
 pub use backward::{ClampFix, DacGradInPlace, DirectGrad, FixTarget};
@@ -190,69 +188,7 @@ pub enum Stage {
         /// byte (s, t, c / 8) for output c of block s and token t (what [`ClampFix`] reads,
         /// so the backward needs no block outputs).
         clamps: SideOutput,
-        /// The noisy weight blocks wb (nb, out, r): when set, the first argument is xb (nb, T,
-        /// r) rather than yb, and the product runs inside the ADC's kernel (CUDA only, where
-        /// [`product_adc_applies`]).
-        product: Option<Tensor>,
     },
-}
-
-/// The launch `kernels/gemm_adc_sm90_*.ptx` (the product with the ADC inside) was compiled for:
-/// what `kernels/gemm_adc.py` wrote beside them in `gemm_adc_sm90_*.json` (a test holds the two
-/// equal).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProductAdcKernel {
-    /// Rows per block it takes (every block this long).
-    pub rows: usize,
-    /// Tokens per output tile.
-    pub tile_tokens: usize,
-    /// Channels per output tile (a layer's outputs must be a multiple).
-    pub tile_out: usize,
-    /// Threads per thread block (warps x 32).
-    pub threads: u32,
-    /// Dynamic shared memory per thread block, bytes.
-    pub shared_bytes: u32,
-}
-
-/// See [`ProductAdcKernel`].
-pub const PRODUCT_ADC: ProductAdcKernel = ProductAdcKernel {
-    rows: 512,
-    tile_tokens: 128,
-    tile_out: 128,
-    threads: 256,
-    shared_bytes: 114_688,
-};
-
-/// Whether [`Stage::Adc`] can take the product inside for blocked inputs `xb` (nb, T, r) and
-/// weight blocks `wb` (nb, out, r): on a CUDA device of compute capability 9.0 (the PTX uses
-/// Hopper's warpgroup instructions), in bf16 or f16, with rows of [`PRODUCT_ADC`]'s length, out
-/// a multiple of its tile, and an ADC that rounds (`adc`) at a bound (`lambda` > 0).
-pub fn product_adc_applies(xb: &Tensor, wb: &Tensor, adc: Option<f32>, lambda: f32) -> bool {
-    let (x, w) = (xb.dims(), wb.dims());
-    let shapes = x.len() == 3
-        && w.len() == 3
-        && x[0] == w[0]
-        && x[2] == PRODUCT_ADC.rows
-        && w[2] == PRODUCT_ADC.rows
-        && x[1] > 0
-        && w[1] > 0
-        && w[1] % PRODUCT_ADC.tile_out == 0
-        && i32::try_from(x[0] * x[1] * (w[1] / 8)).is_ok();
-    let kind = matches!(xb.dtype(), DType::BF16 | DType::F16) && wb.dtype() == xb.dtype();
-    shapes && kind && adc.is_some() && lambda > 0.0 && on_hopper(xb)
-}
-
-#[cfg(feature = "cuda")]
-fn on_hopper(t: &Tensor) -> bool {
-    match t.device() {
-        candle_core::Device::Cuda(dev) => gemm_adc::hopper(dev),
-        _ => false,
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn on_hopper(_: &Tensor) -> bool {
-    false
 }
 
 /// A second output of a [`FusedOp`] (candle's custom ops return one tensor): the op puts it
@@ -322,10 +258,9 @@ impl FusedOp {
             Stage::DacGrad { .. } => b.to_vec().into(),
             Stage::NoisyWeights { .. } => (g.nb, a[0], g.r).into(),
             Stage::Unblock => (a[1], g.n_in).into(),
-            Stage::Adc { product, .. } => {
-                let out = product.as_ref().map_or(a[2], |w| w.dims()[1]);
-                let flags = g.nb * a[1].div_ceil(FLAG_TILE) * out.div_ceil(FLAG_TILE);
-                (a[1] * out + flags).into()
+            Stage::Adc { .. } => {
+                let flags = g.nb * a[1].div_ceil(FLAG_TILE) * a[2].div_ceil(FLAG_TILE);
+                (a[1] * a[2] + flags).into()
             }
         })
     }
@@ -464,17 +399,10 @@ impl CustomOp3 for FusedOp {
                 out(cpu::dac_grad_x(a, b, c, g, tokens, *used), shape)
             }
             Stage::Adc {
-                product: Some(_), ..
-            } => candle_core::bail!(
-                "fused analog op: the product with the ADC inside runs on CUDA only (the CPU \
-                 takes the product, then the ADC)"
-            ),
-            Stage::Adc {
                 inv_states,
                 lambda,
                 bound,
                 clamps,
-                product: None,
             } => {
                 let d = l1.dims();
                 let bd = cpu::adc_bounds(b, c, *lambda);

@@ -37,9 +37,6 @@ pub struct LayerSpec {
     /// Whether the ADC bound passes a gradient to the ranges and the channels' max |w| (see
     /// `AnalogTrainConfig::adc_bound_grad`).
     pub bound_grad: bool,
-    /// Whether the forward may run the product inside the ADC's kernel where
-    /// [`super::product_adc_applies`] (off: cuBLAS's blocked product, then the ADC kernel).
-    pub product_adc: bool,
     /// Where the DAC leaves its clipped-input counts (see [`Stage::Dac`]), None: not counted.
     pub clips: Option<SideOutput>,
 }
@@ -117,35 +114,23 @@ impl LayerPass {
             call: spec.call,
         }))?;
         let wmax = wmax.take()?;
+        let yb = xb.matmul(&wb.transpose(1, 2)?)?;
         let (bound, clamps) = (SideOutput::default(), SideOutput::default());
         let lambda = if spec.out_bound > 0.0 && spec.used {
             spec.out_bound as f32
         } else {
             0.0
         };
-        // The bound's gradient needs the block outputs themselves: only the separate product
-        // keeps them.
-        let inside = spec.product_adc
-            && !spec.bound_grad
-            && super::product_adc_applies(&xb, &wb, spec.adc, lambda);
-        let adc = |product| {
-            op(Stage::Adc {
+        let packed = yb.apply_op3_no_bwd(
+            &wmax,
+            &rd,
+            &op(Stage::Adc {
                 inv_states: spec.adc,
                 lambda,
                 bound: bound.clone(),
                 clamps: clamps.clone(),
-                product,
-            })
-        };
-        let (packed, yb) = if inside {
-            (
-                xb.apply_op3_no_bwd(&wmax, &rd, &adc(Some(wb.clone())))?,
-                None,
-            )
-        } else {
-            let yb = xb.matmul(&wb.transpose(1, 2)?)?;
-            (yb.apply_op3_no_bwd(&wmax, &rd, &adc(None))?, Some(yb))
-        };
+            }),
+        )?;
         let (bound, clamps) = (bound.take()?, clamps.take()?);
         let (tokens, out) = (xb.dims()[1], wb.dims()[1]);
         let plane = tokens * out;
@@ -160,7 +145,7 @@ impl LayerPass {
             mask,
             wmax,
             wb,
-            for_bound: yb.filter(|_| spec.bound_grad).map(|yb| (yb, bound)),
+            for_bound: spec.bound_grad.then_some((yb, bound)),
             flags,
             clamps,
             value,

@@ -1,16 +1,21 @@
-# The forward product with the ADC inside (Triton source of kernels/gemm_adc_sm90_*.ptx).
+# The forward product with the ADC inside, in Triton: the kernel of
+# docs/experiments/product-adc-triton.patch (session 42; measured on an H100 and dropped: the
+# layer step 1.08-1.30x the two-kernel path's, benches/RESULTS.md session 42). To try the patch
+# again: `git apply` it, then `python3 benches/gpu/gemm_adc_triton.py` (pip's triton==3.9.0, no
+# GPU needed) writes kernels/gemm_adc_sm90_{bf16,f16}.ptx and .json, which it includes.
 #
 # y[t, c] = sum over row blocks s of ADC_s(sum over k of xb[s, t, k] * wb[s, c, k]): each block's
 # partial sum stays in registers, is rounded to the compute dtype (as cuBLAS's blocked product
 # stores it), levelled, clamped at the block's bound and added to a second accumulator, so the
-# (nb, T, out) block planes never reach memory. Levels, clamps, flags and clamp-mask bits are
-# those of `adc_sum` in kernels/adc_sum.cuh (and of its CPU twin): rint(y / res) through the
-# reciprocal, the division itself where the quotient lies near a half; outputs whose bound is
-# off (0) pass exactly. The clamp mask must be zeroed before the launch. The loop over k runs flat over all blocks, the ADC under a branch at
-# each block's end, so loads of the next block are in flight while one block's ADC runs.
+# (nb, T, out) block planes never reach memory. Clamps, flags and clamp-mask bits are those of
+# `adc_sum` in kernels/adc_sum.cuh; the levels are rint(y * (1 / res)) with exact halves away
+# from zero, which differs from adc_sum where a quotient lies within its window of a half (it
+# divides there: EXACT = 1 does too, through predicated inline PTX, and ran 4-5x slower in the
+# probe). Outputs whose bound is off (0) pass exactly. The clamp mask must be zeroed before the
+# launch. The loop over k runs flat over all blocks, the ADC under a branch at each block's
+# end, so loads of the next block are in flight while one block's ADC runs.
 #
-# `python3 kernels/gemm_adc.py` writes the PTX for bf16 and f16 (any machine with the pip
-# Triton; no GPU needed); benches/gpu/gemm_adc_probe.py times the kernel on a GPU.
+# benches/gpu/gemm_adc_probe.py times the kernel on a GPU (JIT, the machine's own Triton).
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
@@ -119,8 +124,8 @@ def gemm_adc(xb, wb, bound, inv, y, flags, clamps, T, OUT, NB, two_inv, win, ft,
     tl.store(yp, main.to(y.dtype.element_ty), mask=(rm < T)[:, None])
 
 
-# The launch the crate makes (src/train/fused/gemm_adc.rs reads these from the .json beside
-# each PTX): tile, warps, pipeline stages.
+# The launch the patch makes (its src/train/fused/gemm_adc.rs; a test holds it to the .json
+# beside each PTX): tile, warps, pipeline stages.
 CONFIG = {"BM": 128, "BN": 128, "BK": 64, "GM": 8, "FT": 64, "EXACT": 0, "num_warps": 8,
           "num_stages": 3}
 
@@ -148,7 +153,7 @@ def compile_ptx(dtype, config=CONFIG):
 
 if __name__ == "__main__":
     import json, os, re
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "kernels")
     for dt, suf in (("bf16", "bf16"), ("fp16", "f16")):
         ptx, md = compile_ptx(dt)
         # The CUDA 13.0 driver reads PTX ISA 9.0; the kernel uses nothing newer.
