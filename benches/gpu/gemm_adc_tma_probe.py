@@ -1,0 +1,121 @@
+# Probe (session 42): does Triton's main loop reach cuBLAS's rate on this GPU when it loads
+# through tensor descriptors (TMA) rather than pointers, and what does the ADC inside its K loop
+# cost then? gemm_adc_probe.py found pointer loads at 1.47x cuBLAS's mm before any ADC. Times
+# (CUDA events, medians): torch's mm and bmm of the 512-row blocks, a TMA GEMM over all of K,
+# and the same loop over the blocks with each block's partial sums levelled, clamped and summed
+# in registers (no clamp mask: the main loop's cost only); checks the last against torch.
+# Run on the GPU machine: python3 benches/gpu/gemm_adc_tma_probe.py [DxT ...]
+# Not yet run on a GPU (session 42 had no device time left). Compiled here by pip's Triton 3.9.0
+# for sm_90a, ptxas 13.0: the GEMM 93-176 registers, the loop with the ADC 164 (128 x 64 tiles),
+# 180 (128 x 128, no spills) and 255 with spills (128 x 256).
+import sys
+import torch, triton, triton.language as tl
+from triton.language.extra import libdevice
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+RB = 512
+INV_STATES = 1.0 / 127.5
+
+
+@triton.jit
+def tma_gemm_adc(a_desc, b_desc, bound, inv, y, T, OUT, NB, two_inv, R: tl.constexpr,
+                 ADC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                 GM: tl.constexpr, STAGES: tl.constexpr):
+    # a_desc: (NB * T, R) blocked inputs; b_desc: (NB * OUT, R) weight blocks; NB = 1 and R = K
+    # for the plain GEMM (ADC off).
+    pid = tl.program_id(0)
+    npm = T // BM
+    npn = OUT // BN
+    group = pid // (GM * npn)
+    first = group * GM
+    gsz = min(npm - first, GM)
+    pm = first + (pid % (GM * npn)) % gsz
+    pn = (pid % (GM * npn)) // gsz
+    rn = pn * BN + tl.arange(0, BN)
+    main = tl.zeros((BM, BN), dtype=tl.float32)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k in tl.range(0, NB * R, BK, num_stages=STAGES):
+        s = k // R
+        kk = k % R
+        a = a_desc.load([s * T + pm * BM, kk])
+        b = b_desc.load([s * OUT + pn * BN, kk])
+        acc = tl.dot(a, b.T, acc)
+        if ADC:
+            if kk + BK == R:
+                v = acc.to(tl.bfloat16).to(tl.float32)
+                bd = tl.load(bound + s * OUT + rn)[None, :]
+                iv = tl.load(inv + s * OUT + rn)[None, :]
+                q = libdevice.rint(v * iv) * (bd * two_inv)
+                main += tl.minimum(tl.maximum(q, -bd), bd)
+                acc = tl.zeros((BM, BN), dtype=tl.float32)
+    if not ADC:
+        main = acc
+    rm = pm * BM + tl.arange(0, BM)
+    tl.store(y + rm[:, None].to(tl.int64) * OUT + rn[None, :], main.to(tl.bfloat16))
+
+
+def bench(f, reps=20):
+    for _ in range(3):
+        f()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); f(); b.record(); torch.cuda.synchronize(); ts.append(a.elapsed_time(b))
+    ts.sort()
+    return ts[len(ts) // 2] * 1e3
+
+
+def main():
+    print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
+    shapes = [(4096, 8192), (4096, 4096)]
+    if len(sys.argv) > 1:
+        shapes = [tuple(int(v) for v in a.split("x"))[::-1] for a in sys.argv[1:]]
+    for T, d in shapes:
+        nb = d // RB
+        g = torch.Generator(device="cuda").manual_seed(0)
+        x = (torch.randn(T, d, device="cuda", generator=g) * 0.5).to(torch.bfloat16)
+        w = (torch.randn(d, d, device="cuda", generator=g) * 0.03).to(torch.bfloat16)
+        xb = x.view(T, nb, RB).transpose(0, 1).contiguous()  # (nb, T, R)
+        wb = w.view(d, nb, RB).transpose(0, 1).contiguous()  # (nb, out, R)
+        yb = torch.bmm(xb, wb.transpose(1, 2))
+        bound = (yb.float().std(dim=1) * 2.5).contiguous()
+        inv = (1.0 / ((bound * 2.0) * INV_STATES)).contiguous()
+        two_inv = 2.0 * INV_STATES
+        q = torch.round(yb.float() * inv[:, None, :]) * (bound * two_inv)[:, None, :]
+        ref = torch.minimum(torch.maximum(q, -bound[:, None, :]), bound[:, None, :]).sum(0)
+        ref = ref.to(torch.bfloat16)
+        y = torch.empty(T, d, device="cuda", dtype=torch.bfloat16)
+        row = {"mm": bench(lambda: torch.mm(x, w.T, out=y)),
+               "bmm": bench(lambda: torch.bmm(xb, wb.transpose(1, 2), out=yb))}
+        for bm, bn, bk, nw, st in [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4),
+                                   (128, 64, 64, 4, 4)]:
+            tag = f"{bm}x{bn}x{bk}_w{nw}_s{st}"
+            grid = ((T // bm) * (d // bn),)
+            for adc in (False, True):
+                name = ("adc_" if adc else "gemm_") + tag
+                try:
+                    if adc:
+                        ad = TensorDescriptor.from_tensor(xb.view(nb * T, RB), [bm, bk])
+                        bd = TensorDescriptor.from_tensor(wb.view(nb * d, RB), [bn, bk])
+                        args = (ad, bd, bound, inv, y, T, d, nb, two_inv)
+                        r = RB
+                    else:
+                        ad = TensorDescriptor.from_tensor(x, [bm, bk])
+                        bd = TensorDescriptor.from_tensor(w, [bn, bk])
+                        args = (ad, bd, bound, inv, y, T, d, 1, two_inv)
+                        r = d
+                    run = lambda: tma_gemm_adc[grid](*args, R=r, ADC=adc, BM=bm, BN=bn, BK=bk,
+                                                     GM=8, STAGES=st, num_warps=nw)
+                    run()
+                    want = ref if adc else (x @ w.T)
+                    bad = (y != want).float().mean().item()
+                    row[name] = bench(run)
+                    print(f"   {name}: {row[name]:.1f} us, {bad:.2e} of outputs differ from torch")
+                except Exception as e:
+                    print(f"   {name} failed: {repr(e)[:300]}")
+        print(f"d {d} T {T} nb {nb}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()))
+
+
+if __name__ == "__main__":
+    main()
