@@ -4,6 +4,7 @@
 # blocked product's layout) or with a token's blocks side by side (T, nb, out); a plain copy of
 # the planes gives the device's bandwidth. Run on the GPU machine: python3 adc_floor_probe.py
 import torch, triton, triton.language as tl
+from gpu_timing import median_ms as bench
 
 @triton.jit
 def sum_blocks(yb, y, T, OUT, NB: tl.constexpr, s_stride, t_stride, BLOCK: tl.constexpr):
@@ -16,15 +17,6 @@ def sum_blocks(yb, y, T, OUT, NB: tl.constexpr, s_stride, t_stride, BLOCK: tl.co
         v = tl.load(yb + s * s_stride + t * t_stride + c, mask=m, other=0.0)
         acc += v.to(tl.float32)
     tl.store(y + t * OUT + c, acc.to(tl.bfloat16), mask=m)
-
-def bench(f, reps=20):
-    for _ in range(3): f()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); f(); b.record(); torch.cuda.synchronize(); ts.append(a.elapsed_time(b))
-    ts.sort(); return ts[len(ts) // 2]
 
 print(torch.cuda.get_device_name())
 for nb, T, out in [(8, 4096, 4096), (16, 4096, 8192), (4, 16384, 2048), (8, 16384, 4096)]:

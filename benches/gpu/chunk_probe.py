@@ -1,15 +1,8 @@
 # Probe: does a token-chunked forward (block product into a reused L2-sized buffer, then the
 # block sum) beat the whole-plane product + sum? torch stand-ins for our GEMM + adc_sum.
 import torch
+from gpu_timing import median_ms as timeit
 dev = "cuda"
-def timeit(f, reps=20, warm=3):
-    for _ in range(warm): f()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a = torch.cuda.Event(enable_timing=True); b = torch.cuda.Event(enable_timing=True)
-        a.record(); f(); b.record(); torch.cuda.synchronize(); ts.append(a.elapsed_time(b))
-    ts.sort(); return ts[len(ts)//2]
 print(torch.cuda.get_device_name())
 for d, T in [(2048, 4096), (4096, 4096), (2048, 16384), (4096, 16384), (8192, 4096)]:
     nb, r = d // 512, 512

@@ -7,12 +7,13 @@
 # quality) and the fused kernel, with and without the clamp mask and flags; checks the fused
 # outputs against torch's bmm + the ADC written in torch. Run on the GPU machine:
 #   python3 benches/gpu/gemm_adc_probe.py
-import os, sys
+import sys
 import torch, triton, triton.language as tl
 from triton.language.extra import libdevice
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gemm_adc_triton as ship  # the kernel docs/experiments/product-adc-triton.patch launches
+from gemm_adc_triton import grouped_tile
+from gpu_timing import median_ms
 
 RB = 512  # rows per block, host side
 R = tl.constexpr(RB)
@@ -67,14 +68,7 @@ def gemm_adc(x, w, bound, inv, y, clamps, flags, T, OUT, NIN, two_inv, NB: tl.co
     # MODE 0: plain GEMM over all of NIN; 1: ADC per block, no mask; 2: ADC + clamp mask + flags;
     # 3: as 2 in one flat K loop (the ADC under a branch every R rows); 4: as 2 with the
     # division near halves (the crate's exact levels).
-    pid = tl.program_id(0)
-    npm = tl.cdiv(T, BM)
-    npn = tl.cdiv(OUT, BN)
-    group = pid // (GM * npn)
-    first = group * GM
-    gsz = min(npm - first, GM)
-    pm = first + (pid % (GM * npn)) % gsz
-    pn = (pid % (GM * npn)) // gsz
+    pm, pn = grouped_tile(tl.cdiv(T, BM), tl.cdiv(OUT, BN), GM)
     rm = pm * BM + tl.arange(0, BM)
     rn = pn * BN + tl.arange(0, BN)
     rk = tl.arange(0, BK)
@@ -114,16 +108,8 @@ def gemm_adc(x, w, bound, inv, y, clamps, flags, T, OUT, NIN, two_inv, NB: tl.co
     tl.store(y + rm[:, None].to(tl.int64) * OUT + rn[None, :], main.to(tl.bfloat16))
 
 
-def bench(f, reps=20):
-    for _ in range(3):
-        f()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); f(); b.record(); torch.cuda.synchronize(); ts.append(a.elapsed_time(b))
-    ts.sort()
-    return ts[len(ts) // 2] * 1e3
+def bench(f):
+    return median_ms(f) * 1e3
 
 
 def main():

@@ -12,6 +12,8 @@ import sys
 import torch, triton, triton.language as tl
 from triton.language.extra import libdevice
 from triton.tools.tensor_descriptor import TensorDescriptor
+from gemm_adc_triton import grouped_tile
+from gpu_timing import median_ms
 
 RB = 512
 INV_STATES = 1.0 / 127.5
@@ -23,14 +25,7 @@ def tma_gemm_adc(a_desc, b_desc, bound, inv, y, T, OUT, NB, two_inv, R: tl.const
                  GM: tl.constexpr, STAGES: tl.constexpr):
     # a_desc: (NB * T, R) blocked inputs; b_desc: (NB * OUT, R) weight blocks; NB = 1 and R = K
     # for the plain GEMM (ADC off).
-    pid = tl.program_id(0)
-    npm = T // BM
-    npn = OUT // BN
-    group = pid // (GM * npn)
-    first = group * GM
-    gsz = min(npm - first, GM)
-    pm = first + (pid % (GM * npn)) % gsz
-    pn = (pid % (GM * npn)) // gsz
+    pm, pn = grouped_tile(T // BM, OUT // BN, GM)
     rn = pn * BN + tl.arange(0, BN)
     main = tl.zeros((BM, BN), dtype=tl.float32)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
@@ -54,16 +49,8 @@ def tma_gemm_adc(a_desc, b_desc, bound, inv, y, T, OUT, NB, two_inv, R: tl.const
     tl.store(y + rm[:, None].to(tl.int64) * OUT + rn[None, :], main.to(tl.bfloat16))
 
 
-def bench(f, reps=20):
-    for _ in range(3):
-        f()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); f(); b.record(); torch.cuda.synchronize(); ts.append(a.elapsed_time(b))
-    ts.sort()
-    return ts[len(ts) // 2] * 1e3
+def bench(f):
+    return median_ms(f) * 1e3
 
 
 def main():

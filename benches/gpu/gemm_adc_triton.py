@@ -88,17 +88,23 @@ def adc_level(v, iv, win, res):
 
 
 @triton.jit
-def gemm_adc(xb, wb, bound, inv, y, flags, clamps, T, OUT, NB, two_inv, win, ft, fo,
-             BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GM: tl.constexpr,
-             FT: tl.constexpr, EXACT: tl.constexpr):
+def grouped_tile(npm, npn, GM: tl.constexpr):
+    # (tile row, tile column) of this program among npm x npn output tiles, GM tile rows at a
+    # time down each column (so neighbouring programs share operand tiles in L2)
     pid = tl.program_id(0)
-    npm = tl.cdiv(T, BM)
-    npn = OUT // BN
     group = pid // (GM * npn)
     first = group * GM
     gsz = min(npm - first, GM)
     pm = first + (pid % (GM * npn)) % gsz
     pn = (pid % (GM * npn)) // gsz
+    return pm, pn
+
+
+@triton.jit
+def gemm_adc(xb, wb, bound, inv, y, flags, clamps, T, OUT, NB, two_inv, win, ft, fo,
+             BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GM: tl.constexpr,
+             FT: tl.constexpr, EXACT: tl.constexpr):
+    pm, pn = grouped_tile(tl.cdiv(T, BM), OUT // BN, GM)
     rm = pm * BM + tl.arange(0, BM)
     rn = pn * BN + tl.arange(0, BN)
     rk = tl.arange(0, BK)
