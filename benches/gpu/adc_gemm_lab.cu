@@ -30,30 +30,14 @@
 // second refills it, instead of thread 0 waiting for both). After the check, the two kernels also run over token chunks
 // (each chunk's block sums read back while in L2).
 
-#include <cublas_v2.h>
 #include <cuda.h>
-#include <cuda_runtime.h>
-#include <stdio.h>
-#include <stdlib.h>
 
 // The crate's kernels, compiled in: the reference is its own adc_sum (the layer's two-kernel
 // path is cuBLAS's blocked product then adc_sum), and this kernel decides levels with the same
 // adc_window / adc_level. Built with --fmad=false as build.rs builds them.
 #include "../../kernels/analog_train.cu"
 
-#include <algorithm>
-#include <vector>
-
-#define CK(x)                                                                  \
-  do {                                                                         \
-    cudaError_t e_ = (x);                                                      \
-    if (e_ != cudaSuccess) {                                                   \
-      fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
-      exit(1);                                                                 \
-    }                                                                          \
-  } while (0)
-
-typedef __nv_bfloat16 bf16;
+#include "adc_lab_common.cuh"
 
 #define BM 128
 #define BN 128
@@ -417,174 +401,57 @@ static TmaDesc tensor_map(void *ptr, int nb, int rows, int r, int box_rows) {
   return d;
 }
 
-static uint64_t rng = 0x9E3779B97F4A7C15ull;
-static double uniform() {
-  rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-  return (rng >> 11) * (1.0 / 9007199254740992.0);
-}
-
 int main(int argc, char **argv) {
-  int d = argc > 1 ? atoi(argv[1]) : 8192, tokens = argc > 2 ? atoi(argv[2]) : 4096;
-  float lambda = argc > 3 ? atof(argv[3]) : 14.0f;
+  LabShape L = lab_shape(argc, argv);
   int reps = argc > 4 ? atoi(argv[4]) : 20;
-  int r = 512, nb = d / r, out = d;
+  int tokens = L.tokens, out = L.out, nb = L.nb, r = L.r;
   if (nb > MAX_NB || nb < 2 || nb % 2) {
     fprintf(stderr, "d / 512 must be even, 2..%d\n", MAX_NB);
     return 1;
   }
-  int ft = (tokens + FLAG_TILE - 1) / FLAG_TILE, fo = (out + FLAG_TILE - 1) / FLAG_TILE;
-  float inv_states = (float)(1.0 / 254.0);
-  // Inputs on the DAC's levels (range 1, 8 bits), weights ~N(0, 0.02): what the layer feeds.
-  std::vector<bf16> hx((size_t)nb * tokens * r), hw((size_t)nb * out * r);
-  for (auto &v : hx) v = __float2bfloat16((float)(int)((uniform() * 2 - 1) * 127) / 127.0f);
-  for (auto &v : hw) {
-    double u = std::max(uniform(), 1e-12), w = uniform();
-    v = __float2bfloat16((float)(0.02 * sqrt(-2 * log(u)) * cos(6.283185307179586 * w)));
-  }
-  // Bounds as adc_prep makes them: (wmax * lambda) * range, range 1.
-  std::vector<float> hb((size_t)nb * out), hi((size_t)nb * out);
-  for (int s = 0; s < nb; s++)
-    for (int c = 0; c < out; c++) {
-      float m = 0;
-      for (int k = 0; k < r; k++)
-        m = std::max(m, fabsf(__bfloat162float(hw[((size_t)s * out + c) * r + k])));
-      float b = (m * lambda) * 1.0f;
-      hb[(size_t)s * out + c] = b;
-      hi[(size_t)s * out + c] = 1.0f / ((b * 2.0f) * inv_states);
-    }
-  bf16 *x, *w, *planes, *y_ref, *y, *fl_ref, *fl, *yb, *big_out;
-  float *bound, *inv;
-  size_t nfl = (size_t)nb * ft * fo;
-  // adc_sum's clamp mask (a bit per output and block), which this kernel does not make.
-  uint8_t *clamps;
-  int mb = (out + 7) / 8;
-  CK(cudaMalloc(&clamps, (size_t)nb * tokens * mb));
-  CK(cudaMalloc(&x, hx.size() * 2));
-  CK(cudaMalloc(&w, hw.size() * 2));
-  CK(cudaMalloc(&planes, (size_t)nb * tokens * out * 2));
+  bf16 *y, *fl, *yb;
   CK(cudaMalloc(&yb, (size_t)nb * tokens * out * 2));
-  CK(cudaMalloc(&y_ref, (size_t)tokens * out * 2));
   CK(cudaMalloc(&y, (size_t)tokens * out * 2));
-  CK(cudaMalloc(&big_out, (size_t)tokens * out * 2));
-  CK(cudaMalloc(&fl_ref, (nfl + (size_t)ft * fo) * 2));
-  CK(cudaMalloc(&fl, nfl * 2));
-  CK(cudaMalloc(&bound, hb.size() * 4));
-  CK(cudaMalloc(&inv, hi.size() * 4));
-  CK(cudaMemcpy(x, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(w, hw.data(), hw.size() * 2, cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(bound, hb.data(), hb.size() * 4, cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(inv, hi.data(), hi.size() * 4, cudaMemcpyHostToDevice));
-
-  cublasHandle_t h;
-  cublasCreate(&h);
-  float one = 1.0f, zero = 0.0f;
-  auto blocked = [&]() {
-    cublasGemmStridedBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, out, tokens, r, &one, w, CUDA_R_16BF,
-                               r, (i64)out * r, x, CUDA_R_16BF, r, (i64)tokens * r, &zero, planes,
-                               CUDA_R_16BF, out, (i64)tokens * out, nb, CUBLAS_COMPUTE_32F,
-                               CUBLAS_GEMM_DEFAULT);
-  };
-  // adc_sum as src/train/fused/cuda.rs launches it (rows8: eight channels per thread, at most
-  // 256 threads); adc_prep zeroes the flags there, a memset here.
-  int adc_threads = std::min(256, std::max(32, ((out + 7) / 8 + 31) / 32 * 32));
-  auto two_kernel = [&]() {
-    blocked();
-    cudaMemsetAsync(fl_ref, 0, nfl * 2);
-    adc_sum_bf16<<<tokens, adc_threads>>>(planes, bound, inv, y_ref, fl_ref, clamps, tokens, out,
-                                          nb, inv_states, 1, ft, fo);
-  };
-  // The plain product of the same size (x and w reread as (tokens, nb r) and (out, nb r)).
-  auto plain = [&]() {
-    cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, out, tokens, nb * r, &one, w, CUDA_R_16BF, nb * r,
-                 x, CUDA_R_16BF, nb * r, &zero, big_out, CUDA_R_16BF, out, CUBLAS_COMPUTE_32F,
-                 CUBLAS_GEMM_DEFAULT);
-  };
-  TmaDesc mx = tensor_map(x, nb, tokens, r, BM), mw = tensor_map(w, nb, out, r, BN);
-  Args args{bound, inv, y, fl, yb, tokens, out, r, nb, ft, fo, inv_states};
+  CK(cudaMalloc(&fl, L.nfl * 2));
+  TmaDesc mx = tensor_map(L.x, nb, tokens, r, BM), mw = tensor_map(L.w, nb, out, r, BN);
+  Args args{L.bound, L.inv, y, fl, yb, tokens, out, r, nb, L.ft, L.fo, L.inv_states};
   CK(cudaFuncSetAttribute(adc_gemm, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES));
   int blocks = ((tokens + BM - 1) / BM) * ((out + BN - 1) / BN);
   auto fused = [&]() {
-    cudaMemsetAsync(fl, 0, nfl * 2);
+    cudaMemsetAsync(fl, 0, L.nfl * 2);
     adc_gemm<<<blocks, THREADS, SMEM_BYTES>>>(mx, mw, args);
   };
-  two_kernel();
+  auto two = [&]() { lab_two_kernel(L); };
+  two();
   fused();
   CK(cudaDeviceSynchronize());
   CK(cudaGetLastError());
+  lab_check_y(L, y);
+  lab_check_flags(L, fl);
 
-  std::vector<bf16> a((size_t)tokens * out), b((size_t)tokens * out), fa(nfl), fb(nfl);
-  CK(cudaMemcpy(a.data(), y_ref, a.size() * 2, cudaMemcpyDeviceToHost));
-  CK(cudaMemcpy(b.data(), y, b.size() * 2, cudaMemcpyDeviceToHost));
-  CK(cudaMemcpy(fa.data(), fl_ref, nfl * 2, cudaMemcpyDeviceToHost));
-  CK(cudaMemcpy(fb.data(), fl, nfl * 2, cudaMemcpyDeviceToHost));
-  size_t differ = 0, nflag = 0, flag_differ = 0;
-  double worst = 0;  // in units of the block's ADC step at that channel (block 0's)
-  for (int t = 0; t < tokens; t++)
-    for (int c = 0; c < out; c++) {
-      size_t e = (size_t)t * out + c;
-      float u = __bfloat162float(a[e]), v = __bfloat162float(b[e]);
-      if (u != v) {
-        differ++;
-        double step = (hb[c] * 2.0) * inv_states;
-        worst = std::max(worst, fabs((double)u - v) / step);
-      }
-    }
-  for (size_t i = 0; i < nfl; i++) {
-    nflag += __bfloat162float(fa[i]) != 0;
-    flag_differ += __bfloat162float(fa[i]) != __bfloat162float(fb[i]);
-  }
-  printf("d %d tokens %d lambda %g: outputs differing %zu of %zu (%.2e), worst %.2f steps; "
-         "flags set %zu, differing %zu\n",
-         d, tokens, lambda, differ, a.size(), (double)differ / a.size(), worst, nflag, flag_differ);
-
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  auto median_us = [&](auto &&f) {
-    std::vector<float> ts;
-    for (int i = 0; i < 3; i++) f();
-    for (int i = 0; i < reps; i++) {
-      cudaEventRecord(e0);
-      f();
-      cudaEventRecord(e1);
-      cudaEventSynchronize(e1);
-      float ms;
-      cudaEventElapsedTime(&ms, e0, e1);
-      ts.push_back(ms * 1000);
-    }
-    std::sort(ts.begin(), ts.end());
-    return ts[ts.size() / 2];
-  };
-  float t_two = median_us(two_kernel), t_fused = median_us(fused), t_plain = median_us(plain);
-  float t_blocked = median_us(blocked);
+  float t_two = lab_median_us(two, reps), t_fused = lab_median_us(fused, reps);
+  float t_plain = lab_median_us([&]() { lab_plain(L); }, reps);
+  float t_blocked = lab_median_us([&]() { lab_blocked(L, 0, tokens); }, reps);
   CK(cudaGetLastError());
   // The two kernels over token chunks, each chunk's planes read back by adc_sum while they
   // are still in L2.
+  auto ref = lab_fetch(L.y_ref, (size_t)tokens * out);
   for (int chunk : {128, 256, 512, 1024}) {
     if (chunk >= tokens) continue;
     auto chunked = [&]() {
-      cudaMemsetAsync(fl_ref, 0, nfl * 2);
+      cudaMemsetAsync(L.fl_ref, 0, L.nfl * 2);
       for (int t0 = 0; t0 < tokens; t0 += chunk) {
         int n = std::min(chunk, tokens - t0);
-        cublasGemmStridedBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, out, n, r, &one, w, CUDA_R_16BF,
-                                   r, (i64)out * r, x + (i64)t0 * r, CUDA_R_16BF, r,
-                                   (i64)tokens * r, &zero, planes + (i64)t0 * out, CUDA_R_16BF,
-                                   out, (i64)tokens * out, nb, CUBLAS_COMPUTE_32F,
-                                   CUBLAS_GEMM_DEFAULT);
-        adc_sum_bf16<<<n, adc_threads>>>(planes + (i64)t0 * out, bound, inv, big_out + (i64)t0 * out,
-                                         fl_ref + (i64)(t0 / FLAG_TILE) * fo,
-                                         clamps + (i64)t0 * mb, tokens, out, nb, inv_states, 1, ft,
-                                         fo);
+        lab_blocked(L, t0, n);
+        lab_adc_sum(L, L.plain_out, t0, n);
       }
     };
     chunked();
-    CK(cudaDeviceSynchronize());
-    std::vector<bf16> cy((size_t)tokens * out);
-    CK(cudaMemcpy(cy.data(), big_out, cy.size() * 2, cudaMemcpyDeviceToHost));
+    auto cy = lab_fetch(L.plain_out, ref.size());
     size_t cd = 0;
-    for (size_t e = 0; e < cy.size(); e++) cd += __bfloat162float(cy[e]) != __bfloat162float(a[e]);
+    for (size_t e = 0; e < cy.size(); e++) cd += __bfloat162float(cy[e]) != __bfloat162float(ref[e]);
     printf("chunks of %d tokens: outputs differing %zu, median us %.1f (two-kernel %.1f)\n", chunk,
-           cd, median_us(chunked), t_two);
+           cd, lab_median_us(chunked, reps), t_two);
   }
   double tflops = 2.0 * tokens * out * (double)nb * r / (t_fused * 1e-6) / 1e12;
   printf("median us: cuBLAS blocked product %.1f, + adc_sum %.1f, one kernel %.1f "
