@@ -118,10 +118,19 @@ __device__ __forceinline__ void consume(const KernelParams &p, LabSmem &sh, Pipe
     warpgroup_wait<decltype(in_flight)::value>();
     warpgroup_fence_operand(acc);
   };
+#ifdef LAB_OFFSET
+  // The second warpgroup starts LAB_OFFSET k-steps after the first, so that one's ADC runs
+  // while the other's products keep the tensor cores busy.
+  if (ct >= cutlass::NumThreadsPerWarpGroup) asm volatile("bar.sync 8, 256;\n" ::: "memory");
+#endif
   for (int s = 0; s < a.nb; s++) {
     k_step(true, Int<1>{});
     for (int kt = 1; kt < KT - 1; kt++) {
       k_step(false, Int<1>{});
+#ifdef LAB_OFFSET
+      if (s == 0 && kt == LAB_OFFSET && ct < cutlass::NumThreadsPerWarpGroup)
+        asm volatile("bar.arrive 8, 256;\n" ::: "memory");
+#endif
       pipe.consumer_release(rel);  // the k-step before this one is done with its stage
       ++rel;
     }
