@@ -91,7 +91,13 @@ __device__ __forceinline__ void consume(const KernelParams &p, LabSmem &sh, Pipe
   // Each accumulator's (token, channel) within the tile.
   Tensor tCcC = mma.get_slice(ct).partition_C(make_identity_tensor(take<0, 2>(AdcTile{})));
   constexpr int NV = decltype(size(acc))::value;
-  static_assert(NV % 2 == 0 && NV <= 64, "two adjacent channels per pair, one mask word");
+  // wgmma's accumulators: value (e, h, j) of a thread is token 8 h + lane / 4 of its warp's 16
+  // and channel 8 j + 2 (lane % 4) + e; the ADC's loads and the mask's bytes rely on it.
+  static_assert(std::is_same_v<decltype(acc.layout()),
+                               Layout<Shape<Shape<_2, _2, Int<NV / 4>>, _1, _1>,
+                                      Stride<Stride<_1, _2, _4>, _0, _0>>>,
+                "accumulator layout ((2, 2, N / 8), 1, 1)");
+  static_assert(NV <= 64, "one mask word");
   float sum[NV];
 #pragma unroll
   for (int i = 0; i < NV; i++) sum[i] = -0.0f;  // adc_sum's identity: -0 + x is x
@@ -146,22 +152,26 @@ __device__ __forceinline__ void consume(const KernelParams &p, LabSmem &sh, Pipe
 #else
     const float *bs = a.bound + (i64)s * a.out + n0, *is = a.inv + (i64)s * a.out + n0;
     uint64_t bits = 0;
+    // Both of a thread's tokens (h) share its channels: one load per channel.
 #pragma unroll
-    for (int i = 0; i < NV; i++) {
-      int c = get<1>(tCcC(i));
-      float x = __bfloat162float(__float2bfloat16_rn(acc(i))), b = __ldg(bs + c),
-            iv = __ldg(is + c);
-      float q = x * iv, lv = rintf(q), cl;
-      bool clamped;
-      if (fabsf(q - lv) < win) {
-        float v = lv * (b * two_inv);
-        cl = fmaxf(fminf(v, b), -b);
-        clamped = cl != v;
-      } else {
-        cl = adc_checked(x, b, iv, two_inv, win, clamped);
+    for (int j = 0; j < NV / 2; j++) {
+      int i0 = (j & 1) + 4 * (j >> 1), c = get<1>(tCcC(i0));
+      float b = __ldg(bs + c), iv = __ldg(is + c);
+#pragma unroll
+      for (int i = i0; i < i0 + 4; i += 2) {
+        float x = __bfloat162float(__float2bfloat16_rn(acc(i)));
+        float q = x * iv, lv = rintf(q), cl;
+        bool clamped;
+        if (fabsf(q - lv) < win) {
+          float v = lv * (b * two_inv);
+          cl = fmaxf(fminf(v, b), -b);
+          clamped = cl != v;
+        } else {
+          cl = adc_checked(x, b, iv, two_inv, win, clamped);
+        }
+        sum[i] += cl;
+        bits |= (uint64_t)clamped << i;
       }
-      sum[i] += cl;
-      bits |= (uint64_t)clamped << i;
     }
     // The mask and the flags start zeroed: only warps where an output clamped write them. The
     // four lanes of a quad hold one token's eight adjacent channels, two each.
