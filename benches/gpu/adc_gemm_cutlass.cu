@@ -32,7 +32,11 @@
 using namespace cute;
 
 using AdcTile = Shape<_128, _128, _64>;
-using Cluster = Shape<_1, _1, _1>;
+#ifndef LAB_CLUSTER_M
+#define LAB_CLUSTER_M 1
+#endif
+// LAB_CLUSTER_M thread blocks along the tokens share each weight tile's loads (TMA multicast).
+using Cluster = Shape<Int<LAB_CLUSTER_M>, _1, _1>;
 using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
     cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::bfloat16_t,
     cutlass::layout::RowMajor, 8, cutlass::bfloat16_t, cutlass::layout::ColumnMajor, 8, float,
@@ -210,7 +214,13 @@ __global__ void __launch_bounds__(THREADS, 1) adc_gemm_cutlass(CUTE_GRID_CONSTAN
   pp.transaction_bytes = p.mainloop.tma_transaction_bytes;
   Pipeline pipe(sh.pipeline, pp, Cluster{});
   if (tid == 0) Mainloop::prefetch_tma_descriptors(p.mainloop);
-  __syncthreads();
+  // Every block's barriers initialized before any block of the cluster multicasts into them.
+  if constexpr (LAB_CLUSTER_M > 1) {
+    cute::cluster_arrive_relaxed();
+    cute::cluster_wait();
+  } else {
+    __syncthreads();
+  }
   if (wg == 0) {
     cutlass::arch::warpgroup_reg_dealloc<40>();
     if (warp == 0) {
@@ -220,7 +230,7 @@ __global__ void __launch_bounds__(THREADS, 1) adc_gemm_cutlass(CUTE_GRID_CONSTAN
       for (int s = 0; s < p.a.nb; s++) {
         auto k_iter = make_coord_iterator(shape<3>(get<0>(inputs)));
         mainloop.load(p.mainloop, pipe, wr, inputs, make_coord(int(blockIdx.x), int(blockIdx.y), _, s),
-                      k_iter, KT, tid % 32, 0, sh.tensors);
+                      k_iter, KT, tid % 32, cute::block_rank_in_cluster(), sh.tensors);
         wr.advance(KT);
       }
       mainloop.load_tail(pipe, wr);
@@ -234,8 +244,8 @@ __global__ void __launch_bounds__(THREADS, 1) adc_gemm_cutlass(CUTE_GRID_CONSTAN
 int main(int argc, char **argv) {
   LabShape L = lab_shape(argc, argv);
   int reps = argc > 4 ? atoi(argv[4]) : 20;
-  if (L.tokens % 128 || L.out % 128 || L.nb < 1) {
-    fprintf(stderr, "tokens and d must be multiples of 128, d of 512\n");
+  if (L.tokens % (128 * LAB_CLUSTER_M) || L.out % 128 || L.nb < 1) {
+    fprintf(stderr, "tokens must be multiples of 128 x the cluster, d of 512\n");
     return 1;
   }
   bf16 *y, *fl;
@@ -265,7 +275,13 @@ int main(int argc, char **argv) {
   auto fused = [&]() {
     cudaMemsetAsync(fl, 0, L.nfl * 2);
     cudaMemsetAsync(clamps, 0, mask_bytes);
-    adc_gemm_cutlass<<<grid, THREADS, smem>>>(kp);
+    cudaLaunchConfig_t cfg = {grid, dim3(THREADS), (size_t)smem, 0, nullptr, 0};
+    cudaLaunchAttribute cluster;
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = LAB_CLUSTER_M, cluster.val.clusterDim.y = 1;
+    cluster.val.clusterDim.z = 1;
+    cfg.attrs = &cluster, cfg.numAttrs = 1;
+    cudaLaunchKernelEx(&cfg, adc_gemm_cutlass, kp);
   };
   auto two = [&]() { lab_two_kernel(L); };
   two();
