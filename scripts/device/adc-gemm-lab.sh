@@ -49,6 +49,8 @@ case ${1:-} in
         echo "== $lab $args" | tee -a "$out/$lab.log"
         timeout 120 /tmp/$lab $args 2>&1 | tee -a "$out/$lab.log"
       done
+      # NCU_ONLY=NAME: ncu for that lab alone.
+      [ -n "${NCU_ONLY:-}" ] && [ "$lab" != "$NCU_ONLY" ] && continue
       timeout 120 ncu -k regex:"adc_gemm|adc_sum|gemm|nvjet" --metrics \
         gpu__time_duration.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active \
         --csv /tmp/$lab 8192 4096 14 1 > "$out/$lab.ncu.csv" 2> "$out/$lab.ncu.err" || true
