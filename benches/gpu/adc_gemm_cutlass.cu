@@ -134,6 +134,14 @@ __device__ __forceinline__ void consume(const KernelParams &p, LabSmem &sh, Pipe
   if (ct >= cutlass::NumThreadsPerWarpGroup) asm volatile("bar.sync 8, 256;\n" ::: "memory");
 #endif
   for (int s = 0; s < a.nb; s++) {
+#ifndef LAB_NO_ADC
+    // The block's bounds and 1 / res for the tile's 128 channels (4 x 128 bytes each) into L1
+    // while its products run, for the ADC's loads at its end.
+    if (ct % cutlass::NumThreadsPerWarpGroup < 8) {
+      const float *row = (ct % 8 < 4 ? a.bound : a.inv) + (i64)s * a.out + n0 + 32 * (ct % 4);
+      asm volatile("prefetch.global.L1 [%0];\n" ::"l"(row));
+    }
+#endif
     k_step(true, Int<1>{});
     for (int kt = 1; kt < KT - 1; kt++) {
       k_step(false, Int<1>{});
@@ -156,25 +164,45 @@ __device__ __forceinline__ void consume(const KernelParams &p, LabSmem &sh, Pipe
 #else
     const float *bs = a.bound + (i64)s * a.out + n0, *is = a.inv + (i64)s * a.out + n0;
     uint64_t bits = 0;
-    // Both of a thread's tokens (h) share its channels: one load per channel.
+    // Packs of eight outputs (two channel groups j, both of the thread's tokens, two channels
+    // each), as adc_sum's adc_pack: levels and the window test for the pack first, then one
+    // branch for the pack, so the common path has no per-output branch and eight independent
+    // chains to interleave.
 #pragma unroll
-    for (int j = 0; j < NV / 2; j++) {
-      int i0 = (j & 1) + 4 * (j >> 1), c = get<1>(tCcC(i0));
-      float b = __ldg(bs + c), iv = __ldg(is + c);
+    for (int pk = 0; pk < NV / 8; pk++) {
+      float b[4], iv[4];  // channel u = e + 2 (j - 2 pk)
 #pragma unroll
-      for (int i = i0; i < i0 + 4; i += 2) {
-        float x = __bfloat162float(__float2bfloat16_rn(acc(i)));
-        float q = x * iv, lv = rintf(q), cl;
-        bool clamped;
-        if (fabsf(q - lv) < win) {
-          float v = lv * (b * two_inv);
-          cl = fmaxf(fminf(v, b), -b);
-          clamped = cl != v;
-        } else {
-          cl = adc_checked(x, b, iv, two_inv, win, clamped);
+      for (int u = 0; u < 4; u++) {
+        int c = get<1>(tCcC((u & 1) + 4 * (2 * pk + (u >> 1))));
+        b[u] = __ldg(bs + c);
+        iv[u] = __ldg(is + c);
+      }
+      float x[8], lv[8];
+      bool near = false;
+#pragma unroll
+      for (int k = 0; k < 8; k++) {
+        int u = (k & 1) + 2 * (k >> 2);
+        x[k] = __bfloat162float(__float2bfloat16_rn(acc(8 * pk + k)));
+        float q = x[k] * iv[u];
+        lv[k] = rintf(q);
+        near |= !(fabsf(q - lv[k]) < win);
+      }
+      if (!near) {
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+          int u = (k & 1) + 2 * (k >> 2);
+          float v = lv[k] * (b[u] * two_inv), cl = fmaxf(fminf(v, b[u]), -b[u]);
+          sum[8 * pk + k] += cl;
+          bits |= (uint64_t)(cl != v) << (8 * pk + k);
         }
-        sum[i] += cl;
-        bits |= (uint64_t)clamped << i;
+      } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+          int u = (k & 1) + 2 * (k >> 2);
+          bool clamped;
+          sum[8 * pk + k] += adc_checked(x[k], b[u], iv[u], two_inv, win, clamped);
+          bits |= (uint64_t)clamped << (8 * pk + k);
+        }
       }
     }
     // The mask and the flags start zeroed: only warps where an output clamped write them. The
