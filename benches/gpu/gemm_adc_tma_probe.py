@@ -5,14 +5,14 @@
 # and the same loop over the blocks with each block's partial sums levelled, clamped and summed
 # in registers (no clamp mask: the main loop's cost only); checks the last against torch.
 # Run on the GPU machine: python3 benches/gpu/gemm_adc_tma_probe.py [DxT ...]
-# Not yet run on a GPU (session 42 had no device time left). Compiled here by pip's Triton 3.9.0
+# Run in session 43 (benches/RESULTS.md); the full-ADC kernel (mask bits and flags) added after. Compiled here by pip's Triton 3.9.0
 # for sm_90a, ptxas 13.0: the GEMM 93-176 registers, the loop with the ADC 164 (128 x 64 tiles),
 # 180 (128 x 128, no spills) and 255 with spills (128 x 256).
 import sys
 import torch, triton, triton.language as tl
 from triton.language.extra import libdevice
 from triton.tools.tensor_descriptor import TensorDescriptor
-from gemm_adc_triton import grouped_tile
+from gemm_adc_triton import adc_block, grouped_tile
 from gpu_timing import median_ms
 
 RB = 512
@@ -46,6 +46,31 @@ def tma_gemm_adc(a_desc, b_desc, bound, inv, y, T, OUT, NB, two_inv, R: tl.const
     if not ADC:
         main = acc
     rm = pm * BM + tl.arange(0, BM)
+    tl.store(y + rm[:, None].to(tl.int64) * OUT + rn[None, :], main.to(tl.bfloat16))
+
+
+@triton.jit
+def tma_gemm_adc_full(a_desc, b_desc, bound, inv, y, flags, clamps, T, OUT, NB, two_inv, win,
+                      ft, fo, R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                      BK: tl.constexpr, GM: tl.constexpr, STAGES: tl.constexpr,
+                      EXACT: tl.constexpr):
+    # tma_gemm_adc's loop with the crate patch's whole ADC (adc_block: mask bits and flag tiles
+    # where something clamped; EXACT 1: the division near halves, as adc_sum has it).
+    pm, pn = grouped_tile(T // BM, OUT // BN, GM)
+    rm = pm * BM + tl.arange(0, BM)
+    rn = pn * BN + tl.arange(0, BN)
+    main = tl.full((BM, BN), -0.0, tl.float32)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k in tl.range(0, NB * R, BK, num_stages=STAGES):
+        s = k // R
+        kk = k % R
+        a = a_desc.load([s * T + pm * BM, kk])
+        b = b_desc.load([s * OUT + pn * BN, kk])
+        acc = tl.dot(a, b.T, acc)
+        if kk + BK == R:
+            main = adc_block(acc, main, s, rm, rn, bound, inv, clamps, flags, T, OUT, two_inv,
+                             win, ft, fo, pm, pn, BM, BN, 64, EXACT)
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
     tl.store(y + rm[:, None].to(tl.int64) * OUT + rn[None, :], main.to(tl.bfloat16))
 
 
@@ -99,6 +124,36 @@ def main():
                     bad = (y != want).float().mean().item()
                     row[name] = bench(run)
                     print(f"   {name}: {row[name]:.1f} us, {bad:.2e} of outputs differ from torch")
+                except Exception as e:
+                    print(f"   {name} failed: {repr(e)[:300]}")
+        # The whole ADC: mask words (u32, zeroed each launch) and flag tiles, against torch's.
+        ft, fo = T // 64, d // 64
+        hit = (q != torch.minimum(torch.maximum(q, -bound[:, None, :]), bound[:, None, :]))
+        want_flags = hit.view(nb, ft, 64, fo, 64).any(4).any(2).to(torch.bfloat16)
+        clamps = torch.zeros(nb * T * d // 32, device="cuda", dtype=torch.int32)
+        flags = torch.zeros(nb * ft * fo, device="cuda", dtype=torch.bfloat16)
+        win = 0.5 - 4.8e-7 * (0.5 / INV_STATES + 3.0)
+        for bm, bn, bk, nw, st in [(128, 128, 64, 8, 4), (128, 256, 64, 8, 3)]:
+            for exact in (0, 1):
+                name = f"full{exact}_{bm}x{bn}x{bk}_w{nw}_s{st}"
+                try:
+                    ad = TensorDescriptor.from_tensor(xb.view(nb * T, RB), [bm, bk])
+                    bd = TensorDescriptor.from_tensor(wb.view(nb * d, RB), [bn, bk])
+                    grid = ((T // bm) * (d // bn),)
+
+                    def run():
+                        clamps.zero_()
+                        flags.zero_()
+                        tma_gemm_adc_full[grid](ad, bd, bound, inv, y, flags, clamps, T, d, nb,
+                                                two_inv, win, ft, fo, R=RB, BM=bm, BN=bn, BK=bk,
+                                                GM=8, STAGES=st, EXACT=exact, num_warps=nw)
+                    run()
+                    bad = (y != ref).float().mean().item()
+                    fbad = (flags != want_flags.flatten()).sum().item()
+                    row[name] = bench(run)
+                    print(f"   {name}: {row[name]:.1f} us, {bad:.2e} of outputs differ from "
+                          f"torch, {fbad} of {flags.numel()} flag tiles differ "
+                          f"({int(want_flags.sum().item())} set)")
                 except Exception as e:
                     print(f"   {name} failed: {repr(e)[:300]}")
         print(f"d {d} T {T} nb {nb}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()))
