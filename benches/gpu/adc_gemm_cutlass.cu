@@ -17,7 +17,9 @@
 // loop and the running sums alone).
 //
 // Build and run: scripts/device/adc-gemm-lab.sh build-cutlass / run OUT (the lab's reference,
-// checks and timer: adc_lab_common.cuh).
+// checks and timer: adc_lab_common.cuh). Measured on an H100 (session 43, benches/RESULTS.md):
+// outputs, flags and mask bits equal to cuBLAS + adc_sum, but 2.0-2.2x slower (3,196 against
+// 1,470 us at 8192 x 4096); the main loop alone 1.2-1.3x cuBLAS's blocked product. Not kept.
 
 #include "../../kernels/analog_train.cu"
 
