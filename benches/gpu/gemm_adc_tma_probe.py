@@ -4,13 +4,16 @@
 # (CUDA events, medians): torch's mm and bmm of the 512-row blocks, a TMA GEMM over all of K,
 # and the same loop over the blocks with each block's partial sums levelled, clamped and summed
 # in registers (no clamp mask: the main loop's cost only); checks the last against torch.
-# Run on the GPU machine: python3 benches/gpu/gemm_adc_tma_probe.py [DxT ...]
+# Run on the GPU machine: python3 benches/gpu/gemm_adc_tma_probe.py [DxT ...]; environment:
+# PROBE_BOUND_STD (bounds in standard deviations of the block sums, default 2.5: every flag
+# tile clamps; 8: none does, the release bound's common case), PROBE_ONLY (run the variants
+# whose names contain it).
 # Run in session 43 (benches/RESULTS.md): TMA brings the GEMM to 1.03-1.15x cuBLAS; the ADC loop
 # without mask 0.87-0.94 of cuBLAS + adc_sum, with mask and flags (tma_gemm_adc_full) 2.6x on
 # this data, where every flag tile clamps. Compiled here by pip's Triton 3.9.0
 # for sm_90a, ptxas 13.0: the GEMM 93-176 registers, the loop with the ADC 164 (128 x 64 tiles),
 # 180 (128 x 128, no spills) and 255 with spills (128 x 256).
-import sys
+import os, sys
 import torch, triton, triton.language as tl
 from triton.language.extra import libdevice
 from triton.tools.tensor_descriptor import TensorDescriptor
@@ -18,6 +21,8 @@ from gemm_adc_triton import adc_block, grouped_tile
 from gpu_timing import median_ms
 
 RB = 512
+BOUND_STD = float(os.environ.get("PROBE_BOUND_STD", "2.5"))
+ONLY = os.environ.get("PROBE_ONLY", "")
 INV_STATES = 1.0 / 127.5
 
 
@@ -93,7 +98,7 @@ def main():
         xb = x.view(T, nb, RB).transpose(0, 1).contiguous()  # (nb, T, R)
         wb = w.view(d, nb, RB).transpose(0, 1).contiguous()  # (nb, out, R)
         yb = torch.bmm(xb, wb.transpose(1, 2))
-        bound = (yb.float().std(dim=1) * 2.5).contiguous()
+        bound = (yb.float().std(dim=1) * BOUND_STD).contiguous()
         inv = (1.0 / ((bound * 2.0) * INV_STATES)).contiguous()
         two_inv = 2.0 * INV_STATES
         q = torch.round(yb.float() * inv[:, None, :]) * (bound * two_inv)[:, None, :]
@@ -108,6 +113,8 @@ def main():
             grid = ((T // bm) * (d // bn),)
             for adc in (False, True):
                 name = ("adc_" if adc else "gemm_") + tag
+                if ONLY not in name:
+                    continue
                 try:
                     if adc:
                         ad = TensorDescriptor.from_tensor(xb.view(nb * T, RB), [bm, bk])
@@ -138,6 +145,8 @@ def main():
         for bm, bn, bk, nw, st in [(128, 128, 64, 8, 4), (128, 256, 64, 8, 3)]:
             for exact in (0, 1):
                 name = f"full{exact}_{bm}x{bn}x{bk}_w{nw}_s{st}"
+                if ONLY not in name:
+                    continue
                 try:
                     ad = TensorDescriptor.from_tensor(xb.view(nb * T, RB), [bm, bk])
                     bd = TensorDescriptor.from_tensor(wb.view(nb * d, RB), [bn, bk])
