@@ -10,7 +10,8 @@
 # whose names contain it).
 # Run in session 43 (benches/RESULTS.md): TMA brings the GEMM to 1.03-1.15x cuBLAS; the ADC loop
 # without mask 0.87-0.94 of cuBLAS + adc_sum, with mask and flags (tma_gemm_adc_full) 2.6x on
-# this data, where every flag tile clamps. Compiled here by pip's Triton 3.9.0
+# this data, where every flag tile clamps, and 1.7-2.0x where none does (PROBE_BOUND_STD=8).
+# Not kept. Compiled here by pip's Triton 3.9.0
 # for sm_90a, ptxas 13.0: the GEMM 93-176 registers, the loop with the ADC 164 (128 x 64 tiles),
 # 180 (128 x 128, no spills) and 255 with spills (128 x 256).
 import os, sys
