@@ -13,11 +13,9 @@ from triton.language.extra import libdevice
 
 import gemm_adc_triton as ship  # the kernel docs/experiments/product-adc-triton.patch launches
 from gemm_adc_triton import grouped_tile
-from gpu_timing import median_ms
+from gpu_timing import INV_STATES, RB, adc_operands, adc_reference, median_ms
 
-RB = 512  # rows per block, host side
 R = tl.constexpr(RB)
-INV_STATES = 1.0 / 127.5  # 8-bit ADC: 2 * 127.5 states across [-b, b]
 
 
 def configs():
@@ -119,19 +117,12 @@ def main():
         shapes = [tuple(int(v) for v in a.split("x"))[::-1] for a in sys.argv[1:]]
     for T, d in shapes:
         nb = d // RB
-        g = torch.Generator(device="cuda").manual_seed(0)
-        x = (torch.randn(T, d, device="cuda", generator=g) * 0.5).to(torch.bfloat16)
-        w = (torch.randn(d, d, device="cuda", generator=g) * 0.03).to(torch.bfloat16)
-        xb = x.view(T, nb, RB).transpose(0, 1).contiguous()
+        x, w, xb = adc_operands(T, d)
         wbt = w.view(d, nb, RB).permute(1, 2, 0).contiguous()
         yb = torch.bmm(xb, wbt)  # (nb, T, d), bf16
         # bounds: 2.5 std of each block's outputs per channel, so a few percent clamp
-        bound = (yb.float().std(dim=1) * 2.5).contiguous()
-        inv = (1.0 / ((bound * 2.0) * INV_STATES)).contiguous()
+        bound, inv, q, cl, ref = adc_reference(yb, 2.5)
         two_inv = 2.0 * INV_STATES
-        q = torch.round(yb.float() * inv[:, None, :]) * (bound * two_inv)[:, None, :]
-        cl = torch.minimum(torch.maximum(q, -bound[:, None, :]), bound[:, None, :])
-        ref = cl.sum(0).to(torch.bfloat16)
         clamp_frac = (cl != q).float().mean().item()
         y = torch.empty(T, d, device="cuda", dtype=torch.bfloat16)
         clamps = torch.zeros(nb, T, d // 8, device="cuda", dtype=torch.uint8)

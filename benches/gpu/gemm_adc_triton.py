@@ -26,7 +26,8 @@ R = tl.constexpr(512)
 
 @triton.jit
 def adc_block(acc, main, s, rm, rn, bound, inv, clamps, flags, T, OUT, two_inv, win, ft, fo,
-              pm, pn, BM: tl.constexpr, BN: tl.constexpr, FT: tl.constexpr, EXACT: tl.constexpr):
+              pm, pn, BM: tl.constexpr, BN: tl.constexpr, FT: tl.constexpr, EXACT: tl.constexpr,
+              TILE_TEST: tl.constexpr = True):
     v = acc.to(flags.dtype.element_ty).to(tl.float32)
     bd = tl.load(bound + s * OUT + rn)[None, :]
     iv = tl.load(inv + s * OUT + rn)[None, :]
@@ -44,16 +45,27 @@ def adc_block(acc, main, s, rm, rn, bound, inv, clamps, flags, T, OUT, two_inv, 
     main += tl.where(on, cl, v)
     # Clamps are rare at the release bound: a tile with none skips the mask (zeroed before the
     # launch) and the flags; in one with some, each clamp sets its bit (u32 words: a row of the
-    # mask is out / 8 bytes, a multiple of 4) and its flag tile.
+    # mask is out / 8 bytes, a multiple of 4) and its flag tile. TILE_TEST off (a probe's
+    # variant, benches/gpu/gemm_adc_tma_probe.py) issues them masked for every tile instead.
     hit = on & (cl != q) & (rm < T)[:, None]
-    if tl.max(tl.max(hit.to(tl.int32), axis=1), axis=0) > 0:
-        word = ((s * T + rm) * (OUT // 32))[:, None] + (rn // 32)[None, :]
-        tl.atomic_or(clamps + word, (1 << (rn % 32)).to(tl.uint32)[None, :], mask=hit,
-                     sem="relaxed")
-        fi = (s * ft + rm // FT)[:, None] * fo + (rn // FT)[None, :]
-        one = tl.full((BM, BN), 1.0, flags.dtype.element_ty)
-        tl.store(flags + fi, one, mask=hit)
+    if TILE_TEST:
+        if tl.max(tl.max(hit.to(tl.int32), axis=1), axis=0) > 0:
+            mark_clamps(hit, s, rm, rn, clamps, flags, T, OUT, ft, fo, BM, BN, FT)
+    else:
+        mark_clamps(hit, s, rm, rn, clamps, flags, T, OUT, ft, fo, BM, BN, FT)
     return main
+
+
+@triton.jit
+def mark_clamps(hit, s, rm, rn, clamps, flags, T, OUT, ft, fo, BM: tl.constexpr,
+                BN: tl.constexpr, FT: tl.constexpr):
+    # each clamped output's bit in the mask and its flag tile
+    word = ((s * T + rm) * (OUT // 32))[:, None] + (rn // 32)[None, :]
+    tl.atomic_or(clamps + word, (1 << (rn % 32)).to(tl.uint32)[None, :], mask=hit,
+                 sem="relaxed")
+    fi = (s * ft + rm // FT)[:, None] * fo + (rn // FT)[None, :]
+    one = tl.full((BM, BN), 1.0, flags.dtype.element_ty)
+    tl.store(flags + fi, one, mask=hit)
 
 
 # The level of y for 1 / res `iv` and step `res` as the CUDA kernels' adc_level gives it:
