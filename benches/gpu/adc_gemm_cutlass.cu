@@ -70,17 +70,6 @@ struct KernelParams {
   AdcArgs a;
 };
 
-// One block output x (already bf16) through its ADC, adc_pack's checked path for one output
-// (the quotient left adc_level's window, or the bound is off): what adc_sum adds, and the clamp.
-__device__ __forceinline__ float adc_checked(float x, float b, float iv, float two_inv, float win,
-                                             bool &clamped) {
-  bool on = b > 0.0f;
-  float lv = on ? adc_level(x, b * two_inv, iv, win) : 0.0f;
-  float q = on ? lv * (b * two_inv) : x, cl = fmaxf(fminf(q, b), -b);
-  clamped = on && cl != q;
-  return on ? cl : x;
-}
-
 // The consumer warpgroups' K loop over all blocks of one output tile, the ADC at every block's
 // end, then y's tile. `ct` is the thread's index among the 256 consumers.
 __device__ __forceinline__ void consume(const KernelParams &p, LabSmem &sh, Pipeline &pipe,
@@ -201,8 +190,8 @@ __device__ __forceinline__ void consume(const KernelParams &p, LabSmem &sh, Pipe
 #pragma unroll
         for (int k = 0; k < 8; k++) {
           int u = (k & 1) + 2 * (k >> 2);
-          bool clamped;
-          sum[8 * pk + k] += adc_checked(x[k], b[u], iv[u], two_inv, win, clamped);
+          bool clamped = false;
+          sum[8 * pk + k] += adc_checked(x[k], b[u], iv[u], two_inv, win, &clamped);
           bits |= (uint64_t)clamped << (8 * pk + k);
         }
       }

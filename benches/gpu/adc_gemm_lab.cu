@@ -53,19 +53,6 @@
 #define SUM_BYTES (16 * THREADS * 16)
 #define SMEM_BYTES (STAGES * STAGE_BYTES + MAX_NB * BN * 8 + SUM_BYTES + 1024)
 
-// ---- the ADC's checked path, as the crate's adc_sum has it -------------------------------
-
-// One block output x (already rounded to bf16) through the ADC of bound b: the output and
-// whether the clamp cut it (adc_sum's checked path).
-__device__ __forceinline__ float adc_checked(float x, float b, float iv, float two_inv, float win,
-                                             bool *clamped) {
-  if (!(b > 0.0f)) return x;
-  float lv = adc_level(x, b * two_inv, iv, win);
-  float q = lv * (b * two_inv), cl = fmaxf(fminf(q, b), -b);
-  *clamped |= cl != q;
-  return cl;
-}
-
 // ---- Hopper plumbing: mbarriers, TMA, wgmma -------------------------------------------------
 
 struct alignas(128) TmaDesc {

@@ -2,7 +2,8 @@
 // (adc_gemm_lab.cu: a hand-written wgmma kernel; adc_gemm_cutlass.cu: CUTLASS's Hopper main
 // loop): one shape's random operands laid out as the crate lays them out, the reference
 // (cuBLAS's blocked product, then the crate's own adc_sum kernel), the checks against it and
-// the timer. Each lab includes the crate's kernels (../../kernels/analog_train.cu) first.
+// the timer, and the ADC's checked path. Each lab includes the crate's kernels
+// (../../kernels/analog_train.cu) first.
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -22,6 +23,18 @@
   } while (0)
 
 typedef __nv_bfloat16 bf16;
+
+// One block output x (already rounded to bf16) through the ADC of bound b (adc_sum's checked
+// path: the quotient left adc_level's window, or the bound is off): the output, and whether
+// the clamp cut it ORed into *clamped.
+__device__ __forceinline__ float adc_checked(float x, float b, float iv, float two_inv, float win,
+                                             bool *clamped) {
+  if (!(b > 0.0f)) return x;
+  float lv = adc_level(x, b * two_inv, iv, win);
+  float q = lv * (b * two_inv), cl = fmaxf(fminf(q, b), -b);
+  *clamped |= cl != q;
+  return cl;
+}
 
 // One shape of the layer's forward: xb (nb, tokens, r) on the DAC's levels, wb (nb, out, r),
 // the (block, channel) bounds and 1 / res as adc_prep makes them, and the reference outputs.

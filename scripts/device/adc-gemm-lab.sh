@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The stand-alone lab of the product with the ADC inside (benches/gpu/adc_gemm_lab.cu).
+# The stand-alone labs of the product with the ADC inside (benches/gpu/adc_gemm_lab.cu and
+# adc_gemm_cutlass.cu).
 #   scripts/device/adc-gemm-lab.sh build       # here: nvcc (../shared/tools/cuda-env.sh) ->
 #                                              # cuda-bin/lab/adc_lab.xz (ignored; carry it)
 #   LAB_FLAGS=-DLAB_NO_ADC LAB_SUFFIX=_noadc adc-gemm-lab.sh build   # a variant (switches: the
@@ -7,9 +8,10 @@
 #   scripts/device/adc-gemm-lab.sh build-cutlass  # the CUTLASS lab (adc_gemm_cutlass.cu; the
 #                                              # headers from pip's nvidia-cutlass 4.2.0)
 #   scripts/device/adc-gemm-lab.sh run OUT     # on the device: each lab built, five shapes,
-#                                              # then ncu of one
-# Each lab built is run: each run prints the outputs and clamp flags that differ from cuBLAS's blocked product plus
-# the crate's adc_sum, and the median times of both and of one plain product.
+#                                              # then ncu of each (NCU_ONLY=NAME: one)
+# Each lab built is run: each run prints the outputs and clamp flags that differ from cuBLAS's
+# blocked product plus the crate's adc_sum, and the median times of both and of one plain
+# product.
 set -euo pipefail
 # nvcc for sm_90a with the crate's flags (--fmad=false), linked to cuBLAS: SRC NAME [nvcc args].
 lab_build() {
@@ -44,7 +46,7 @@ case ${1:-} in
     export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib
     for packed in cuda-bin/lab/*.xz; do
       lab=$(basename "$packed" .xz)
-      xz -dc cuda-bin/lab/$lab.xz > /tmp/$lab && chmod +x /tmp/$lab
+      xz -dc "$packed" > /tmp/$lab && chmod +x /tmp/$lab
       for args in "8192 4096 14" "8192 4096 0.5" "4096 4096 14" "2048 16384 14" "8192 16384 14"; do
         echo "== $lab $args" | tee -a "$out/$lab.log"
         timeout 120 /tmp/$lab $args 2>&1 | tee -a "$out/$lab.log"
