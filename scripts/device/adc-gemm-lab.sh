@@ -7,6 +7,8 @@
 #                                              # .cu files' heads), built beside the others
 #   scripts/device/adc-gemm-lab.sh build-cutlass  # the CUTLASS lab (adc_gemm_cutlass.cu; the
 #                                              # headers from pip's nvidia-cutlass 4.2.0)
+#   scripts/device/adc-gemm-lab.sh build-algos # cuBLASLt's algorithms for the blocked product
+#                                              # (blocked_gemm_algos.cu; no ADC, no ncu)
 #   scripts/device/adc-gemm-lab.sh run OUT     # on the device: each lab built, five shapes,
 #                                              # then ncu of each (NCU_ONLY=NAME: one)
 # Each lab built is run: each run prints the outputs and clamp flags that differ from cuBLAS's
@@ -23,12 +25,13 @@ lab_build() {
   mkdir -p cuda-bin/lab
   nvcc -gencode arch=compute_90a,code=sm_90a -O3 --fmad=false -std=c++17 -Xptxas -v \
     ${LAB_FLAGS:-} "$@" -o "cuda-bin/lab/$name" "$src" -L"$lib" -L"$env_dir/link" \
-    -Xlinker -rpath-link="$lib" -lcublas -lcuda 2>&1 | grep -E "adc_gemm|Used|spill|C75" || true
+    -Xlinker -rpath-link="$lib" -lcublas -lcublasLt -lcuda 2>&1 | grep -E "adc_gemm|Used|spill|C75" || true
   xz -9 -f "cuda-bin/lab/$name"
   du -b "cuda-bin/lab/$name.xz"
 }
 case ${1:-} in
   build) lab_build benches/gpu/adc_gemm_lab.cu "adc_lab${LAB_SUFFIX:-}" ;;
+  build-algos) lab_build benches/gpu/blocked_gemm_algos.cu gemm_algos ;;
   build-cutlass)
     cache=${CUTLASS_DIR:-$HOME/.cache/afm-cutlass}
     if [ ! -d "$cache/cutlass_library/source/include" ]; then
@@ -51,7 +54,8 @@ case ${1:-} in
         echo "== $lab $args" | tee -a "$out/$lab.log"
         timeout 120 /tmp/$lab $args 2>&1 | tee -a "$out/$lab.log"
       done
-      # NCU_ONLY=NAME: ncu for that lab alone.
+      # NCU_ONLY=NAME: ncu for that lab alone; the algorithm sweep has no ADC kernel to profile.
+      [ "$lab" = gemm_algos ] && continue
       [ -n "${NCU_ONLY:-}" ] && [ "$lab" != "$NCU_ONLY" ] && continue
       timeout 120 ncu -k regex:"adc_gemm|adc_sum|gemm|nvjet" --metrics \
         gpu__time_duration.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active \
