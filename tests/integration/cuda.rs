@@ -10,7 +10,7 @@ use crate::train_golden::{
     direct_grad_inputs, ragged_cases, run_case, vec_of, vec_of_u8, Run, DIRECT_GRAD_CASES,
 };
 use afm::train::fused::{
-    inv_states, Blocks, ClampFix, DirectGrad, FixTarget, FusedOp, Stage, FLAG_TILE,
+    inv_states, BlockedProduct, Blocks, ClampFix, DirectGrad, FixTarget, FusedOp, Stage, FLAG_TILE,
 };
 use candle_core::{DType, Device, Tensor};
 
@@ -112,6 +112,64 @@ fn cuda_direct_gradient_products_write_in_place_like_the_cpu() {
         }
     }
     assert_eq!(uniform, 3, "cases with blocks of equal length");
+}
+
+#[test]
+fn cuda_blocked_product_follows_the_cpu_and_candles_matmul() {
+    let gpu = gpu();
+    let tf32 = candle_core::cuda_backend::gemm_reduced_precision_f32();
+    for (i, &(nb, tokens, n_out, r)) in [
+        (1, 1, 1, 8),
+        (3, 17, 9, 64),
+        (2, 70, 33, 288),
+        (4, 300, 520, 512),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 90 + 2 * i as u64;
+        let xb = Tensor::from_vec(
+            crate::common::normals(seed, nb * tokens * r, 1.0),
+            (nb, tokens, r),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let wb = Tensor::from_vec(
+            crate::common::normals(seed + 1, nb * n_out * r, 1.0),
+            (nb, n_out, r),
+            &Device::Cpu,
+        )
+        .unwrap();
+        for (dtype, rel) in [
+            (DType::F32, if tf32 { 2e-3 } else { 1e-5 }),
+            (DType::BF16, 8e-3),
+            (DType::F16, 1e-3),
+        ] {
+            let round = |t: &Tensor| t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+            let want = vec_of(
+                &round(&xb)
+                    .apply_op2_no_bwd(&round(&wb), &BlockedProduct)
+                    .unwrap(),
+            );
+            let on = |t: &Tensor| t.to_dtype(dtype).unwrap().to_device(&gpu).unwrap();
+            let (xg, wg) = (on(&xb), on(&wb));
+            let got = afm::train::fused::blocked_product(&xg, &wg).unwrap();
+            assert_eq!(got.dims(), [nb, tokens, n_out]);
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let label = format!("{dtype:?} blocked product {nb} x {tokens} x {n_out} x {r}");
+            assert_close(&label, &vec_of(&got), &want, rel * scale, rel);
+            // Against cuBLAS's default as candle's matmul calls it: the chosen algorithm sums
+            // each output in one pass too (seen bit-equal at the release shapes).
+            let matmul = vec_of(&xg.matmul(&wg.transpose(1, 2).unwrap()).unwrap());
+            assert_close(
+                &format!("{label} vs matmul"),
+                &vec_of(&got),
+                &matmul,
+                rel * scale,
+                rel,
+            );
+        }
+    }
 }
 
 #[test]

@@ -89,7 +89,7 @@ fn grid(n: usize) -> LaunchConfig {
     rows(n.div_ceil(THREADS as usize).clamp(1, 65_535 * 16), 1)
 }
 
-fn slice<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
+pub(super) fn slice<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(s.as_cuda_slice::<T>()?.slice(a..b)),
         None => candle_core::bail!("fused analog op: inputs must be contiguous"),

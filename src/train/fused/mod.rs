@@ -16,10 +16,14 @@ mod backward;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "cuda")]
+mod lt;
 mod pass;
+mod product;
 
 pub use backward::{ClampFix, DacGradInPlace, DirectGrad, FixTarget};
 pub use pass::{forward, LayerPass, LayerSpec};
+pub use product::{blocked_product, BlockedProduct};
 
 use crate::rng::{Effect, StreamKey};
 use crate::train::layer::NoiseShape;

@@ -114,7 +114,7 @@ impl LayerPass {
             call: spec.call,
         }))?;
         let wmax = wmax.take()?;
-        let yb = xb.matmul(&wb.transpose(1, 2)?)?;
+        let yb = super::blocked_product(&xb, &wb)?;
         let (bound, clamps) = (SideOutput::default(), SideOutput::default());
         let lambda = if spec.out_bound > 0.0 && spec.used {
             spec.out_bound as f32
