@@ -5,7 +5,8 @@
 //! cuBLAS default for it (256 x 128 tiles) took 1.17-1.23x the plain product of the same size,
 //! and cuBLASLt's algorithms with smaller tiles (more waves of thread blocks) 0.87-0.92 of that
 //! default, with the same bits (`benches/gpu/blocked_gemm_algos.cu`, benches/RESULTS.md,
-//! session 44). On the GPU this op takes that algorithm (`lt.rs`); on the CPU the layer keeps
+//! session 44). On the GPU this op takes that algorithm (`lt.rs`), and the layer takes this op
+//! for bf16 and f16 (f32 keeps candle's matmul until measured); on the CPU the layer keeps
 //! candle's matmul, and this op's CPU path is the slow, obvious sum the tests hold it to.
 
 use super::{f32s, out};
@@ -69,9 +70,8 @@ impl CustomOp2 for BlockedProduct {
     }
 }
 
-/// The layer's blocked product: [`BlockedProduct`] on the GPU where cuBLASLt computes it as
-/// candle's matmul would (the dtype's reduced-precision switch off, or f32), candle's matmul
-/// otherwise.
+/// The layer's blocked product: [`BlockedProduct`] on the GPU for bf16 and f16 (their
+/// reduced-precision switches off, as by default), candle's matmul otherwise.
 pub fn blocked_product(xb: &Tensor, wb: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if xb.device().is_cuda() && super::lt::applies(xb.dtype()) {
