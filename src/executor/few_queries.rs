@@ -118,17 +118,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::{Effect, StreamKey};
+    use crate::rng::normal_tensor;
     use candle_core::{Device, D};
-
-    fn rand(seed: u64, dims: &[usize]) -> Tensor {
-        let n: usize = dims.iter().product();
-        let mut v = vec![0f32; n];
-        StreamKey::new(seed, 0, 0, Effect::Data)
-            .rng(0)
-            .fill_normal(&mut v);
-        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
-    }
 
     /// The generic composition (the decoder's, with the key/value heads repeated).
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Tensor {
@@ -164,9 +155,9 @@ mod tests {
         .enumerate()
         {
             let seed = 10 * i as u64;
-            let q = rand(seed, &[b, nh, t, hd]);
-            let kbuf = rand(seed + 1, &[b, nkv, cap, hd]);
-            let vbuf = rand(seed + 2, &[b, nkv, cap, hd]);
+            let q = normal_tensor(seed, &[b, nh, t, hd]);
+            let kbuf = normal_tensor(seed + 1, &[b, nkv, cap, hd]);
+            let vbuf = normal_tensor(seed + 2, &[b, nkv, cap, hd]);
             let (k, v) = (kbuf.narrow(2, 0, s).unwrap(), vbuf.narrow(2, 0, s).unwrap());
             // No mask, the decoder's causal (t, s) mask (none for one query) and a per-row (b,
             // 1, t, s) mask with -inf entries.
@@ -201,10 +192,12 @@ mod tests {
             }
         }
         // Too many queries, or another dtype: the caller composes the ops.
-        let q = rand(1, &[1, 2, MAX_QUERIES + 1, 8]);
-        let k = rand(2, &[1, 2, 4, 8]);
+        let q = normal_tensor(1, &[1, 2, MAX_QUERIES + 1, 8]);
+        let k = normal_tensor(2, &[1, 2, 4, 8]);
         assert!(attend(&q, &k, &k, None).unwrap().is_none());
-        let q16 = rand(1, &[1, 2, 1, 8]).to_dtype(DType::F16).unwrap();
+        let q16 = normal_tensor(1, &[1, 2, 1, 8])
+            .to_dtype(DType::F16)
+            .unwrap();
         assert!(attend(&q16, &k, &k, None).unwrap().is_none());
     }
 }

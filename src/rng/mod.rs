@@ -138,6 +138,17 @@ impl Rng {
     }
 }
 
+/// Test data for the crate's unit tests: standard normals of `dims` (CPU, f32) from seed's
+/// data stream.
+#[cfg(test)]
+pub(crate) fn normal_tensor(seed: u64, dims: &[usize]) -> candle_core::Tensor {
+    let mut v = vec![0f32; dims.iter().product()];
+    StreamKey::new(seed, 0, 0, Effect::Data)
+        .rng(0)
+        .fill_normal(&mut v);
+    candle_core::Tensor::from_vec(v, dims, &candle_core::Device::Cpu).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

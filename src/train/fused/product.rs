@@ -85,16 +85,7 @@ pub fn blocked_product(xb: &Tensor, wb: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::{Effect, StreamKey};
-    use candle_core::Device;
-
-    fn normals(seed: u64, dims: (usize, usize, usize)) -> Tensor {
-        let mut v = vec![0f32; dims.0 * dims.1 * dims.2];
-        StreamKey::new(seed, 0, 0, Effect::Data)
-            .rng(0)
-            .fill_normal(&mut v);
-        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
-    }
+    use crate::rng::normal_tensor;
 
     #[test]
     fn the_sum_equals_candles_batched_matmul_and_refuses_mismatched_blocks() {
@@ -102,15 +93,15 @@ mod tests {
             .iter()
             .enumerate()
         {
-            let xb = normals(2 * i as u64, (nb, tokens, r));
-            let wb = normals(2 * i as u64 + 1, (nb, n_out, r));
+            let xb = normal_tensor(2 * i as u64, &[nb, tokens, r]);
+            let wb = normal_tensor(2 * i as u64 + 1, &[nb, n_out, r]);
             let got = xb.apply_op2_no_bwd(&wb, &BlockedProduct).unwrap();
             let want = blocked_product(&xb, &wb).unwrap();
             assert_eq!(got.dims(), [nb, tokens, n_out]);
             let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
             assert!(diff.to_scalar::<f32>().unwrap() < 1e-4 * r as f32);
         }
-        let (xb, wb) = (normals(9, (2, 4, 8)), normals(10, (3, 4, 8)));
+        let (xb, wb) = (normal_tensor(9, &[2, 4, 8]), normal_tensor(10, &[3, 4, 8]));
         let e = xb.apply_op2_no_bwd(&wb, &BlockedProduct).unwrap_err();
         assert!(e.to_string().contains("expected (nb, tokens, r)"), "{e}");
     }
