@@ -204,19 +204,39 @@ __device__ __forceinline__ float adc_window(float inv_states) {
   return 0.5f - 4.8e-7f * (0.5f / inv_states + 3.0f);
 }
 
+// Whether the calling thread's block is the last of `blocks` (grid_last: of its grid) to get
+// here (one thread per block calls it, after its own writes and atomics): `done` counts the
+// blocks and is left zero for the next launch. The device's scratch (`with_grid_sync` in
+// src/train/fused/cuda.rs) holds zero slots between launches, so finishing a sum over the grid
+// needs neither a memset nor a second kernel; the last block reads the others' results in a
+// fixed order (deterministic).
+__device__ __forceinline__ bool last_of(unsigned long long *done, unsigned long long blocks) {
+  __threadfence();
+  if (atomicAdd(done, 1ull) != blocks - 1) return false;
+  *done = 0ull;
+  __threadfence();
+  return true;
+}
+__device__ __forceinline__ bool grid_last(unsigned long long *done) {
+  return last_of(done, (unsigned long long)gridDim.x * gridDim.y * gridDim.z);
+}
+
 // Grid (ceil(tokens / (DAC_ROWS * blockDim.y)), nb): DAC_ROWS * blockDim.y tokens' rows of block s
 // per thread block (a row of 512 inputs needs 64 threads, and 64-thread blocks left the kernel at
-// ~2 TB/s), eight adjacent inputs of DAC_ROWS rows per thread at a time. With `clips` (zeroed),
-// also the count of the inputs with |x| >= range added to clips[s]: integers, so the sum is exact
-// in any order. (One partial per token, summed by nb blocks after, took 29 us at 16384 tokens.)
-// With `mask`, the same test's bits, one byte per thread's eight inputs: bit j % 8 of byte (s *
-// tokens + t) * ceil(r / 8) + j / 8 is |x| >= range for input j of block s (what dac_grad_sparse
-// visits).
+// ~2 TB/s), eight adjacent inputs of DAC_ROWS rows per thread at a time. With `sync` (two zero
+// slots of the device's scratch, see grid_last), also the count of the inputs with |x| >= range
+// in blocks whose range is in use, into sync[0]: integers, so the sum is exact in any order; the
+// grid's last block writes total = prev (0 if null) + that count and leaves the slots zero, so
+// the statistics need no kernel of their own. (One partial per token, summed by nb blocks
+// after, took 29 us at 16384 tokens.) With `mask`, the same test's bits, one byte per thread's
+// eight inputs: bit j % 8 of byte (s * tokens + t) * ceil(r / 8) + j / 8 is |x| >= range for
+// input j of block s (what dac_grad_sparse visits).
 #define DAC_ROWS 4
 template <typename T>
-__device__ void dac_fwd(const T *x, const float *ranges, T *xb, unsigned *clips, uint8_t *mask,
-                        int tokens, int n_in, int base, int extra, int head, int r,
-                        float inv_states, int used, int dac) {
+__device__ void dac_fwd(const T *x, const float *ranges, T *xb, unsigned long long *sync,
+                        const float *prev, float *total, uint8_t *mask, int tokens, int n_in,
+                        int base, int extra, int head, int r, float inv_states, int used,
+                        int dac) {
   int s = blockIdx.y, t0 = blockIdx.x * DAC_ROWS * blockDim.y + threadIdx.y;
   int start = blk_start(s, base, extra, head), len = blk_len(s, base, extra, head);
   float b = ranges[s];
@@ -261,7 +281,7 @@ __device__ void dac_fwd(const T *x, const float *ranges, T *xb, unsigned *clips,
       if (mask) mask[((i64)s * tokens + t) * mb + j / 8] = (uint8_t)bits;
     }
   }
-  if (!clips) return;
+  if (!sync) return;
   // Whole warps (blockDim.x is a multiple of 32): shuffles, then the warps' sums (integers:
   // exact).
   __shared__ int wc[8];  // at most 256 threads
@@ -272,7 +292,11 @@ __device__ void dac_fwd(const T *x, const float *ranges, T *xb, unsigned *clips,
   if (lin == 0) {
     int c = 0;
     for (int w = 0; w < (int)(blockDim.x * blockDim.y) / 32; w++) c += wc[w];
-    if (c > 0) atomicAdd(clips + s, (unsigned)c);
+    if (c > 0 && act) atomicAdd(sync, (unsigned long long)c);
+    if (grid_last(sync + 1)) {
+      unsigned long long n = atomicExch(sync, 0ull);
+      *total = (prev ? *prev : 0.0f) + (float)n;
+    }
   }
 }
 
@@ -302,28 +326,77 @@ __device__ __forceinline__ void range_pull(float xv, float gv, float b, float *p
   }
 }
 
-// The block's (pull, count) into part[(s * chunks + blockIdx.x) * 2 + {0, 1}]: summed over
-// its threads in a fixed tree order (deterministic).
-__device__ __forceinline__ void write_part(float *part, int s, int chunks, float pull, float cnt) {
+// Block s's (pull, count) sums over its chunks, in a fixed order (deterministic): each thread
+// sums a stride of chunks in double (past L1: other blocks wrote them), then a tree in shared
+// memory (blockDim.x a power of two, at most 256). Thread 0 gets the totals.
+__device__ void part_totals(const float *part, int s, int chunks, double *pull, double *cnt) {
+  __shared__ double tp[256];
+  __shared__ double tc[256];
+  double p = 0.0, c = 0.0;
+  for (int k = threadIdx.x; k < chunks; k += blockDim.x) {
+    p += __ldcg(part + ((i64)s * chunks + k) * 2);
+    c += __ldcg(part + ((i64)s * chunks + k) * 2 + 1);
+  }
+  tp[threadIdx.x] = p;
+  tc[threadIdx.x] = c;
+  tree_sum2(tp, tc);
+  *pull = tp[0];
+  *cnt = tc[0];
+}
+
+// What the range gradient needs besides the partial sums: gb (nb) the output, `done` the
+// device scratch's zero slot per row block (see grid_last), and the decay's settings.
+struct RangeOut {
+  float *gb;
+  unsigned long long *done;
+  float decay, min_inside;
+};
+
+// The block's (pull, count) into part[(s * chunks + blockIdx.x) * 2 + {0, 1}], summed over its
+// threads in a fixed tree order (deterministic); the last of row block s's chunks to finish then
+// sums them all (part_totals) into gb[s] = range * pull, plus the decay while enough of the
+// block's `len` inputs per token are inside (0 where the range is not in use). Folded in here
+// rather than a kernel of its own (~3-4 us and a launch per backward).
+__device__ void finish_part(float *part, int s, int chunks, float pull, float cnt, float b,
+                            bool act, int tokens, int len, RangeOut ro) {
   __shared__ float sp[256];
   __shared__ float sc[256];
+  __shared__ bool last;
   sp[threadIdx.x] = pull;
   sc[threadIdx.x] = cnt;
   tree_sum2(sp, sc);
   if (threadIdx.x == 0) {
     part[((i64)s * chunks + blockIdx.x) * 2] = sp[0];
     part[((i64)s * chunks + blockIdx.x) * 2 + 1] = sc[0];
+    last = last_of(ro.done + s, (unsigned long long)chunks);
   }
+  __syncthreads();
+  if (!last) return;
+  double tp, tc;
+  part_totals(part, s, chunks, &tp, &tc);
+  if (threadIdx.x != 0) return;
+  if (!act) {
+    ro.gb[s] = 0.0f;
+    return;
+  }
+  float g = (float)tp * b;
+  if (ro.decay > 0.0f) {
+    float n = (float)((double)tokens * len);
+    float inside = 1.0f - (float)tc / n;
+    if (inside > ro.min_inside) g += b * ro.decay;
+  }
+  ro.gb[s] = g;
 }
 
 // The range gradient's pull and the clipped count per (row block, chunk of tokens), reduced in
 // shared memory in a fixed order (deterministic), and the gradient of x through the DAC for
 // the same rows: straight through, zero where the input was clipped (|x| > range); both read
-// g and x once. Grid (chunks, nb); part[(s * chunks + chunk) * 2 + {0, 1}].
+// g and x once. Grid (chunks, nb); part[(s * chunks + chunk) * 2 + {0, 1}], and the ranges'
+// gradient from them (finish_part).
 template <typename T>
 __device__ void dac_grad(const T *gxb, const T *x, const float *ranges, float *part, T *gx,
                          int tokens, int n_in, int base, int extra, int head, int r, int chunks,
-                         int used) {
+                         int used, RangeOut ro) {
   int s = blockIdx.y;
   int len = blk_len(s, base, extra, head);
   int start = blk_start(s, base, extra, head);
@@ -348,22 +421,25 @@ __device__ void dac_grad(const T *gxb, const T *x, const float *ranges, float *p
       store8(gx + (i64)t * n_in + start + j, g8, vec && n == 8, n);
     }
   }
-  write_part(part, s, chunks, pull, cnt);
+  finish_part(part, s, chunks, pull, cnt, b, act, tokens, len, ro);
 }
 
 // dac_grad for blocks of equal length (r each) with gx (T, n_in) already in place (the product
 // wrote it there): only the inputs dac_fwd's mask marks (|x| >= range) matter, for the pull,
 // the count and the zeros (|x| > range), so each thread block reads its rows' mask, four bytes
 // a thread at a time, and touches x and gx only at set bits. Grid (chunks, nb); part as
-// dac_grad writes it, summed per thread in a fixed order, then the same tree (deterministic).
-// A block whose range is not in use passes gx as it is (range_grad_final gives it 0).
+// dac_grad writes it, summed per thread in a fixed order, then the same tree (deterministic),
+// and the ranges' gradient from them. A block whose range is not in use passes gx as it is
+// (its range's gradient is 0).
 template <typename T>
 __device__ void dac_grad_sparse(T *gx, const T *x, const uint8_t *mask, const float *ranges,
-                                float *part, int tokens, int n_in, int r, int chunks, int used) {
+                                float *part, int tokens, int n_in, int r, int chunks, int used,
+                                RangeOut ro) {
   int s = blockIdx.y;
   float b = ranges[s];
   float pull = 0.0f, cnt = 0.0f;
-  if (used && b > 0.0f) {
+  bool act = used && b > 0.0f;
+  if (act) {
     int rb = (r + 7) / 8, wpr = (rb + 3) / 4;
     bool words = rb % 4 == 0 && ((size_t)mask & 3) == 0;
     int rows = tokens > (int)blockIdx.x ? (tokens - 1 - (int)blockIdx.x) / chunks + 1 : 0;
@@ -387,55 +463,7 @@ __device__ void dac_grad_sparse(T *gx, const T *x, const uint8_t *mask, const fl
       }
     }
   }
-  write_part(part, s, chunks, pull, cnt);
-}
-
-// Block s's (pull, count) sums over its chunks, in a fixed order (deterministic): each of the
-// 256 threads sums a stride of chunks in double, then a tree in shared memory. Thread 0 gets
-// the totals.
-__device__ void part_totals(const float *part, int s, int chunks, double *pull, double *cnt) {
-  __shared__ double tp[256];
-  __shared__ double tc[256];
-  double p = 0.0, c = 0.0;
-  for (int k = threadIdx.x; k < chunks; k += blockDim.x) {
-    p += part[((i64)s * chunks + k) * 2];
-    c += part[((i64)s * chunks + k) * 2 + 1];
-  }
-  tp[threadIdx.x] = p;
-  tc[threadIdx.x] = c;
-  tree_sum2(tp, tc);
-  *pull = tp[0];
-  *cnt = tc[0];
-}
-
-// Range gradient, stage 2: grid (nb) of 256 threads: range * pull, plus the decay while enough
-// inputs are inside.
-extern "C" __global__ void range_grad_final(const float *part, const float *ranges, float *gb,
-                                            int tokens, int base, int extra, int head, int nb, int chunks,
-                                            float decay, float min_inside, int used) {
-  int s = blockIdx.x;
-  double pull, cnt;
-  part_totals(part, s, chunks, &pull, &cnt);
-  if (threadIdx.x != 0) return;
-  float b = ranges[s];
-  if (!(used && b > 0.0f)) {
-    gb[s] = 0.0f;
-    return;
-  }
-  float g = (float)pull * b;
-  if (decay > 0.0f) {
-    float n = (float)((double)tokens * blk_len(s, base, extra, head));
-    float inside = 1.0f - (float)cnt / n;
-    if (inside > min_inside) g += b * decay;
-  }
-  gb[s] = g;
-}
-
-// Clipped-input counts as floats: grid (ceil(nb / 256)); 0 where the range is not in use.
-extern "C" __global__ void clip_count_final(const unsigned *clips, const float *ranges,
-                                            float *cnt, int nb, int used) {
-  int s = blockIdx.x * blockDim.x + threadIdx.x;
-  if (s < nb) cnt[s] = (used && ranges[s] > 0.0f) ? (float)clips[s] : 0.0f;
+  finish_part(part, s, chunks, pull, cnt, b, act, tokens, r, ro);
 }
 
 // ---- weights: per (block, channel) max |w|, then the noisy blocked copy --------------------
@@ -590,22 +618,26 @@ __device__ void unblock_w(const T *gwb, T *gw, int out, int n_in, int base, int 
 #define CLAMP_FIX_GW_BOUNDS __launch_bounds__(256, 3)
 
 #define INSTANTIATE(T, SUF)                                                                        \
-  extern "C" __global__ void dac_fwd_##SUF(const T *x, const float *ranges, T *xb,                \
-                                           unsigned *clips, uint8_t *mask, int tokens, int n_in,   \
-                                           int base, int extra, int head, int r, float inv_states, \
-                                           int used, int dac) {                                    \
-    dac_fwd<T>(x, ranges, xb, clips, mask, tokens, n_in, base, extra, head, r, inv_states, used,   \
-               dac);                                                                               \
+  extern "C" __global__ void dac_fwd_##SUF(                                                        \
+      const T *x, const float *ranges, T *xb, unsigned long long *sync, const float *prev,         \
+      float *total, uint8_t *mask, int tokens, int n_in, int base, int extra, int head, int r,     \
+      float inv_states, int used, int dac) {                                                       \
+    dac_fwd<T>(x, ranges, xb, sync, prev, total, mask, tokens, n_in, base, extra, head, r,         \
+               inv_states, used, dac);                                                             \
   }                                                                                                \
-  extern "C" __global__ void dac_grad_sparse_##SUF(T *gx, const T *x, const uint8_t *mask,         \
-                                                   const float *ranges, float *part, int tokens,   \
-                                                   int n_in, int r, int chunks, int used) {        \
-    dac_grad_sparse<T>(gx, x, mask, ranges, part, tokens, n_in, r, chunks, used);                  \
+  extern "C" __global__ void dac_grad_sparse_##SUF(                                                \
+      T *gx, const T *x, const uint8_t *mask, const float *ranges, float *part, int tokens,        \
+      int n_in, int r, int chunks, int used, float *gb, unsigned long long *done, float decay,     \
+      float min_inside) {                                                                          \
+    dac_grad_sparse<T>(gx, x, mask, ranges, part, tokens, n_in, r, chunks, used,                   \
+                       RangeOut{gb, done, decay, min_inside});                                     \
   }                                                                                                \
-  extern "C" __global__ void dac_grad_##SUF(const T *gxb, const T *x, const float *ranges,         \
-                                            float *part, T *gx, int tokens, int n_in, int base,    \
-                                            int extra, int head, int r, int chunks, int used) {    \
-    dac_grad<T>(gxb, x, ranges, part, gx, tokens, n_in, base, extra, head, r, chunks, used);       \
+  extern "C" __global__ void dac_grad_##SUF(                                                       \
+      const T *gxb, const T *x, const float *ranges, float *part, T *gx, int tokens, int n_in,     \
+      int base, int extra, int head, int r, int chunks, int used, float *gb,                       \
+      unsigned long long *done, float decay, float min_inside) {                                   \
+    dac_grad<T>(gxb, x, ranges, part, gx, tokens, n_in, base, extra, head, r, chunks, used,        \
+                RangeOut{gb, done, decay, min_inside});                                            \
   }                                                                                                \
   extern "C" __global__ void noisy_wblocks_##SUF(                                                  \
       const T *w, float *wmax, T *wb, uint64_t layer_key, uint64_t tag, uint64_t call, int out,    \

@@ -7,7 +7,7 @@
 //! The rounding is straight-through; the input ranges start from the data (a running mean of
 //! kappa * std over the first batches) and then learn by the AFM gradient (see `ops`).
 
-use super::fused::{self, inv_states, Blocks, LayerSpec, SideOutput};
+use super::fused::{self, inv_states, Blocks, ClipCount, LayerSpec};
 use super::ops::{AdcStage, InputStage};
 use super::range_search;
 use crate::error::{Error, Result};
@@ -472,11 +472,7 @@ impl AnalogTrainLinear {
     /// Share of inputs clipped by the ranges in the training forwards since the last call (and
     /// how many inputs), as a device scalar; resets the count.
     pub fn take_clip_stats(&self) -> Result<Option<(Tensor, usize)>> {
-        Ok(self
-            .clip_stats
-            .lock()
-            .map_err(|_| Error::Value(format!("layer `{}`: lock poisoned", self.name)))?
-            .take())
+        Ok(self.clip_stats_lock()?.take())
     }
 
     /// Applies the layer to x (..., in): the fused ops (one batched product over all row
@@ -499,10 +495,7 @@ impl AnalogTrainLinear {
 
     /// Adds `n` clipped inputs (a device scalar) out of `k` to the training statistics.
     fn add_clip_stats(&self, n: Tensor, k: usize) -> Result<()> {
-        let mut acc = self
-            .clip_stats
-            .lock()
-            .map_err(|_| Error::Value(format!("layer `{}`: lock poisoned", self.name)))?;
+        let mut acc = self.clip_stats_lock()?;
         *acc = Some(match acc.take() {
             Some((c, k0)) => ((c + n)?, k0 + k),
             None => (n, k),
@@ -545,12 +538,22 @@ impl AnalogTrainLinear {
         Ok(pass)
     }
 
-    /// Adds the clipped inputs that the fused DAC counted (out of `counted`) to the statistics.
+    /// Keeps the running total that the fused DAC left (its count of the `counted` inputs
+    /// added to the total `prepare` gave it).
     fn record_clips(&self, spec: &LayerSpec, counted: usize) -> Result<()> {
-        if let Some(side) = &spec.clips {
-            self.add_clip_stats(side.take()?.sum_all()?, counted)?;
+        if let Some(c) = &spec.clips {
+            let total = c.total.take()?;
+            let mut acc = self.clip_stats_lock()?;
+            let k0 = acc.as_ref().map_or(0, |(_, k)| *k);
+            *acc = Some((total, k0 + counted));
         }
         Ok(())
+    }
+
+    fn clip_stats_lock(&self) -> Result<std::sync::MutexGuard<'_, Option<(Tensor, usize)>>> {
+        self.clip_stats
+            .lock()
+            .map_err(|_| Error::Value(format!("layer `{}`: lock poisoned", self.name)))
     }
 
     /// The state updates of one fused forward over x (tokens, in) (forward counter, range
@@ -599,7 +602,13 @@ impl AnalogTrainLinear {
             call,
             compute: self.compute,
             bound_grad: self.cfg.adc_bound_grad,
-            clips: (counted > 0).then(SideOutput::default),
+            clips: match counted {
+                0 => None,
+                _ => Some(ClipCount {
+                    prev: self.clip_stats_lock()?.as_ref().map(|(c, _)| c.clone()),
+                    total: Default::default(),
+                }),
+            },
         };
         Ok((spec, w, counted))
     }

@@ -6,7 +6,7 @@
 
 use crate::common::assert_close;
 use crate::train_golden::{
-    assert_mostly_close, clip_mask, clip_stats, dac_grad_in_place, dac_grad_inputs,
+    assert_mostly_close, clip_mask, clip_stats, clip_total, dac_grad_in_place, dac_grad_inputs,
     direct_grad_inputs, ragged_cases, run_case, vec_of, vec_of_u8, Run, DIRECT_GRAD_CASES,
 };
 use afm::train::fused::{
@@ -365,6 +365,12 @@ fn cuda_dac_backward_in_place_follows_the_cpu() {
             let mask = clip_mask(blocks, &on(&x), &ranges_gpu);
             let want_mask = clip_mask(blocks, &xr, &ranges);
             assert_eq!(vec_of_u8(&mask), vec_of_u8(&want_mask), "{label}: mask");
+            // The count is an exact integer on both; twice, as the scratch must be left zero.
+            let want_n = clip_total(blocks, &xr, &ranges, 7.0);
+            for _ in 0..2 {
+                let n = clip_total(blocks, &on(&x), &ranges_gpu, 7.0);
+                assert_eq!(n, want_n, "{label}: clipped count");
+            }
             let (want, want_gr) = dac_grad_in_place(blocks, [&gxr, &xr, &ranges], None);
             let (got, gr) = dac_grad_in_place(blocks, [&on(&gx), &on(&x), &ranges_gpu], Some(mask));
             assert_close(&label, &vec_of(&got), &vec_of(&want), 0.0, 0.0);

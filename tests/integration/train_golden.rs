@@ -4,7 +4,7 @@
 
 use crate::common::{assert_close, normals, repo};
 use afm::train::fused::{
-    Blocks, DacGradInPlace, DirectGrad, FixTarget, FusedOp, SideOutput, Stage,
+    Blocks, ClipCount, DacGradInPlace, DirectGrad, FixTarget, FusedOp, SideOutput, Stage,
 };
 use afm::train::layer::{AnalogTrainConfig, AnalogTrainLinear, NoiseShape};
 use candle_core::{DType, Device, Tensor, Var};
@@ -653,6 +653,26 @@ pub fn dac_grad_in_place(
     (gx, side.take().unwrap())
 }
 
+/// The DAC's clipped-input count of x (T, n_in) on x's device ([`Stage::Dac`]) added to `prev`
+/// (a scalar there).
+pub fn clip_total(blocks: Blocks, x: &Tensor, ranges: &Tensor, prev: f32) -> f32 {
+    let count = ClipCount {
+        prev: Some(Tensor::new(prev, x.device()).unwrap()),
+        total: SideOutput::default(),
+    };
+    let dac = FusedOp {
+        blocks,
+        stage: Stage::Dac {
+            used: true,
+            inv_states: None,
+            clips: Some(count.clone()),
+            mask: None,
+        },
+    };
+    x.apply_op2_no_bwd(ranges, &dac).unwrap();
+    count.total.take().unwrap().to_scalar::<f32>().unwrap()
+}
+
 /// The DAC's clip mask of x (T, n_in) on x's device ([`Stage::Dac`]).
 pub fn clip_mask(blocks: Blocks, x: &Tensor, ranges: &Tensor) -> Tensor {
     let side = SideOutput::default();
@@ -717,6 +737,16 @@ fn dac_backward_in_place_equals_the_blocked_one() {
         assert_eq!(bits as usize, marked, "{label}: mask bits");
         let at = (0..xv.len()).filter(|&k| range(k) > 0.0 && xv[k].abs() == range(k));
         assert!(at.count() > 0, "{label}: inputs at the range");
+        // The clipped count leaves out blocks whose range is not in use (0).
+        let clipped = (0..xv.len())
+            .filter(|&k| range(k) > 0.0 && xv[k].abs() >= range(k))
+            .count();
+        assert!(
+            clipped > 0 && clipped < marked,
+            "{label}: a block with range 0"
+        );
+        let total = clip_total(blocks, &x, &ranges, 2.5);
+        assert_eq!(total, 2.5 + clipped as f32, "{label}: clipped count");
     }
 }
 

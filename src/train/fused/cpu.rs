@@ -174,22 +174,21 @@ pub fn clip_mask(x: &[f32], ranges: &[f32], g: &Blocks, tokens: usize) -> Vec<u8
     m
 }
 
-/// Inputs with |x| >= range per row block, 0 for blocks whose range is not in use.
-pub fn clip_count(x: &[f32], ranges: &[f32], g: &Blocks, tokens: usize, used: bool) -> Vec<f32> {
+/// Inputs with |x| >= range, over the row blocks whose range is in use.
+pub fn clip_count(x: &[f32], ranges: &[f32], g: &Blocks, tokens: usize, used: bool) -> u64 {
     (0..g.nb)
         .map(|s| {
             let b = ranges[s];
             if !(used && b > 0.0) {
-                return 0.0;
+                return 0;
             }
             let (start, len) = (g.start(s), g.len(s));
-            let n = (0..tokens)
+            (0..tokens)
                 .flat_map(|t| &x[t * g.n_in + start..t * g.n_in + start + len])
                 .filter(|v| v.abs() >= b)
-                .count();
-            n as f32
+                .count() as u64
         })
-        .collect()
+        .sum()
 }
 
 /// Max |w| of every (block, channel): (nb, out).

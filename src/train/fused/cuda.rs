@@ -9,11 +9,13 @@ use candle_core::cuda_backend::cudarc::cublas::sys as cublas_sys;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
-use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{
     CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, StorageRef, Tensor,
 };
+use std::collections::hash_map::{Entry, HashMap};
+use std::sync::{Mutex, OnceLock};
 
 /// `f::<T>(args.., suffix)` for a dtype the kernels take (f32, bf16, f16), the kernels' name
 /// suffix last; other dtypes are refused.
@@ -49,6 +51,41 @@ const NOISE_ROWS: usize = THREADS as usize / 32;
 
 /// Token rows per thread of `dac_fwd` (DAC_ROWS in the kernel), their loads in flight together.
 const DAC_ROWS: usize = 4;
+
+/// Slots of the grid scratch that `dac_fwd` uses: the clipped count and the blocks done.
+const SYNC_SLOTS_DAC: usize = 2;
+
+/// Runs `launch` with this device's grid scratch (at least `slots` u64, zero): the kernels
+/// that finish a sum over their grid in its last block (`grid_last` in the kernels) count
+/// there and leave it zero, so no launch needs a memset or a kernel to finish its sum. One
+/// buffer per device, since its stream runs those kernels one after another; the lock is held
+/// only while the launch is queued.
+fn with_grid_sync<R>(
+    dev: &CudaDevice,
+    slots: usize,
+    launch: impl FnOnce(&mut CudaSlice<u64>) -> Result<R>,
+) -> Result<R> {
+    type Scratch = Mutex<HashMap<DeviceId, CudaSlice<u64>>>;
+    static SCRATCH: OnceLock<Scratch> = OnceLock::new();
+    let mut map = SCRATCH
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("fused analog op: grid scratch poisoned".into()))?;
+    let buf = match map.entry(dev.id()) {
+        Entry::Occupied(e) if e.get().len() >= slots => e.into_mut(),
+        e => {
+            let fresh = dev.alloc_zeros::<u64>(slots.next_power_of_two().max(64))?;
+            match e {
+                Entry::Occupied(mut o) => {
+                    o.insert(fresh);
+                    o.into_mut()
+                }
+                Entry::Vacant(v) => v.insert(fresh),
+            }
+        }
+    };
+    launch(buf)
+}
 
 /// A grid of (x, y) blocks of [`THREADS`] threads.
 fn rows(x: usize, y: usize) -> LaunchConfig {
@@ -138,10 +175,6 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             let (x, ranges) = (t(0)?, f32_arg(1)?);
             let tokens = args[0].1.dims()[0];
             let y = alloc_t(n)?;
-            let counts = match clips {
-                Some(_) => Some(dev.alloc_zeros::<u32>(g.nb)?),
-                None => None,
-            };
             let mask_dims = (g.nb, tokens, g.r.div_ceil(8));
             // Every byte is written (one per thread's eight inputs).
             let bits = match mask {
@@ -149,29 +182,43 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
                 None => None,
             };
             let func = f("dac_fwd")?;
-            let mut b = func.builder();
             let null = 0u64;
-            b.arg(&x).arg(&ranges).arg(&y);
-            match &counts {
-                Some(p) => b.arg(p),
-                None => b.arg(&null),
+            let prev = match clips.as_ref().and_then(|c| c.prev.as_ref()) {
+                Some(p) => Some(Held::new(&[p])?),
+                None => None,
             };
-            match &bits {
-                Some(p) => b.arg(p),
-                None => b.arg(&null),
+            let prev_view = prev.as_ref().map(|h| h.view::<f32>(0)).transpose()?;
+            let total = match clips {
+                Some(_) => Some(unsafe { dev.alloc::<f32>(1)? }),
+                None => None,
             };
             let (inv, dac) = (inv_states.unwrap_or(0.0), i32::from(inv_states.is_some()));
             let (tk, used) = (i(tokens), i32::from(*used));
-            candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, inv, used, dac);
-            unsafe { b.launch(rows8_stacked(tokens.div_ceil(DAC_ROWS), g.nb, g.r)) }.w()?;
-            if let (Some(side), Some(counts)) = (clips, counts) {
-                let cnt = unsafe { dev.alloc::<f32>(g.nb)? };
-                let func = dev.get_or_load_custom_func("clip_count_final", MODULE, PTX)?;
+            with_grid_sync(dev, SYNC_SLOTS_DAC, |sync| {
                 let mut b = func.builder();
-                b.arg(&counts).arg(&ranges).arg(&cnt);
-                candle_core::builder_arg!(b, nb, used);
-                unsafe { b.launch(grid(g.nb)) }.w()?;
-                side.put(device_tensor(cnt, g.nb, dev))?;
+                b.arg(&x).arg(&ranges).arg(&y);
+                match &total {
+                    Some(_) => b.arg(sync),
+                    None => b.arg(&null),
+                };
+                match &prev_view {
+                    Some(p) => b.arg(p),
+                    None => b.arg(&null),
+                };
+                match &total {
+                    Some(p) => b.arg(p),
+                    None => b.arg(&null),
+                };
+                match &bits {
+                    Some(p) => b.arg(p),
+                    None => b.arg(&null),
+                };
+                candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, inv, used, dac);
+                unsafe { b.launch(rows8_stacked(tokens.div_ceil(DAC_ROWS), g.nb, g.r)) }.w()?;
+                Ok(())
+            })?;
+            if let (Some(c), Some(total)) = (clips, total) {
+                c.total.put(device_tensor(total, (), dev))?;
             }
             if let (Some(side), Some(bits)) = (mask, bits) {
                 side.put(device_tensor(bits, mask_dims, dev))?;
@@ -190,10 +237,7 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             let part = unsafe { dev.alloc::<f32>(g.nb * chunks * 2)? };
             let gx = alloc_t(n)?;
             let func = f("dac_grad")?;
-            let mut b = func.builder();
-            b.arg(&gxb).arg(&x).arg(&ranges).arg(&part).arg(&gx);
             let (tk, ch, used) = (i(tokens), i(chunks), i32::from(*used));
-            candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, ch, used);
             // The shared-memory reduction halves the threads: a power of two.
             let threads =
                 g.r.div_ceil(8)
@@ -203,16 +247,16 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
                 block_dim: (threads as u32, 1, 1),
                 ..rows(chunks, g.nb)
             };
-            unsafe { b.launch(cfg) }.w()?;
-            let gr = range_grad_final(
-                dev,
-                g,
-                &part,
-                &ranges,
-                (tokens, chunks),
-                (*decay, *min_inside),
-                used,
-            )?;
+            let gr = unsafe { dev.alloc::<f32>(g.nb)? };
+            with_grid_sync(dev, g.nb, |done| {
+                let mut b = func.builder();
+                b.arg(&gxb).arg(&x).arg(&ranges).arg(&part).arg(&gx);
+                candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, ch, used);
+                b.arg(&gr).arg(done);
+                candle_core::builder_arg!(b, *decay, *min_inside);
+                unsafe { b.launch(cfg) }.w()?;
+                Ok(())
+            })?;
             ranges_grad.put(device_tensor(gr, g.nb, dev))?;
             Ok(wrap_t(gx))
         }
@@ -520,8 +564,8 @@ fn direct_grad_t<T: CudaDType + DeviceRepr>(
     Ok(CudaStorage::wrap_cuda_slice(d, dev))
 }
 
-/// Runs `op` in place on gx (T, n_in): `dac_grad_sparse` over the clip mask's set bits, then
-/// `range_grad_final` for the ranges' gradient.
+/// Runs `op` in place on gx (T, n_in): `dac_grad_sparse` over the clip mask's set bits, and
+/// the ranges' gradient in the same kernel.
 pub fn dac_grad_in_place(op: &DacGradInPlace, dst: &mut CudaStorage, l: &Layout) -> Result<()> {
     by_dtype!(dst.dtype(), dac_grad_in_place_t(op, dst, l))
 }
@@ -568,13 +612,17 @@ fn dac_grad_in_place_t<T: CudaDType + DeviceRepr>(
     let chunks = token_chunks(tokens, g.nb);
     let part = unsafe { dev.alloc::<f32>(g.nb * chunks * 2)? };
     let func = dev.get_or_load_custom_func(&format!("dac_grad_sparse_{suf}"), MODULE, PTX)?;
-    let mut bl = func.builder();
-    bl.arg(&mut gx).arg(&x).arg(&bits).arg(&ranges).arg(&part);
     let (tk, n_in, r, ch, used) = (i(tokens), i(g.n_in), i(g.r), i(chunks), i32::from(op.used));
-    candle_core::builder_arg!(bl, tk, n_in, r, ch, used);
-    unsafe { bl.launch(rows(chunks, g.nb)) }.w()?;
-    let decay = (op.decay, op.min_inside);
-    let gr = range_grad_final(&dev, g, &part, &ranges, (tokens, chunks), decay, used)?;
+    let gr = unsafe { dev.alloc::<f32>(g.nb)? };
+    with_grid_sync(&dev, g.nb, |done| {
+        let mut bl = func.builder();
+        bl.arg(&mut gx).arg(&x).arg(&bits).arg(&ranges).arg(&part);
+        candle_core::builder_arg!(bl, tk, n_in, r, ch, used);
+        bl.arg(&gr).arg(done);
+        candle_core::builder_arg!(bl, op.decay, op.min_inside);
+        unsafe { bl.launch(rows(chunks, g.nb)) }.w()?;
+        Ok(())
+    })?;
     op.ranges_grad.put(device_tensor(gr, g.nb, &dev))
 }
 
@@ -582,26 +630,4 @@ fn dac_grad_in_place_t<T: CudaDType + DeviceRepr>(
 /// (`dac_grad`'s are short: r / 8 threads).
 fn token_chunks(tokens: usize, nb: usize) -> usize {
     tokens.clamp(1, (PARTIAL_BLOCKS / nb).max(128))
-}
-
-/// The ranges' gradient (nb) from the DAC backward's (pull, count) per (row block, chunk).
-fn range_grad_final(
-    dev: &CudaDevice,
-    g: &Blocks,
-    part: &CudaSlice<f32>,
-    ranges: &CudaView<'_, f32>,
-    (tokens, chunks): (usize, usize),
-    (decay, min_inside): (f32, f32),
-    used: i32,
-) -> Result<CudaSlice<f32>> {
-    let gr = unsafe { dev.alloc::<f32>(g.nb)? };
-    let func = dev.get_or_load_custom_func("range_grad_final", MODULE, PTX)?;
-    let mut b = func.builder();
-    b.arg(part).arg(ranges).arg(&gr);
-    let (tk, ch) = (i(tokens), i(chunks));
-    let (base, extra, head, nb) = (i(g.base), i(g.extra), i(g.head), i(g.nb));
-    candle_core::builder_arg!(b, tk, base, extra, head, nb, ch, decay, min_inside, used);
-    // One block of THREADS per row block sums its chunks (part_totals).
-    unsafe { b.launch(rows(g.nb, 1)) }.w()?;
-    Ok(gr)
 }

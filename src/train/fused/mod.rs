@@ -134,9 +134,9 @@ pub enum Stage {
         used: bool,
         /// 1 / (2^bits - 2) of the DAC, None: no rounding.
         inv_states: Option<f32>,
-        /// Where to leave the inputs with |x| >= range per row block (nb, f32; 0 for blocks
-        /// whose range is not in use), counted in the same pass (training statistics).
-        clips: Option<SideOutput>,
+        /// The count of inputs with |x| >= range, over the blocks whose range is in use, taken
+        /// in the same pass and added to a running total (training statistics).
+        clips: Option<ClipCount>,
         /// Where to leave the same test's bits, u8 (nb, T, ceil(r / 8)) ([`cpu::clip_mask`]):
         /// what [`DacGradInPlace`] visits on the GPU.
         mask: Option<SideOutput>,
@@ -193,6 +193,17 @@ pub enum Stage {
         /// so the backward needs no block outputs).
         clamps: SideOutput,
     },
+}
+
+/// The DAC's clipped-input count of [`Stage::Dac`], added on the device to the total of the
+/// earlier passes, so a layer's statistics cost no kernel of their own. The count is an exact
+/// integer, rounded to f32 once when it is added.
+#[derive(Debug, Clone, Default)]
+pub struct ClipCount {
+    /// The total so far (an f32 scalar on the op's device), None: 0.
+    pub prev: Option<Tensor>,
+    /// Where the op leaves `prev` plus this pass's count (f32 scalar).
+    pub total: SideOutput,
 }
 
 /// A second output of a [`FusedOp`] (candle's custom ops return one tensor): the op puts it
@@ -344,9 +355,14 @@ impl CustomOp2 for FusedOp {
                 clips,
                 mask,
             } => {
-                if let Some(side) = clips {
+                if let Some(c) = clips {
+                    let prev = match &c.prev {
+                        Some(p) => p.to_dtype(DType::F32)?.to_scalar::<f32>()?,
+                        None => 0.0,
+                    };
                     let n = cpu::clip_count(a, b, g, d[0], *used);
-                    side.put(Tensor::from_vec(n, g.nb, &candle_core::Device::Cpu)?)?;
+                    c.total
+                        .put(Tensor::new(prev + n as f32, &candle_core::Device::Cpu)?)?;
                 }
                 if let Some(side) = mask {
                     let m = cpu::clip_mask(a, b, g, d[0]);

@@ -1,7 +1,9 @@
 //! One forward pass of the whole fused layer ([`LayerPass`]) and its backward: the stages of
 //! [`super::Stage`] in order around the products, kept together as one autograd node.
 
-use super::{Blocks, ClampFix, DacGradInPlace, DirectGrad, FixTarget, FusedOp, SideOutput, Stage};
+use super::{
+    Blocks, ClampFix, ClipCount, DacGradInPlace, DirectGrad, FixTarget, FusedOp, SideOutput, Stage,
+};
 use crate::train::layer::NoiseShape;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
@@ -37,8 +39,9 @@ pub struct LayerSpec {
     /// Whether the ADC bound passes a gradient to the ranges and the channels' max |w| (see
     /// `AnalogTrainConfig::adc_bound_grad`).
     pub bound_grad: bool,
-    /// Where the DAC leaves its clipped-input counts (see [`Stage::Dac`]), None: not counted.
-    pub clips: Option<SideOutput>,
+    /// The DAC's clipped-input count and the total it adds to (see [`Stage::Dac`]), None: not
+    /// counted.
+    pub clips: Option<ClipCount>,
 }
 
 /// What the layer's forward keeps for its backward.
