@@ -513,6 +513,41 @@ fn direct_grad_t<T: CudaDType + DeviceRepr>(
         FixTarget::W => (out, CUBLAS_OP_T, tokens, tokens * r),
     };
     let mut d = unsafe { dev.alloc::<T>(rows * n_in)? };
+    let stream = dev.cuda_stream();
+    // The guards record the product on the buffers' streams when they drop, after the launch.
+    let (op, o_sync) = other.device_ptr(&stream);
+    let (gp, g_sync) = g.device_ptr(&stream);
+    let (cp, c_sync) = d.device_ptr_mut(&stream);
+    gemm_batched(
+        &dev,
+        ty,
+        (CUBLAS_OP_N, opb),
+        (r, rows, k, nb),
+        [(op, r, stride), (gp, out, 0), (cp, n_in, r)],
+    )
+    .map_err(|e| {
+        candle_core::Error::Msg(format!(
+            "fused analog op: {target:?} gradient product: {e:?}"
+        ))
+    })?;
+    drop((o_sync, g_sync, c_sync));
+    Ok(CudaStorage::wrap_cuda_slice(d, dev))
+}
+
+/// A device buffer's address, its leading dimension and its batch stride (elements).
+pub(super) type Operand = (u64, usize, usize);
+
+/// C = op_a(A) op_b(B) for `batch` (m x n) matrices in cuBLAS's column-major terms (as it sees
+/// our row-major buffers), [A, B, C] given as [`Operand`]s, by cuBLAS's default algorithm with
+/// f32 accumulation; f32 operands take TF32 where candle's own products do. The caller holds
+/// the buffers' stream guards across the call.
+pub(super) fn gemm_batched(
+    dev: &CudaDevice,
+    ty: cublas_sys::cudaDataType_t,
+    (op_a, op_b): (cublas_sys::cublasOperation_t, cublas_sys::cublasOperation_t),
+    (m, n, k, batch): (usize, usize, usize, usize),
+    [a, b, c]: [Operand; 3],
+) -> std::result::Result<(), candle_core::cuda_backend::cudarc::cublas::result::CublasError> {
     let compute = if ty == cublas_sys::cudaDataType_t::CUDA_R_32F
         && candle_core::cuda_backend::gemm_reduced_precision_f32()
     {
@@ -521,47 +556,35 @@ fn direct_grad_t<T: CudaDType + DeviceRepr>(
         cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
     };
     let (alpha, beta) = (1f32, 0f32);
-    let stream = dev.cuda_stream();
     let blas = dev.cublas_handle();
-    // The guards record the product on the buffers' streams when they drop, after the launch.
-    let (op, o_sync) = other.device_ptr(&stream);
-    let (gp, g_sync) = g.device_ptr(&stream);
-    let (cp, c_sync) = d.device_ptr_mut(&stream);
-    let c = |v: usize| v as std::ffi::c_int;
+    let i = |v: usize| v as std::ffi::c_int;
     unsafe {
         candle_core::cuda_backend::cudarc::cublas::result::gemm_strided_batched_ex(
             *blas.handle(),
-            CUBLAS_OP_N,
-            opb,
-            c(r),
-            c(rows),
-            c(k),
+            op_a,
+            op_b,
+            i(m),
+            i(n),
+            i(k),
             (&alpha as *const f32).cast(),
-            op as *const _,
+            a.0 as *const _,
             ty,
-            c(r),
-            stride as i64,
-            gp as *const _,
+            i(a.1),
+            a.2 as i64,
+            b.0 as *const _,
             ty,
-            c(out),
-            0,
+            i(b.1),
+            b.2 as i64,
             (&beta as *const f32).cast(),
-            cp as *mut _,
+            c.0 as *mut _,
             ty,
-            c(n_in),
-            r as i64,
-            c(nb),
+            i(c.1),
+            c.2 as i64,
+            i(batch),
             compute,
             cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
         )
     }
-    .map_err(|e| {
-        candle_core::Error::Msg(format!(
-            "fused analog op: {target:?} gradient product: {e:?}"
-        ))
-    })?;
-    drop((o_sync, g_sync, c_sync));
-    Ok(CudaStorage::wrap_cuda_slice(d, dev))
 }
 
 /// Runs `op` in place on gx (T, n_in): `dac_grad_sparse` over the clip mask's set bits, and

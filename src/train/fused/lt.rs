@@ -306,40 +306,18 @@ fn product_t<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRep
             ok(s, "blocked product")?;
         }
         None => {
-            let compute = if tf32 {
-                cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
-            } else {
-                cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
-            };
-            let c = |v: usize| v as std::ffi::c_int;
-            let blas = dev.cublas_handle();
-            unsafe {
-                candle_core::cuda_backend::cudarc::cublas::result::gemm_strided_batched_ex(
-                    *blas.handle(),
-                    cublas_sys::cublasOperation_t::CUBLAS_OP_T,
-                    cublas_sys::cublasOperation_t::CUBLAS_OP_N,
-                    c(n_out),
-                    c(tokens),
-                    c(r),
-                    ptr(&alpha),
-                    wp as *const _,
-                    ty,
-                    c(r),
-                    (n_out * r) as i64,
-                    xp as *const _,
-                    ty,
-                    c(r),
-                    (tokens * r) as i64,
-                    ptr(&beta),
-                    yp as *mut _,
-                    ty,
-                    c(n_out),
-                    (tokens * n_out) as i64,
-                    c(nb),
-                    compute,
-                    cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
-                )
-            }
+            use cublas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+            super::cuda::gemm_batched(
+                &dev,
+                ty,
+                (CUBLAS_OP_T, CUBLAS_OP_N),
+                (n_out, tokens, r, nb),
+                [
+                    (wp, r, n_out * r),
+                    (xp, r, tokens * r),
+                    (yp, n_out, tokens * n_out),
+                ],
+            )
             .map_err(|e| {
                 candle_core::Error::Msg(format!("fused analog op: blocked product: {e:?}"))
             })?;
