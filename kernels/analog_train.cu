@@ -611,7 +611,9 @@ __device__ void unblock_w(const T *gwb, T *gw, int out, int n_in, int base, int 
 #include "clamp_fix.cuh"
 
 // The corrections' registers capped where their sparse paths were tuned: gx at 64 (four blocks
-// of 256 per SM), gw at 80 (three). The tensor-core path takes 112 uncapped and spills a few
+// of 256 per SM), gw at 80 (three); clamp_fix_pair (both gradients in one grid, gx's row tiles
+// first: where little clamps, each kernel is a few memory latencies long and they overlap) at
+// gw's. The tensor-core path takes 112 uncapped and spills a few
 // dozen bytes capped; with gx at 80 too (three blocks), its sparse path ran ~20% slower where
 // tiles hold a few hundred clamps (lambda 4.5-6; session 40).
 #define CLAMP_FIX_GX_BOUNDS __launch_bounds__(256, 4)
@@ -669,12 +671,19 @@ __device__ void unblock_w(const T *gwb, T *gw, int out, int n_in, int base, int 
   extern "C" __global__ void CLAMP_FIX_GX_BOUNDS clamp_fix_gx_##SUF(                               \
       T *dst, const T *g, const uint8_t *clamps, const T *flags, const T *wb, int tokens,          \
       int out, int r, int ft, int fo, i64 bs, i64 rs) {                                            \
-    clamp_fix<T, false>(dst, g, clamps, flags, wb, tokens, out, r, ft, fo, bs, rs);                \
+    clamp_fix<T>(false, blockIdx.x, dst, g, clamps, flags, wb, tokens, out, r, ft, fo, bs, rs);    \
   }                                                                                                \
   extern "C" __global__ void CLAMP_FIX_GW_BOUNDS clamp_fix_gw_##SUF(                               \
       T *dst, const T *g, const uint8_t *clamps, const T *flags, const T *xb, int tokens,          \
       int out, int r, int ft, int fo, i64 bs, i64 rs) {                                            \
-    clamp_fix<T, true>(dst, g, clamps, flags, xb, tokens, out, r, ft, fo, bs, rs);                 \
+    clamp_fix<T>(true, blockIdx.x, dst, g, clamps, flags, xb, tokens, out, r, ft, fo, bs, rs);     \
+  }                                                                                                \
+  extern "C" __global__ void CLAMP_FIX_GW_BOUNDS clamp_fix_pair_##SUF(                             \
+      T *gx, T *gw, const T *g, const uint8_t *clamps, const T *flags, const T *wb, const T *xb,   \
+      int tokens, int out, int r, int ft, int fo, i64 bsx, i64 rsx, i64 bsw, i64 rsw) {            \
+    bool w = (int)blockIdx.x >= ft;                                                                \
+    clamp_fix<T>(w, w ? blockIdx.x - ft : blockIdx.x, w ? gw : gx, g, clamps, flags, w ? xb : wb,  \
+                 tokens, out, r, ft, fo, w ? bsw : bsx, w ? rsw : rsx);                            \
   }
 
 // adc_sum_staged at 64 registers (four blocks of 256 per SM, as adc_sum_rows was tuned;

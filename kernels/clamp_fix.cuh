@@ -140,8 +140,8 @@ __device__ __forceinline__ void ldsm_x2_trans(unsigned (&b)[2], const void *p) {
 // clamped) times the other operand's 64 rows of those columns, summed on the tensor cores over
 // the dense tiles, then subtracted once. 256 threads (clamp_fix's blocks): warp w takes rows
 // (w % 4) * 16 and columns (w / 4) * 64 of the 64 x DENSE_COLS sums.
-template <typename T, bool GW>
-__device__ __noinline__ void dense_fix(T *dst, const T *g, const T *other,
+template <typename T>
+__device__ __noinline__ void dense_fix(bool GW, T *dst, const T *g, const T *other,
                                       const unsigned long long (*bits)[FIX_CHUNK],
                                       const uint8_t *clamps,
                                       const int *tl, const int *dense, int nf, int s, int row0,
@@ -250,8 +250,9 @@ __device__ __noinline__ void dense_fix(T *dst, const T *g, const T *other,
   }
 }
 
-// The correction of one row of tiles per thread block: grid (ft or fo, nb), 256 threads. With GW
-// false, the block's rows are the 64 tokens of tile blockIdx.x and gxb[s, t, k] -= sum over clamped
+// The correction of one row of tiles per thread block `bx`: grid (ft or fo, nb), 256 threads
+// (GW is uniform over a block, a template argument in effect where the kernel fixes it). With GW
+// false, the block's rows are the 64 tokens of tile bx and gxb[s, t, k] -= sum over clamped
 // o of g[t, o] wb[s, o, k]; with GW true, the 64 channels of the tile and gwb[s, o, k] -= sum over
 // clamped t of g[t, o] xb[s, t, k] (`other` is wb or xb). Clamps are rare inside a flagged tile (a
 // flag marks 4096 outputs), so the block does not multiply tiles: per chunk of flagged tiles, the
@@ -263,18 +264,19 @@ __device__ __noinline__ void dense_fix(T *dst, const T *g, const T *other,
 // flags (a load per thread per 256 tiles). dst's element (s, row, k) is at s * bs + row * rs + k:
 // blocked (bs = rows * r, rs = r), or the direct layouts (T or out, n_in) for blocks of equal
 // length (bs = r, rs = n_in).
-template <typename T, bool GW>
-__device__ void clamp_fix(T *dst, const T *g, const uint8_t *clamps, const T *flags,
-                          const T *other, int tokens, int out, int r, int ft, int fo, i64 bs,
-                          i64 rs) {
+template <typename T>
+__device__ __forceinline__ void clamp_fix(bool GW, int bx, T *dst, const T *g,
+                                          const uint8_t *clamps, const T *flags, const T *other,
+                                          int tokens, int out, int r, int ft, int fo, i64 bs,
+                                          i64 rs) {
   __shared__ FlagScan scan;
   __shared__ int tl[FIX_CHUNK];
   __shared__ unsigned long long bits[FLAG_TILE][FIX_CHUNK];
   __shared__ int dense[FIX_CHUNK];
-  int s = blockIdx.y, row0 = blockIdx.x * FLAG_TILE;
+  int s = blockIdx.y, row0 = bx * FLAG_TILE;
   int rows = GW ? out : tokens, sum_len = GW ? tokens : out;
   const T *fl =
-      GW ? flags + (i64)s * ft * fo + blockIdx.x : flags + ((i64)s * ft + blockIdx.x) * fo;
+      GW ? flags + (i64)s * ft * fo + bx : flags + ((i64)s * ft + bx) * fo;
   int stride = GW ? fo : 1, count = GW ? ft : fo;
   int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
   int mb = (out + 7) / 8;
@@ -368,7 +370,7 @@ __device__ void clamp_fix(T *dst, const T *g, const uint8_t *clamps, const T *fl
       int nd = 0;
       for (int f = 0; f < nf; f++) nd += dense[f];
       if (nd > 0)
-        dense_fix<T, GW>(dst, g, other, bits, clamps, tl, dense, nf, s, row0, rows, sum_len,
+        dense_fix<T>(GW, dst, g, other, bits, clamps, tl, dense, nf, s, row0, rows, sum_len,
                          out, r, bs, rs);
     }
     if (nf < FIX_CHUNK) return;

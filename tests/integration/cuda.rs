@@ -10,7 +10,8 @@ use crate::train_golden::{
     direct_grad_inputs, ragged_cases, run_case, vec_of, vec_of_u8, Run, DIRECT_GRAD_CASES,
 };
 use afm::train::fused::{
-    inv_states, BlockedProduct, Blocks, ClampFix, DirectGrad, FixTarget, FusedOp, Stage, FLAG_TILE,
+    inv_states, BlockedProduct, Blocks, ClampFix, ClampFixPair, DirectGrad, FixTarget, FusedOp,
+    Stage, FLAG_TILE,
 };
 use candle_core::{DType, Device, Tensor};
 
@@ -299,6 +300,7 @@ fn cuda_clamp_correction_dense_and_sparse_tiles_follow_the_cpu() {
         let mb = n_out.div_ceil(8);
         let mask = Tensor::from_vec(mask, (blocks.nb, tokens, mb), &Device::Cpu).unwrap();
         let flags = Tensor::new(flags.as_slice(), &Device::Cpu).unwrap();
+        let mut parts = Vec::new();
         for target in [FixTarget::X, FixTarget::W] {
             let (g, other) = direct_grad_inputs(seed + 1, target, (tokens, n_out, &blocks));
             let rows_out = if target == FixTarget::X {
@@ -334,6 +336,40 @@ fn cuda_clamp_correction_dense_and_sparse_tiles_follow_the_cpu() {
                 let want = vec_of(&want);
                 let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
                 assert_close(&label, &vec_of(&got), &want, rel * scale, rel);
+            }
+            parts.push((g, other, dst));
+        }
+        // Both in one grid, as the layer runs them on the GPU, against the CPU's two.
+        let [(g, wb, dx), (_, xb, dw)] = <[_; 2]>::try_from(parts).unwrap();
+        for (dtype, rel) in [(DType::BF16, 1e-2), (DType::F16, 2e-3), (DType::F32, 1e-5)] {
+            let label = format!("{dtype:?} paired correction {tokens} x {n_out} / {rows}");
+            let round = |t: &Tensor| t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+            let on = |t: &Tensor| t.to_dtype(dtype).unwrap().to_device(&gpu).unwrap();
+            let pair = |dev: &dyn Fn(&Tensor) -> Tensor, m: &Tensor, gw: &Tensor| ClampFixPair {
+                x: ClampFix {
+                    blocks,
+                    target: FixTarget::X,
+                    g: dev(&g),
+                    clamps: m.clone(),
+                    flags: dev(&flags),
+                    other: dev(&wb),
+                },
+                xb: dev(&xb),
+                gw: gw.clone(),
+            };
+            let (want_x, want_w) = (round(&dx).copy().unwrap(), round(&dw).copy().unwrap());
+            let p = pair(&round, &mask, &want_w);
+            want_x.inplace_op1(&p.x).unwrap();
+            want_w.inplace_op1(&p.w()).unwrap();
+            let (got_x, got_w) = (on(&dx), on(&dw));
+            got_x
+                .inplace_op1(&pair(&on, &mask.to_device(&gpu).unwrap(), &got_w))
+                .unwrap();
+            for (part, got, want) in [("x", &got_x, &want_x), ("w", &got_w, &want_w)] {
+                let want = vec_of(want);
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let label = format!("{label}: {part}");
+                assert_close(&label, &vec_of(got), &want, rel * scale, rel);
             }
         }
     }

@@ -99,6 +99,50 @@ impl candle_core::InplaceOp1 for ClampFix {
     }
 }
 
+/// [`ClampFix`] of x's gradient (the op's tensor) and of W's (`gw`) in one launch on the GPU:
+/// where few outputs clamp, each correction is a few memory latencies long whatever its size,
+/// and one grid of both overlaps them. The GPU's path only; the CPU takes the two
+/// [`ClampFix`]es ([`ClampFixPair::w`] is W's).
+#[derive(Debug, Clone)]
+pub struct ClampFixPair {
+    /// The correction of x's gradient (target [`FixTarget::X`]): its g, clamp mask and flags
+    /// serve both.
+    pub x: ClampFix,
+    /// xb (nb, T, r), the other operand of W's correction.
+    pub xb: Tensor,
+    /// W's gradient (gwb or gw), corrected in place through its storage: a fresh product that
+    /// no other tensor (the op's included) shares.
+    pub gw: Tensor,
+}
+
+impl ClampFixPair {
+    /// The correction of W's gradient as a [`ClampFix`] of its own.
+    pub fn w(&self) -> ClampFix {
+        ClampFix {
+            target: FixTarget::W,
+            other: self.xb.clone(),
+            ..self.x.clone()
+        }
+    }
+}
+
+impl candle_core::InplaceOp1 for ClampFixPair {
+    fn name(&self) -> &'static str {
+        "afm-fused-analog-clamp-fix-pair"
+    }
+
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> Result<()> {
+        candle_core::bail!(
+            "fused analog op: the paired clamp correction runs on the GPU only (the CPU takes              the two ClampFix ops)"
+        )
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, dst: &mut candle_core::CudaStorage, l: &Layout) -> Result<()> {
+        cuda::clamp_fix_pair(self, dst, l)
+    }
+}
+
 /// The gradient of x or W of every block (as if no output clamped) put in place, from g (T,
 /// out) and the other operand: for [`FixTarget::X`], (g, wb (nb, out, r)) -> gx (T, n_in) with
 /// gx[t, start(s) + j] = sum over c of g[t, c] wb[s, c, j]; for [`FixTarget::W`], (g, xb (nb, T,

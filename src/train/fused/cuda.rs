@@ -1,13 +1,13 @@
 //! Launches of `kernels/analog_train.cu` (compiled to PTX by `build.rs` under the `cuda`
 //! feature) for the fused stages; no host synchronization anywhere.
 
-use super::{Blocks, ClampFix, DacGradInPlace, FixTarget, FusedOp, Stage, FLAG_TILE};
+use super::{Blocks, ClampFix, ClampFixPair, DacGradInPlace, FixTarget, FusedOp, Stage, FLAG_TILE};
 use crate::rng::{layer_key, Effect};
 use crate::train::layer::NoiseShape;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublas::sys as cublas_sys;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
 use candle_core::op::BackpropOp;
@@ -406,6 +406,45 @@ pub fn clamp_fix(fix: &ClampFix, dst: &mut CudaStorage, dst_l: &Layout) -> Resul
     by_dtype!(dst.dtype(), clamp_fix_t(fix, dst, dst_l))
 }
 
+/// Runs `pair` in place on `dst` (gxb or gx) and on its `gw`, one grid for both.
+pub fn clamp_fix_pair(pair: &ClampFixPair, dst: &mut CudaStorage, dst_l: &Layout) -> Result<()> {
+    by_dtype!(dst.dtype(), clamp_fix_pair_t(pair, dst, dst_l))
+}
+
+/// (element stride of a block, of a row) of a gradient `fix` corrects, of dims `dims`: element
+/// (s, row, k) at s * bs + row * rs + k, blocked (nb, rows, r) or, for blocks of equal length,
+/// gx (T, n_in) or gw (out, n_in) as DirectGrad wrote it (blocks side by side).
+fn fix_strides(fix: &ClampFix, dims: &[usize]) -> Result<(i64, i64)> {
+    let (tokens, out) = fix.dims()?;
+    let (nb, r) = (fix.blocks.nb, fix.blocks.r);
+    let rows = match fix.target {
+        FixTarget::X => tokens,
+        FixTarget::W => out,
+    };
+    let (bs, rs) = match *dims {
+        [_, rows, _] => (rows * r, r),
+        [m, n_in] if m == rows && fix.blocks.uniform() && n_in == nb * r => (r, n_in),
+        _ => candle_core::bail!(
+            "fused analog op: clamp correction of a {:?} gradient of dims {dims:?}: expected \
+             (blocks, {rows}, {r}) or, with blocks of equal length, ({rows}, {})",
+            fix.target,
+            nb * r
+        ),
+    };
+    Ok((bs as i64, rs as i64))
+}
+
+/// `dst`'s elements as a mutable slice (the gradient a correction writes).
+fn target_slice<'a, T: CudaDType>(
+    dst: &'a mut CudaStorage,
+    dst_l: &Layout,
+) -> Result<CudaViewMut<'a, T>> {
+    let (a, b) = dst_l.contiguous_offsets().ok_or_else(|| {
+        candle_core::Error::Msg("fused analog op: gradient not contiguous".into())
+    })?;
+    Ok(dst.as_cuda_slice_mut::<T>()?.slice_mut(a..b))
+}
+
 fn clamp_fix_t<T: CudaDType + DeviceRepr>(
     fix: &ClampFix,
     dst: &mut CudaStorage,
@@ -420,28 +459,10 @@ fn clamp_fix_t<T: CudaDType + DeviceRepr>(
         held.view::<T>(2)?,
         held.view::<T>(3)?,
     );
-    let (nb, r) = (fix.blocks.nb, fix.blocks.r);
     let (tokens, out) = fix.dims()?;
     let (ft, fo) = (tokens.div_ceil(FLAG_TILE), out.div_ceil(FLAG_TILE));
-    // Element (s, row, k) of dst at s * bs + row * rs + k: blocked (nb, rows, r), or gw (out,
-    // n_in) as GradW wrote it (blocks of equal length side by side).
-    let rows = match fix.target {
-        FixTarget::X => tokens,
-        FixTarget::W => out,
-    };
-    let (bs, rs) = match dst_l.dims() {
-        &[_, rows, _] => (rows * r, r),
-        &[m, n_in] if m == rows && fix.blocks.uniform() && n_in == nb * r => (r, n_in),
-        dims => candle_core::bail!(
-            "fused analog op: clamp correction of a gradient of dims {dims:?}: expected \
-             (blocks, {rows}, {r}) or, with blocks of equal length, ({rows}, {})",
-            nb * r
-        ),
-    };
-    let (a, b) = dst_l.contiguous_offsets().ok_or_else(|| {
-        candle_core::Error::Msg("fused analog op: gradient not contiguous".into())
-    })?;
-    let mut target = dst.as_cuda_slice_mut::<T>()?.slice_mut(a..b);
+    let (bs, rs) = fix_strides(fix, dst_l.dims())?;
+    let mut target = target_slice::<T>(dst, dst_l)?;
     let (name, tiles) = match fix.target {
         FixTarget::X => ("clamp_fix_gx", ft),
         FixTarget::W => ("clamp_fix_gw", fo),
@@ -453,15 +474,50 @@ fn clamp_fix_t<T: CudaDType + DeviceRepr>(
         .arg(&clamps)
         .arg(&flags)
         .arg(&other);
-    let (tk, o, rr, ft, fo) = (i(tokens), i(out), i(r), i(ft), i(fo));
-    let (bs, rs) = (bs as i64, rs as i64);
+    let (tk, o, rr, ft, fo) = (i(tokens), i(out), i(fix.blocks.r), i(ft), i(fo));
     candle_core::builder_arg!(bl, tk, o, rr, ft, fo, bs, rs);
-    let cfg = LaunchConfig {
-        grid_dim: (tiles as u32, nb as u32, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    unsafe { bl.launch(cfg) }.w()?;
+    unsafe { bl.launch(rows(tiles, fix.blocks.nb)) }.w()?;
+    Ok(())
+}
+
+fn clamp_fix_pair_t<T: CudaDType + DeviceRepr>(
+    pair: &ClampFixPair,
+    dst: &mut CudaStorage,
+    dst_l: &Layout,
+    suf: &str,
+) -> Result<()> {
+    let dev = dst.device().clone();
+    let (fx, fw) = (&pair.x, pair.w());
+    if fx.target != FixTarget::X {
+        candle_core::bail!("fused analog op: the paired clamp correction's x part has target W");
+    }
+    let held = Held::new(&[&fx.g, &fx.clamps, &fx.flags, &fx.other, &pair.xb, &pair.gw])?;
+    let (g, clamps, flags, wb, xb) = (
+        held.view::<T>(0)?,
+        held.view::<u8>(1)?,
+        held.view::<T>(2)?,
+        held.view::<T>(3)?,
+        held.view::<T>(4)?,
+    );
+    // Written by the kernel through the shared guard: gw is the pair's own (see ClampFixPair).
+    let gw = held.view::<T>(5)?;
+    let (tokens, out) = fx.dims()?;
+    let (ft, fo) = (tokens.div_ceil(FLAG_TILE), out.div_ceil(FLAG_TILE));
+    let (bsx, rsx) = fix_strides(fx, dst_l.dims())?;
+    let (bsw, rsw) = fix_strides(&fw, pair.gw.dims())?;
+    let mut gx = target_slice::<T>(dst, dst_l)?;
+    let func = dev.get_or_load_custom_func(&format!("clamp_fix_pair_{suf}"), MODULE, PTX)?;
+    let mut bl = func.builder();
+    bl.arg(&mut gx)
+        .arg(&gw)
+        .arg(&g)
+        .arg(&clamps)
+        .arg(&flags)
+        .arg(&wb)
+        .arg(&xb);
+    let (tk, o, rr, fti, foi) = (i(tokens), i(out), i(fx.blocks.r), i(ft), i(fo));
+    candle_core::builder_arg!(bl, tk, o, rr, fti, foi, bsx, rsx, bsw, rsw);
+    unsafe { bl.launch(rows(ft + fo, fx.blocks.nb)) }.w()?;
     Ok(())
 }
 

@@ -21,7 +21,7 @@ mod lt;
 mod pass;
 mod product;
 
-pub use backward::{ClampFix, DacGradInPlace, DirectGrad, FixTarget};
+pub use backward::{ClampFix, ClampFixPair, DacGradInPlace, DirectGrad, FixTarget};
 pub use pass::{forward, LayerPass, LayerSpec};
 pub use product::{blocked_product, BlockedProduct};
 

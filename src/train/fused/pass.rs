@@ -2,7 +2,8 @@
 //! [`super::Stage`] in order around the products, kept together as one autograd node.
 
 use super::{
-    Blocks, ClampFix, ClipCount, DacGradInPlace, DirectGrad, FixTarget, FusedOp, SideOutput, Stage,
+    Blocks, ClampFix, ClampFixPair, ClipCount, DacGradInPlace, DirectGrad, FixTarget, FusedOp,
+    SideOutput, Stage,
 };
 use crate::train::layer::NoiseShape;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
@@ -188,15 +189,25 @@ impl LayerPass {
             product(FixTarget::X, &sv.wb)?,
             product(FixTarget::W, &sv.xb)?,
         );
-        for (dst, target, other) in [(&gxb, FixTarget::X, &sv.wb), (&gwb, FixTarget::W, &sv.xb)] {
-            dst.inplace_op1(&ClampFix {
-                blocks: spec.blocks,
-                target,
-                g: g.clone(),
-                clamps: sv.clamps.clone(),
-                flags: sv.flags.clone(),
-                other: other.clone(),
-            })?;
+        let fix_x = ClampFix {
+            blocks: spec.blocks,
+            target: FixTarget::X,
+            g: g.clone(),
+            clamps: sv.clamps.clone(),
+            flags: sv.flags.clone(),
+            other: sv.wb.clone(),
+        };
+        let pair = ClampFixPair {
+            x: fix_x,
+            xb: sv.xb.clone(),
+            gw: gwb.clone(),
+        };
+        // One grid for both corrections on the GPU (see ClampFixPair).
+        if gxb.device().is_cuda() {
+            gxb.inplace_op1(&pair)?;
+        } else {
+            gxb.inplace_op1(&pair.x)?;
+            gwb.inplace_op1(&pair.w())?;
         }
         let ranges_grad = SideOutput::default();
         let gx = if direct {
