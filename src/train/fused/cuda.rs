@@ -7,7 +7,8 @@ use crate::train::layer::NoiseShape;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublas::sys as cublas_sys;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
 use candle_core::op::BackpropOp;
@@ -85,6 +86,18 @@ fn with_grid_sync<R>(
         }
     };
     launch(buf)
+}
+
+/// Pushes `a` as the next kernel argument, or a null pointer (the kernels' "not asked for")
+/// where it is None.
+fn arg_or_null<'a, A>(b: &mut LaunchArgs<'a>, a: Option<A>, null: &'a u64)
+where
+    LaunchArgs<'a>: PushKernelArg<A> + PushKernelArg<&'a u64>,
+{
+    match a {
+        Some(a) => b.arg(a),
+        None => b.arg(null),
+    };
 }
 
 /// A grid of (x, y) blocks of [`THREADS`] threads.
@@ -197,22 +210,10 @@ fn run_t<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
             with_grid_sync(dev, SYNC_SLOTS_DAC, |sync| {
                 let mut b = func.builder();
                 b.arg(&x).arg(&ranges).arg(&y);
-                match &total {
-                    Some(_) => b.arg(sync),
-                    None => b.arg(&null),
-                };
-                match &prev_view {
-                    Some(p) => b.arg(p),
-                    None => b.arg(&null),
-                };
-                match &total {
-                    Some(p) => b.arg(p),
-                    None => b.arg(&null),
-                };
-                match &bits {
-                    Some(p) => b.arg(p),
-                    None => b.arg(&null),
-                };
+                arg_or_null(&mut b, total.as_ref().map(|_| sync), &null);
+                arg_or_null(&mut b, prev_view.as_ref(), &null);
+                arg_or_null(&mut b, total.as_ref(), &null);
+                arg_or_null(&mut b, bits.as_ref(), &null);
                 candle_core::builder_arg!(b, tk, n_in, base, extra, head, r, inv, used, dac);
                 unsafe { b.launch(rows8_stacked(tokens.div_ceil(DAC_ROWS), g.nb, g.r)) }.w()?;
                 Ok(())
